@@ -1,0 +1,121 @@
+"""The sandbox contract: what a backend is asked to run and what it reports.
+
+One protocol, ``SandboxBackend.run(spec) -> ExecResult``; backends (nsjail, process, docker) are
+chosen explicitly by configuration. What the sandboxed code does (exit codes, timeouts, memory
+kills) is always a result with a ``status``; only the backend's own failure to start or supervise
+the code raises :class:`revex.errors.SandboxError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+
+class ExecStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    MEMORY = "memory"
+    OUTPUT_LIMIT = "output_limit"
+    KILLED = "killed"
+    SANDBOX_ERROR = "sandbox_error"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one execution. Every field has a safe default.
+
+    wall_s: wall-clock seconds before the whole process tree is killed (status ``timeout``).
+    cpu_s: CPU seconds (RLIMIT_CPU); exceeding it also gives ``timeout``.
+    memory_mb: memory ceiling (cgroup where available, else address space); ``memory``.
+    pids: maximum number of processes/threads in the sandbox.
+    fsize_mb: largest file the code may write (RLIMIT_FSIZE); writes past it fail.
+    output_bytes: stdout and stderr are each kept up to this many bytes; ``output_limit``.
+    nofile: maximum open file descriptors.
+    tmpfs_mb: size of the private /tmp.
+    """
+
+    wall_s: float = 10.0
+    cpu_s: float = 10.0
+    memory_mb: int = 512
+    pids: int = 64
+    fsize_mb: int = 64
+    output_bytes: int = 1_000_000
+    nofile: int = 256
+    tmpfs_mb: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("wall_s", "cpu_s", "memory_mb", "pids", "fsize_mb", "output_bytes", "nofile",
+                     "tmpfs_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                from revex.errors import ConfigError
+
+                raise ConfigError(
+                    f"Limits.{name} must be a positive number, got {value!r}"
+                )
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One entry of a change set read from a sandbox run's overlay upper directory.
+
+    kind: ``file`` (new or modified regular file), ``dir`` (new directory or mode change),
+    ``symlink``, ``delete`` (a whiteout), ``opaque`` (a directory whose lower contents were
+    replaced).
+    """
+
+    path: str
+    kind: str
+    size: int = 0
+    mode: int = 0
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """What to run. Exactly one of ``code`` and ``argv``."""
+
+    code: str | None = None
+    argv: tuple[str, ...] | None = None
+    language: str = "python"
+    stdin: bytes = b""
+    env: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    network: bool = False
+    workspace: str | None = None  # host directory mounted (as an overlay lower) at /workspace
+
+
+@dataclass
+class ExecResult:
+    status: ExecStatus
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    changes: list[FileChange] = field(default_factory=list)
+    backend: str = ""
+    weak_isolation: bool = False
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecStatus.OK
+
+
+@runtime_checkable
+class SandboxBackend(Protocol):
+    """A way to run untrusted code. ``name`` is shown in every result."""
+
+    name: str
+
+    def run(self, spec: ExecSpec) -> ExecResult: ...
