@@ -14,20 +14,30 @@ from revex.errors import (
     SandboxError,
     StateError,
 )
+from revex.policies.engine import ApprovalRequest, PolicyDecision
+from revex.policies.model import Policy
+from revex.runtime.episode import Checkpoint, Episode
+from revex.runtime.runtime import Runtime
 from revex.runtime.sandbox.base import ExecResult, ExecStatus, Limits
 
 __all__ = [
     "ActionFailed",
+    "ApprovalRequest",
+    "Checkpoint",
     "ConfigError",
     "ConflictError",
+    "Episode",
     "EpisodeClosed",
     "ExecResult",
     "ExecStatus",
     "JournalError",
     "Limits",
+    "Policy",
+    "PolicyDecision",
     "PolicyError",
     "PolicyViolation",
     "RevexError",
+    "Runtime",
     "SandboxError",
     "StateError",
 ]

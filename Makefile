@@ -1,0 +1,39 @@
+# `make demo` and `make test` set everything up themselves (a virtualenv in .venv, the project
+# and its test/train extras) and are quick when that is already done.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.revex-installed
+
+.PHONY: demo test test-all lint bench setup clean
+
+setup: $(STAMP)
+
+# Re-install only when the dependency list changes. torch is pinned to the CPU wheel 2.13.0:
+# a looser spec would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,train]"
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/revex demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check revex tests benchmarks
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+# the long versions: crash loop with hundreds of kills, 1,000-run leak test
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_undo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,416 @@
+"""The file effect: plans for every ``ep.fs`` operation, and their exact undo.
+
+Each mutating plan records, before it acts, the manifest of every path it will touch (bytes in
+the content store) plus the mtime of each parent directory; after it acts, the manifest it left.
+Undo is compare-and-set against that post-state, then restores the pre-state exactly: content,
+type, mode, mtime, symlink target, absence, and the parents' mtimes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+from revex.errors import ConflictError, PolicyViolation
+from revex.runtime.effects.base import EffectContext, Plan, UndoItem
+from revex.runtime.effects.workspace import (
+    TMP_PREFIX,
+    Manifest,
+    PathEscape,
+    Workspace,
+    normalize,
+    parent_of,
+)
+from revex.runtime.journal import Record
+from revex.runtime.store import ContentStore
+
+
+class FileEffect:
+    """Plans and undoes file actions in one episode's workspace."""
+
+    def __init__(self, ctx: EffectContext) -> None:
+        self.episode_id = ctx.episode_id
+        self.store: ContentStore = ctx.store
+        self.ws = Workspace(ctx.config["workspace"])
+
+    def close(self) -> None:
+        self.ws.close()
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _tmp(self, tag: str) -> str:
+        return f"{TMP_PREFIX}{self.episode_id}-{tag}.tmp"
+
+    def _pre(self, paths: Sequence[str], *, deep: bool = False, blobs: bool = True
+             ) -> dict[str, Any]:
+        pre = {p: self.ws.snapshot(p, self.store if blobs else None, deep=deep) for p in paths}
+        parents = {}
+        for p in paths:
+            par = parent_of(p)
+            st = self.ws.lstat(par)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                parents[par] = st.st_mtime_ns
+        return {"pre": pre, "parents": parents}
+
+    def _post(self, *paths: str) -> dict[str, Any]:
+        out: dict[str, Manifest] = {}
+        for p in paths:
+            st = self.ws.lstat(p)
+            manifest = self.ws.snapshot(p, None)
+            if st is not None and manifest["type"] == "file":
+                manifest["ino"] = st.st_ino
+                manifest["ctime_ns"] = st.st_ctime_ns
+            out[p] = manifest
+        return {"post": out}
+
+    def _write_new(self, rel: str, chunks: Sequence[bytes], mode: int | None, tmp: str) -> None:
+        """Write a file via a temp name in the same directory, then rename over ``rel``."""
+        with self.ws.parent(rel) as (fd, name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                          0o666 if mode is None else 0o600, dir_fd=fd)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+                if mode is not None:
+                    os.fchmod(out, mode)
+            finally:
+                os.close(out)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+
+    def _drop_tmp(self, rel: str, tmp: str) -> None:
+        with contextlib.suppress(OSError, PathEscape), self.ws.parent(rel) as (fd, _):
+            os.unlink(tmp, dir_fd=fd)
+
+    def _target_mode(self, rel: str) -> int | None:
+        st = self.ws.lstat(rel)
+        if st is None:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{rel!r} is a directory")
+        if stat.S_ISLNK(st.st_mode):
+            raise PathEscape(f"{rel!r} is a symlink; revex never writes through symlinks",
+                             target=rel)
+        return stat.S_IMODE(st.st_mode)
+
+    def _restore_plan(self, rels: Sequence[str]) -> Any:
+        def cleanup(undo: dict[str, Any]) -> None:
+            self._restore(undo, undo.get("tmp", ""))
+        return cleanup
+
+    def _restore(self, undo: dict[str, Any], tmp: str) -> None:
+        for rel, want in undo["pre"].items():
+            if tmp:
+                self._drop_tmp(rel, tmp)
+            self.ws.restore(rel, want, self.store, self._tmp("undo"))
+        for par, mtime in undo["parents"].items():
+            self.ws.set_mtime(par, mtime)
+
+    # ---- plans -------------------------------------------------------------------------------
+
+    def write(self, path: Any, data: bytes, *, kind: str = "fs.write",
+              mode: int | None = None) -> Plan:
+        rel = normalize(path)
+        tmp = self._tmp("w")
+
+        def prepare() -> dict[str, Any]:
+            self._target_mode(rel)
+            return {**self._pre([rel]), "tmp": tmp}
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            pre = undo["pre"][rel]
+            keep = pre.get("mode") if pre["type"] == "file" else None
+            self._write_new(rel, [data], mode if mode is not None else keep, tmp)
+            return len(data), self._post(rel)
+
+        return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": len(data)},
+                    params={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+                    cost={"bytes_written": len(data)}, prepare=prepare, apply=apply,
+                    cleanup=self._restore_plan([rel]))
+
+    def append(self, path: Any, data: bytes) -> Plan:
+        rel = normalize(path)
+
+        def prepare() -> dict[str, Any]:
+            self._target_mode(rel)
+            return self._pre([rel])
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            fd = self.ws.open_file(rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            return len(data), self._post(rel)
+
+        return Plan(kind="fs.append", target=rel, attrs={"path": rel, "bytes": len(data)},
+                    params={"size": len(data)}, cost={"bytes_written": len(data)},
+                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+
+    def delete(self, path: Any) -> Plan:
+        rel = normalize(path)
+
+        def prepare() -> dict[str, Any]:
+            st = self.ws.lstat(rel)
+            if st is None:
+                raise FileNotFoundError(f"{rel!r} does not exist")
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(f"{rel!r} is a directory; use rmdir")
+            return self._pre([rel])
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            with self.ws.parent(rel) as (fd, name):
+                os.unlink(name, dir_fd=fd)
+            return None, self._post(rel)
+
+        return Plan(kind="fs.delete", target=rel, attrs={"path": rel}, prepare=prepare,
+                    apply=apply, cleanup=self._restore_plan([rel]))
+
+    def mkdir(self, path: Any, mode: int = 0o777) -> Plan:
+        rel = normalize(path)
+
+        def prepare() -> dict[str, Any]:
+            return self._pre([rel])
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            with self.ws.parent(rel) as (fd, name):
+                os.mkdir(name, mode, dir_fd=fd)
+            return None, self._post(rel)
+
+        return Plan(kind="fs.mkdir", target=rel, attrs={"path": rel}, params={"mode": mode},
+                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+
+    def rmdir(self, path: Any, recursive: bool) -> Plan:
+        rel = normalize(path)
+
+        def prepare() -> dict[str, Any]:
+            st = self.ws.lstat(rel)
+            if st is None:
+                raise FileNotFoundError(f"{rel!r} does not exist")
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(f"{rel!r} is not a directory")
+            if not recursive and self.ws.listdir(rel):
+                raise OSError(f"{rel!r} is not empty; pass recursive=True to remove it all")
+            return self._pre([rel], deep=True)
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            self.ws.remove(rel)
+            return None, self._post(rel)
+
+        return Plan(kind="fs.rmdir", target=rel, attrs={"path": rel},
+                    params={"recursive": recursive}, prepare=prepare, apply=apply,
+                    cleanup=self._restore_plan([rel]))
+
+    def rename(self, src: Any, dst: Any) -> Plan:
+        rsrc, rdst = normalize(src), normalize(dst)
+
+        def prepare() -> dict[str, Any]:
+            st = self.ws.lstat(rsrc)
+            if st is None:
+                raise FileNotFoundError(f"{rsrc!r} does not exist")
+            if rdst == rsrc or rdst.startswith(rsrc + "/"):
+                raise OSError(f"cannot rename {rsrc!r} onto itself or into itself ({rdst!r})")
+            undo = self._pre([rsrc, rdst], deep=True)
+            # the source is moved, not rewritten: its blob is only needed if undo must recreate
+            return undo
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            with self.ws.parent(rsrc) as (sfd, sname), self.ws.parent(rdst) as (dfd, dname):
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+            return None, self._post(rsrc, rdst)
+
+        return Plan(kind="fs.rename", target=f"{rsrc} -> {rdst}",
+                    attrs={"path": [rsrc, rdst]}, params={"src": rsrc, "dst": rdst},
+                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rsrc, rdst]))
+
+    def chmod(self, path: Any, mode: int) -> Plan:
+        rel = normalize(path)
+
+        def prepare() -> dict[str, Any]:
+            st = self.ws.lstat(rel)
+            if st is None:
+                raise FileNotFoundError(f"{rel!r} does not exist")
+            if stat.S_ISLNK(st.st_mode):
+                raise PathEscape(f"{rel!r} is a symlink; chmod would follow it", target=rel)
+            return self._pre([rel])
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            st = self.ws.lstat(rel)
+            assert st is not None
+            fd = (self.ws.open_dir(rel) if stat.S_ISDIR(st.st_mode)
+                  else self.ws.open_file(rel, os.O_RDONLY))
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            return None, self._post(rel)
+
+        return Plan(kind="fs.chmod", target=rel, attrs={"path": rel},
+                    params={"mode": oct(mode)}, prepare=prepare, apply=apply,
+                    cleanup=self._restore_plan([rel]))
+
+    def symlink(self, link: Any, target: str) -> Plan:
+        rel = normalize(link)
+        if not isinstance(target, str) or not target or "\x00" in target:
+            raise PathEscape(f"symlink target {target!r} is not a usable path", target=rel)
+        if target.startswith("/"):
+            raise PathEscape(f"symlink {rel!r} -> {target!r}: absolute targets would point "
+                             "outside the workspace; use a relative target", target=rel)
+        joined = f"{parent_of(rel)}/{target}" if parent_of(rel) != "." else target
+        try:
+            normalize(joined)
+        except PathEscape as exc:
+            raise PathEscape(f"symlink {rel!r} -> {target!r} would point outside the workspace",
+                             target=rel) from exc
+
+        def prepare() -> dict[str, Any]:
+            if self.ws.lstat(rel) is not None:
+                raise FileExistsError(f"{rel!r} already exists")
+            return self._pre([rel])
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            with self.ws.parent(rel) as (fd, name):
+                os.symlink(target, name, dir_fd=fd)
+            return None, self._post(rel)
+
+        return Plan(kind="fs.symlink", target=rel, attrs={"path": rel},
+                    params={"target": target}, prepare=prepare, apply=apply,
+                    cleanup=self._restore_plan([rel]))
+
+    def copy(self, src: Any, dst: Any) -> Plan:
+        rsrc, rdst = normalize(src), normalize(dst)
+        tmp = self._tmp("c")
+
+        def prepare() -> dict[str, Any]:
+            self._target_mode(rdst)
+            return {**self._pre([rdst]), "tmp": tmp}
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            fd = self.ws.open_file(rsrc)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise IsADirectoryError(f"{rsrc!r} is not a regular file")
+
+                def chunks() -> Any:
+                    while chunk := os.read(fd, 1 << 20):
+                        yield chunk
+
+                self._write_new(rdst, list(chunks()), stat.S_IMODE(st.st_mode), tmp)
+            finally:
+                os.close(fd)
+            return None, self._post(rdst)
+
+        size = 0
+        with contextlib.suppress(OSError, PolicyViolation):
+            st = self.ws.lstat(rsrc)
+            size = st.st_size if st is not None else 0
+        return Plan(kind="fs.copy", target=f"{rsrc} -> {rdst}", attrs={"path": [rsrc, rdst]},
+                    params={"src": rsrc, "dst": rdst}, cost={"bytes_written": size},
+                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rdst]))
+
+    def read(self, path: Any) -> Plan:
+        rel = normalize(path)
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            fd = self.ws.open_file(rel)
+            try:
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    data = f.read()
+            finally:
+                os.close(fd)
+            return data, {"size": len(data)}
+
+        return Plan(kind="fs.read", target=rel, attrs={"path": rel}, apply=apply,
+                    read_only=True)
+
+    def stat_plan(self, path: Any, kind: str) -> Plan:
+        rel = normalize(path)
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            if kind == "fs.list":
+                names = sorted(self.ws.listdir(rel))
+                return names, {"entries": len(names)}
+            return self.ws.lstat(rel), {}
+
+        return Plan(kind=kind, target=rel, attrs={"path": rel}, apply=apply, read_only=True)
+
+    # ---- undo protocol -----------------------------------------------------------------------
+
+    def check_undo(self, items: Sequence[UndoItem]) -> list[str]:
+        conflicts: list[str] = []
+        seen: set[str] = set()
+        touched = {p for it in items for p in it.undo_info.get("pre", {})}
+        for item in items:  # newest first: the newest post of each path is what must be there
+            for rel, want in item.post.get("post", {}).items():
+                if rel in seen:
+                    continue
+                seen.add(rel)
+                if not self.ws.matches(rel, want):
+                    conflicts.append(f"{item.describe()}: {rel!r} changed since the episode "
+                                     "left it")
+                elif want["type"] == "dir" and item.undo_info["pre"].get(rel, {}).get(
+                        "type") == "absent":
+                    prefix = "" if rel == "." else rel + "/"
+                    for name in self.ws.listdir(rel):
+                        if prefix + name not in touched:
+                            conflicts.append(
+                                f"{item.describe()}: {prefix + name!r} was added by someone "
+                                f"else inside {rel!r}, which the episode created"
+                            )
+        return conflicts
+
+    def undo(self, item: UndoItem, *, force: bool) -> None:
+        undo, post = item.undo_info, item.post.get("post", {})
+        at_pre = all(self.ws.matches(rel, want) for rel, want in undo["pre"].items())
+        if at_pre and not all(self.ws.matches(r, w) for r, w in post.items()):
+            self._restore(undo, undo.get("tmp", ""))  # already undone: just settle metadata
+            return
+        if not force:
+            drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
+            if drift:
+                raise ConflictError(
+                    f"{item.describe()}: {', '.join(map(repr, drift))} changed since; "
+                    "nothing was undone (use force=True to overwrite)",
+                    [f"{item.describe()}: {r!r}" for r in drift],
+                )
+        if item.intent.kind == "fs.rename" and self._rename_back(undo, post):
+            return
+        self._restore(undo, undo.get("tmp", ""))
+
+    def _rename_back(self, undo: dict[str, Any], post: dict[str, Manifest]) -> bool:
+        """Move a renamed entry back instead of recreating it (keeps a moved tree whole)."""
+        rsrc, rdst = list(undo["pre"])
+        if self.ws.lstat(rdst) is None or self.ws.lstat(rsrc) is not None:
+            return False
+        with self.ws.parent(rdst) as (dfd, dname), self.ws.parent(rsrc) as (sfd, sname):
+            os.rename(dname, sname, src_dir_fd=dfd, dst_dir_fd=sfd)
+        src_want = undo["pre"][rsrc]
+        if src_want["type"] == "dir":
+            self.ws.set_dir_meta(rsrc, src_want["mode"], src_want["mtime_ns"])
+        self.ws.restore(rdst, undo["pre"][rdst], self.store, self._tmp("undo"))
+        for par, mtime in undo["parents"].items():
+            self.ws.set_mtime(par, mtime)
+        return True
+
+    def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
+        undo = intent.undo
+        tmp = undo.get("tmp", "")
+        for rel in undo.get("pre", {}):
+            if tmp:
+                self._drop_tmp(rel, tmp)
+            self._drop_tmp(rel, self._tmp("undo"))
+        if all(self.ws.matches(rel, want) for rel, want in undo.get("pre", {}).items()):
+            for par, mtime in undo.get("parents", {}).items():
+                self.ws.set_mtime(par, mtime)
+            return None
+        return self._post(*undo.get("pre", {}))

@@ -1,0 +1,341 @@
+"""Safe access to a workspace directory, and exact snapshots and restores of its entries.
+
+Every path is walked one component at a time from a directory file descriptor with
+``O_NOFOLLOW``: a ``..``, an absolute path or a symlink in any component (including one created
+earlier by the episode or by code it ran) can never lead outside the workspace. Nothing here
+follows a symlink.
+
+A *manifest* describes one entry exactly enough to recreate it::
+
+    {"type": "absent"}
+    {"type": "file", "sha": ..., "size": ..., "mode": ..., "mtime_ns": ...}
+    {"type": "symlink", "target": ..., "mtime_ns": ...}
+    {"type": "dir", "mode": ..., "mtime_ns": ..., "children": {name: manifest}}  # deep snapshots
+    {"type": "fifo", "mode": ..., "mtime_ns": ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+from revex.errors import InvalidPath, PolicyViolation
+from revex.runtime.store import ContentStore, sha256_file_fd
+
+Manifest = dict[str, Any]
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TMP_PREFIX = ".revex-"
+
+
+class PathEscape(PolicyViolation):
+    """A path that would leave the workspace (``..``, absolute, or through a symlink)."""
+
+    def __init__(self, message: str, *, action_kind: str = "", target: str = "") -> None:
+        super().__init__(message, rule="path-safety", action_kind=action_kind, target=target)
+
+
+def normalize(path: Any) -> str:
+    """Validate a workspace-relative path and normalize it lexically ('a/./b' -> 'a/b').
+
+    Raises InvalidPath for malformed input and PathEscape for absolute paths or a '..' that
+    climbs above the workspace.
+    """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise InvalidPath(
+            f"workspace paths are str, got {type(path).__name__} {path!r}; decode bytes first"
+        )
+    if path == "" or path.strip() == "":
+        raise InvalidPath("empty path; give a path relative to the workspace, e.g. 'notes.txt'")
+    if "\x00" in path:
+        raise InvalidPath(f"path {path!r} contains a NUL byte")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPath(
+            f"path {path!r} is not valid UTF-8 (it holds undecodable bytes); rename the file "
+            "or pass a UTF-8 name"
+        ) from exc
+    if path.startswith("/"):
+        raise PathEscape(
+            f"absolute path {path!r} is outside the workspace; give a path relative to it",
+            target=path,
+        )
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PathEscape(f"path {path!r} climbs out of the workspace with '..'",
+                                 target=path)
+            parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        return "."
+    return "/".join(parts)
+
+
+class Workspace:
+    """A directory revex acts in, reached only through file descriptors."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.root_fd = os.open(self.root, DIR_FLAGS)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.root_fd)
+
+    # ---- walking -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def parent(self, rel: str) -> Iterator[tuple[int, str]]:
+        """Yield (fd of the parent directory, final name) for a normalized path.
+
+        Raises PathEscape when a component is a symlink, FileNotFoundError when a parent is
+        missing, NotADirectoryError when one is a file.
+        """
+        if rel == ".":
+            raise InvalidPath("the workspace root itself cannot be the target of this action")
+        *dirs, name = rel.split("/")
+        fd = os.dup(self.root_fd)
+        try:
+            walked = []
+            for comp in dirs:
+                walked.append(comp)
+                try:
+                    nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP or (
+                        exc.errno == errno.ENOTDIR and _is_symlink(fd, comp)
+                    ):
+                        raise PathEscape(
+                            f"'{'/'.join(walked)}' is a symlink; revex never follows symlinks "
+                            f"in workspace paths (while resolving {rel!r})",
+                            target=rel,
+                        ) from exc
+                    raise
+                os.close(fd)
+                fd = nfd
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """lstat of an entry, or None when it (or a parent) does not exist."""
+        if rel == ".":
+            return os.fstat(self.root_fd)
+        try:
+            with self.parent(rel) as (fd, name):
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def open_dir(self, rel: str) -> int:
+        if rel == ".":
+            return os.dup(self.root_fd)
+        with self.parent(rel) as (fd, name):
+            try:
+                return os.open(name, DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP or _is_symlink(fd, name):
+                    raise PathEscape(f"{rel!r} is a symlink; revex never follows symlinks",
+                                     target=rel) from exc
+                raise
+
+    def open_file(self, rel: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+        with self.parent(rel) as (fd, name):
+            try:
+                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise PathEscape(f"{rel!r} is a symlink; revex never reads or writes "
+                                     "through symlinks", target=rel) from exc
+                raise
+
+    # ---- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self, rel: str, store: ContentStore | None, *, deep: bool = False) -> Manifest:
+        """Manifest of one entry; file bytes go to ``store`` (None: metadata and hash only)."""
+        st = self.lstat(rel)
+        if st is None:
+            return {"type": "absent"}
+        if stat.S_ISDIR(st.st_mode):
+            out: Manifest = {"type": "dir", "mode": stat.S_IMODE(st.st_mode),
+                             "mtime_ns": st.st_mtime_ns}
+            if deep:
+                out["children"] = {
+                    name: self.snapshot(_join(rel, name), store, deep=True)
+                    for name in sorted(self.listdir(rel))
+                }
+            return out
+        if stat.S_ISLNK(st.st_mode):
+            with self.parent(rel) as (fd, name):
+                target = os.readlink(name, dir_fd=fd)
+            return {"type": "symlink", "target": target, "mtime_ns": st.st_mtime_ns}
+        if stat.S_ISREG(st.st_mode):
+            fd = self.open_file(rel)
+            try:
+                if store is not None:
+                    digest, size = store.put_fd(fd)
+                else:
+                    digest, size = sha256_file_fd(fd), st.st_size
+            finally:
+                os.close(fd)
+            return {"type": "file", "sha": digest, "size": size,
+                    "mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns}
+        if stat.S_ISFIFO(st.st_mode):
+            return {"type": "fifo", "mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns}
+        raise PolicyViolation(
+            f"{rel!r} is a device or socket; revex cannot snapshot it, so it refuses to touch it",
+            rule="path-safety", target=rel,
+        )
+
+    def listdir(self, rel: str) -> list[str]:
+        fd = self.open_dir(rel)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def matches(self, rel: str, want: Manifest) -> bool:
+        """Whether the entry is in the state ``want`` describes (content, type, mode, target).
+
+        Modification times are not compared: they are restored, but a touch is not a conflict.
+        """
+        st = self.lstat(rel)
+        kind = want["type"]
+        if st is None:
+            return kind == "absent"
+        if kind == "absent":
+            return False
+        if kind == "dir":
+            return stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == want["mode"]
+        if kind == "symlink":
+            if not stat.S_ISLNK(st.st_mode):
+                return False
+            with self.parent(rel) as (fd, name):
+                return os.readlink(name, dir_fd=fd) == want["target"]
+        if kind == "fifo":
+            return stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == want["mode"]
+        if not stat.S_ISREG(st.st_mode) or st.st_size != want["size"]:
+            return False
+        if stat.S_IMODE(st.st_mode) != want["mode"]:
+            return False
+        if (want.get("ino") == st.st_ino and want.get("ctime_ns") == st.st_ctime_ns
+                and want.get("mtime_ns") == st.st_mtime_ns):
+            return True  # untouched since we recorded it: skip hashing
+        fd = self.open_file(rel)
+        try:
+            return sha256_file_fd(fd) == want["sha"]
+        finally:
+            os.close(fd)
+
+    # ---- restoring ---------------------------------------------------------------------------
+
+    def remove(self, rel: str) -> None:
+        """Remove whatever is at ``rel`` (a whole tree for a directory); absent is fine."""
+        st = self.lstat(rel)
+        if st is None:
+            return
+        with self.parent(rel) as (fd, name):
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+
+    def restore(self, rel: str, want: Manifest, store: ContentStore, tmp_name: str) -> None:
+        """Make ``rel`` exactly ``want``, whatever is there now (converges after a crash)."""
+        kind = want["type"]
+        st = self.lstat(rel)
+        keep_dir = kind == "dir" and st is not None and stat.S_ISDIR(st.st_mode)
+        if not keep_dir and kind != "file":
+            self.remove(rel)
+        if kind == "absent":
+            return
+        with self.parent(rel) as (fd, name):
+            if kind == "file":
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=fd)
+                self._write_blob(fd, name, want, store, tmp_name)
+            elif kind == "symlink":
+                os.symlink(want["target"], name, dir_fd=fd)
+                os.utime(name, ns=(want["mtime_ns"], want["mtime_ns"]), dir_fd=fd,
+                         follow_symlinks=False)
+            elif kind == "fifo":
+                os.mkfifo(name, want["mode"], dir_fd=fd)
+                os.chmod(name, want["mode"], dir_fd=fd)
+                os.utime(name, ns=(want["mtime_ns"], want["mtime_ns"]), dir_fd=fd)
+            elif kind == "dir":
+                if not keep_dir:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+        if kind == "dir":
+            children = want.get("children")
+            if children is not None:
+                present = set(self.listdir(rel))
+                for extra in present - set(children):
+                    self.remove(_join(rel, extra))
+                for child, child_want in children.items():
+                    self.restore(_join(rel, child), child_want, store, tmp_name)
+            self.set_dir_meta(rel, want["mode"], want["mtime_ns"])
+
+    def _write_blob(self, dir_fd: int, name: str, want: Manifest, store: ContentStore,
+                    tmp_name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name, dir_fd=dir_fd)
+        src = store.open(want["sha"])
+        try:
+            out = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                          0o600, dir_fd=dir_fd)
+            try:
+                while chunk := os.read(src, 1 << 20):
+                    os.write(out, chunk)
+                os.fchmod(out, want["mode"])
+                os.utime(out, ns=(want["mtime_ns"], want["mtime_ns"]))
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        os.rename(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def set_dir_meta(self, rel: str, mode: int, mtime_ns: int) -> None:
+        fd = self.open_dir(rel)
+        try:
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> None:
+        """Put back a directory's mtime (ignored if it is gone or no longer a directory)."""
+        try:
+            fd = self.open_dir(rel)
+        except (FileNotFoundError, NotADirectoryError, PathEscape):
+            return
+        try:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _join(parent: str, name: str) -> str:
+    return name if parent == "." else f"{parent}/{name}"
+
+
+def parent_of(rel: str) -> str:
+    return rel.rsplit("/", 1)[0] if "/" in rel else "."

@@ -1,0 +1,288 @@
+"""Runtime, Episode and Checkpoint: the public entry points of the reversible-action runtime.
+
+Every action an episode takes goes through one pipeline (:meth:`Episode._act`)::
+
+    plan ─► policy.check ─► quota ─► prepare (pre-image) ─► journal INTENT ─► apply ─► journal DONE
+              │ deny                                                          │ error
+              └─► journal DENIED, raise PolicyViolation                       └─► undo partial,
+                                                                                  journal FAILED
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from revex.errors import (
+    ActionFailed,
+    ConfigError,
+    EpisodeClosed,
+    InvalidPath,
+    PolicyViolation,
+)
+from revex.policies.engine import ApprovalRequest
+from revex.policies.model import Decision
+from revex.runtime.effects.base import Effect, EffectContext, Plan
+from revex.runtime.effects.files import FileEffect
+from revex.runtime.fs import FileSystem
+from revex.runtime.journal import Status
+from revex.runtime.rollback import OwnerLock, pending_items, rollback
+
+if TYPE_CHECKING:
+    from revex.runtime.runtime import Runtime
+
+OnExit = Literal["rollback", "commit"]
+OnError = Literal["rollback", "keep"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A point in an episode to roll back to: every action after it is undone."""
+
+    episode_id: str
+    action_seq: int
+    name: str = ""
+
+
+def new_episode_id() -> str:
+    return f"ep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+class Episode:
+    """A unit of agent work whose every action can be rolled back.
+
+    Use as a context manager (``with rt.episode(...) as ep``); on exit it rolls back or commits
+    as ``on_exit`` says, and when an exception escapes it rolls back unless
+    ``on_error="keep"``.
+    """
+
+    def __init__(self, runtime: Runtime, episode_id: str, config: dict[str, Any],
+                 on_exit: OnExit, on_error: OnError) -> None:
+        self._rt = runtime
+        self.id = episode_id
+        self.config = config
+        self.on_exit = on_exit
+        self.on_error = on_error
+        self.workspace = Path(config["workspace"])
+        self.status = "active"
+        self.fs = FileSystem(self)
+        self._lock = threading.RLock()
+        self._action_seq = 0
+        self._used: dict[str, float] = {}
+        self._effects: dict[str, Effect] = {}
+        self._owner = OwnerLock(runtime.lock_path(episode_id))
+        if not self._owner.acquire():
+            raise ConfigError(f"episode {episode_id} is already owned by another process")
+
+    # ---- effects -----------------------------------------------------------------------------
+
+    def _effect(self, prefix: str) -> Effect:
+        if prefix not in self._effects:
+            self._effects[prefix] = self._rt.make_effect(
+                prefix, EffectContext(self.id, self.config, self._rt.store))
+        return self._effects[prefix]
+
+    def _files(self) -> FileEffect:
+        effect = self._effect("fs")
+        assert isinstance(effect, FileEffect)
+        return effect
+
+    # ---- the pipeline ------------------------------------------------------------------------
+
+    def _journal(self, **fields: Any) -> Any:
+        return self._rt.journal.append(episode_id=self.id, **fields)
+
+    def _ensure_open(self) -> None:
+        if self.status != "active":
+            raise EpisodeClosed(
+                f"episode {self.id} is {self.status}; start a new episode to act again")
+
+    def _act(self, build: Callable[[], Plan], kind: str, target: Any) -> Any:
+        """Run one action through the pipeline and return what it returns."""
+        with self._lock:
+            self._ensure_open()
+            self._action_seq += 1
+            seq = self._action_seq
+            try:
+                plan = build()
+            except PolicyViolation as exc:
+                self._deny(seq, kind, str(target), exc.rule or "path-safety", str(exc), {})
+                exc.action_kind = exc.action_kind or kind
+                raise
+            except InvalidPath:
+                self._action_seq -= 1
+                raise
+            rule = self._decide(seq, plan)
+            if plan.read_only:
+                return self._read(seq, plan, rule)
+            return self._mutate(seq, plan, rule)
+
+    def _deny(self, seq: int, kind: str, target: str, rule: str, reason: str,
+              params: dict[str, Any]) -> None:
+        self._journal(action_seq=seq, kind=kind, target=target, status=Status.DENIED,
+                      decision="deny", rule=rule, params=params, error=reason)
+
+    def _decide(self, seq: int, plan: Plan) -> str:
+        """The rule that allowed the action; journals DENIED and raises otherwise."""
+        attrs = {"kind": plan.kind, **plan.attrs}
+        decision = self._rt.engine.check(attrs)
+        verdict, rule, reason = decision.decision, decision.rule, decision.reason
+        if verdict is Decision.APPROVE:
+            approver = self._rt.approver
+            request = ApprovalRequest(self.id, plan.kind, plan.target, attrs, rule, reason)
+            if approver is not None and approver(request):
+                verdict, reason = Decision.ALLOW, "approved"
+            else:
+                verdict = Decision.DENY
+                reason = ("needs approval and the approver refused" if approver else
+                          "needs approval and no approver is configured (Runtime(approver=...))")
+        if verdict is not Decision.ALLOW:
+            message = (f"{plan.kind} {plan.target!r} refused by rule '{rule}'"
+                       + (f": {reason}" if reason else ""))
+            self._deny(seq, plan.kind, plan.target, rule, message, plan.params)
+            raise PolicyViolation(message, rule=rule, action_kind=plan.kind, target=plan.target)
+        over = self._rt.engine.over_quota(self._used, {"actions": 1, **plan.cost})
+        if over is not None:
+            message = f"{plan.kind} {plan.target!r} refused: episode quota exceeded ({over})"
+            self._deny(seq, plan.kind, plan.target, "quota", message, plan.params)
+            raise PolicyViolation(message, rule="quota", action_kind=plan.kind,
+                                  target=plan.target)
+        return rule
+
+    def _charge(self, plan: Plan) -> None:
+        for name, amount in {"actions": 1, **plan.cost}.items():
+            self._used[name] = self._used.get(name, 0) + amount
+
+    def _read(self, seq: int, plan: Plan, rule: str) -> Any:
+        assert plan.apply is not None
+        common = dict(action_seq=seq, kind=plan.kind, target=plan.target, decision="allow",
+                      rule=rule, params=plan.params)
+        try:
+            value, info = plan.apply({})
+        except PolicyViolation as exc:
+            self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
+            raise
+        except OSError as exc:
+            self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise ActionFailed(f"{plan.kind} {plan.target!r} failed: {exc}") from exc
+        self._journal(**common, status=Status.DONE, result=info)
+        self._charge(plan)
+        return value
+
+    def _mutate(self, seq: int, plan: Plan, rule: str) -> Any:
+        assert plan.prepare is not None and plan.apply is not None
+        common = dict(action_seq=seq, kind=plan.kind, target=plan.target, decision="allow",
+                      rule=rule, params=plan.params)
+        try:
+            undo = plan.prepare()
+        except PolicyViolation as exc:
+            self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
+            raise
+        except OSError as exc:
+            self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise ActionFailed(f"{plan.kind} {plan.target!r} failed: {exc}") from exc
+        intent = self._journal(**common, status=Status.INTENT, undo=undo)
+        try:
+            value, post = plan.apply(undo)
+        except BaseException as exc:
+            if plan.cleanup is not None:
+                plan.cleanup(undo)
+            self._journal(**{**common, "params": {}}, status=Status.FAILED,
+                          refers_to=intent.seq, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, PolicyViolation | ActionFailed):
+                raise
+            if isinstance(exc, Exception):
+                raise ActionFailed(
+                    f"{plan.kind} {plan.target!r} failed and was undone: {exc}") from exc
+            raise
+        self._journal(**{**common, "params": {}}, status=Status.DONE, refers_to=intent.seq,
+                      result=post)
+        self._charge(plan)
+        return value
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def checkpoint(self, name: str = "") -> Checkpoint:
+        """Mark the current point; ``rollback(to=cp)`` undoes every action after it."""
+        with self._lock:
+            self._ensure_open()
+            self._journal(action_seq=self._action_seq, kind="episode.checkpoint", target=name,
+                          status=Status.EVENT)
+            return Checkpoint(self.id, self._action_seq, name)
+
+    def rollback(self, to: Checkpoint | None = None, *, force: bool = False) -> int:
+        """Undo every action after ``to`` (all of them when None), newest first.
+
+        Returns the number of actions undone. Raises ConflictError, changing nothing, when a
+        target was changed by someone else since (unless ``force``). The episode stays open.
+        """
+        with self._lock:
+            self._ensure_open()
+            if to is not None and to.episode_id != self.id:
+                raise ConfigError(f"checkpoint belongs to episode {to.episode_id}, not {self.id}")
+            after = to.action_seq if to is not None else 0
+            items = pending_items(self._rt.journal.records(self.id), after)
+            report = rollback(self._rt.journal, self.id, items, self._effect, force=force,
+                              note={"to": after})
+            return report.undone
+
+    def commit(self) -> None:
+        """Keep the episode's effects and close it; ``rt.undo(ep.id)`` can still undo them."""
+        with self._lock:
+            self._ensure_open()
+            self._finish("committed", "episode.commit")
+
+    def close(self) -> None:
+        """Close the episode as ``on_exit`` says (rollback or commit)."""
+        if self.status != "active":
+            return
+        if self.on_exit == "commit":
+            self.commit()
+        else:
+            self.rollback()
+            self._finish("rolled_back", "episode.close")
+
+    def _finish(self, status: str, event: str) -> None:
+        self._journal(action_seq=self._action_seq, kind=event, target="", status=Status.EVENT)
+        self._rt.journal.set_episode_status(self.id, status)
+        self.status = status
+        for effect in self._effects.values():
+            effect.close()
+        self._effects.clear()
+        self._owner.release(remove=True)
+
+    def __enter__(self) -> Episode:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.status != "active":
+            return
+        if exc_type is not None and self.on_error == "keep":
+            self.commit()
+            return
+        if exc_type is not None:
+            self.rollback()
+            self._finish("rolled_back", "episode.close")
+            return
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Episode {self.id} {self.status} workspace={str(self.workspace)!r}>"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

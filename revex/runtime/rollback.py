@@ -1,0 +1,190 @@
+"""Rollback and crash recovery over the journal.
+
+Rollback takes the DONE actions not yet undone, newest first, asks each effect for drift on all
+of them before touching anything (all-or-nothing), then undoes them one by one. Each undo writes
+a compensation record (UNDONE). CLRs are committed in groups: an undo is compare-and-set and
+idempotent (an action whose target already holds its pre-state is only marked), so a crash
+between an undo and its CLR resumes without undoing anything twice.
+
+Recovery (on opening a Runtime): an episode that is active or rolling back and whose owner lock
+is free has lost its process. Its INTENTs without an outcome are resolved by probing the real
+state, then it is rolled back to its start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from revex.errors import ConflictError
+from revex.runtime.effects.base import Effect, UndoItem
+from revex.runtime.journal import Journal, Record, Status
+
+CLR_BATCH = 64
+
+
+def prefix_of(kind: str) -> str:
+    return kind.split(".", 1)[0]
+
+
+def pending_items(records: Sequence[Record], after_action: int = 0) -> list[UndoItem]:
+    """DONE actions with ``action_seq > after_action`` not yet undone, newest first."""
+    done: dict[int, Record] = {}
+    undone: set[int] = set()
+    for rec in records:
+        if rec.refers_to is None:
+            continue
+        if rec.status is Status.DONE:
+            done[rec.refers_to] = rec
+        elif rec.status is Status.UNDONE:
+            undone.add(rec.refers_to)
+    items = [
+        UndoItem(intent=rec, done=done[rec.seq])
+        for rec in records
+        if rec.status is Status.INTENT and rec.seq in done and rec.seq not in undone
+        and rec.action_seq > after_action and not rec.undo.get("irreversible")
+    ]
+    items.reverse()
+    return items
+
+
+def unresolved_intents(records: Sequence[Record]) -> list[Record]:
+    outcome = {r.refers_to for r in records if r.refers_to is not None}
+    return [r for r in records if r.status is Status.INTENT and r.seq not in outcome]
+
+
+def interrupted_rollback(records: Sequence[Record]) -> bool:
+    state = False
+    for rec in records:
+        if rec.kind == "episode.rollback.begin":
+            state = True
+        elif rec.kind in ("episode.rollback.end", "episode.rollback.failed"):
+            state = False
+    return state
+
+
+@dataclass
+class RollbackReport:
+    undone: int = 0
+    conflicts: list[str] = field(default_factory=list)
+
+
+def rollback(
+    journal: Journal,
+    episode_id: str,
+    items: Sequence[UndoItem],
+    effect_for: Callable[[str], Effect],
+    *,
+    force: bool = False,
+    resume_window: int = 0,
+    note: dict[str, Any] | None = None,
+) -> RollbackReport:
+    """Undo ``items`` (newest first). Raises ConflictError before any change on drift."""
+    report = RollbackReport()
+    if not items:
+        return report
+    groups: dict[str, list[UndoItem]] = {}
+    for item in items:
+        groups.setdefault(prefix_of(item.intent.kind), []).append(item)
+    window = {item.seq for item in items[:resume_window]}
+    conflicts: list[str] = []
+    for prefix, group in groups.items():
+        checked = [it for it in group if it.seq not in window]
+        if checked:
+            conflicts.extend(effect_for(prefix).check_undo(checked))
+    if conflicts and not force:
+        journal.append(episode_id=episode_id, kind="episode.rollback.refused", target="",
+                       status=Status.EVENT, params={"conflicts": conflicts[:50]})
+        raise ConflictError(
+            f"episode {episode_id}: {len(conflicts)} target(s) changed since the episode "
+            "touched them; nothing was undone (force=True overwrites):\n  "
+            + "\n  ".join(conflicts[:20]),
+            conflicts,
+        )
+    report.conflicts = conflicts
+    journal.append(episode_id=episode_id, kind="episode.rollback.begin", target="",
+                   status=Status.EVENT,
+                   params={"actions": len(items), "force": force, **(note or {})})
+    batch: list[dict[str, Any]] = []
+    try:
+        for item in items:
+            effect_for(prefix_of(item.intent.kind)).undo(
+                item, force=force or item.seq in window)
+            batch.append(dict(episode_id=episode_id, action_seq=item.intent.action_seq,
+                              kind=item.intent.kind, target=item.intent.target,
+                              status=Status.UNDONE, refers_to=item.seq,
+                              params={"forced": bool(force)}))
+            report.undone += 1
+            if len(batch) >= CLR_BATCH:
+                journal.append_many(batch)
+                batch = []
+    except BaseException as exc:
+        if batch:
+            journal.append_many(batch)
+        journal.append(episode_id=episode_id, kind="episode.rollback.failed", target="",
+                       status=Status.EVENT, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if batch:
+        journal.append_many(batch)
+    journal.append(episode_id=episode_id, kind="episode.rollback.end", target="",
+                   status=Status.EVENT, params={"undone": report.undone})
+    return report
+
+
+def resolve_intents(journal: Journal, episode_id: str, records: Sequence[Record],
+                    effect_for: Callable[[str], Effect]) -> int:
+    """Give every INTENT without an outcome a DONE (it took effect) or FAILED (it did not)."""
+    resolved = 0
+    for intent in unresolved_intents(records):
+        post = effect_for(prefix_of(intent.kind)).resolve_intent(intent)
+        common = dict(episode_id=episode_id, action_seq=intent.action_seq, kind=intent.kind,
+                      target=intent.target, refers_to=intent.seq)
+        if post is None:
+            journal.append(**common, status=Status.FAILED,
+                           error="interrupted before it took effect (probed after a crash)")
+        else:
+            journal.append(**common, status=Status.DONE, result=post,
+                           params={"probed": True})
+        resolved += 1
+    return resolved
+
+
+class OwnerLock:
+    """An flock held by the process that owns an episode; free means the owner is gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, *, block: bool = False) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return True
+
+    def release(self, *, remove: bool = False) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+
+    def owner_pid(self) -> int | None:
+        try:
+            return int(self.path.read_text() or 0) or None
+        except (OSError, ValueError):
+            return None

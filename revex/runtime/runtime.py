@@ -1,0 +1,292 @@
+"""The Runtime: a state directory (journal, content store, key, owner locks), a policy, and
+the effects it knows. Opening one recovers the episodes of processes that died."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from revex.errors import ConfigError, ConflictError, StateError
+from revex.policies.engine import Approver, PolicyEngine
+from revex.policies.model import Policy
+from revex.runtime.audit import AuditLog, AuditSink
+from revex.runtime.effects.base import Effect, EffectContext, EffectFactory
+from revex.runtime.effects.files import FileEffect
+from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
+from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
+from revex.runtime.rollback import (
+    CLR_BATCH,
+    OwnerLock,
+    interrupted_rollback,
+    pending_items,
+    resolve_intents,
+    rollback,
+)
+from revex.runtime.store import ContentStore
+
+ACTIVE = ("active", "rolling_back")
+
+
+def default_state_dir() -> Path:
+    """``$REVEX_STATE_DIR``, else ``$XDG_STATE_HOME/revex``, else ``~/.local/state/revex``."""
+    env = os.environ.get("REVEX_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "revex"
+
+
+def _prepare_state_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise StateError(f"state dir {path} exists and is not a directory") from exc
+    except OSError as exc:
+        raise StateError(f"cannot create the state dir {path}: {exc}; choose another with "
+                         "Runtime(state_dir=...) or REVEX_STATE_DIR") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StateError(f"state dir {path} is not writable by this user; fix its permissions "
+                         "or choose another with Runtime(state_dir=...) or REVEX_STATE_DIR")
+    (path / "locks").mkdir(exist_ok=True)
+    return path.resolve()
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    id: str
+    status: str
+    created_at: float
+    updated_at: float
+    config: dict[str, Any]
+
+
+class Runtime:
+    """The reversible-action runtime.
+
+    Args:
+        state_dir: where the journal, content store and HMAC key live; must be outside every
+            workspace. Default: :func:`default_state_dir`.
+        policy: a preset name (``default``, ``permissive``, ``strict``, ``training``), a TOML
+            path, or a :class:`Policy`.
+        audit: the audit sink: ``"file"`` (``<state_dir>/audit.jsonl``), ``"stderr"``, a
+            path, a text stream, or None.
+        approver: called for actions a rule marks ``approve``; returns True to allow.
+        recover: roll back the episodes of dead processes on open (default True).
+
+    Raises StateError (unusable state dir), PolicyError (bad policy), JournalError.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        policy: str | Path | Policy = "default",
+        *,
+        audit: AuditSink = "file",
+        approver: Approver | None = None,
+        recover: bool = True,
+    ) -> None:
+        self.state_dir = _prepare_state_dir(Path(state_dir) if state_dir else default_state_dir())
+        self.policy = Policy.load(policy)
+        self.engine = PolicyEngine(self.policy)
+        self.approver = approver
+        self.store = ContentStore(self.state_dir / "store")
+        try:
+            key = load_or_create_key(self.state_dir / "hmac.key")
+        except OSError as exc:
+            raise StateError(f"cannot read or create the journal key in {self.state_dir}: "
+                             f"{exc}") from exc
+        self.audit = AuditLog(audit, self.state_dir)
+        self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
+        self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect}
+        if recover:
+            self.recover()
+
+    # ---- effects -----------------------------------------------------------------------------
+
+    def make_effect(self, prefix: str, ctx: EffectContext) -> Effect:
+        try:
+            factory = self._effect_factories[prefix]
+        except KeyError as exc:
+            raise ConfigError(f"no effect handles actions of kind '{prefix}.*'") from exc
+        return factory(ctx)
+
+    def lock_path(self, episode_id: str) -> Path:
+        return self.state_dir / "locks" / f"{episode_id}.lock"
+
+    # ---- episodes ----------------------------------------------------------------------------
+
+    def episode(
+        self,
+        workspace: str | Path,
+        *,
+        on_exit: OnExit = "rollback",
+        on_error: OnError = "rollback",
+        **options: Any,
+    ) -> Episode:
+        """Start an episode acting in ``workspace`` (created if missing).
+
+        Raises ConfigError for a bad argument, StateError when the workspace and the state
+        directory overlap.
+        """
+        if on_exit not in ("rollback", "commit"):
+            raise ConfigError(f"on_exit must be 'rollback' or 'commit', not {on_exit!r}")
+        if on_error not in ("rollback", "keep"):
+            raise ConfigError(f"on_error must be 'rollback' or 'keep', not {on_error!r}")
+        if options:
+            raise ConfigError(f"unknown episode option(s): {', '.join(sorted(options))}")
+        ws = Path(workspace)
+        try:
+            ws.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the workspace {ws}: {exc}") from exc
+        if not ws.is_dir():
+            raise ConfigError(f"workspace {ws} is not a directory")
+        real = Path(os.path.realpath(ws))
+        state = self.state_dir
+        if real == state or state.is_relative_to(real) or real.is_relative_to(state):
+            raise StateError(f"workspace {real} and state dir {state} overlap; the journal "
+                             "must live outside every workspace")
+        episode_id = new_episode_id()
+        config: dict[str, Any] = {"workspace": str(real), "policy": self.policy.name,
+                                  "pid": os.getpid(), "on_exit": on_exit}
+        self.journal.put_episode(episode_id, "active", config)
+        episode = Episode(self, episode_id, config, on_exit, on_error)
+        self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
+                            status=Status.EVENT, params=config)
+        return episode
+
+    def episodes(self, status: str | None = None) -> list[EpisodeInfo]:
+        return [EpisodeInfo(e["id"], e["status"], e["created_at"], e["updated_at"], e["config"])
+                for e in self.journal.episodes(status)]
+
+    def resolve_id(self, prefix: str) -> str:
+        """The full id of the episode whose id starts with ``prefix``; ConfigError if none or
+        several match."""
+        matches = self.journal.find_episode(prefix)
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ConfigError(f"no episode matches {prefix!r}; `revex episodes` lists them")
+        raise ConfigError(f"{prefix!r} matches {len(matches)} episodes; give more of the id")
+
+    def undo(self, episode_id: str, *, force: bool = False) -> int:
+        """Undo a committed episode (from any process), newest action first.
+
+        Returns the number of actions undone. Raises ConflictError, changing nothing, when a
+        target changed since (unless ``force``); ConfigError for an unknown or running episode.
+        """
+        info = self.journal.episode(episode_id)
+        if info is None:
+            raise ConfigError(f"no episode {episode_id!r}; `revex episodes` lists them")
+        lock = OwnerLock(self.lock_path(episode_id))
+        if not lock.acquire():
+            raise ConfigError(f"episode {episode_id} is still running in process "
+                              f"{lock.owner_pid()}; roll it back there")
+        try:
+            return self._undo_locked(episode_id, info["config"], force=force)
+        finally:
+            lock.release(remove=True)
+
+    def _undo_locked(self, episode_id: str, config: dict[str, Any], *, force: bool,
+                     resume_window: int = 0) -> int:
+        effects: dict[str, Effect] = {}
+
+        def effect_for(prefix: str) -> Effect:
+            if prefix not in effects:
+                effects[prefix] = self.make_effect(
+                    prefix, EffectContext(episode_id, config, self.store))
+            return effects[prefix]
+
+        try:
+            records = self.journal.records(episode_id)
+            resolve_intents(self.journal, episode_id, records, effect_for)
+            records = self.journal.records(episode_id)
+            items = pending_items(records)
+            if resume_window == 0 and interrupted_rollback(records):
+                resume_window = CLR_BATCH
+            self.journal.set_episode_status(episode_id, "rolling_back")
+            report = rollback(self.journal, episode_id, items, effect_for, force=force,
+                              resume_window=resume_window)
+            self.journal.append(episode_id=episode_id, kind="episode.undo", target="",
+                                status=Status.EVENT, params={"undone": report.undone})
+            self.journal.set_episode_status(episode_id, "undone")
+            return report.undone
+        except ConflictError:
+            self.journal.set_episode_status(episode_id, "conflict")
+            raise
+        finally:
+            for effect in effects.values():
+                effect.close()
+
+    def recover(self) -> list[str]:
+        """Roll back every episode whose owning process died; returns their ids.
+
+        An episode whose rollback meets drift is left with status ``conflict`` (see
+        ``revex undo --force``) and a warning is issued.
+        """
+        recovered = []
+        for info in self.journal.episodes():
+            if info["status"] not in ACTIVE:
+                continue
+            lock = OwnerLock(self.lock_path(info["id"]))
+            if not lock.acquire():
+                continue
+            try:
+                current = self.journal.episode(info["id"])
+                if current is None or current["status"] not in ACTIVE:
+                    continue
+                try:
+                    self._undo_locked(info["id"], info["config"], force=False)
+                except ConflictError as exc:
+                    warnings.warn(f"recovery of episode {info['id']} stopped: {exc}",
+                                  stacklevel=2)
+                    continue
+                self.journal.set_episode_status(info["id"], "recovered")
+                recovered.append(info["id"])
+            finally:
+                lock.release(remove=True)
+        return recovered
+
+    # ---- audit and maintenance ---------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Recompute the journal's hash chain and HMACs (see :class:`VerifyReport`)."""
+        return self.journal.verify()
+
+    def gc(self) -> tuple[int, int]:
+        """Delete pre-image blobs no undoable action needs; returns (blobs, bytes) freed."""
+        keep: set[str] = set()
+        for info in self.journal.episodes():
+            if info["status"] in ("undone", "rolled_back", "recovered"):
+                continue
+            for item in pending_items(self.journal.records(info["id"])):
+                _collect_shas(item.undo_info, keep)
+        return self.store.gc(keep)
+
+    def close(self) -> None:
+        self.journal.close()
+        self.audit.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _collect_shas(obj: Any, out: set[str]) -> None:
+    if isinstance(obj, dict):
+        if obj.get("type") == "file" and isinstance(obj.get("sha"), str):
+            out.add(obj["sha"])
+        for value in obj.values():
+            _collect_shas(value, out)
+    elif isinstance(obj, list):
+        for value in obj:
+            _collect_shas(value, out)
+
