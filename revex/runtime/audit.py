@@ -39,7 +39,7 @@ class AuditLog:
         self._logger: Any = None
         if stream is not None:
             self._logger = structlog.wrap_logger(
-                structlog.PrintLogger(stream),
+                structlog.PrintLogger(stream),  # type: ignore[arg-type]
                 processors=[
                     structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),

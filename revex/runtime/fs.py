@@ -7,6 +7,7 @@ DENIED). Reads and writes never follow symlinks.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ class FileSystem:
         for i, step in enumerate(chain):
             if self._ep._files().ws.lstat(step) is not None and (i < len(chain) - 1 or exist_ok):
                 continue
-            self._act(lambda fx, s=step: fx.mkdir(s, mode), "fs.mkdir", step)
+            self._act(functools.partial(_mkdir, step=step, mode=mode), "fs.mkdir", step)
 
     def rmdir(self, path: str, recursive: bool = False) -> None:
         """Remove a directory; ``recursive=True`` removes its whole tree (all undoable)."""
@@ -105,3 +106,7 @@ class FileSystem:
     def listdir(self, path: str = ".") -> list[str]:
         names: list[str] = self._act(lambda fx: fx.stat_plan(path, "fs.list"), "fs.list", path)
         return names
+
+
+def _mkdir(fx: FileEffect, *, step: str, mode: int) -> Plan:
+    return fx.mkdir(step, mode)

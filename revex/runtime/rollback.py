@@ -13,6 +13,7 @@ state, then it is rolled back to its start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Sequence
@@ -176,10 +177,8 @@ class OwnerLock:
         if self.fd is None:
             return
         if remove:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
         os.close(self.fd)
         self.fd = None
 

@@ -274,9 +274,8 @@ class Workspace:
                 os.mkfifo(name, want["mode"], dir_fd=fd)
                 os.chmod(name, want["mode"], dir_fd=fd)
                 os.utime(name, ns=(want["mtime_ns"], want["mtime_ns"]), dir_fd=fd)
-            elif kind == "dir":
-                if not keep_dir:
-                    os.mkdir(name, 0o700, dir_fd=fd)
+            elif kind == "dir" and not keep_dir:
+                os.mkdir(name, 0o700, dir_fd=fd)
         if kind == "dir":
             children = want.get("children")
             if children is not None:

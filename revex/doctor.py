@@ -1,0 +1,59 @@
+"""``revex doctor``: which features work on this machine, and why not."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from revex.errors import RevexError
+
+Check = tuple[str, bool, str]
+
+
+def _state_dir(state_dir: Path | None) -> Check:
+    from revex.runtime.runtime import Runtime
+
+    try:
+        with Runtime(state_dir=state_dir, audit=None, recover=False) as rt:
+            report = rt.verify()
+            return ("state dir + journal", report.ok,
+                    f"{rt.state_dir}: {report.checked} records"
+                    + ("" if report.ok else f", BROKEN at {report.first_bad_seq}: {report.reason}"))
+    except RevexError as exc:
+        return ("state dir + journal", False, str(exc))
+
+
+def _sqlite() -> Check:
+    return ("sqlite (journal)", True, f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=FULL")
+
+
+def _fsync() -> Check:
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"x")
+        f.flush()
+        os.fsync(f.fileno())
+    return ("fsync", True, "durable writes available")
+
+
+def checks(state_dir: Path | None = None) -> list[Check]:
+    """All doctor checks, each (feature, ok, why)."""
+    out: list[Check] = []
+    probes: list[Callable[[], Check | list[Check]]] = [
+        lambda: _state_dir(state_dir), _sqlite, _fsync, _sandbox_checks,
+    ]
+    for probe in probes:
+        result = probe()
+        out.extend(result if isinstance(result, list) else [result])
+    return out
+
+
+def _sandbox_checks() -> list[Check]:
+    import revex.runtime.sandbox as sandbox
+
+    probe = getattr(sandbox, "doctor", None)
+    if probe is None:
+        return [("sandbox", False, "no sandbox backends are installed in this build")]
+    return list(probe())
