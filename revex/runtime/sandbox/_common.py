@@ -3,6 +3,7 @@ input files, and turning a supervised run into an :class:`ExecResult`."""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
@@ -153,13 +154,18 @@ def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = Fals
     code = sup.returncode
     sig = -code if code < 0 else (code - 128 if code > 128 else None)
     err_tail = sup.stderr[-400:]
+    ru = sup.rusage
+    cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+    # RLIMIT_CPU with soft == hard ends in SIGKILL (not SIGXCPU) once the CPU time is used up.
+    cpu_out = sig == signal.SIGXCPU or (
+        sig == signal.SIGKILL and cpu >= 0.75 * max(1, math.ceil(spec.limits.cpu_s)))
     if sup.timed_out:
         status = ExecStatus.TIMEOUT
     elif sup.output_limited:
         status = ExecStatus.OUTPUT_LIMIT
     elif oom or (code != 0 and b"MemoryError" in err_tail):
         status = ExecStatus.MEMORY
-    elif sig == signal.SIGXCPU:
+    elif cpu_out:
         status = ExecStatus.TIMEOUT
     elif code == 0:
         status = ExecStatus.OK
@@ -167,8 +173,6 @@ def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = Fals
         status = ExecStatus.KILLED
     else:
         status = ExecStatus.FAILED
-    ru = sup.rusage
-    cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
     if peak_mb is None:
         peak_mb = ru.ru_maxrss / 1024 if ru else 0.0
     return ExecResult(
