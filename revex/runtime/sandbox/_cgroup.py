@@ -11,6 +11,7 @@ removes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -130,10 +131,8 @@ def remove_tree(path: str) -> None:
         except OSError:
             pids = []
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.01)
     raise err
 

@@ -3,6 +3,7 @@ input files, and turning a supervised run into an :class:`ExecResult`."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -236,10 +237,8 @@ class SpawnedProcess:
         finally:
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
                 if f is not None:
-                    try:
+                    with contextlib.suppress(BrokenPipeError):
                         f.close()
-                    except BrokenPipeError:
-                        pass
             self._cleanup()
 
     def __enter__(self) -> SpawnedProcess:

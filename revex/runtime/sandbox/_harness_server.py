@@ -114,7 +114,7 @@ def main():
     try:
         exec(compile(loads(first)["solution"], "<solution>", "exec"), ns)
     except BaseException as exc:  # any failure to load is reported, then the server ends
-        send({"load_error": type(exc).__name__ + ": " + _safe_text(lambda: str(exc))})
+        send({"load_error": type(exc).__name__ + ": " + _safe_text(lambda e=exc: str(e))})
         os._exit(0)
     send({"ready": True})
     while True:

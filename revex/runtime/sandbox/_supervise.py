@@ -8,6 +8,7 @@ at most ``output_bytes`` per stream is kept; past that the run is stopped (statu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _CHUNK = 65536
-_TICK_S = 0.05
+_TICK_S = 0.5  # upper bound between checks; exits wake us via the pidfd
 _DRAIN_S = 1.0
 
 
@@ -63,6 +64,9 @@ def supervise(
     for fd in bufs:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
+    # A pidfd becomes readable when the child exits: no polling latency.
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ)
     pending = memoryview(stdin)
     in_fd = proc.stdin.fileno()
     if pending:
@@ -88,6 +92,8 @@ def supervise(
                 timed_out = True
                 stop()
                 stop_at = now + _DRAIN_S
+            if status is not None and pidfd in sel.get_map():
+                sel.unregister(pidfd)
             if not sel.get_map() and status is not None:
                 break
             if stop_at is not None and now > stop_at and status is not None:
@@ -97,6 +103,8 @@ def supervise(
                 timeout = min(timeout, max(0.0, deadline - now))
             for key, _ in sel.select(timeout):
                 fd = int(key.fd)
+                if fd == pidfd:
+                    continue  # the wait4 at the top of the loop reaps it
                 if fd == in_fd:
                     try:
                         n = os.write(fd, pending[:_CHUNK])
@@ -133,11 +141,10 @@ def supervise(
             _, status, rusage = _wait_blocking(proc.pid)
         proc.returncode = os.waitstatus_to_exitcode(status)
         for f in (proc.stdin, proc.stdout, proc.stderr):
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 f.close()
-            except BrokenPipeError:
-                pass
         sel.close()
+        os.close(pidfd)
     return Supervised(
         returncode=proc.returncode,
         stdout=bytes(bufs[out_fd]),

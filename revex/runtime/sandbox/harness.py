@@ -27,9 +27,9 @@ calls fail. Arguments are copied, so in-place mutation of an argument is not vis
 from __future__ import annotations
 
 import ast
-import json
 import base64
 import builtins
+import json
 import math
 import os
 import secrets

@@ -20,6 +20,7 @@ and diffed afterwards. Either way ``ExecResult.upper_dir`` holds the new content
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -39,8 +40,8 @@ from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 # clone(2) flags that create namespaces: NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET.
 _CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 \
     | 0x40000000
-#: Kafel policy (SYSCALL[166] is umount2, which kafel names "umount"): EPERM for kernel attack surface and namespace/mount games, ENOSYS for clone3 so
-#: libc falls back to clone(2), whose flags seccomp can inspect; everything else allowed.
+#: Kafel policy (SYSCALL[166] is umount2, which kafel names "umount"): EPERM for kernel
+#: attack surface and namespace/mount games, ENOSYS for clone3 so libc falls back to clone(2), whose flags seccomp can inspect; everything else allowed.
 SECCOMP_POLICY = (
     "ERRNO(1) { ptrace, process_vm_readv, process_vm_writev, mount, SYSCALL[166], pivot_root, "
     "chroot, kexec_load, kexec_file_load, bpf, perf_event_open, io_uring_setup, io_uring_enter, "
@@ -279,10 +280,8 @@ def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
 
     def stop() -> None:
         if proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     return stop
 

@@ -68,9 +68,8 @@ def read_upper(upper: str, lower: str) -> list[FileChange]:
                 low = os.path.join(lower, rel)
                 if opaque and not under_opaque and os.path.lexists(low):
                     changes.append(_entry_change(rel, st, entry.path, "opaque"))
-                elif under_opaque or not os.path.isdir(low) or os.path.islink(low):
-                    changes.append(_entry_change(rel, st, entry.path))
-                elif stat.S_IMODE(os.lstat(low).st_mode) != stat.S_IMODE(st.st_mode):
+                elif (under_opaque or not os.path.isdir(low) or os.path.islink(low)
+                      or stat.S_IMODE(os.lstat(low).st_mode) != stat.S_IMODE(st.st_mode)):
                     changes.append(_entry_change(rel, st, entry.path))
                 walk(rel, under_opaque or opaque or not os.path.isdir(low))
                 continue

@@ -43,12 +43,14 @@ FORGERIES = {
         "    return None"),
     "lying_eq": "class Any_:\n    def __eq__(s, o): return True\n    def __ne__(s, o): return False\n"
                 "    def __bool__(s): return True\ndef inc(x):\n    return Any_()",
-    "int_subclass": "class I(int):\n    def __eq__(s, o): return True\ndef inc(x):\n    return I(0)",
+    "int_subclass": ("class I(int):\n    def __eq__(s, o): return True\n"
+                     "def inc(x):\n    return I(0)"),
     "monkeypatch_json": "import json, builtins\njson.dumps = lambda *a, **k: '{\"ok\": true}'\n"
                         "builtins.AssertionError = Exception\ndef inc(x):\n    return 0",
     "inspect_frames": "import sys, gc\ndef inc(x):\n    f = sys._getframe()\n"
                       "    while f.f_back: f = f.f_back\n"
-                      "    for o in gc.get_objects():\n        pass\n    return f.f_globals.get('expected', 0)",
+                      "    for o in gc.get_objects():\n        pass\n"
+                      "    return f.f_globals.get('expected', 0)",
     "read_tests_from_disk": "import os\ndef inc(x):\n"
                             "    for root, _, files in os.walk('/'):\n"
                             "        if root.startswith('/proc'): continue\n"
@@ -57,7 +59,8 @@ FORGERIES = {
                             "    return 0",
     "write_result_file": "def inc(x):\n    open('/tmp/result.json', 'w').write('{\"passed\": 3}')\n"
                          "    return 0",
-    "pickle_bomb": "import pickle, os\nclass P:\n    def __reduce__(self): return (os.system, ('x',))\n"
+    "pickle_bomb": "import pickle, os\nclass P:\n"
+                   "    def __reduce__(self): return (os.system, ('x',))\n"
                    "def inc(x):\n    return P()",
     "huge_reply": "def inc(x):\n    return 'x' * (80 << 20)",
     "hang": "def inc(x):\n    while True: pass",
