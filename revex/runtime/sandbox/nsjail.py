@@ -41,7 +41,8 @@ from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 _CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 \
     | 0x40000000
 #: Kafel policy (SYSCALL[166] is umount2, which kafel names "umount"): EPERM for kernel
-#: attack surface and namespace/mount games, ENOSYS for clone3 so libc falls back to clone(2), whose flags seccomp can inspect; everything else allowed.
+#: attack surface and namespace/mount games, ENOSYS for clone3 so libc falls back to
+#: clone(2), whose flags seccomp can inspect; everything else allowed.
 SECCOMP_POLICY = (
     "ERRNO(1) { ptrace, process_vm_readv, process_vm_writev, mount, SYSCALL[166], pivot_root, "
     "chroot, kexec_load, kexec_file_load, bpf, perf_event_open, io_uring_setup, io_uring_enter, "

@@ -32,7 +32,8 @@ FORGERIES = {
     "thread_exit": "import threading, os\ndef inc(x):\n"
                    "    threading.Thread(target=lambda: os._exit(0)).start()\n"
                    "    import time; time.sleep(1)",
-    "fake_stdout": "def inc(x):\n    print('{\"ok\": 2}')\n    print('PASSED 3/3')\n    return None",
+    "fake_stdout": ("def inc(x):\n    print('{\"ok\": 2}')\n    print('PASSED 3/3')\n"
+                    "    return None"),
     "fake_protocol_reply": (
         "import os, json\ndef inc(x):\n"
         "    for fd in range(3, 64):\n"
@@ -41,7 +42,8 @@ FORGERIES = {
         "        except OSError:\n"
         "            pass\n"
         "    return None"),
-    "lying_eq": "class Any_:\n    def __eq__(s, o): return True\n    def __ne__(s, o): return False\n"
+    "lying_eq": "class Any_:\n    def __eq__(s, o): return True\n"
+                "    def __ne__(s, o): return False\n"
                 "    def __bool__(s): return True\ndef inc(x):\n    return Any_()",
     "int_subclass": ("class I(int):\n    def __eq__(s, o): return True\n"
                      "def inc(x):\n    return I(0)"),
