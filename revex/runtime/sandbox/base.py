@@ -8,6 +8,7 @@ the code raises :class:`revex.errors.SandboxError`.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -106,10 +107,73 @@ class ExecResult:
     backend: str = ""
     weak_isolation: bool = False
     message: str = ""
+    #: Host directory holding the run's file changes as an overlayfs upper layer (new and
+    #: modified files, whiteouts for deletions) or, for copy-mode runs, the changed copy of the
+    #: workspace. ``None`` when the spec had no workspace or the result was discarded. The
+    #: caller owns it: apply ``changes`` (reading file contents with :meth:`change_path`), then
+    #: call :meth:`discard`. Kept out of ``repr`` and equality.
+    upper_dir: str | None = field(default=None, repr=False, compare=False)
+    #: The per-run directory that contains ``upper_dir``; removed by :meth:`discard`.
+    _run_dir: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status is ExecStatus.OK
+
+    def change_path(self, change: FileChange) -> str:
+        """Host path holding the new content of ``change`` (a ``file``/``dir``/``symlink``).
+
+        Raises ``ValueError`` when the result has no upper directory (no workspace, or
+        already discarded).
+        """
+        if self.upper_dir is None:
+            raise ValueError("this result has no change directory (no workspace, or discarded)")
+        return f"{self.upper_dir}/{change.path}"
+
+    def discard(self) -> None:
+        """Delete the change directory. Idempotent; call it once the changes were applied or
+        rejected. Raises ``OSError`` only if the directory exists and cannot be removed."""
+        root, self._run_dir, self.upper_dir = self._run_dir, None, None
+        if root is not None:
+            shutil.rmtree(root)
+
+    def __enter__(self) -> ExecResult:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+@dataclass(frozen=True)
+class TestCaseResult:
+    """The verdict of one test (one ``assert``) from ``harness.run_tests``.
+
+    status: ``passed``, ``failed`` (assertion false or the solution raised), ``error`` (the
+    solution's process died, returned something that is not plain data, or broke the protocol),
+    ``timeout``.
+    """
+
+    name: str
+    status: str
+    message: str = ""
+
+
+@dataclass
+class TestReport:
+    """All verdicts for one solution; ``pass_rate`` is ``passed / total`` (0.0 when empty)."""
+
+    passed: int
+    total: int
+    results: list[TestCaseResult] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.total if self.total else 0.0
+
+    @property
+    def all_passed(self) -> bool:
+        return self.total > 0 and self.passed == self.total
 
 
 @runtime_checkable
@@ -119,3 +183,26 @@ class SandboxBackend(Protocol):
     name: str
 
     def run(self, spec: ExecSpec) -> ExecResult: ...
+
+
+class Spawned(Protocol):
+    """A started sandboxed process whose pipes the caller drives (see
+    :class:`InteractiveBackend`). ``stdin``/``stdout``/``stderr`` are the raw pipe fds."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+    def close(self) -> None:
+        """Kill whatever still runs in the sandbox, reap it and remove every per-run resource.
+        Idempotent."""
+        ...
+
+
+@runtime_checkable
+class InteractiveBackend(SandboxBackend, Protocol):
+    """A backend that can also start a sandboxed process and hand over its pipes, with the
+    same isolation and limits as :meth:`run` (``limits.wall_s`` bounds the whole session).
+    Used by the test harness, whose server talks to the host over those pipes."""
+
+    def spawn(self, spec: ExecSpec) -> Spawned: ...

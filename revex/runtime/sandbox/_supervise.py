@@ -1,0 +1,168 @@
+"""Feed, watch and reap one child process: bounded output, prompt wall-time kill, rusage.
+
+Shared by the nsjail and process backends. Output is read through pipes in 64 KiB chunks and
+at most ``output_bytes`` per stream is kept; past that the run is stopped (status
+``output_limit``), so a flood never grows our memory. The child is always reaped with
+``wait4`` (which also gives the CPU time and peak RSS of the waited-for tree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import selectors
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_CHUNK = 65536
+_TICK_S = 0.5  # upper bound between checks; exits wake us via the pidfd
+_DRAIN_S = 1.0
+
+
+@dataclass
+class Supervised:
+    """What happened to a supervised child."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    output_limited: bool
+    wall_s: float
+    rusage: resource.struct_rusage | None
+
+
+def supervise(
+    proc: subprocess.Popen[bytes],
+    stdin: bytes,
+    *,
+    wall_s: float,
+    output_bytes: int,
+    stop: Callable[[], None],
+    after_exit: Callable[[], None] | None = None,
+) -> Supervised:
+    """Run ``proc`` to completion under a wall-time and output limit.
+
+    ``stop`` is called (possibly more than once) to kill the whole run on a timeout or output
+    overflow; ``after_exit`` is called once the main child exited, to end what it left behind.
+    The child is always reaped before this returns. Raises ``OSError`` only for errors of our
+    own pipes other than a closed reader.
+    """
+    start = time.monotonic()
+    deadline = start + wall_s
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+    sel = selectors.DefaultSelector()
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    trunc = {fd: False for fd in bufs}
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    # A pidfd becomes readable when the child exits: no polling latency.
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ)
+    pending = memoryview(stdin)
+    in_fd = proc.stdin.fileno()
+    if pending:
+        os.set_blocking(in_fd, False)
+        sel.register(in_fd, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    timed_out = output_limited = False
+    status: int | None = None
+    rusage: resource.struct_rusage | None = None
+    stop_at: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            if status is None:
+                pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    status, rusage = st, ru
+                    if after_exit is not None:
+                        after_exit()
+                    stop_at = stop_at or now + _DRAIN_S
+            if status is None and now >= deadline and not timed_out:
+                timed_out = True
+                stop()
+                stop_at = now + _DRAIN_S
+            if status is not None and pidfd in sel.get_map():
+                sel.unregister(pidfd)
+            if not sel.get_map() and status is not None:
+                break
+            if stop_at is not None and now > stop_at and status is not None:
+                break
+            timeout = _TICK_S if status is None else max(0.0, (stop_at or now) - now)
+            if status is None:
+                timeout = min(timeout, max(0.0, deadline - now))
+            for key, _ in sel.select(timeout):
+                fd = int(key.fd)
+                if fd == pidfd:
+                    continue  # the wait4 at the top of the loop reaps it
+                if fd == in_fd:
+                    try:
+                        n = os.write(fd, pending[:_CHUNK])
+                        pending = pending[n:]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(fd)
+                        proc.stdin.close()
+                    continue
+                try:
+                    data = os.read(fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(fd)
+                    continue
+                buf = bufs[fd]
+                room = output_bytes - len(buf)
+                if len(data) > room:
+                    buf += data[:max(room, 0)]
+                    trunc[fd] = True
+                    if not output_limited and not timed_out:
+                        output_limited = True
+                        stop()
+                        stop_at = time.monotonic() + _DRAIN_S
+                else:
+                    buf += data
+    finally:
+        if status is None:
+            stop()
+            _, status, rusage = _wait_blocking(proc.pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(BrokenPipeError):
+                f.close()
+        sel.close()
+        os.close(pidfd)
+    return Supervised(
+        returncode=proc.returncode,
+        stdout=bytes(bufs[out_fd]),
+        stderr=bytes(bufs[err_fd]),
+        stdout_truncated=trunc[out_fd],
+        stderr_truncated=trunc[err_fd],
+        timed_out=timed_out,
+        output_limited=output_limited,
+        wall_s=time.monotonic() - start,
+        rusage=rusage,
+    )
+
+
+def _wait_blocking(pid: int) -> tuple[int, int, resource.struct_rusage]:
+    while True:
+        try:
+            return os.wait4(pid, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError as exc:  # already reaped elsewhere: should not happen
+            raise OSError(errno.ECHILD, f"child {pid} vanished before it was reaped") from exc

