@@ -31,13 +31,3 @@ def open_dir() -> Iterator[str]:
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests run only when selected with ``-m slow``."""
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow; run with -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
