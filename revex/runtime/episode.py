@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,7 @@ from revex.runtime.effects.files import FileEffect
 from revex.runtime.fs import FileSystem
 from revex.runtime.journal import Status
 from revex.runtime.rollback import OwnerLock, pending_items, rollback
+from revex.runtime.sandbox.base import ExecResult, Limits, TestReport, make_spec
 
 if TYPE_CHECKING:
     from revex.runtime.runtime import Runtime
@@ -206,6 +207,67 @@ class Episode:
                       result=post)
         self._charge(plan)
         return value
+
+    def _note_denied(self, kind: str, target: str, rule: str, reason: str,
+                     params: dict[str, Any]) -> None:
+        """Journal a refusal decided outside :meth:`_act` (e.g. a sandbox change set)."""
+        with self._lock:
+            self._action_seq += 1
+            self._deny(self._action_seq, kind, target, rule, reason, params)
+
+    # ---- code execution ----------------------------------------------------------------------
+
+    def run(
+        self,
+        code: str | None = None,
+        *,
+        argv: Sequence[str] | None = None,
+        language: str = "python",
+        stdin: str | bytes = b"",
+        env: Mapping[str, str] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        limits: Limits | None = None,
+        network: bool = False,
+        apply_changes: bool = True,
+    ) -> ExecResult:
+        """Run code in the sandbox over this episode's workspace.
+
+        What the code did to the workspace comes back as a change set; when ``apply_changes``
+        it is checked against the policy as a whole and applied as journaled file actions
+        (undone by a rollback like any ``ep.fs`` action), otherwise discarded. The result says
+        which (``changes_applied``, ``changes_refused``). What the code does (a timeout, a
+        crash) is a status, never an exception. Raises PolicyViolation when the policy refuses
+        the run itself, ConfigError for a malformed request, SandboxError when no sandbox can
+        run it, ActionFailed when applying the changes failed (none are then kept).
+        """
+        from revex.runtime.execution import apply_changes as apply_change_set
+        from revex.runtime.execution import run_plan
+
+        spec = make_spec(code, argv=argv, language=language, stdin=stdin, env=env,
+                         files=files, limits=limits, network=network,
+                         workspace=str(self.workspace))
+        backend = self._rt.backend
+        result: ExecResult = self._act(lambda: run_plan(spec, backend), "exec.run",
+                                       language)
+        with result:
+            if result.changes and apply_changes:
+                outcome = apply_change_set(self, result, f"exec#{self._action_seq_of_run}")
+                result.changes_applied = outcome.applied
+                result.changes_refused = outcome.refused
+            else:
+                result.changes_applied = False
+        return result
+
+    @property
+    def _action_seq_of_run(self) -> int:
+        return self._action_seq
+
+    def run_tests(self, solution: str, tests: str, entry_point: str, *,
+                  limits: Limits | None = None) -> TestReport:
+        """Run ``tests`` against ``solution`` with unforgeable verdicts (see SECURITY.md),
+        journaled as one ``exec.tests`` action. Raises like :meth:`run`."""
+        return self._act(lambda: self._rt.tests_plan(solution, tests, entry_point, limits),
+                         "exec.tests", entry_point)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +15,7 @@ from revex.errors import ConfigError, ConflictError, StateError
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
-from revex.runtime.effects.base import Effect, EffectContext, EffectFactory
+from revex.runtime.effects.base import Effect, EffectContext, EffectFactory, Plan
 from revex.runtime.effects.files import FileEffect
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
 from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
@@ -26,6 +27,7 @@ from revex.runtime.rollback import (
     resolve_intents,
     rollback,
 )
+from revex.runtime.sandbox.base import ExecResult, Limits, SandboxBackend, TestReport
 from revex.runtime.store import ContentStore
 
 ACTIVE = ("active", "rolling_back")
@@ -77,6 +79,8 @@ class Runtime:
             path, a text stream, or None.
         approver: called for actions a rule marks ``approve``; returns True to allow.
         recover: roll back the episodes of dead processes on open (default True).
+        sandbox: the code-execution backend: ``"nsjail"``, ``"process"``, a backend object, or
+            None for the strongest that works here (see ``revex doctor``).
 
     Raises StateError (unusable state dir), PolicyError (bad policy), JournalError.
     """
@@ -89,6 +93,7 @@ class Runtime:
         audit: AuditSink = "file",
         approver: Approver | None = None,
         recover: bool = True,
+        sandbox: str | SandboxBackend | None = None,
     ) -> None:
         self.state_dir = _prepare_state_dir(Path(state_dir) if state_dir else default_state_dir())
         self.policy = Policy.load(policy)
@@ -103,6 +108,8 @@ class Runtime:
         self.audit = AuditLog(audit, self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
         self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect}
+        self._sandbox = sandbox
+        self._backend: SandboxBackend | None = None
         if recover:
             self.recover()
 
@@ -251,6 +258,86 @@ class Runtime:
             finally:
                 lock.release(remove=True)
         return recovered
+
+    # ---- code execution ----------------------------------------------------------------------
+
+    @property
+    def backend(self) -> SandboxBackend:
+        """The sandbox backend, chosen on first use. Raises SandboxError/ConfigError."""
+        if self._backend is None:
+            if self._sandbox is None or isinstance(self._sandbox, str):
+                from revex.runtime.sandbox import select_backend
+
+                self._backend = select_backend(self._sandbox)
+                if self._backend.name == "process":
+                    warnings.warn(
+                        "revex is using the 'process' sandbox backend: rlimits and a process "
+                        "group only, no namespaces; see `revex doctor`", stacklevel=3)
+            else:
+                self._backend = self._sandbox
+        return self._backend
+
+    def run(self, code: str | None = None, **options: Any) -> ExecResult:
+        """Run code in the sandbox once, outside any episode and without a workspace.
+
+        Takes the arguments of :meth:`Episode.run` (but no workspace). Not journaled: use an
+        episode for an audited run. Raises ConfigError/SandboxError.
+        """
+        from revex.runtime.sandbox.base import make_spec
+
+        spec = make_spec(code, **options)
+        return self.backend.run(spec)
+
+    def tests_plan(self, solution: str, tests: str, entry_point: str,
+                   limits: Limits | None) -> Plan:
+        """The ``exec.tests`` action: unforgeable verdicts, read-only for the journal."""
+        import hashlib
+
+        from revex.runtime.sandbox.harness import DEFAULT_LIMITS
+        from revex.runtime.sandbox.harness import run_tests as harness_run_tests
+
+        lim = limits or DEFAULT_LIMITS
+        backend = self.backend
+
+        def apply(_: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            report = harness_run_tests(solution, tests, entry_point, backend=backend,  # type: ignore[arg-type]
+                                       limits=lim)
+            statuses: dict[str, int] = {}
+            for r in report.results:
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+            return report, {"passed": report.passed, "total": report.total,
+                            "statuses": statuses}
+
+        return Plan(kind="exec.tests", target=entry_point,
+                    attrs={"language": "python", "network": False, "wall_s": lim.wall_s,
+                           "cpu_s": lim.cpu_s, "memory_mb": lim.memory_mb, "pids": lim.pids},
+                    params={"entry_point": entry_point,
+                            "solution_sha256": hashlib.sha256(solution.encode()).hexdigest(),
+                            "tests_sha256": hashlib.sha256(tests.encode()).hexdigest()},
+                    cost={"exec_runs": 1}, apply=apply, read_only=True)
+
+    def run_tests(self, solution: str, tests: str, entry_point: str, *,
+                  limits: Limits | None = None) -> TestReport:
+        """Unforgeable test verdicts for one solution (see SECURITY.md), outside any episode.
+
+        ``tests`` is a HumanEval-style ``check(candidate)`` or top-level asserts naming
+        ``entry_point``. Raises ConfigError (unparsable tests), SandboxError.
+        """
+        from revex.runtime.sandbox.harness import DEFAULT_LIMITS
+        from revex.runtime.sandbox.harness import run_tests as harness_run_tests
+
+        return harness_run_tests(solution, tests, entry_point,
+                                 backend=self.backend,  # type: ignore[arg-type]
+                                 limits=limits or DEFAULT_LIMITS)
+
+    def run_tests_many(self, solutions: Sequence[str], tests: str, entry_point: str, *,
+                       limits: Limits | None = None, concurrency: int = 0) -> list[TestReport]:
+        """:meth:`run_tests` for N solutions against the same tests, in parallel."""
+        from revex.runtime.sandbox.harness import DEFAULT_LIMITS, run_tests_many
+
+        return run_tests_many(list(solutions), tests, entry_point,
+                              backend=self.backend,  # type: ignore[arg-type]
+                              limits=limits or DEFAULT_LIMITS, concurrency=concurrency)
 
     # ---- audit and maintenance ---------------------------------------------------------------
 

@@ -105,10 +105,14 @@ def command(spec: ExecSpec, python: str, input_dir: str | None) -> list[str]:
         if not spec.argv:
             raise ConfigError("ExecSpec.argv is empty")
         return list(spec.argv)
+    assert spec.code is not None
+    long_code = len(spec.code) > MAX_INLINE_CODE
+    if spec.language == "bash":
+        return ["/bin/bash", f"{input_dir}/__revex_main__.py"] if long_code else [
+            "/bin/bash", "-c", spec.code]
     if spec.language not in ("python", "python3"):
         raise ConfigError(f"language {spec.language!r} is not supported; use argv")
-    assert spec.code is not None
-    if len(spec.code) > MAX_INLINE_CODE:
+    if long_code:
         return [python, "-B", f"{input_dir}/__revex_main__.py"]
     return [python, "-B", "-c", spec.code]
 

@@ -9,7 +9,7 @@ the code raises :class:`revex.errors.SandboxError`.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -115,6 +115,10 @@ class ExecResult:
     upper_dir: str | None = field(default=None, repr=False, compare=False)
     #: The per-run directory that contains ``upper_dir``; removed by :meth:`discard`.
     _run_dir: str | None = field(default=None, repr=False, compare=False)
+    #: Set by ``Episode.run``: whether the change set was applied to the workspace (as
+    #: journaled file actions), and what the policy refused (then nothing was applied).
+    changes_applied: bool | None = None
+    changes_refused: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -174,6 +178,53 @@ class TestReport:
     @property
     def all_passed(self) -> bool:
         return self.total > 0 and self.passed == self.total
+
+
+def make_spec(
+    code: str | None = None,
+    *,
+    argv: Sequence[str] | None = None,
+    language: str = "python",
+    stdin: str | bytes = b"",
+    env: Mapping[str, str] | None = None,
+    files: Mapping[str, str | bytes] | None = None,
+    limits: Limits | None = None,
+    network: bool = False,
+    workspace: str | None = None,
+) -> ExecSpec:
+    """Validate a run request and build its :class:`ExecSpec`.
+
+    Raises ConfigError naming what is wrong (both or neither of code/argv, an unknown language,
+    non-str environment values, file names that escape /input).
+    """
+    from revex.errors import ConfigError
+
+    if (code is None) == (argv is None):
+        raise ConfigError("give exactly one of code= (source text) or argv= (a command list)")
+    if code is not None and not isinstance(code, str):
+        raise ConfigError(f"code must be str, got {type(code).__name__}")
+    if argv is not None and (isinstance(argv, str) or not all(isinstance(a, str) for a in argv)
+                             or not argv):
+        raise ConfigError("argv must be a non-empty list of str, e.g. ['python3', 'main.py']")
+    if language not in LANGUAGES:
+        raise ConfigError(f"unknown language {language!r}; supported: {', '.join(LANGUAGES)}")
+    env = dict(env or {})
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
+            raise ConfigError(f"env entries must be str -> str with no '=' in names: {key!r}")
+    encoded: dict[str, bytes] = {}
+    for name, content in (files or {}).items():
+        if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
+            raise ConfigError(f"file name {name!r} must be relative without '..'")
+        encoded[name] = content.encode() if isinstance(content, str) else bytes(content)
+    return ExecSpec(
+        code=code, argv=tuple(argv) if argv is not None else None, language=language,
+        stdin=stdin.encode() if isinstance(stdin, str) else bytes(stdin), env=env,
+        files=encoded, limits=limits or Limits(), network=bool(network), workspace=workspace,
+    )
+
+
+LANGUAGES = ("python", "bash")
 
 
 @runtime_checkable

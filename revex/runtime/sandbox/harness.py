@@ -284,9 +284,9 @@ class CompiledTests:
                 defined.add(node.name)
             elif isinstance(node, ast.Import | ast.ImportFrom):
                 defined.update((a.asname or a.name).split(".")[0] for a in node.names)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                defined.add(node.id)
+        for sub in ast.walk(tree):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                defined.add(sub.id)
         self.loads = {n.id for n in ast.walk(tree)
                       if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - defined
         new = ast.fix_missing_locations(_AssertRewriter(tests).visit(tree))
