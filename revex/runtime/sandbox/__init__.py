@@ -1,7 +1,8 @@
 """Code execution backends behind one protocol, ``SandboxBackend.run(spec) -> ExecResult``.
 
-* :func:`select_backend` picks one explicitly (``"nsjail"``, ``"process"``) or the
-  best that works here (nsjail, else process with a weak-isolation warning).
+* :func:`select_backend` picks one explicitly (``"nsjail"``, ``"warm"``, ``"process"``) or
+  the best that works here (nsjail, else process with a weak-isolation warning). ``"warm"`` is
+  nsjail with pre-started zygotes that fork a child per Python run (see ``warm.py``); close it.
 * :func:`doctor` says which isolation features work on this machine and why.
 * :func:`run_many` / :func:`arun_many` run many specs with bounded concurrency.
 """
@@ -41,7 +42,7 @@ __all__ = [
     "select_backend",
 ]
 
-BACKENDS = ("nsjail", "process")
+BACKENDS = ("nsjail", "warm", "process")
 
 
 def select_backend(name: str | None = None) -> SandboxBackend:
@@ -53,6 +54,8 @@ def select_backend(name: str | None = None) -> SandboxBackend:
     """
     if name is not None and name not in BACKENDS:
         raise ConfigError(f"unknown sandbox backend {name!r}; choose one of {BACKENDS}")
+    if name == "warm":
+        return _warm_backend()
     if name in (None, "nsjail"):
         try:
             backend = _nsjail_backend()
@@ -76,6 +79,21 @@ def _nsjail_backend() -> SandboxBackend:
     backend = NsjailBackend()
     probe = backend.run(ExecSpec(code="pass", limits=Limits(wall_s=10)))
     if not probe.ok:
+        raise SandboxError(
+            f"{backend.name} cannot run code here: {probe.status}: {probe.message or probe.stderr}")
+    return backend
+
+
+def _warm_backend() -> SandboxBackend:
+    cold = _nsjail_backend()
+    from revex.runtime.sandbox.nsjail import NsjailBackend
+    from revex.runtime.sandbox.warm import WarmPythonBackend
+
+    assert isinstance(cold, NsjailBackend)
+    backend = WarmPythonBackend(cold=cold)
+    probe = backend.run(ExecSpec(code="pass", limits=Limits(wall_s=10)))
+    if not probe.ok:
+        backend.close()
         raise SandboxError(
             f"{backend.name} cannot run code here: {probe.status}: {probe.message or probe.stderr}")
     return backend

@@ -110,7 +110,7 @@ def main():
     first = reader.readline()
     if not first:
         os._exit(0)
-    ns = {"__name__": "__revex_solution__"}
+    ns: dict = {"__name__": "__revex_solution__"}
     try:
         exec(compile(loads(first)["solution"], "<solution>", "exec"), ns)
     except BaseException as exc:  # any failure to load is reported, then the server ends

@@ -2,7 +2,8 @@
 
 How a verdict is made:
 
-1. The solution is loaded in a sandbox (any backend with ``spawn``; nsjail by default) by a
+1. The solution is loaded in a sandbox (any backend with ``spawn``; by default the warm nsjail
+   path, a forked child of a jailed zygote, see ``warm.py``) by a
    small call server (``_harness_server.py``). The sandbox never receives the tests or any
    expected value.
 2. The test source runs on the host, in this process, with every name the solution defines
@@ -29,6 +30,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import contextlib
 import json
 import math
 import os
@@ -36,7 +38,7 @@ import secrets
 import selectors
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -317,7 +319,11 @@ def run_tests(solution: str, tests: str | CompiledTests, entry_point: str, *,
     Raises ``ConfigError`` for unparsable tests and ``SandboxError`` if the sandbox cannot start.
     """
     compiled = tests if isinstance(tests, CompiledTests) else CompiledTests(tests, entry_point)
-    be = backend if backend is not None else _default_backend()
+    if backend is None:
+        with default_backend(1) as be:
+            return run_tests(solution, compiled, entry_point, backend=be, limits=limits,
+                             call_timeout_s=call_timeout_s)
+    be = backend
     results: list[TestCaseResult] = []
 
     def record(fn: Any, line: int, text: str) -> None:
@@ -359,17 +365,35 @@ def run_tests_many(solutions: Sequence[str], tests: str, entry_point: str, *,
     """:func:`run_tests` for N solutions against the same tests, ``concurrency`` at a time
     (0: one per CPU). Reports keep the order of ``solutions``. Raises like :func:`run_tests`."""
     compiled = CompiledTests(tests, entry_point)
-    be = backend if backend is not None else _default_backend()
-    with ThreadPoolExecutor(max_workers=concurrency or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda s: run_tests(s, compiled, entry_point, backend=be,
-                                                 limits=limits, call_timeout_s=call_timeout_s),
-                             solutions))
+    workers = concurrency or os.cpu_count() or 1
+    with contextlib.ExitStack() as stack:
+        be = backend if backend is not None else stack.enter_context(default_backend(workers))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(lambda s: run_tests(s, compiled, entry_point, backend=be,
+                                                     limits=limits,
+                                                     call_timeout_s=call_timeout_s),
+                                 solutions))
 
 
-def _default_backend() -> InteractiveBackend:
+@contextlib.contextmanager
+def default_backend(size: int = 0) -> Iterator[InteractiveBackend]:
+    """The backend test runs use when none is given: the warm nsjail path (``size`` idle
+    zygotes, 0: one per CPU) where nsjail works, else what :func:`select_backend` picks.
+    Closed on exit. Raises ``SandboxError`` if the chosen backend cannot run a test server."""
     from revex.runtime.sandbox import select_backend
 
-    be = select_backend()
-    if not isinstance(be, InteractiveBackend):
-        raise SandboxError(f"backend {be.name} cannot run a test server (no spawn())")
-    return be
+    be: Any
+    try:
+        from revex.runtime.sandbox.warm import WarmPythonBackend
+
+        be = WarmPythonBackend(size=size)
+    except (SandboxError, ImportError):
+        be = select_backend()
+    try:
+        if not isinstance(be, InteractiveBackend):
+            raise SandboxError(f"backend {be.name} cannot run a test server (no spawn())")
+        yield be
+    finally:
+        close = getattr(be, "close", None)
+        if close is not None:
+            close()

@@ -6,6 +6,7 @@ A sample passes when every assert of the problem's ``check`` passed (and at leas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -14,7 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from revex.runtime.sandbox.base import InteractiveBackend, Limits
-from revex.runtime.sandbox.harness import DEFAULT_LIMITS, CompiledTests, run_tests
+from revex.runtime.sandbox.harness import (
+    DEFAULT_LIMITS,
+    CompiledTests,
+    default_backend,
+    run_tests,
+)
 
 
 def humaneval_problems() -> dict[str, dict[str, Any]]:
@@ -80,8 +86,12 @@ def evaluate(samples: Iterable[Mapping[str, str]], *,
                 result = f"failed: {bad.message or bad.name}"
         return {**row, "result": result, "passed": passed}
 
-    with ThreadPoolExecutor(max_workers=concurrency or os.cpu_count() or 1) as pool:
-        results = list(pool.map(one, rows))
+    workers = concurrency or os.cpu_count() or 1
+    with contextlib.ExitStack() as stack:
+        if backend is None:
+            backend = stack.enter_context(default_backend(workers))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(one, rows))
     per_task: dict[str, list[bool]] = {}
     for r in results:
         per_task.setdefault(r["task_id"], []).append(bool(r["passed"]))

@@ -104,10 +104,22 @@ class NsjailBackend:
         # Host ids the jail's 65534 maps to: unprivileged users can only map themselves.
         self.outer_uid = _common.SANDBOX_UID if self.root else os.geteuid()
         self.outer_gid = _common.SANDBOX_GID if self.root else os.getegid()
+        # Read-only system binds and devices: what exists does not change between runs.
+        mounts: list[str] = []
+        for path in _SYSTEM_RO:
+            if os.path.exists(path):
+                mounts += ["-R", path]
+        if self.python_prefix:
+            mounts += ["-R", self.python_prefix]
+        for dev in _DEVICES:
+            if os.path.exists(dev):
+                mounts += ["-B" if dev == "/dev/null" else "-R", dev]
+        self._system_mounts = tuple(mounts)
 
     # -- argv -------------------------------------------------------------------------------
     def _argv(self, spec: ExecSpec, cmd: list[str], env: dict[str, str], cwd: str,
-              extra_mounts: list[str], mem_parent: str | None) -> list[str]:
+              extra_mounts: list[str], mem_parent: str | None,
+              seccomp: str = SECCOMP_POLICY) -> list[str]:
         lim = spec.limits
         argv = [
             self.binary, "-Mo", "--quiet",
@@ -120,7 +132,7 @@ class NsjailBackend:
             "--rlimit_nofile", str(lim.nofile),
             "--rlimit_nproc", str(lim.pids),
             "--rlimit_core", "0",
-            "--seccomp_string", SECCOMP_POLICY,
+            "--seccomp_string", seccomp,
             "--cwd", cwd,
         ]
         if self.cgroups and mem_parent is not None:
@@ -135,14 +147,7 @@ class NsjailBackend:
             argv += ["--rlimit_as", str(lim.memory_mb)]
         if spec.network:
             argv.append("--disable_clone_newnet")
-        for path in _SYSTEM_RO:
-            if os.path.exists(path):
-                argv += ["-R", path]
-        if self.python_prefix:
-            argv += ["-R", self.python_prefix]
-        for dev in _DEVICES:
-            if os.path.exists(dev):
-                argv += ["-B" if dev == "/dev/null" else "-R", dev]
+        argv += self._system_mounts
         argv += ["-m", f"none:/tmp:tmpfs:size={lim.tmpfs_mb << 20},mode=1777"]
         argv += extra_mounts
         for key, value in env.items():
@@ -170,16 +175,19 @@ class NsjailBackend:
         return _Workspace("copy", copy, ["-B", f"{copy}:/workspace"])
 
     # -- run --------------------------------------------------------------------------------
-    def _prepare(self, spec: ExecSpec) -> tuple[list[str], str, _cgroup.MemoryCgroup | None,
-                                                 _Workspace | None]:
-        """Build the run directory, memory cgroup and argv; the caller must clean them up."""
+    def _prepare(self, spec: ExecSpec) -> tuple[list[str], str | None,
+                                                 _cgroup.MemoryCgroup | None, _Workspace | None]:
+        """Build the run directory (only when there are inputs or a workspace), memory cgroup
+        and argv; the caller must clean them up."""
         env = _common.build_env(spec)
-        run_dir = _common.make_run_dir()
+        needs_dir = bool(spec.files) or spec.workspace is not None or (
+            spec.code is not None and len(spec.code) > _common.MAX_INLINE_CODE)
+        run_dir = _common.make_run_dir() if needs_dir else None
         mem: _cgroup.MemoryCgroup | None = None
         try:
-            input_dir = _common.write_inputs(run_dir, spec)
+            input_dir = _common.write_inputs(run_dir, spec) if run_dir else None
             cmd = _common.command(spec, self.python, "/input")
-            ws = self._workspace(spec, run_dir)
+            ws = self._workspace(spec, run_dir) if run_dir else None
             mounts = list(ws.mount) if ws else []
             if input_dir:
                 mounts += ["-R", f"{input_dir}:/input"]
@@ -193,7 +201,7 @@ class NsjailBackend:
         except BaseException:
             if mem is not None:
                 mem.remove()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_dir(run_dir)
             raise
         return argv, run_dir, mem, ws
 
@@ -221,7 +229,7 @@ class NsjailBackend:
             if mem is not None:
                 mem.remove()
             if not keep_run_dir:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_dir(run_dir)
 
     def spawn(self, spec: ExecSpec) -> _common.SpawnedProcess:
         """Start ``spec`` in a fresh jail and hand over its pipes (same isolation as
@@ -235,14 +243,14 @@ class NsjailBackend:
         except BaseException:
             if mem is not None:
                 mem.remove()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_dir(run_dir)
             raise
 
         def cleanup() -> None:
             _cgroup.remove_leftovers(proc.pid)
             if mem is not None:
                 mem.remove()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_dir(run_dir)
 
         return _common.SpawnedProcess(proc, stop=_terminator(proc), cleanup=cleanup,
                                       wall_s=spec.limits.wall_s)
@@ -285,6 +293,11 @@ def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
                 os.kill(proc.pid, signal.SIGTERM)
 
     return stop
+
+
+def _remove_dir(path: str | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _owned_by(root: str, uid: int) -> bool:

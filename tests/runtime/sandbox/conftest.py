@@ -12,11 +12,18 @@ import pytest
 
 from revex.runtime.sandbox.nsjail import NsjailBackend
 from revex.runtime.sandbox.process import ProcessBackend
+from revex.runtime.sandbox.warm import WarmPythonBackend
 
 
 @pytest.fixture(scope="session")
 def nsjail() -> NsjailBackend:
     return NsjailBackend()
+
+
+@pytest.fixture(scope="session")
+def warm() -> Iterator[WarmPythonBackend]:
+    with WarmPythonBackend(size=2) as be:
+        yield be
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from revex.runtime.sandbox.base import InteractiveBackend
 from revex.runtime.sandbox.harness import decode, encode, run_tests, run_tests_many
 from revex.runtime.sandbox.humaneval import canonical_samples, evaluate, humaneval_problems
 from revex.runtime.sandbox.nsjail import NsjailBackend
+from revex.runtime.sandbox.warm import WarmPythonBackend
 
 CHECK = """
 def check(candidate):
@@ -69,32 +71,33 @@ FORGERIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def backend() -> NsjailBackend:
-    return NsjailBackend()
+@pytest.fixture(scope="module", params=["cold", "warm"])
+def backend(request: pytest.FixtureRequest, warm: WarmPythonBackend) -> InteractiveBackend:
+    """Verdicts must be unforgeable on both paths (warm is the default for test runs)."""
+    return NsjailBackend() if request.param == "cold" else warm
 
 
-def test_correct_solution_passes_both_test_styles(backend: NsjailBackend) -> None:
+def test_correct_solution_passes_both_test_styles(backend: InteractiveBackend) -> None:
     for tests in (CHECK, TOPLEVEL):
         report = run_tests(CORRECT, tests, "inc", backend=backend)
         assert report.all_passed and report.total == 3 and report.pass_rate == 1.0
 
 
 @pytest.mark.parametrize("name", sorted(FORGERIES))
-def test_forgery_passes_nothing(backend: NsjailBackend, name: str) -> None:
+def test_forgery_passes_nothing(backend: InteractiveBackend, name: str) -> None:
     reports = run_tests_many([FORGERIES[name], CORRECT], CHECK, "inc", backend=backend,
                              call_timeout_s=1.5)
     assert reports[0].passed == 0 and reports[0].total >= 3, reports[0]
     assert reports[1].all_passed
 
 
-def test_early_exit_fails_current_and_remaining(backend: NsjailBackend) -> None:
+def test_early_exit_fails_current_and_remaining(backend: InteractiveBackend) -> None:
     sol = "import os\ndef inc(x):\n    if x == 5: os._exit(0)\n    return x + 1"
     report = run_tests(sol, CHECK, "inc", backend=backend)
     assert [r.status for r in report.results] == ["passed", "error", "error"]
 
 
-def test_timeout_is_per_test(backend: NsjailBackend) -> None:
+def test_timeout_is_per_test(backend: InteractiveBackend) -> None:
     sol = "def inc(x):\n    while x == 5: pass\n    return x + 1"
     report = run_tests(sol, CHECK, "inc", backend=backend, call_timeout_s=1.0)
     assert [r.status for r in report.results][:2] == ["passed", "timeout"]
@@ -108,10 +111,9 @@ def test_wire_format_round_trips_plain_values() -> None:
     assert decode(encode(float("nan"))) != decode(encode(float("nan")))
 
 
-def test_all_canonical_humaneval_solutions_pass(backend: NsjailBackend) -> None:
+def test_all_canonical_humaneval_solutions_pass() -> None:
     problems = humaneval_problems()
     assert len(problems) == 164
-    ev = evaluate(canonical_samples(problems), problems=problems, backend=backend,
-                  concurrency=4)
+    ev = evaluate(canonical_samples(problems), problems=problems)  # default: warm, one per CPU
     failed = [r["task_id"] for r in ev.results if not r["passed"]]
     assert failed == [] and ev.pass_at_1 == 1.0

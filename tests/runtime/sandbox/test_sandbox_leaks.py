@@ -7,9 +7,10 @@ import os
 import pytest
 
 from revex.runtime.sandbox import _cgroup, _common, run_many
-from revex.runtime.sandbox.base import ExecSpec, Limits
+from revex.runtime.sandbox.base import ExecSpec, Limits, SandboxBackend
 from revex.runtime.sandbox.harness import run_tests
 from revex.runtime.sandbox.nsjail import NsjailBackend
+from revex.runtime.sandbox.warm import WarmPythonBackend
 
 
 def _snapshot() -> dict[str, int]:
@@ -32,7 +33,7 @@ def _snapshot() -> dict[str, int]:
             "fds": len(os.listdir("/proc/self/fd"))}
 
 
-def _churn(be: NsjailBackend, n: int) -> None:
+def _churn(be: SandboxBackend, n: int) -> None:
     specs = []
     for i in range(n):
         code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\n"
@@ -44,7 +45,7 @@ def _churn(be: NsjailBackend, n: int) -> None:
     run_tests("def f(x):\n    return x", "assert f(1) == 1", "f", backend=be)
 
 
-def _check(be: NsjailBackend, n: int) -> None:
+def _check(be: SandboxBackend, n: int) -> None:
     _churn(be, 3)  # warm up thread pools and imports
     before = _snapshot()
     _churn(be, n)
@@ -56,6 +57,23 @@ def test_no_leaks_after_50_runs(nsjail: NsjailBackend) -> None:
     _check(nsjail, 50)
 
 
+def _check_warm(n: int) -> None:
+    base = _snapshot()
+    with WarmPythonBackend(size=2) as warm:
+        _check(warm, n)  # idle zygotes stay; nothing else may grow
+        assert len(warm._idle) <= 2
+    assert _snapshot() == base  # closing ends every zygote, cgroup and fd
+
+
+def test_warm_path_leaks_nothing_after_50_runs() -> None:
+    _check_warm(50)
+
+
 @pytest.mark.slow
 def test_no_leaks_after_1000_runs(nsjail: NsjailBackend) -> None:
     _check(nsjail, 1000)
+
+
+@pytest.mark.slow
+def test_warm_path_leaks_nothing_after_1000_runs() -> None:
+    _check_warm(1000)
