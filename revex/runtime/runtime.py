@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from revex.errors import ConfigError, ConflictError, StateError
+from revex.errors import ConfigError, ConflictError, SandboxError, StateError
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
@@ -268,7 +268,14 @@ class Runtime:
             if self._sandbox is None or isinstance(self._sandbox, str):
                 from revex.runtime.sandbox import select_backend
 
-                self._backend = select_backend(self._sandbox)
+                if self._sandbox is None:
+                    # warm zygotes for plain Python runs; anything else runs cold inside it
+                    try:
+                        self._backend = select_backend("warm")
+                    except SandboxError:
+                        self._backend = select_backend(None)
+                else:
+                    self._backend = select_backend(self._sandbox)
                 if self._backend.name == "process":
                     warnings.warn(
                         "revex is using the 'process' sandbox backend: rlimits and a process "
@@ -356,6 +363,12 @@ class Runtime:
         return self.store.gc(keep)
 
     def close(self) -> None:
+        """Close the journal, the audit sink and the sandbox backend (its warm pool)."""
+        if self._backend is not None and self._backend is not self._sandbox:
+            close = getattr(self._backend, "close", None)
+            if close is not None:
+                close()
+            self._backend = None
         self.journal.close()
         self.audit.close()
 

@@ -97,11 +97,11 @@ kind = "fs.*"
 path = "config/**"
 decision = "deny"
 """)
-    rt = Runtime(state_dir=base / "state", policy=policy, audit=None)
     ws = base / "ws"
     ws.mkdir()
     (ws / "config").mkdir()
-    with rt.episode(workspace=ws) as ep:
+    with Runtime(state_dir=base / "state", policy=policy, audit=None) as rt, rt.episode(
+            workspace=ws) as ep:
         result = ep.run(code="open('config/app.toml','w').write('debug=true')\n")
         assert result.changes_applied is False
         assert result.changes_refused and "protect-config" in result.changes_refused[0]

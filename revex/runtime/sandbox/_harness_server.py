@@ -124,7 +124,7 @@ def main():
         req = loads(line)
         try:
             fn = ns[req["name"]]
-            value = fn(*[_dec(a) for a in req["args"]])  # type: ignore[operator]
+            value = fn(*[_dec(a) for a in req["args"]])
             reply = {"id": req["id"], "ok": _enc(value)}
         except BaseException as exc:  # SystemExit/KeyboardInterrupt too: a failed call
             name = _safe_text(lambda exc=exc: type(exc).__name__)
