@@ -56,4 +56,19 @@ def _sandbox_checks() -> list[Check]:
     probe = getattr(sandbox, "doctor", None)
     if probe is None:
         return [("sandbox", False, "no sandbox backends are installed in this build")]
-    return list(probe())
+    rows = list(probe())
+    from revex.errors import SandboxError
+
+    try:
+        backend = sandbox.select_backend("warm")
+        chosen = ("backend in use", True, f"{backend.name}: warm zygotes for plain Python runs, "
+                  "cold nsjail for workspace, argv and bash runs")
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+    except SandboxError as exc:
+        fallback = sandbox.select_backend(None)
+        chosen = ("backend in use", fallback.name != "process",
+                  f"{fallback.name} (warm path unavailable: {exc})"
+                  + (": WEAK isolation, no namespaces" if fallback.name == "process" else ""))
+    return [*rows, chosen]
