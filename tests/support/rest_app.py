@@ -8,7 +8,9 @@ endpoints with the awkward shapes real services have:
   ``POST /counter/decrement``, can undo it);
 - ``POST /payments`` (compensated by ``POST /payments/{id}/refund``) and ``POST /emails``
   (irreversible);
-- ``POST /batch/{collection}?fail_after=n``: creates items one by one and fails with 500 half-way;
+- ``POST /{collection}?fail=1``: creates the item, then answers 500 (failed half-way);
+  ``POST /batch/{collection}?fail_after=n`` creates items one by one and fails with 500
+  half-way (no generic inverse: the listing is under another URL);
 - ``?delay=s`` on any mutation: sleeps *after* applying it (a slow or timed-out response);
   ``X-Delay-Once: s`` sleeps only the first time a given Idempotency-Key is seen;
 - ``GET /fail?status=503``: a failing response.
@@ -180,6 +182,8 @@ def create_app(token: str | None = None) -> FastAPI:
             if coll == "payments":
                 item["status"] = "captured"
             items[nid] = item
+        if request.query_params.get("fail"):
+            return _json(500, {"error": "stored, then failed"})
         return _json(201, item, {"location": f"/{coll}/{nid}", "etag": etag_of(item)})
 
     @app.put("/{coll}/{iid}")
@@ -247,3 +251,52 @@ def serve(app: Any, port: int | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=5)
         sock.close()
+
+
+JSON_SERVER_BIN = "tests/.node/node_modules/json-server/lib/cli/bin.js"
+JSON_SERVER_INSTALL = "npm install --prefix tests/.node json-server@0.17.4"
+
+
+@contextlib.contextmanager
+def serve_json_server(db: dict[str, Any], workdir: Any, root: Any = ".") -> Iterator[str]:
+    """Run json-server 0.17 (a common third-party mock backend) on a free loopback port.
+
+    Raises FileNotFoundError when node or json-server is missing (install it with
+    ``JSON_SERVER_INSTALL`` from the repository root).
+    """
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import httpx
+
+    node = shutil.which("node")
+    script = Path(root) / JSON_SERVER_BIN
+    if node is None or not script.exists():
+        raise FileNotFoundError(f"json-server needs node and `{JSON_SERVER_INSTALL}`")
+    path = Path(workdir) / "db.json"
+    path.write_text(json.dumps(db))
+    port = free_port()
+    proc = subprocess.Popen([node, str(script), "--host", "127.0.0.1", "--port", str(port),
+                             "--quiet", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "NO_UPDATE_NOTIFIER": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base + "/db", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("json-server did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
