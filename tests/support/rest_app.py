@@ -11,7 +11,8 @@ endpoints with the awkward shapes real services have:
 - ``POST /{collection}?fail=1``: creates the item, then answers 500 (failed half-way);
   ``POST /batch/{collection}?fail_after=n`` creates items one by one and fails with 500
   half-way (no generic inverse: the listing is under another URL);
-- ``?delay=s`` on any mutation: sleeps *after* applying it (a slow or timed-out response);
+- ``?delay=s`` on a mutation: sleeps *after* applying it (a slow or timed-out response); not
+  on reads nor on requests whose Idempotency-Key ends in ``-undo`` (revex's compensations);
   ``X-Delay-Once: s`` sleeps only the first time a given Idempotency-Key is seen;
 - ``GET /fail?status=503``: a failing response.
 
@@ -93,7 +94,10 @@ def create_app(token: str | None = None) -> FastAPI:
             state.keys[key] = (response.status_code, body, headers)
             response = Response(raw, status_code=response.status_code,
                                 headers=dict(response.headers))
-        delay = float(request.query_params.get("delay", 0) or 0)
+        # slow forward mutations only: reads and revex's own undo requests stay fast
+        undoing = (key or "").endswith("-undo")
+        delay = float(request.query_params.get("delay", 0) or 0) if mutating and not undoing \
+            else 0.0
         once = request.headers.get("x-delay-once")
         if once and key and key not in state.delayed_keys:
             state.delayed_keys.add(key)
