@@ -92,7 +92,7 @@ class Episode:
             from revex.runtime.effects.http_transport import client
 
             self._http = client(self)
-        return self._http  # type: ignore[no-any-return]
+        return self._http  # type: ignore[no-any-return,unused-ignore]
 
     @property
     def ahttp(self) -> httpx.AsyncClient:
@@ -101,7 +101,7 @@ class Episode:
             from revex.runtime.effects.http_transport import async_client
 
             self._ahttp = async_client(self)
-        return self._ahttp  # type: ignore[no-any-return]
+        return self._ahttp  # type: ignore[no-any-return,unused-ignore]
 
     # ---- effects -----------------------------------------------------------------------------
 

@@ -131,7 +131,7 @@ def test_undo_after_commit_from_a_new_runtime(app_url: Any, tmp_path: Path) -> N
 
 def test_drift_raises_conflict_sends_nothing_and_force_overwrites(
         app_url: Any, tmp_path: Path) -> None:
-    app, base = app_url
+    _, base = app_url
     seed(base)
     before = state(base)
     with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws", on_exit="commit") as ep:
@@ -250,9 +250,8 @@ def test_an_irreversible_call_is_denied_unless_a_rule_allows_it(
     _, base = app_url
     policy = Policy.from_toml(ALLOW_LOOPBACK)
     with runtime(tmp_path, policy, compensations=IRREVERSIBLE) as rt, \
-            rt.episode(tmp_path / "ws") as ep:
-        with pytest.raises(PolicyViolation):
-            ep.http.post(f"{base}/emails", json={"to": "a@example.com"})
+            rt.episode(tmp_path / "ws") as ep, pytest.raises(PolicyViolation):
+        ep.http.post(f"{base}/emails", json={"to": "a@example.com"})
     assert state(base)["emails"] == []
 
     allowing = Policy.from_toml(ALLOW_LOOPBACK.replace('[[rules]]', '''[[rules]]

@@ -284,7 +284,8 @@ def serve_json_server(db: dict[str, Any], workdir: Any, root: Any = ".") -> Iter
     port = free_port()
     proc = subprocess.Popen([node, str(script), "--host", "127.0.0.1", "--port", str(port),
                              "--quiet", str(path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "NO_UPDATE_NOTIFIER": "1"})
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "NO_UPDATE_NOTIFIER": "1"})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

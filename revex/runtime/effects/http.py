@@ -127,14 +127,15 @@ class HttpEffect:
                  "url_path": url.path, "body_bytes": len(request.content),
                  "irreversible": klass == "irreversible" and not dry,
                  "reversibility": klass, "dry_run": dry}
-        params = {"method": method, "url": self.secrets.redact(request.url),
+        target = self.secrets.redact(request.url)
+        params: dict[str, Any] = {"method": method, "url": target,
                   "headers": self.secrets.redact_headers(headers),
                   "body_bytes": len(request.content), "class": klass, "mode": self.opts.mode,
                   "idempotency_key": headers.get("idempotency-key"),
                   **({"operation": op.name} if op else {}), **({"dry_run": True} if dry else {})}
         forward = _Forward(self, wire, op, found[1] if found else {}, klass, dry, key,
                            identity, timeout)
-        return Plan(kind=KIND, target=params["url"], attrs=attrs, params=params,
+        return Plan(kind=KIND, target=target, attrs=attrs, params=params,
                     cost={"http_calls": 1}, prepare=forward.prepare, apply=forward.apply,
                     cleanup=forward.cleanup, read_only=klass == "read")
 

@@ -106,7 +106,8 @@ class Compensations:
         """Decorator: declare ``fn(ctx) -> CompensationRequest | None`` as the compensation
         of ``method path`` (path may hold ``{var}`` segments)."""
         def register(fn: Compensator) -> Compensator:
-            self.operations.append(Operation(name or getattr(fn, "__name__", "compensation"),
+            label = name or str(getattr(fn, "__name__", "compensation"))
+            self.operations.append(Operation(label,
                                              method.upper(), path, host, fn))
             return fn
         return register
