@@ -149,6 +149,37 @@ def test_drift_raises_conflict_sends_nothing_and_force_overwrites(
     assert state(base) == before
 
 
+def test_undo_sends_if_match_with_the_etag_the_forward_call_left(
+        app_url: Any, tmp_path: Path) -> None:
+    app, base = app_url
+    seed(base)
+    with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+        left = ep.http.put(f"{base}/items/1", json={"name": "ours"}).headers["etag"]
+        ep.http.delete(f"{base}/items/2")  # recreated without If-Match: nothing to match
+    assert app.state.data.if_match == [left]
+
+
+def test_compensations_can_be_declared_in_the_policy_http_table(
+        app_url: Any, tmp_path: Path) -> None:
+    _, base = app_url
+    policy = Policy.from_toml("""
+[policy]
+name = "with-services"
+default = "allow"
+
+[http.services.counter]
+host = "127.0.0.1"
+
+[[http.services.counter.operations]]
+match = "POST /counter/increment"
+compensate = "POST /counter/decrement"
+""")
+    with runtime(tmp_path, policy) as rt, rt.episode(tmp_path / "ws") as ep:
+        ep.http.post(f"{base}/counter/increment")
+        assert state(base)["counter"] == 1
+    assert state(base)["counter"] == 0
+
+
 def test_undo_is_idempotent_when_the_target_already_holds_the_pre_image(
         app_url: Any, tmp_path: Path) -> None:
     _, base = app_url

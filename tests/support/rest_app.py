@@ -54,6 +54,7 @@ class State:
         self.counter = 0
         self.emails: list[dict[str, Any]] = []
         self.requests = 0
+        self.if_match: list[str] = []
         self.lock = threading.Lock()
 
     def new_id(self, coll: str) -> int:
@@ -110,6 +111,7 @@ def create_app(token: str | None = None) -> FastAPI:
         want = request.headers.get("if-match")
         if want is None:
             return None
+        state.if_match.append(want)
         if current is None or (want != "*" and want != etag_of(current)):
             return _json(412, {"error": "precondition failed"})
         return None
