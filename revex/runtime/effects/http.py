@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from revex.errors import ConflictError, PolicyViolation
+from revex.errors import ActionFailed, ConflictError, PolicyViolation
 from revex.runtime.effects.base import EffectContext, Plan, UndoItem
 from revex.runtime.effects.http_cassette import SAFE_METHODS, Cassette, WireRequest, WireResponse
 from revex.runtime.effects.http_compensations import (
@@ -192,8 +192,6 @@ class HttpEffect:
             response = self.wire.send(WireRequest(comp["method"], comp["url"], send_headers,
                                                   content))
             if not 200 <= response.status < 300:
-                from revex.errors import ActionFailed
-
                 raise ActionFailed(f"{item.describe()}: compensation {comp['method']} "
                                    f"{comp['url']} got HTTP {response.status}")
             return
