@@ -7,7 +7,9 @@ STAMP := $(VENV)/.revex-installed
 
 .PHONY: demo test test-all lint bench setup clean
 
-setup: $(STAMP)
+JSON_SERVER := tests/.node/node_modules/.bin/json-server
+
+setup: $(STAMP) $(JSON_SERVER)
 
 # Re-install only when the dependency list changes. torch is pinned to the CPU wheel 2.13.0:
 # a looser spec would pull a multi-GB CUDA build.
@@ -18,6 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,train]"
 	@touch $@
 
+# json-server (a third-party mock REST backend) for the HTTP tests, from the npm registry.
+$(JSON_SERVER):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix tests/.node json-server@0.17.4; \
+	else echo "warning: npm not found; the json-server HTTP tests will be skipped"; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/revex demo
 
@@ -25,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check revex tests benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) $(JSON_SERVER) lint
 	$(PY) -m pytest -q
 
 # the long versions: crash loop with hundreds of kills, 1,000-run leak test

@@ -37,6 +37,8 @@ from revex.runtime.rollback import OwnerLock, pending_items, rollback
 from revex.runtime.sandbox.base import ExecResult, Limits, TestReport, make_spec
 
 if TYPE_CHECKING:
+    import httpx
+
     from revex.runtime.runtime import Runtime
 
 OnExit = Literal["rollback", "commit"]
@@ -78,9 +80,29 @@ class Episode:
         self._action_seq = 0
         self._used: dict[str, float] = {}
         self._effects: dict[str, Effect] = {}
+        self._http: Any = None
+        self._ahttp: Any = None
         self._owner = OwnerLock(runtime.lock_path(episode_id))
         if not self._owner.acquire():
             raise ConfigError(f"episode {episode_id} is already owned by another process")
+
+    @property
+    def http(self) -> httpx.Client:
+        """An httpx.Client whose every request is one journaled, undoable action."""
+        if self._http is None:
+            from revex.runtime.effects.http_transport import client
+
+            self._http = client(self)
+        return self._http  # type: ignore[no-any-return,unused-ignore]
+
+    @property
+    def ahttp(self) -> httpx.AsyncClient:
+        """The async flavour of :attr:`http` (httpx.AsyncClient)."""
+        if self._ahttp is None:
+            from revex.runtime.effects.http_transport import async_client
+
+            self._ahttp = async_client(self)
+        return self._ahttp  # type: ignore[no-any-return,unused-ignore]
 
     # ---- effects -----------------------------------------------------------------------------
 
@@ -315,6 +337,8 @@ class Episode:
         self._journal(action_seq=self._action_seq, kind=event, target="", status=Status.EVENT)
         self._rt.journal.set_episode_status(self.id, status)
         self.status = status
+        if self._http is not None:
+            self._http.close()
         for effect in self._effects.values():
             effect.close()
         self._effects.clear()

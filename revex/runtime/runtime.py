@@ -17,6 +17,10 @@ from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
 from revex.runtime.effects.base import Effect, EffectContext, EffectFactory, Plan
 from revex.runtime.effects.files import FileEffect
+from revex.runtime.effects.http import HttpEffect
+from revex.runtime.effects.http import options as http_options
+from revex.runtime.effects.http_compensations import Compensations
+from revex.runtime.effects.http_secrets import Credentials, Secrets
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
 from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
 from revex.runtime.rollback import (
@@ -81,6 +85,11 @@ class Runtime:
         recover: roll back the episodes of dead processes on open (default True).
         sandbox: the code-execution backend: ``"nsjail"``, ``"process"``, a backend object, or
             None for the strongest that works here (see ``revex doctor``).
+        credentials: secrets for ``{secret:name}`` placeholders in HTTP requests: a mapping or
+            the path of a TOML file (also ``REVEX_SECRET_<NAME>``); never journaled.
+        compensations: declared HTTP compensations and irreversible operations: a
+            :class:`Compensations` registry, a TOML path or a mapping (the policy's ``[http]``
+            table is read too).
 
     Raises StateError (unusable state dir), PolicyError (bad policy), JournalError.
     """
@@ -94,6 +103,8 @@ class Runtime:
         approver: Approver | None = None,
         recover: bool = True,
         sandbox: str | SandboxBackend | None = None,
+        credentials: Credentials = None,
+        compensations: Compensations | str | Path | dict[str, Any] | None = None,
     ) -> None:
         self.state_dir = _prepare_state_dir(Path(state_dir) if state_dir else default_state_dir())
         self.policy = Policy.load(policy)
@@ -107,7 +118,11 @@ class Runtime:
                              f"{exc}") from exc
         self.audit = AuditLog(audit, self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
-        self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect}
+        self._credentials = credentials
+        self._compensations = Compensations.load(compensations)
+        self._compensations.add_mapping(self.policy.http, f"policy {self.policy.name} [http]")
+        self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect,
+                                                            "http": self._http_effect}
         self._sandbox = sandbox
         self._backend: SandboxBackend | None = None
         if recover:
@@ -121,6 +136,10 @@ class Runtime:
         except KeyError as exc:
             raise ConfigError(f"no effect handles actions of kind '{prefix}.*'") from exc
         return factory(ctx)
+
+    def _http_effect(self, ctx: EffectContext) -> Effect:
+        return HttpEffect(ctx, secrets=Secrets(self._credentials),
+                          compensations=self._compensations)
 
     def lock_path(self, episode_id: str) -> Path:
         return self.state_dir / "locks" / f"{episode_id}.lock"
@@ -137,9 +156,20 @@ class Runtime:
     ) -> Episode:
         """Start an episode acting in ``workspace`` (created if missing).
 
+        HTTP options: ``http_mode`` (``live``, ``record``, ``replay``, ``dry_run``),
+        ``http_cassette`` (name or path; default the episode id), ``http_timeout``,
+        ``http_retries``, ``http_id_field``, ``credentials`` (TOML path) and
+        ``compensations`` (TOML path).
+
         Raises ConfigError for a bad argument, StateError when the workspace and the state
         directory overlap.
         """
+        http = http_options(
+            mode=options.pop("http_mode", None), cassette=options.pop("http_cassette", None),
+            timeout=options.pop("http_timeout", None), retries=options.pop("http_retries", None),
+            id_field=options.pop("http_id_field", None),
+            compensations=options.pop("compensations", None),
+            credentials=options.pop("credentials", None))
         if on_exit not in ("rollback", "commit"):
             raise ConfigError(f"on_exit must be 'rollback' or 'commit', not {on_exit!r}")
         if on_error not in ("rollback", "keep"):
@@ -161,6 +191,8 @@ class Runtime:
         episode_id = new_episode_id()
         config: dict[str, Any] = {"workspace": str(real), "policy": self.policy.name,
                                   "pid": os.getpid(), "on_exit": on_exit}
+        if http:
+            config["http"] = http
         self.journal.put_episode(episode_id, "active", config)
         episode = Episode(self, episode_id, config, on_exit, on_error)
         self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),

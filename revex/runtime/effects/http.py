@@ -1,0 +1,452 @@
+"""The HTTP effect: one journaled action per request, with an inverse or a compensation.
+
+Each request is classified before it is sent:
+
+- ``read`` (GET, HEAD, OPTIONS): journaled, nothing to undo.
+- ``irreversible`` (declared; see :mod:`http_compensations`): the policy sees
+  ``irreversible = true`` and denies it unless a rule allows that; its undo info is
+  ``{"irreversible": true}`` so rollback skips it and reports show it as not undoable.
+- ``compensable`` (declared): the compensating request is computed from the actual response
+  and journaled in DONE; undo sends it.
+- ``reversible`` (POST/PUT/PATCH/DELETE on a plain JSON API): the pre-image of the URL (a GET,
+  journaled in INTENT before the request leaves) or, for POST, the ids of the collection; after
+  the call, the representation it left (see :mod:`http_inverse`).
+
+Forward and compensating requests carry ``Idempotency-Key: revex-<episode>-<action>`` (``-undo``
+for the inverse), so a retry or a re-send after a crash does not apply twice where the server
+honours keys. Modes (episode option ``http_mode``): ``live``, ``record``, ``replay`` (no network),
+``dry_run`` (compensable and irreversible calls are not sent; a synthetic 200 comes back).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from revex.errors import ActionFailed, ConflictError, PolicyViolation
+from revex.runtime.effects.base import EffectContext, Plan, UndoItem
+from revex.runtime.effects.http_cassette import SAFE_METHODS, Cassette, WireRequest, WireResponse
+from revex.runtime.effects.http_compensations import (
+    CompensationContext,
+    Compensations,
+    Operation,
+)
+from revex.runtime.effects.http_inverse import (
+    ABSENT_STATUSES,
+    Representations,
+    Restorer,
+    absent,
+)
+from revex.runtime.effects.http_secrets import Secrets
+from revex.runtime.effects.http_wire import NotSent, Wire
+from revex.runtime.journal import Record
+
+KIND = "http.request"
+_NOT_FORWARDED = frozenset({"host", "content-length", "connection", "accept-encoding",
+                            "transfer-encoding"})
+# headers that belong to one request, not to the caller's identity (kept off probes and undo)
+_PER_REQUEST = frozenset({"content-type", "idempotency-key", "if-match", "if-none-match",
+                          "if-unmodified-since", "if-modified-since", "content-md5"})
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """The ``http`` part of an episode's config."""
+
+    mode: str = "live"
+    cassette: str | None = None
+    timeout: float = 30.0
+    retries: int = 2
+    id_field: str = "id"
+    compensations: str | None = None
+    credentials: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> HttpOptions:
+        return cls(**config.get("http", {}))
+
+
+class HttpEffect:
+    """Plans, undoes and probes HTTP requests for one episode."""
+
+    def __init__(self, ctx: EffectContext, *, secrets: Secrets | None = None,
+                 compensations: Compensations | None = None) -> None:
+        self.episode_id = ctx.episode_id
+        self.opts = HttpOptions.from_config(ctx.config)
+        self.secrets = secrets if secrets is not None else Secrets()
+        if self.opts.credentials:
+            self.secrets.add_file(self.opts.credentials)
+        self.comp = Compensations()
+        if compensations is not None:
+            self.comp.extend(compensations)
+        if self.opts.compensations:
+            self.comp.extend(Compensations.load(self.opts.compensations))
+        state_dir = ctx.store.root.parent
+        cassette = None
+        if self.opts.mode in ("record", "replay"):
+            cassette = Cassette.named(state_dir, self.opts.cassette or ctx.episode_id, ctx.store)
+            if self.opts.mode == "replay":
+                cassette.load()
+        self.wire = Wire(self.opts.mode, self.secrets, timeout=self.opts.timeout,
+                         cassette=cassette)
+        self.reps = Representations(ctx.store)
+        self.restorer = Restorer(self.reps, self.wire.send)
+        # identity headers as sent (placeholders, not values) by action, for probes and undo in
+        # this process; the journal holds them redacted for other processes
+        self._identity: dict[int, dict[str, str]] = {}
+
+    def close(self) -> None:
+        self.wire.close()
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def plan(self, request: WireRequest, action_seq: int, timeout: float | None = None) -> Plan:
+        """The plan for one request. Raises ConfigError for a URL that is not absolute."""
+        url = httpx.URL(request.url)
+        method = request.method.upper()
+        host = url.host
+        port = url.port or (443 if url.scheme == "https" else 80)
+        found = self.comp.find(method, host, port, url.path)
+        op = found[0] if found else None
+        klass = classify(method, op)
+        dry = self.opts.mode == "dry_run" and klass in ("irreversible", "compensable")
+        key = f"revex-{self.episode_id}-{action_seq}"
+        headers = {k.lower(): v for k, v in request.headers.items()
+                   if k.lower() not in _NOT_FORWARDED}
+        if method not in SAFE_METHODS:
+            headers.setdefault("idempotency-key", key)
+        identity = {k: v for k, v in headers.items() if k not in _PER_REQUEST}
+        self._identity[action_seq] = identity
+        wire = WireRequest(method, request.url, headers, request.content)
+        attrs = {"method": method, "scheme": url.scheme, "host": host, "port": port,
+                 "url_path": url.path, "body_bytes": len(request.content),
+                 "irreversible": klass == "irreversible" and not dry,
+                 "reversibility": klass, "dry_run": dry}
+        target = self.secrets.redact(request.url)
+        params: dict[str, Any] = {"method": method, "url": target,
+                  "headers": self.secrets.redact_headers(headers),
+                  "body_bytes": len(request.content), "class": klass, "mode": self.opts.mode,
+                  "idempotency_key": headers.get("idempotency-key"),
+                  **({"operation": op.name} if op else {}), **({"dry_run": True} if dry else {})}
+        forward = _Forward(self, wire, op, found[1] if found else {}, klass, dry, key,
+                           identity, timeout)
+        return Plan(kind=KIND, target=target, attrs=attrs, params=params,
+                    cost={"http_calls": 1}, prepare=forward.prepare, apply=forward.apply,
+                    cleanup=forward.cleanup, read_only=klass == "read")
+
+    # ---- backward ----------------------------------------------------------------------------
+
+    def _headers_for(self, intent: Record) -> dict[str, str]:
+        live = self._identity.get(intent.action_seq)
+        if live is not None:
+            return dict(live)
+        journaled = intent.undo.get("identity", {})
+        # literal credentials were redacted in the journal; a placeholder survives
+        return {k: v for k, v in journaled.items() if v != "***"}
+
+    def check_undo(self, items: Sequence[UndoItem]) -> list[str]:
+        """Drift lines, checking each URL once (against the newest action that touched it)."""
+        lines: list[str] = []
+        seen: set[str] = set()
+        for item in items:
+            post = item.post
+            if post.get("dry_run") or post.get("effect") is False or "compensation" in post:
+                continue
+            if post.get("effect") == "unknown":
+                lines.append(f"{item.describe()}: what it did could not be determined "
+                             f"({post.get('why', 'no id, no listing')}); force=True skips it")
+                continue
+            headers = self._headers_for(item.intent)
+            for url, target in post.get("targets", {}).items():
+                if url in seen:
+                    continue
+                seen.add(url)
+                line = self.restorer.drift(url, target, headers)
+                if line:
+                    lines.append(f"{item.describe()}: {line}")
+        return lines
+
+    def undo(self, item: UndoItem, *, force: bool) -> None:
+        """Restore every URL the action touched, or send its compensation.
+
+        Raises ConflictError on drift (unless ``force``), ActionFailed when the server refuses
+        the inverse request.
+        """
+        post = item.post
+        if post.get("dry_run") or post.get("effect") is False:
+            return
+        headers = self._headers_for(item.intent)
+        key = f"revex-{self.episode_id}-{item.intent.action_seq}-undo"
+        if "compensation" in post:
+            comp = post["compensation"]
+            send_headers = {**headers, **comp.get("headers", {}), "idempotency-key": key}
+            content = b""
+            if comp.get("json") is not None:
+                content = json.dumps(comp["json"]).encode()
+                send_headers["content-type"] = "application/json"
+            response = self.wire.send(WireRequest(comp["method"], comp["url"], send_headers,
+                                                  content))
+            if not 200 <= response.status < 300:
+                raise ActionFailed(f"{item.describe()}: compensation {comp['method']} "
+                                   f"{comp['url']} got HTTP {response.status}")
+            return
+        if post.get("effect") == "unknown":
+            if force:
+                return
+            raise ConflictError(f"{item.describe()}: what it did could not be determined; "
+                                "force=True skips it", [item.describe()])
+        for url, target in reversed(list(post.get("targets", {}).items())):
+            self.restorer.restore(url, target, headers, key, force=force,
+                                  label=item.describe())
+
+    def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
+        """After a crash: probe what the request did. None when it left no trace."""
+        undo = intent.undo
+        if undo.get("dry_run"):
+            return None
+        if undo.get("irreversible"):
+            return {"effect": "unknown", "why": "irreversible call interrupted"}
+        headers = self._headers_for(intent)
+        forward = _Forward.from_intent(self, intent, headers)
+        post = forward.probe(undo, None)
+        if post.get("effect") is False:
+            return None
+        return post
+
+
+def classify(method: str, op: Operation | None) -> str:
+    if method in SAFE_METHODS:
+        return "read"
+    if op is not None:
+        return "irreversible" if op.irreversible else "compensable"
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        return "reversible"
+    return "irreversible"
+
+
+class _Forward:
+    """prepare / apply / cleanup of one request (the halves of its Plan)."""
+
+    def __init__(self, fx: HttpEffect, request: WireRequest, op: Operation | None,
+                 path_params: dict[str, str], klass: str, dry: bool, key: str,
+                 identity: dict[str, str], timeout: float | None) -> None:
+        self.fx = fx
+        self.request = request
+        self.op = op
+        self.path_params = path_params
+        self.klass = klass
+        self.dry = dry
+        self.key = key
+        self.identity = identity
+        self.timeout = timeout
+
+    @classmethod
+    def from_intent(cls, fx: HttpEffect, intent: Record, headers: dict[str, str]) -> _Forward:
+        undo = intent.undo
+        content = b""
+        if undo.get("body_sha"):
+            with fx.reps.store.path_of(undo["body_sha"]).open("rb") as fh:
+                content = fh.read()
+        request = WireRequest(undo["method"], undo["url"],
+                              {**headers, **undo.get("request_headers", {}),
+                               "idempotency-key": undo["key"]}, content)
+        url = httpx.URL(undo["url"])
+        found = fx.comp.find(undo["method"], url.host, url.port, url.path)
+        return cls(fx, request, found[0] if found else None, found[1] if found else {},
+                   undo["class"], False, undo["key"], headers, None)
+
+    @property
+    def keys_honoured(self) -> bool:
+        url = httpx.URL(self.request.url)
+        return self.fx.comp.keys_honoured(url.host, url.port)
+
+    def prepare(self) -> dict[str, Any]:
+        """Undo info, durable before the request leaves. Raises PolicyViolation when a
+        reversible request's pre-image cannot be read, OSError when the server is down."""
+        method, url = self.request.method, self.request.url
+        undo: dict[str, Any] = {
+            "class": self.klass, "method": method, "url": self.fx.secrets.redact(url),
+            "key": self.key, "identity": self.fx.secrets.redact_headers(self.identity),
+            "request_headers": {k: v for k, v in self.request.headers.items()
+                                if k == "content-type"},
+        }
+        if self.request.content:
+            undo["body_sha"] = self.fx.reps.store.put_bytes(self.request.content)
+        if self.dry:
+            return {**undo, "dry_run": True}
+        if self.klass == "irreversible":
+            return {**undo, "irreversible": True}
+        if self.klass == "read":
+            return undo
+        if method == "POST":
+            if not (self.klass == "compensable" and self.keys_honoured):
+                undo["listing"] = self._listing(url)
+            return undo
+        if self.klass == "reversible":
+            pre = self.fx.restorer.get(url, self.identity)
+            if pre.status not in ABSENT_STATUSES and not 200 <= pre.status < 300:
+                raise PolicyViolation(
+                    f"{method} {undo['url']} refused: its pre-image GET returned HTTP "
+                    f"{pre.status}, so the request could not be undone; declare a compensation "
+                    "or mark the operation irreversible", rule="http-preimage",
+                    action_kind=KIND, target=undo["url"])
+            undo["pre"] = self.fx.reps.of(pre)
+        return undo
+
+    def _listing(self, url: str) -> list[Any] | None:
+        """The ids in the collection at ``url`` (to find what a POST created), if it lists."""
+        response = self.fx.restorer.get(url, self.identity)
+        body = response.json() if response.status == 200 else None
+        if not isinstance(body, list):
+            return None
+        field = self.fx.opts.id_field
+        return [item[field] for item in body if isinstance(item, dict) and field in item]
+
+    def apply(self, undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if self.dry:
+            return (WireResponse(200, {"content-type": "application/json",
+                                       "x-revex-dry-run": "1"}, b'{"dry_run": true}'),
+                    {"status": 200, "dry_run": True})
+        response = self._send()
+        head = {"status": response.status, "etag": response.header("etag"),
+                "location": response.header("location")}
+        if self.klass == "read":
+            return response, head
+        if self.klass == "irreversible":
+            return response, head
+        return response, {**head, **self.probe(undo, response)}
+
+    def _send(self) -> WireResponse:
+        retry_any = self.request.method in ("PUT", "DELETE") or self.keys_honoured
+        attempts = 1 + max(0, self.fx.opts.retries)
+        for attempt in range(attempts):
+            try:
+                return self.fx.wire.send(self.request, timeout=self.timeout)
+            except NotSent:
+                if attempt + 1 >= attempts:
+                    raise
+            except (TimeoutError, ConnectionError):
+                # the request may have arrived: re-send only where that cannot apply twice
+                if attempt + 1 >= attempts or not retry_any:
+                    raise
+        raise AssertionError("unreachable")
+
+    def probe(self, undo: dict[str, Any], response: WireResponse | None) -> dict[str, Any]:
+        """What the request left, from its response (None after a crash or failure) and GETs."""
+        ok = response is not None and 200 <= response.status < 300
+        if self.klass == "compensable":
+            return self._compensation(undo, response)
+        if response is not None and 400 <= response.status < 500:
+            return {"effect": False}
+        method, url = self.request.method, self.request.url
+        if method != "POST":
+            pre = undo["pre"]
+            if method == "DELETE" and ok:
+                return {"effect": True, "targets": {url: {"pre": pre, "post": absent()}}}
+            current = self.fx.restorer.get(url, self.identity)
+            if not ok and self.fx.reps.same(pre, current):
+                return {"effect": False}
+            post = self.fx.reps.of(current)
+            return {"effect": True, "targets": {url: {"pre": pre, "post": post}}}
+        created = self._created(undo, response if ok else None)
+        if created is None:
+            return {"effect": "unknown", "why": "the response named no id or Location and "
+                    "the collection does not list ids"}
+        if not created:
+            return {"effect": False}
+        targets = {}
+        for one in created:
+            targets[one] = {"pre": absent(),
+                            "post": self.fx.reps.of(self.fx.restorer.get(one, self.identity))}
+        return {"effect": True, "targets": targets}
+
+    def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
+        url = self.request.url.split("?", 1)[0].rstrip("/")
+        if response is not None:
+            location = response.header("location")
+            if location:
+                return [str(httpx.URL(self.request.url).join(location))]
+            body = response.json()
+            if isinstance(body, dict) and self.fx.opts.id_field in body:
+                return [f"{url}/{body[self.fx.opts.id_field]}"]
+        before = undo.get("listing")
+        if before is None:
+            return None
+        now = self._listing(self.request.url)
+        if now is None:
+            return None
+        old = set(map(str, before))
+        return [f"{url}/{i}" for i in now if str(i) not in old]
+
+    def _compensation(self, undo: dict[str, Any], response: WireResponse | None
+                      ) -> dict[str, Any]:
+        assert self.op is not None and self.op.compensator is not None
+        if response is None and self.keys_honoured:
+            # after a crash: the server de-duplicates on the key, so this returns the original
+            response = self.fx.wire.send(self.request)
+        if response is None or not 200 <= response.status < 300:
+            if response is not None and response.status < 500:
+                return {"effect": False}
+            created = self._created(undo, None) if self.request.method == "POST" else None
+            if not created:
+                return {"effect": "unknown" if created is None else False,
+                        "why": "compensable call failed or was interrupted"}
+            got = self.fx.restorer.get(created[0], self.identity)
+            response = WireResponse(200, got.headers, got.content)
+        ctx = CompensationContext(
+            self.request.method, self.request.url, self.path_params,
+            _json(self.request.content), response.status, response.json(),
+            response.headers)
+        comp = self.op.compensator(ctx)
+        if comp is None:
+            return {"effect": False}
+        target = str(httpx.URL(self.request.url).join(comp.url))
+        return {"effect": True, "operation": self.op.name,
+                "compensation": {"method": comp.method.upper(), "url": target,
+                                 "json": comp.json, "headers": dict(comp.headers)}}
+
+    def cleanup(self, undo: dict[str, Any]) -> None:
+        """The request failed (timeout, connection): probe and undo what it may have done."""
+        if self.dry or self.klass in ("read", "irreversible"):
+            return
+        try:
+            post = self.probe(undo, None)
+            if post.get("effect") is True and "targets" in post:
+                for url, target in reversed(list(post["targets"].items())):
+                    self.fx.restorer.restore(url, target, self.identity, self.key + "-undo",
+                                             force=False, label=f"failed {self.request.method}")
+            elif post.get("effect") is True and "compensation" in post:
+                comp = post["compensation"]
+                self.fx.wire.send(WireRequest(comp["method"], comp["url"],
+                                              {**self.identity,
+                                               "idempotency-key": self.key + "-undo"}))
+        except (OSError, ConflictError):
+            # the server is unreachable or moved on: the FAILED record stands; nothing more can
+            # be learned now
+            return
+
+
+def _json(content: bytes) -> Any:
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def options(mode: str | None = None, cassette: str | Path | None = None,
+            timeout: float | None = None, retries: int | None = None,
+            compensations: str | Path | None = None, credentials: str | Path | None = None,
+            id_field: str | None = None) -> dict[str, Any]:
+    """The JSON-safe ``http`` episode config from episode options (paths, never values)."""
+    given = {"mode": mode, "cassette": str(cassette) if cassette else None, "timeout": timeout,
+             "retries": retries, "id_field": id_field,
+             "compensations": str(compensations) if compensations else None,
+             "credentials": str(credentials) if credentials else None}
+    return {k: v for k, v in given.items() if v is not None}

@@ -1,0 +1,262 @@
+"""Declared compensations and irreversible operations for HTTP endpoints.
+
+HTTP semantics give an inverse for plain CRUD (POST → DELETE, PUT/PATCH → PUT the pre-image,
+DELETE → recreate). Some operations have no such inverse: a payment is compensated by a refund,
+an email cannot be unsent. Those are declared, in code::
+
+    comp = Compensations()
+
+    @comp.compensate("POST", "/payments", host="pay.example.com")
+    def refund(ctx: CompensationContext) -> CompensationRequest:
+        return CompensationRequest("POST", f"/payments/{ctx.response_json['id']}/refund")
+
+    comp.irreversible("POST", "/emails", reason="sends an email")
+
+or per service in TOML (a file given as ``compensations=``, or the ``[http]`` table of a
+policy)::
+
+    [services.payments]
+    host = "127.0.0.1:8001"        # glob over "host" or "host:port"; omitted: any host
+    idempotency_keys = true        # the server honours Idempotency-Key (safe to re-send)
+
+    [[services.payments.operations]]
+    match = "POST /payments"
+    compensate = "POST /payments/{response.id}/refund"
+
+    [[services.payments.operations]]
+    match = "POST /emails"
+    irreversible = true
+    reason = "sends an email"
+
+The compensating request is computed from the forward call's actual response right after it
+returns and journaled in its DONE record, so undo after a commit or a crash needs neither the
+registry nor the code that declared it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from revex.errors import ConfigError
+from revex.policies.engine import glob_match
+
+
+@dataclass(frozen=True)
+class CompensationContext:
+    """What a compensator sees: the forward request and its actual response."""
+
+    method: str
+    url: str
+    path_params: Mapping[str, str]
+    request_json: Any
+    status: int
+    response_json: Any
+    response_headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class CompensationRequest:
+    """The request that compensates a forward call; ``url`` may be a path on the same origin."""
+
+    method: str
+    url: str
+    json: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Compensator = Callable[[CompensationContext], CompensationRequest | None]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One declared endpoint: compensable (``compensator``) or ``irreversible``."""
+
+    name: str
+    method: str
+    path: str
+    host: str | None = None
+    compensator: Compensator | None = None
+    irreversible: bool = False
+    reason: str = ""
+
+    def match(self, method: str, host: str, port: int | None, path: str
+              ) -> dict[str, str] | None:
+        if self.method != "*" and method.upper() != self.method:
+            return None
+        if self.host is not None and not _host_match(self.host, host, port):
+            return None
+        found = _path_regex(self.path).match(path)
+        return found.groupdict() if found else None
+
+
+class Compensations:
+    """A registry of declared operations; first declared match wins."""
+
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+        self.keyed_hosts: list[str] = []
+
+    def compensate(self, method: str, path: str, *, host: str | None = None,
+                   name: str | None = None) -> Callable[[Compensator], Compensator]:
+        """Decorator: declare ``fn(ctx) -> CompensationRequest | None`` as the compensation
+        of ``method path`` (path may hold ``{var}`` segments)."""
+        def register(fn: Compensator) -> Compensator:
+            label = name or str(getattr(fn, "__name__", "compensation"))
+            self.operations.append(Operation(label,
+                                             method.upper(), path, host, fn))
+            return fn
+        return register
+
+    def irreversible(self, method: str, path: str, *, host: str | None = None,
+                     reason: str = "", name: str | None = None) -> None:
+        """Declare ``method path`` as irreversible: denied unless a policy rule allows
+        ``irreversible = true``, and never undone."""
+        self.operations.append(Operation(name or f"{method.upper()} {path}", method.upper(),
+                                         path, host, None, True, reason))
+
+    def honours_idempotency_keys(self, host: str) -> None:
+        """Declare that the server at ``host`` (glob) de-duplicates on Idempotency-Key."""
+        self.keyed_hosts.append(host)
+
+    def extend(self, other: Compensations) -> None:
+        self.operations.extend(other.operations)
+        self.keyed_hosts.extend(other.keyed_hosts)
+
+    def find(self, method: str, host: str, port: int | None, path: str
+             ) -> tuple[Operation, dict[str, str]] | None:
+        for op in self.operations:
+            found = op.match(method, host, port, path)
+            if found is not None:
+                return op, found
+        return None
+
+    def keys_honoured(self, host: str, port: int | None) -> bool:
+        return any(_host_match(h, host, port) for h in self.keyed_hosts)
+
+    # ---- TOML ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: Compensations | str | Path | Mapping[str, Any] | None) -> Compensations:
+        """A registry from a registry, a TOML path, or a mapping (``{"services": {...}}``).
+
+        Raises ConfigError naming the file and the service on a malformed declaration.
+        """
+        if isinstance(spec, Compensations):
+            return spec
+        out = cls()
+        if spec is None:
+            return out
+        if isinstance(spec, str | Path):
+            path = Path(spec)
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read compensations file {path}: {exc}") from exc
+            out.add_mapping(data, str(path))
+        else:
+            out.add_mapping(spec, "<mapping>")
+        return out
+
+    def add_mapping(self, data: Mapping[str, Any], source: str) -> None:
+        services = data.get("services", {})
+        if not isinstance(services, dict):
+            raise ConfigError(f"{source}: 'services' must be a table")
+        for sname, service in services.items():
+            where = f"{source}: services.{sname}"
+            if not isinstance(service, dict):
+                raise ConfigError(f"{where} must be a table")
+            host = service.get("host")
+            if service.get("idempotency_keys"):
+                self.keyed_hosts.append(host or "*")
+            for i, op in enumerate(service.get("operations", [])):
+                self.operations.append(_operation(op, host, f"{where}.operations[{i}]"))
+
+
+def _operation(op: Any, host: str | None, where: str) -> Operation:
+    if not isinstance(op, dict) or not isinstance(op.get("match"), str):
+        raise ConfigError(f"{where}: needs match = \"METHOD /path\"")
+    unknown = set(op) - {"match", "compensate", "compensate_json", "irreversible", "reason",
+                         "name"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    method, _, path = op["match"].strip().partition(" ")
+    if not path.startswith("/"):
+        raise ConfigError(f"{where}: match must look like \"POST /payments\"")
+    name = str(op.get("name") or op["match"])
+    if op.get("irreversible"):
+        return Operation(name, method.upper(), path.strip(), host, None, True,
+                         str(op.get("reason", "")))
+    template = op.get("compensate")
+    if not isinstance(template, str) or " " not in template.strip():
+        raise ConfigError(f"{where}: needs compensate = \"METHOD /path/{{response.id}}\" "
+                          "or irreversible = true")
+    cmethod, _, cpath = template.strip().partition(" ")
+    body = op.get("compensate_json")
+    return Operation(name, method.upper(), path.strip(), host,
+                     TemplateCompensator(cmethod.upper(), cpath.strip(), body))
+
+
+@dataclass(frozen=True)
+class TemplateCompensator:
+    """A compensation from a template: ``{response.x.y}``, ``{request.x}``, ``{path.var}``."""
+
+    method: str
+    url: str
+    body: Any = None
+
+    def __call__(self, ctx: CompensationContext) -> CompensationRequest | None:
+        return CompensationRequest(self.method, _fill(self.url, ctx),
+                                   _fill_obj(self.body, ctx))
+
+
+_FIELD = re.compile(r"\{(response|request|path)\.([A-Za-z0-9_.\-]+)\}")
+
+
+def _fill(text: str, ctx: CompensationContext) -> str:
+    def sub(m: re.Match[str]) -> str:
+        root: Any = {"response": ctx.response_json, "request": ctx.request_json,
+                     "path": dict(ctx.path_params)}[m.group(1)]
+        for part in m.group(2).split("."):
+            if isinstance(root, dict) and part in root:
+                root = root[part]
+            elif isinstance(root, list) and part.isdigit() and int(part) < len(root):
+                root = root[int(part)]
+            else:
+                raise ConfigError(f"compensation template {text!r}: {m.group(0)} is not in "
+                                  "the forward call's request/response")
+        return str(root)
+    return _FIELD.sub(sub, text)
+
+
+def _fill_obj(obj: Any, ctx: CompensationContext) -> Any:
+    if isinstance(obj, str):
+        return _fill(obj, ctx)
+    if isinstance(obj, dict):
+        return {k: _fill_obj(v, ctx) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill_obj(v, ctx) for v in obj]
+    return obj
+
+
+def _host_match(pattern: str, host: str, port: int | None) -> bool:
+    candidates = [host] + ([f"{host}:{port}"] if port is not None else [])
+    return any(glob_match([pattern.lower()], c.lower()) for c in candidates)
+
+
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _path_regex(template: str) -> re.Pattern[str]:
+    parts = []
+    pos = 0
+    for m in _VAR.finditer(template):
+        parts.append(re.escape(template[pos:m.start()]))
+        parts.append(f"(?P<{m.group(1)}>[^/]+)")
+        pos = m.end()
+    parts.append(re.escape(template[pos:]))
+    return re.compile("".join(parts).rstrip("/") + r"/?\Z")
