@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from revex.runtime.runtime import Runtime
-from tests.support.rest_app import create_app, serve
+from revex.testing.rest_app import create_app, serve
 
 RESULTS = Path(__file__).parent / "results" / "bench_http.json"
 

@@ -157,6 +157,80 @@ def sandbox_section(console: Console, rt: Runtime, base: Path) -> bool:
     return same and edited and not escaped
 
 
+DEMO_HTTP_POLICY = """
+[policy]
+name = "demo-http"
+default = "deny"
+
+[[rules]]
+name = "workspace-files"
+kind = "fs.*"
+decision = "allow"
+
+[[rules]]
+name = "no-irreversible-calls"
+kind = "http.*"
+irreversible = true
+decision = "deny"
+reason = "declared irreversible (sends an email)"
+
+[[rules]]
+name = "local-api"
+kind = "http.*"
+host = "127.0.0.1"
+decision = "allow"
+"""
+
+
+def http_section(console: Console, base: Path) -> bool:
+    console.rule("[bold]3. REST: creates, updates, a delete, an irreversible call refused")
+    try:
+        import httpx
+
+        from revex.testing.rest_app import create_app, serve
+    except ImportError as exc:  # the service extra (fastapi, uvicorn) is not installed
+        console.print(f"[yellow]skipped[/]: the local REST app needs fastapi and uvicorn ({exc})")
+        return True
+    from revex.policies.model import Policy
+
+    policy = Policy.from_toml(DEMO_HTTP_POLICY)
+    compensations = {"services": {"mail": {"operations": [
+        {"match": "POST /emails", "irreversible": True, "reason": "sends an email"}]}}}
+    with serve(create_app()) as url:
+        with httpx.Client(base_url=url) as plain:
+            plain.post("/items", json={"name": "chair", "price": 40})
+            plain.post("/items", json={"name": "table", "price": 120})
+            plain.post("/users", json={"name": "ada"})
+
+            def server_state() -> dict[str, Any]:
+                return {c: plain.get(f"/{c}").json() for c in ("items", "users", "emails")}
+
+            before = server_state()
+        with Runtime(state_dir=base / "http-state", policy=policy, audit=None,
+                     compensations=compensations) as rt, rt.episode(
+                         workspace=base / "http-ws") as ep:
+            ep.http.post(f"{url}/items", json={"name": "lamp", "price": 25})
+            ep.http.put(f"{url}/items/1", json={"id": 1, "name": "chair", "price": 35})
+            ep.http.patch(f"{url}/items/2", json={"price": 99})
+            ep.http.delete(f"{url}/users/1")
+            console.print("created a lamp, repriced the chair and table, deleted a user")
+            try:
+                ep.http.post(f"{url}/emails", json={"to": "ada@example.com"})
+                console.print("[red]NOT refused[/]: irreversible email")
+            except PolicyViolation as exc:
+                console.print(f"refused  POST /emails  [dim]{exc}[/]")
+            with httpx.Client(base_url=url) as plain:
+                during = server_state()
+            console.print(f"server during the episode: {len(during['items'])} items, "
+                          f"{len(during['users'])} users")
+        with httpx.Client(base_url=url) as plain:
+            after = server_state()
+    same = after == before
+    _verdict(console, "server state after rollback equals the state before (every resource "
+             "compared by id)", same)
+    return same
+
+
 def _timeline(console: Console, rt: Runtime, episode_id: str) -> None:
     table = Table(title=f"journal of {episode_id} (so far)", show_lines=False)
     for col in ("#", "kind", "target", "status"):
@@ -177,7 +251,8 @@ def run_demo(console: Console, *, keep: bool = False) -> bool:
     try:
         rt = Runtime(state_dir=base / "state", policy="default", audit=base / "audit.jsonl")
         with rt:
-            results = [files_section(console, rt, base), sandbox_section(console, rt, base)]
+            results = [files_section(console, rt, base), sandbox_section(console, rt, base),
+                       http_section(console, base)]
             report = rt.verify()
             console.rule("[bold]audit")
             console.print(f"journal hash chain + HMAC: {'intact' if report.ok else 'BROKEN'} "

@@ -20,7 +20,7 @@ from revex.runtime.effects.http_compensations import (
 )
 from revex.runtime.journal import Status
 from revex.runtime.runtime import Runtime
-from tests.support.rest_app import JSON_SERVER_INSTALL, create_app, serve, serve_json_server
+from revex.testing.rest_app import JSON_SERVER_INSTALL, create_app, serve, serve_json_server
 
 ALLOW_LOOPBACK = """
 [policy]
@@ -335,7 +335,7 @@ def test_a_timeout_gives_a_failed_action_and_a_probed_undo(app_url: Any, tmp_pat
 
 
 def test_a_connection_error_gives_a_failed_action(tmp_path: Path) -> None:
-    from tests.support.rest_app import free_port
+    from revex.testing.rest_app import free_port
 
     url = f"http://127.0.0.1:{free_port()}/items"
     with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws", http_retries=0) as ep:

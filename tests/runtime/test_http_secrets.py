@@ -11,7 +11,7 @@ import pytest
 from revex.errors import ActionFailed, ConfigError
 from revex.runtime.effects.http_secrets import Secrets, env_name
 from revex.runtime.runtime import Runtime
-from tests.support.rest_app import create_app, free_port, serve
+from revex.testing.rest_app import create_app, free_port, serve
 
 TOKEN = "tok-5f1e9c0a7b3d4e2f"
 OTHER = "env-secret-77aa19cd"
