@@ -155,7 +155,7 @@ def create_app(token: str | None = None) -> FastAPI:
 
     @app.post("/batch/{coll}")
     async def batch(coll: str, request: Request, fail_after: int | None = None) -> Response:
-        created: list[dict[str, Any]] = []
+        created: list[Any] = []
         for i, body in enumerate(await request.json()):
             if fail_after is not None and i >= fail_after:
                 return _json(500, {"error": "failed half-way", "created": created})
