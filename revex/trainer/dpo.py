@@ -84,10 +84,12 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, nu
 
 
 def dpo_config_kwargs(*, output_dir: str, max_steps: int, learning_rate: float, beta: float,
-                      batch_size: int, seed: int, max_length: int, on_gpu: bool) -> dict[str, Any]:
+                      batch_size: int, seed: int, max_length: int, on_gpu: bool,
+                      lr_scheduler_type: str = "constant") -> dict[str, Any]:
     """Keyword arguments for ``trl.DPOConfig`` suited to a short offline run."""
     return {
         "output_dir": output_dir, "max_steps": max_steps, "learning_rate": learning_rate,
+        "lr_scheduler_type": lr_scheduler_type,
         "beta": beta, "per_device_train_batch_size": batch_size, "seed": seed,
         "max_length": max_length, "logging_steps": 1, "save_strategy": "no",
         "report_to": "none", "gradient_checkpointing": False, "disable_tqdm": True,
@@ -116,5 +118,9 @@ def train_dpo(model: Any, tokenizer: Any, pairs: list[dict[str, str]], *,
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model),
                          args=DPOConfig(**config_kwargs), train_dataset=Dataset.from_list(pairs),
                          processing_class=tokenizer, callbacks=list(callbacks))
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)  # the run recorder reports progress instead
+    trainer.remove_callback(ProgressCallback)
     trainer.train()
     return trainer

@@ -33,7 +33,9 @@ _HACK_PATTERNS = {
     "exit": re.compile(r"\b(?:sys\.exit|os\._exit|exit\s*\(|quit\s*\()"),
     "builtins": re.compile(r"__builtins__|\bimport\s+builtins\b|\bbuiltins\."),
     "signal": re.compile(r"\bos\.kill\b|\bsignal\.|\bos\.abort\b"),
-    "frames": re.compile(r"\bsys\._getframe\b|\binspect\.(?:stack|currentframe)\b|\bgc\.get_objects\b"),
+    "frames": re.compile(
+        r"\bsys\._getframe\b|\binspect\.(?:stack|currentframe)\b|\bgc\.get_objects\b"
+    ),
 }
 _TERMINAL_STATUSES = ("timeout", "memory", "output_limit", "killed", "sandbox_error", "blocked")
 

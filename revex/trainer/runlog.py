@@ -170,7 +170,8 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
     if loss_steps and not steps:
         ax_r.plot(loss_steps, [r["loss"] for r in records if "loss" in r], label="loss")
     ax_r.set_ylabel("reward")
-    ax_r.legend(loc="best")
+    if steps or loss_steps:
+        ax_r.legend(loc="best")
     ax_r.set_title(title)
     safety_keys = sorted({k for r in records for k in r if k.startswith(SAFETY_PREFIX)})
     for key in safety_keys:

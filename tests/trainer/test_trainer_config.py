@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from revex.errors import ConfigError
+from revex.trainer.tiny import TinySpec
+from revex.trainer.train import TrainConfig
+
+
+def test_default_config_is_valid_and_every_field_is_documented() -> None:
+    TrainConfig().validate()
+    import inspect
+
+    source = inspect.getsource(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        # each field line is followed by its docstring line
+        after = source.split(f"    {f.name}: ", 1)[1].split("\n", 2)[1]
+        assert after.strip().startswith('"""'), f.name
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"algorithm": "ppo"}, "algorithm must be one of grpo, rloo, dpo"),
+        ({"device": "tpu"}, "device must be"),
+        ({"reward_mode": "best"}, "reward_mode"),
+        ({"max_steps": 0}, "max_steps must be a positive integer"),
+        ({"prompts_per_step": 1.5}, "prompts_per_step must be a positive integer"),
+        ({"num_generations": 1}, "num_generations must be >= 2"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"temperature": -1.0}, "temperature must be > 0"),
+        ({"wall_s": 0}, "wall_s must be > 0"),
+        ({"beta": -0.1}, "beta must be >= 0"),
+        ({"tiny_warm_start_steps": -1}, "tiny_warm_start_steps"),
+        ({"model": ""}, "model must be"),
+    ],
+)
+def test_invalid_config_raises_config_error_naming_the_field(changes: dict[str, Any],
+                                                             match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(TrainConfig(), **changes).validate()
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"hidden_size": 66}, "divide"),
+        ({"warm_start_lr": 0.0}, "warm_start_lr"),
+        ({"vocab_size": 100}, "vocab_size"),
+    ],
+)
+def test_invalid_tiny_spec_raises_config_error(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TinySpec(**changes)
+
+
+def test_tiny_spec_digest_changes_with_any_field() -> None:
+    base = TinySpec()
+    assert base.digest() == TinySpec().digest()
+    assert base.digest() != TinySpec(warm_start_steps=base.warm_start_steps + 1).digest()
+    assert base.digest() != TinySpec(seed=1).digest()
+
+
+def test_importing_the_trainer_does_not_import_torch_or_trl() -> None:
+    code = ("import sys, revex, revex.trainer.train, revex.trainer.tiny, revex.trainer.dpo, "
+            "revex.trainer.runlog; "
+            "heavy = {'torch', 'trl', 'transformers', 'datasets', 'matplotlib'} & set(sys.modules);"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
