@@ -1,0 +1,38 @@
+"""TRL integration: rewards from the runtime, the training entry point and the tiny model.
+
+Importing this package is cheap: torch, transformers and TRL are imported only when a model is
+built or trained.
+"""
+
+from __future__ import annotations
+
+from revex.trainer.dpo import build_dpo_pairs
+from revex.trainer.executor import (
+    ExecutionReward,
+    Score,
+    TestRunner,
+    score_completion,
+    score_completions,
+)
+from revex.trainer.tasks import Task, builtin_tasks, load_humaneval, load_jsonl, load_tasks
+from revex.trainer.tiny import TinySpec, build_tiny
+from revex.trainer.train import TrainConfig, TrainResult, train
+
+__all__ = [
+    "ExecutionReward",
+    "Score",
+    "Task",
+    "TestRunner",
+    "TinySpec",
+    "TrainConfig",
+    "TrainResult",
+    "build_dpo_pairs",
+    "build_tiny",
+    "builtin_tasks",
+    "load_humaneval",
+    "load_jsonl",
+    "load_tasks",
+    "score_completion",
+    "score_completions",
+    "train",
+]

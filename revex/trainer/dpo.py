@@ -85,11 +85,12 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, nu
 
 def dpo_config_kwargs(*, output_dir: str, max_steps: int, learning_rate: float, beta: float,
                       batch_size: int, seed: int, max_length: int, on_gpu: bool,
-                      lr_scheduler_type: str = "constant") -> dict[str, Any]:
+                      lr_scheduler_type: str = "constant_with_warmup",
+                      warmup_steps: int = 0) -> dict[str, Any]:
     """Keyword arguments for ``trl.DPOConfig`` suited to a short offline run."""
     return {
         "output_dir": output_dir, "max_steps": max_steps, "learning_rate": learning_rate,
-        "lr_scheduler_type": lr_scheduler_type,
+        "lr_scheduler_type": lr_scheduler_type, "warmup_steps": warmup_steps,
         "beta": beta, "per_device_train_batch_size": batch_size, "seed": seed,
         "max_length": max_length, "logging_steps": 1, "save_strategy": "no",
         "report_to": "none", "gradient_checkpointing": False, "disable_tqdm": True,

@@ -22,6 +22,9 @@ from revex.runtime.sandbox.base import Limits
 class TestRunner(Protocol):
     """What the trainer needs from the runtime (``revex.Runtime`` satisfies it)."""
 
+    def run_tests(self, *, solution: str, tests: str, entry_point: str,
+                  limits: Limits) -> Any: ...
+
     def run_tests_many(self, *, solutions: list[str], tests: str, entry_point: str,
                        limits: Limits, concurrency: int) -> list[Any]: ...
 
@@ -98,6 +101,27 @@ def score_from_report(report: Any, completion: str, reward_mode: str = "pass_rat
     statuses = tuple(_status_name(r) for r in getattr(report, "results", ()) or ())
     return Score(reward=reward, passed=passed, total=total, statuses=statuses,
                  hack=detect_reward_hack(completion))
+
+
+def score_completion(runner: TestRunner, prompt: str, completion: str, tests: str,
+                     entry_point: str, *, limits: Limits,
+                     reward_mode: str = "pass_rate") -> Score:
+    """Score one ``prompt + completion`` with ``runner.run_tests``; see :func:`score_completions`.
+
+    Raises:
+        ConfigError: ``reward_mode`` is unknown.
+    """
+    if reward_mode not in ("pass_rate", "all_pass"):
+        raise ConfigError(f"reward_mode must be 'pass_rate' or 'all_pass', got {reward_mode!r}")
+    body = truncate_completion(completion)
+    try:
+        report = runner.run_tests(solution=prompt + body, tests=tests, entry_point=entry_point,
+                                  limits=limits)
+    except PolicyViolation as exc:
+        return Score(0.0, blocked=True, error=str(exc), hack=detect_reward_hack(body))
+    except RevexError as exc:
+        return Score(0.0, error=f"{type(exc).__name__}: {exc}", hack=detect_reward_hack(body))
+    return score_from_report(report, body, reward_mode)
 
 
 def score_completions(runner: TestRunner, prompts: Sequence[str], completions: Sequence[str],

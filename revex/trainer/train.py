@@ -48,9 +48,14 @@ class TrainConfig:
     """Optimizer steps (GRPO/RLOO: one batch of prompts x generations per step)."""
     learning_rate: float = 5e-4
     """Optimizer learning rate. Tiny models need a large one; real models ~1e-6."""
-    lr_scheduler_type: str = "constant"
-    """Learning-rate schedule ("constant", "linear", "cosine", ...); short RL runs learn more
-    with a constant rate than with one that decays to zero."""
+    lr_scheduler_type: str = "constant_with_warmup"
+    """Learning-rate schedule ("constant_with_warmup", "linear", "cosine", ...); short RL runs
+    learn more with a constant rate than with one that decays to zero."""
+    warmup_steps: int = 10
+    """Steps of linear learning-rate warm-up. Adam's first updates move every weight by about
+    the learning rate whatever the gradient, which knocks a warm-started tiny model back."""
+    num_iterations: int = 1
+    """Optimizer updates per generated batch (GRPO/RLOO); >1 reuses each batch, clipped."""
     num_generations: int = 8
     """Completions sampled per prompt (GRPO/RLOO group size; DPO samples per prompt)."""
     prompts_per_step: int = 2
@@ -110,7 +115,8 @@ class TrainConfig:
             raise ConfigError(f"reward_mode must be 'pass_rate' or 'all_pass', "
                               f"got {self.reward_mode!r}")
         positive_ints = ("max_steps", "prompts_per_step", "max_completion_length",
-                         "concurrency", "memory_mb", "dpo_max_pairs_per_prompt", "window")
+                         "concurrency", "memory_mb", "dpo_max_pairs_per_prompt", "window",
+                         "num_iterations")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -123,6 +129,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps must be >= 0")
         if self.tiny_warm_start_steps < 0:
             raise ConfigError("tiny_warm_start_steps must be >= 0")
         if not self.model:
@@ -163,12 +171,13 @@ def _common_args(config: TrainConfig, on_gpu: bool) -> dict[str, Any]:
     return {
         "output_dir": config.output_dir, "max_steps": config.max_steps,
         "learning_rate": config.learning_rate, "seed": config.seed,
-        "lr_scheduler_type": config.lr_scheduler_type,
+        "lr_scheduler_type": config.lr_scheduler_type, "warmup_steps": config.warmup_steps,
         "num_generations": config.num_generations,
         "max_completion_length": config.max_completion_length,
         "per_device_train_batch_size": config.prompts_per_step * config.num_generations,
         "temperature": config.temperature, "beta": config.beta, "logging_steps": 1,
         "mask_truncated_completions": config.mask_truncated_completions,
+        "num_iterations": config.num_iterations,
         "save_strategy": "no", "report_to": "none", "gradient_checkpointing": False,
         "disable_tqdm": True, "use_cpu": not on_gpu, "bf16": on_gpu,
     }
@@ -238,7 +247,7 @@ def _run_dpo(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: Any
         learning_rate=config.learning_rate, beta=config.dpo_beta,
         batch_size=config.prompts_per_step * 2, seed=config.seed,
         max_length=model.config.max_position_embeddings, on_gpu=on_gpu,
-        lr_scheduler_type=config.lr_scheduler_type)
+        lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_steps)
     train_dpo(model, tokenizer, pairs, config_kwargs=kwargs, callbacks=[recorder.callback()])
     _, _, after = _pass_rate(config, runner, model, tokenizer, tasks, config.seed + 1)
     recorder.add(config.max_steps, {"reward": sum(after) / len(after), "dpo_pairs": len(pairs)})

@@ -38,6 +38,11 @@ class CannedRunner:
     rule: Callable[[str], list[str]]
     calls: list[dict[str, Any]] = field(default_factory=list)
 
+    def run_tests(self, *, solution: str, tests: str, entry_point: str,
+                  limits: Any) -> CannedReport:
+        return self.run_tests_many(solutions=[solution], tests=tests, entry_point=entry_point,
+                                   limits=limits, concurrency=1)[0]
+
     def run_tests_many(self, *, solutions: list[str], tests: str, entry_point: str,
                        limits: Any, concurrency: int) -> list[CannedReport]:
         self.calls.append({"solutions": list(solutions), "tests": tests,

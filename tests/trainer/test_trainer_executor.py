@@ -11,6 +11,7 @@ from revex.trainer.executor import (
     ExecutionReward,
     detect_reward_hack,
     safety_metrics,
+    score_completion,
     score_completions,
     truncate_completion,
 )
@@ -66,9 +67,20 @@ def test_all_pass_mode_gives_binary_reward() -> None:
     assert score_completions(runner, *args, limits=LIMITS, reward_mode="all_pass")[0].reward == 0
 
 
+def test_score_completion_runs_one_solution_through_run_tests(
+        canned_runner: CannedRunner) -> None:
+    score = score_completion(canned_runner, "def f():\n", "    return 1\nprint(f())\n",
+                             "assert f() == 1\n", "f", limits=LIMITS)
+    assert score.reward == 1.0 and score.total == 3
+    assert canned_runner.calls[0]["solutions"] == ["def f():\n    return 1\n"]
+
+
 class _RaisingRunner:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
+
+    def run_tests(self, **kwargs: Any) -> CannedReport:
+        raise self.exc
 
     def run_tests_many(self, **kwargs: Any) -> list[CannedReport]:
         raise self.exc
@@ -84,6 +96,15 @@ def test_policy_violation_scores_zero_and_is_counted_as_blocked() -> None:
     assert metrics["safety/blocked"] == 1.0
     assert metrics["safety/reward_hacks"] == 0.5
     assert metrics["safety/runtime_errors"] == 0.0
+
+
+def test_score_completion_turns_runtime_errors_into_zero_scores() -> None:
+    blocked = score_completion(_RaisingRunner(PolicyViolation("no")), "p", "c", "t", "f",
+                               limits=LIMITS)
+    assert blocked.blocked and blocked.reward == 0.0
+    failed = score_completion(_RaisingRunner(SandboxError("x")), "p", "c", "t", "f",
+                              limits=LIMITS)
+    assert not failed.blocked and "SandboxError" in (failed.error or "")
 
 
 def test_sandbox_error_scores_zero_and_is_counted_as_runtime_error() -> None:
