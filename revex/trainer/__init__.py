@@ -1,5 +1,7 @@
 """TRL integration: rewards from the runtime, the training entry point and the tiny model.
 
+Train with ``from revex.trainer.train import TrainConfig, train``.
+
 Importing this package is cheap: torch, transformers and TRL are imported only when a model is
 built or trained.
 """
@@ -16,7 +18,10 @@ from revex.trainer.executor import (
 )
 from revex.trainer.tasks import Task, builtin_tasks, load_humaneval, load_jsonl, load_tasks
 from revex.trainer.tiny import TinySpec, build_tiny
-from revex.trainer.train import TrainConfig, TrainResult, train
+from revex.trainer.train import TrainConfig, TrainResult
+
+# ``train`` itself is not re-exported: a package attribute named ``train`` would shadow the
+# ``revex.trainer.train`` module (``import revex.trainer.train as m`` would yield the function).
 
 __all__ = [
     "ExecutionReward",
@@ -34,5 +39,4 @@ __all__ = [
     "load_tasks",
     "score_completion",
     "score_completions",
-    "train",
 ]

@@ -62,7 +62,8 @@ def build_dpo_pairs(prompts: Sequence[str], completions: Sequence[str],
 
 
 def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_samples: int,
-                       max_new_tokens: int, temperature: float, seed: int) -> list[list[str]]:
+                       max_new_tokens: int, temperature: float, seed: int, top_k: int = 0,
+                       top_p: float = 1.0) -> list[list[str]]:
     """Sample ``num_samples`` completions for each prompt; returns one list per prompt."""
     import torch
 
@@ -74,7 +75,7 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, nu
         enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
         with torch.no_grad():
             generated = model.generate(
-                **enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                **enc, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
                 max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )

@@ -57,7 +57,7 @@ class TinySpec:
     num_kv_heads: int = 2
     max_position_embeddings: int = 512
     stdlib_files: int = 200
-    warm_start_steps: int = 60
+    warm_start_steps: int = 40
     warm_start_lr: float = 3e-3
     seed: int = 0
 
@@ -221,9 +221,14 @@ def build_tiny(spec: TinySpec | None = None, *, cache_dir: str | Path | None = N
                 "warm_start_losses": losses}
         (staging / "build_info.json").write_text(json.dumps(info, indent=1))
         check_round_trip(staging, tokenizer)
-        if target.exists():
+        if force and target.exists():
             shutil.rmtree(target)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another process built the same spec meanwhile; the builds are identical.
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

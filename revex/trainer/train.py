@@ -44,9 +44,9 @@ class TrainConfig:
     {prompt, tests, entry_point[, reference]}."""
     output_dir: str = "runs/train"
     """Directory for the run log, the plot and TRL's output."""
-    max_steps: int = 40
+    max_steps: int = 60
     """Optimizer steps (GRPO/RLOO: one batch of prompts x generations per step)."""
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     """Optimizer learning rate. Tiny models need a large one; real models ~1e-6."""
     lr_scheduler_type: str = "constant_with_warmup"
     """Learning-rate schedule ("constant_with_warmup", "linear", "cosine", ...); short RL runs
@@ -58,17 +58,22 @@ class TrainConfig:
     """Optimizer updates per generated batch (GRPO/RLOO); >1 reuses each batch, clipped."""
     num_generations: int = 8
     """Completions sampled per prompt (GRPO/RLOO group size; DPO samples per prompt)."""
-    prompts_per_step: int = 2
+    prompts_per_step: int = 8
     """Distinct prompts per step; the batch is prompts_per_step x num_generations."""
     max_completion_length: int = 24
     """Most tokens generated per completion."""
-    temperature: float = 1.0
+    temperature: float = 0.7
     """Sampling temperature."""
     mask_truncated_completions: bool = True
     """Leave completions cut off at max_completion_length out of the loss (GRPO/RLOO); without
     this, long failing samples push the policy towards ending every completion early."""
     loss_type: str = "dapo"
     """GRPO loss normalisation: "dapo", "grpo", "dr_grpo", "bnpo" ... (see TRL GRPOConfig)."""
+    top_k: int = 0
+    """Sample only from the k most likely tokens (0: no limit). A small k keeps a tiny model
+    from sampling junk tokens whose pushed-down logits dominate the policy gradient."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest token set with this much probability."""
     beta: float = 0.0
     """KL coefficient against the initial model (GRPO/RLOO); DPO's beta is dpo_beta."""
     dpo_beta: float = 0.1
@@ -87,7 +92,7 @@ class TrainConfig:
     """Runtime state directory (journal, pre-images); default <output_dir>/.revex-state."""
     policy: str = "training"
     """Runtime policy: a preset name or a TOML path."""
-    tiny_warm_start_steps: int = 60
+    tiny_warm_start_steps: int = 40
     """Warm-start SFT steps when model is "tiny" (more steps: higher initial reward)."""
     tiny_cache_dir: str | None = None
     """Where the tiny model is cached; default $REVEX_CACHE_DIR or ~/.cache/revex."""
@@ -95,7 +100,7 @@ class TrainConfig:
     """"auto" (GPU with bf16 if available, else CPU fp32), "cpu" or "cuda"."""
     seed: int = 0
     """Seed for the tiny model, sampling and training."""
-    window: int = 5
+    window: int = 8
     """Steps averaged for the first-vs-last reward summary."""
     progress: bool = True
     """Show a rich progress bar."""
@@ -127,6 +132,9 @@ class TrainConfig:
         for name in ("learning_rate", "temperature", "wall_s", "dpo_beta"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_k must be >= 0 and top_p in (0, 1], got {self.top_k!r}, "
+                              f"{self.top_p!r}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
         if self.warmup_steps < 0:
@@ -175,7 +183,8 @@ def _common_args(config: TrainConfig, on_gpu: bool) -> dict[str, Any]:
         "num_generations": config.num_generations,
         "max_completion_length": config.max_completion_length,
         "per_device_train_batch_size": config.prompts_per_step * config.num_generations,
-        "temperature": config.temperature, "beta": config.beta, "logging_steps": 1,
+        "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
+        "beta": config.beta, "logging_steps": 1,
         "mask_truncated_completions": config.mask_truncated_completions,
         "num_iterations": config.num_iterations,
         "save_strategy": "no", "report_to": "none", "gradient_checkpointing": False,
@@ -218,7 +227,8 @@ def _pass_rate(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: A
     samples = sample_completions(model, tokenizer, [t.prompt for t in tasks],
                                  num_samples=config.num_generations,
                                  max_new_tokens=config.max_completion_length,
-                                 temperature=config.temperature, seed=seed)
+                                 temperature=config.temperature, seed=seed,
+                                 top_k=config.top_k, top_p=config.top_p)
     prompts, completions, tests, entries = [], [], [], []
     for task, outs in zip(tasks, samples, strict=True):
         for out in outs:
