@@ -12,6 +12,15 @@ The loop, in the order it happens:
    ``output_dir``.
 
 CPU (fp32, ``use_cpu=True``) or GPU (bf16) is chosen automatically unless ``device`` says.
+
+Calibration (the defaults): GRPO on the 32 built-in tasks with the tiny model (205k parameters,
+40 warm-start steps), 8 prompts x 8 generations per step, temperature 0.7, learning rate 1e-3
+(constant after 10 warm-up steps), 60 steps. Mean reward over the first vs the last 8 steps, on
+2 CPU cores: seed 0 0.058 -> 0.292, seed 1 0.105 -> 0.242, seed 2 0.121 -> 0.303. Observed while
+calibrating (one run each): 60 warm-start steps start near 0.46 and gained only 0.07; at
+temperature 1.0 the reward stayed flat or fell; without warm-up the first Adam steps knocked the
+reward down before it recovered; without masking truncated completions the completions shrank
+to 2-3 tokens.
 """
 
 from __future__ import annotations
