@@ -101,11 +101,14 @@ class RunRecorder:
 
 
 def window_means(values: Sequence[float], window: int) -> tuple[float, float]:
-    """Mean of the first and of the last ``window`` values (NaN when there are none)."""
+    """Mean of the first and of the last ``window`` values (NaN when there are none).
+
+    With fewer than ``2 * window`` values each window shrinks to half of them (at least one).
+    """
     clean = [v for v in values if not math.isnan(v)]
     if not clean:
         return math.nan, math.nan
-    w = max(1, min(window, len(clean)))
+    w = max(1, min(window, len(clean) // 2))  # the two windows never overlap
     return sum(clean[:w]) / w, sum(clean[-w:]) / w
 
 

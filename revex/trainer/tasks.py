@@ -195,7 +195,7 @@ def load_jsonl(path: str | Path) -> list[Task]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read task file {path}: {exc.strerror or exc}") from exc
-    tasks = []
+    tasks: list[Task] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -213,7 +213,8 @@ def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks:
     args = _common_args(config, on_gpu)
     if config.algorithm == "grpo":
         args["loss_type"] = config.loss_type
-    trainer = TrainerCls(model=model, reward_funcs=[reward], args=ArgsCls(**args),
+    reward_funcs: list[Any] = [reward]
+    trainer = TrainerCls(model=model, reward_funcs=reward_funcs, args=ArgsCls(**args),
                          train_dataset=to_dataset(tasks), processing_class=tokenizer,
                          callbacks=[recorder.callback()])
     _quiet(trainer)

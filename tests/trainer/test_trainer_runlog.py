@@ -17,6 +17,8 @@ def _records(rewards: list[float]) -> list[dict[str, float]]:
 def test_window_means_and_summary_report_first_and_last_reward() -> None:
     assert window_means([0.1, 0.2, 0.3, 0.4], 2) == pytest.approx((0.15, 0.35))
     assert all(math.isnan(x) for x in window_means([], 3))
+    assert window_means([0.1, 0.5], 8) == pytest.approx((0.1, 0.5))
+    assert window_means([0.3], 8) == pytest.approx((0.3, 0.3))
     summary = summarize(_records([0.1, 0.1, 0.3, 0.5, 0.5]), window=2)
     assert summary["reward_first_mean"] == pytest.approx(0.1)
     assert summary["reward_last_mean"] == pytest.approx(0.5)
