@@ -166,6 +166,11 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
         reward = [r["reward"] for r in records if "reward" in r]
         std = [r.get("reward_std", 0.0) for r in records if "reward" in r]
         ax_r.plot(steps, reward, marker=".", label="mean reward")
+        if len(reward) >= 8:  # a trailing mean makes the trend readable through batch noise
+            k = 8
+            trend = [sum(reward[max(0, i - k + 1): i + 1]) / len(reward[max(0, i - k + 1): i + 1])
+                     for i in range(len(reward))]
+            ax_r.plot(steps, trend, color="black", linewidth=2, label=f"mean of last {k}")
         ax_r.fill_between(steps, [m - s for m, s in zip(reward, std, strict=True)],
                           [m + s for m, s in zip(reward, std, strict=True)], alpha=0.2,
                           label="± std")

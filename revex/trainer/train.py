@@ -154,6 +154,24 @@ class TrainConfig:
             raise ConfigError("model must be 'tiny', a local path or a hub id")
 
 
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """Map each dataclass field of ``cls`` to the docstring written under it (the --help text)."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 @dataclass
 class TrainResult:
     """What a run produced. ``summary`` has reward_first_mean, reward_last_mean, reward_gain."""
