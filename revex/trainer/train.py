@@ -194,6 +194,27 @@ def resolve_model(config: TrainConfig) -> str:
     return str(build_tiny(spec, cache_dir=config.tiny_cache_dir))
 
 
+def fit_tasks(tasks: list[Task], tokenizer: Any, max_positions: int | None,
+              max_completion_length: int) -> tuple[list[Task], list[str]]:
+    """Drop tasks whose prompt plus a full completion exceeds the model's context.
+
+    TRL does not truncate prompts, so such a task would fail inside the model. Returns the
+    tasks that fit and the ids of those left out.
+
+    Raises:
+        ConfigError: no task fits.
+    """
+    if not max_positions:
+        return tasks, []
+    budget = max_positions - max_completion_length
+    keep = [t for t in tasks if len(tokenizer(t.prompt)["input_ids"]) <= budget]
+    skipped = [t.task_id for t in tasks if t not in keep]
+    if not keep:
+        raise ConfigError(f"no task prompt fits in {budget} tokens (context {max_positions} minus "
+                          f"max_completion_length {max_completion_length})")
+    return keep, skipped
+
+
 def _on_gpu(config: TrainConfig) -> bool:
     import torch
 
@@ -326,6 +347,8 @@ def train(config: TrainConfig, *, runner: TestRunner | None = None) -> TrainResu
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tasks, skipped = fit_tasks(tasks, tokenizer, model.config.max_position_embeddings,
+                               config.max_completion_length)
     recorder = RunRecorder(config.max_steps, show_progress=config.progress,
                            description=config.algorithm)
     reward = ExecutionReward(runner, limits=_limits(config), concurrency=config.concurrency,
@@ -337,7 +360,8 @@ def train(config: TrainConfig, *, runner: TestRunner | None = None) -> TrainResu
 
     summary = summarize(recorder.records, config.window)
     log_path = write_run_log(output_dir / "run_log.json",
-                             config={**dataclasses.asdict(config), "model_path": model_path},
+                             config={**dataclasses.asdict(config), "model_path": model_path,
+                                     "skipped_tasks": skipped},
                              records=recorder.records, summary=summary)
     plot_path = plot_run(output_dir / "run_log.png", recorder.records,
                          title=f"{config.algorithm} on {config.tasks} ({config.model})")

@@ -82,3 +82,21 @@ def test_trainer_public_names_are_sorted_and_importable() -> None:
         assert getattr(trainer, name) is not None
     # the train module stays reachable as a module, not shadowed by the train function
     assert callable(importlib.import_module("revex.trainer.train").train)
+
+
+class _CharTokenizer:
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_fit_tasks_drops_prompts_longer_than_the_context() -> None:
+    from revex.trainer.tasks import Task
+    from revex.trainer.train import fit_tasks
+
+    short = Task("s", "def f():\n", "assert 1", "f")
+    long = Task("l", "def g():\n" + "#" * 100 + "\n", "assert 1", "g")
+    kept, skipped = fit_tasks([short, long], _CharTokenizer(), 64, 16)
+    assert kept == [short] and skipped == ["l"]
+    assert fit_tasks([long], _CharTokenizer(), None, 16) == ([long], [])
+    with pytest.raises(ConfigError, match="no task prompt fits"):
+        fit_tasks([long], _CharTokenizer(), 64, 16)
