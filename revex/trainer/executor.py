@@ -232,7 +232,7 @@ def open_runtime(state_dir: str, policy: str = "training") -> TestRunner:
         ConfigError: the runtime is not available in this installation.
     """
     try:
-        from revex import Runtime  # type: ignore[attr-defined]
+        from revex import Runtime
     except ImportError as exc:
         raise ConfigError("revex.Runtime is not available; the trainer needs the runtime to "
                           "execute completions") from exc
