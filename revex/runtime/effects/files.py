@@ -361,8 +361,10 @@ class FileEffect:
                 elif want["type"] == "dir" and item.undo_info["pre"].get(rel, {}).get(
                         "type") == "absent":
                     prefix = "" if rel == "." else rel + "/"
+                    # a renamed directory brought its own children along: they are not drift
+                    brought = _moved_children(item, rel)
                     for name in self.ws.listdir(rel):
-                        if prefix + name not in touched:
+                        if prefix + name not in touched and name not in brought:
                             conflicts.append(
                                 f"{item.describe()}: {prefix + name!r} was added by someone "
                                 f"else inside {rel!r}, which the episode created"
@@ -383,13 +385,16 @@ class FileEffect:
                     "nothing was undone (use force=True to overwrite)",
                     [f"{item.describe()}: {r!r}" for r in drift],
                 )
-        if item.intent.kind == "fs.rename" and self._rename_back(undo, post):
+        if item.intent.kind == "fs.rename" and self._rename_back(item):
             return
         self._restore(undo, undo.get("tmp", ""))
 
-    def _rename_back(self, undo: dict[str, Any], post: dict[str, Manifest]) -> bool:
+    def _rename_back(self, item: UndoItem) -> bool:
         """Move a renamed entry back instead of recreating it (keeps a moved tree whole)."""
-        rsrc, rdst = list(undo["pre"])
+        undo = item.undo_info
+        # not list(undo["pre"]): the journal stores JSON with sorted keys, so that order is
+        # alphabetical, not (src, dst)
+        rsrc, rdst = item.intent.params["src"], item.intent.params["dst"]
         if self.ws.lstat(rdst) is None or self.ws.lstat(rsrc) is not None:
             return False
         with self.ws.parent(rdst) as (dfd, dname), self.ws.parent(rsrc) as (sfd, sname):
@@ -414,3 +419,13 @@ class FileEffect:
                 self.ws.set_mtime(par, mtime)
             return None
         return self._post(*undo.get("pre", {}))
+
+
+def _moved_children(item: UndoItem, rel: str) -> set[str]:
+    """Names a rename moved into ``rel`` along with the directory (from the deep pre-image)."""
+    if item.intent.kind != "fs.rename":
+        return set()
+    src, dst = item.intent.params["src"], item.intent.params["dst"]
+    if rel != dst:
+        return set()
+    return set(item.undo_info["pre"][src].get("children", {}))
