@@ -105,13 +105,28 @@ class FileEffect:
             self._restore(undo, undo.get("tmp", ""))
         return cleanup
 
-    def _restore(self, undo: dict[str, Any], tmp: str) -> None:
+    def _restore(self, undo: dict[str, Any], tmp: str, *, forced: bool = False) -> None:
         for rel, want in undo["pre"].items():
             if tmp:
                 self._drop_tmp(rel, tmp)
-            self.ws.restore(rel, want, self.store, self._tmp("undo"))
+            try:
+                self.ws.restore(rel, want, self.store, self._tmp("undo"))
+            except (FileNotFoundError, NotADirectoryError, PathEscape):
+                # Forced (resuming an interrupted rollback, or told to overwrite drift): the
+                # parent is gone or is no longer a directory, because of the undo of an older
+                # action that owns this path's final state. Anything else is a real failure.
+                unreachable_ok = forced or want["type"] == "absent"
+                if not unreachable_ok or self._ancestors_are_dirs(rel):
+                    raise
         for par, mtime in undo["parents"].items():
             self.ws.set_mtime(par, mtime)
+
+    def _ancestors_are_dirs(self, rel: str) -> bool:
+        for anc in _ancestors(rel):
+            st = self.ws.lstat(anc)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return False
+        return True
 
     # ---- plans -------------------------------------------------------------------------------
 
@@ -379,7 +394,8 @@ class FileEffect:
         undo, post = item.undo_info, item.post.get("post", {})
         at_pre = all(self.ws.matches(rel, want) for rel, want in undo["pre"].items())
         if at_pre and not all(self.ws.matches(r, w) for r, w in post.items()):
-            self._restore(undo, undo.get("tmp", ""))  # already undone: just settle metadata
+            # already undone: just settle metadata
+            self._restore(undo, undo.get("tmp", ""), forced=force)
             return
         if not force:
             drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
@@ -389,9 +405,12 @@ class FileEffect:
                     "nothing was undone (use force=True to overwrite)",
                     [f"{item.describe()}: {r!r}" for r in drift],
                 )
-        if item.intent.kind == "fs.rename" and self._rename_back(item):
+        # Moving back is only right when dst still holds the tree the rename put there, which
+        # the (shallow) post-state of a directory cannot prove once forced: a forced undo (drift,
+        # or resuming an interrupted rollback) recreates both sides from the deep pre-images.
+        if item.intent.kind == "fs.rename" and not force and self._rename_back(item):
             return
-        self._restore(undo, undo.get("tmp", ""))
+        self._restore(undo, undo.get("tmp", ""), forced=force)
 
     def _rename_back(self, item: UndoItem) -> bool:
         """Move a renamed entry back instead of recreating it (keeps a moved tree whole)."""
