@@ -430,6 +430,16 @@ class FileEffect:
             self.ws.set_mtime(par, mtime)
         return True
 
+    def _matches_deep(self, rel: str, want: Manifest) -> bool:
+        if not self.ws.matches(rel, want):
+            return False
+        children = want.get("children")
+        if want["type"] != "dir" or children is None:
+            return True
+        if set(self.ws.listdir(rel)) != set(children):
+            return False
+        return all(self._matches_deep(_child(rel, n), w) for n, w in children.items())
+
     def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
         undo = intent.undo
         tmp = undo.get("tmp", "")
@@ -437,11 +447,17 @@ class FileEffect:
             if tmp:
                 self._drop_tmp(rel, tmp)
             self._drop_tmp(rel, self._tmp("undo"))
-        if all(self.ws.matches(rel, want) for rel, want in undo.get("pre", {}).items()):
+        # deep: a recursive rmdir killed halfway leaves its top directory in place (shallowly
+        # "unchanged") with part of its tree gone, which must be restored, not declared FAILED
+        if all(self._matches_deep(rel, want) for rel, want in undo.get("pre", {}).items()):
             for par, mtime in undo.get("parents", {}).items():
                 self.ws.set_mtime(par, mtime)
             return None
         return self._post(*undo.get("pre", {}))
+
+
+def _child(rel: str, name: str) -> str:
+    return name if rel == "." else f"{rel}/{name}"
 
 
 def _moved_children(item: UndoItem, rel: str) -> set[str]:
