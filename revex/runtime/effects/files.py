@@ -306,6 +306,9 @@ class FileEffect:
         tmp = self._tmp("c")
 
         def prepare() -> dict[str, Any]:
+            # check the source before anything is journaled: a symlinked source is refused
+            # (DENIED), not a failure found halfway through apply
+            os.close(self.ws.open_file(rsrc))
             self._target_mode(rdst)
             return {**self._pre([rdst]), "tmp": tmp}
 
