@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from revex.errors import PolicyViolation
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
 
@@ -63,15 +64,28 @@ class FileSystem:
         """Create a directory; with ``parents`` each missing ancestor is its own action."""
         from revex.runtime.effects.workspace import normalize
 
-        rel = normalize(path)
+        try:
+            rel = normalize(path)
+        except PolicyViolation:
+            # refused paths go through the pipeline too, so the refusal is journaled (DENIED)
+            self._act(lambda fx: fx.mkdir(path, mode), "fs.mkdir", path)
+            raise
         chain = [rel]
         if parents:
             parts = rel.split("/")
             chain = ["/".join(parts[: i + 1]) for i in range(len(parts))]
         for i, step in enumerate(chain):
-            if self._ep._files().ws.lstat(step) is not None and (i < len(chain) - 1 or exist_ok):
+            if self._exists_safely(step) and (i < len(chain) - 1 or exist_ok):
                 continue
             self._act(functools.partial(_mkdir, step=step, mode=mode), "fs.mkdir", step)
+
+    def _exists_safely(self, rel: str) -> bool:
+        """An unjournaled probe; a path through a symlink counts as missing, so the action
+        that follows is the one refused (and journaled)."""
+        try:
+            return self._ep._files().ws.lstat(rel) is not None
+        except PolicyViolation:
+            return False
 
     def rmdir(self, path: str, recursive: bool = False) -> None:
         """Remove a directory; ``recursive=True`` removes its whole tree (all undoable)."""

@@ -84,19 +84,27 @@ def rollback(
     resume_window: int = 0,
     note: dict[str, Any] | None = None,
 ) -> RollbackReport:
-    """Undo ``items`` (newest first). Raises ConflictError before any change on drift."""
+    """Undo ``items`` (newest first). Raises ConflictError before any change on drift.
+
+    ``resume_window``: the first that many items belong to an interrupted rollback (undone or
+    not, their CLRs may be missing). They are finished first, forced, before the drift check of
+    the rest: until they are, the state of a path they share with an older item is unknown.
+    """
     report = RollbackReport()
     if not items:
         return report
+    window, rest = list(items[:resume_window]), list(items[resume_window:])
+    if window:
+        _undo_items(journal, episode_id, window, effect_for, force=True, report=report,
+                    note={"resumed": True, **(note or {})})
+    if not rest:
+        return report
     groups: dict[str, list[UndoItem]] = {}
-    for item in items:
+    for item in rest:
         groups.setdefault(prefix_of(item.intent.kind), []).append(item)
-    window = {item.seq for item in items[:resume_window]}
     conflicts: list[str] = []
     for prefix, group in groups.items():
-        checked = [it for it in group if it.seq not in window]
-        if checked:
-            conflicts.extend(effect_for(prefix).check_undo(checked))
+        conflicts.extend(effect_for(prefix).check_undo(group))
     if conflicts and not force:
         journal.append(episode_id=episode_id, kind="episode.rollback.refused", target="",
                        status=Status.EVENT, params={"conflicts": conflicts[:50]})
@@ -107,18 +115,26 @@ def rollback(
             conflicts,
         )
     report.conflicts = conflicts
+    _undo_items(journal, episode_id, rest, effect_for, force=force, report=report, note=note)
+    return report
+
+
+def _undo_items(journal: Journal, episode_id: str, items: Sequence[UndoItem],
+                effect_for: Callable[[str], Effect], *, force: bool, report: RollbackReport,
+                note: dict[str, Any] | None) -> None:
     journal.append(episode_id=episode_id, kind="episode.rollback.begin", target="",
                    status=Status.EVENT,
                    params={"actions": len(items), "force": force, **(note or {})})
     batch: list[dict[str, Any]] = []
+    undone = 0
     try:
         for item in items:
-            effect_for(prefix_of(item.intent.kind)).undo(
-                item, force=force or item.seq in window)
+            effect_for(prefix_of(item.intent.kind)).undo(item, force=force)
             batch.append(dict(episode_id=episode_id, action_seq=item.intent.action_seq,
                               kind=item.intent.kind, target=item.intent.target,
                               status=Status.UNDONE, refers_to=item.seq,
                               params={"forced": bool(force)}))
+            undone += 1
             report.undone += 1
             if len(batch) >= CLR_BATCH:
                 journal.append_many(batch)
@@ -132,8 +148,7 @@ def rollback(
     if batch:
         journal.append_many(batch)
     journal.append(episode_id=episode_id, kind="episode.rollback.end", target="",
-                   status=Status.EVENT, params={"undone": report.undone})
-    return report
+                   status=Status.EVENT, params={"undone": undone})
 
 
 def resolve_intents(journal: Journal, episode_id: str, records: Sequence[Record],

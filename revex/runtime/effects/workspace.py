@@ -210,8 +210,12 @@ class Workspace:
         """Whether the entry is in the state ``want`` describes (content, type, mode, target).
 
         Modification times are not compared: they are restored, but a touch is not a conflict.
+        A path below a symlink is not reachable in the workspace, so it counts as absent.
         """
-        st = self.lstat(rel)
+        try:
+            st = self.lstat(rel)
+        except PathEscape:
+            return want["type"] == "absent"
         kind = want["type"]
         if st is None:
             return kind == "absent"

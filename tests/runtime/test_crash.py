@@ -1,0 +1,190 @@
+"""Crash safety: a process acting in an episode is killed with SIGKILL at a random moment (during
+actions, or during a rollback); opening a Runtime on the same state directory recovers the
+workspace to exactly the state before the episode, and the journal still verifies."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from revex import ActionFailed, PolicyViolation, Runtime
+from revex.runtime.rollback import CLR_BATCH, pending_items, rollback
+from tests.helpers import assert_same_tree, populate, random_fs_action, snapshot_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The child: opens the runtime, starts an episode, performs random actions; after
+# `rollback_after` actions it announces and runs ep.rollback(). It never exits on its own
+# before being killed (it sleeps at the end), so every iteration ends in a SIGKILL.
+CHILD = r"""
+import random, sys, time
+from revex import ActionFailed, PolicyViolation, Runtime
+from tests.helpers import random_fs_action
+
+state, ws, seed, n_ops, rollback_after = sys.argv[1:6]
+rng = random.Random(int(seed))
+rt = Runtime(state, audit=None)
+ep = rt.episode(ws)
+print("started", flush=True)
+for i in range(int(n_ops)):
+    if i == int(rollback_after):
+        print("rollback", flush=True)
+        ep.rollback()
+        print("rolled-back", flush=True)
+    try:
+        random_fs_action(ep, rng, large=256 * 1024)
+    except (ActionFailed, PolicyViolation):
+        pass
+print("done", flush=True)
+time.sleep(600)
+"""
+
+
+def _spawn(state: Path, ws: Path, seed: int, n_ops: int, rollback_after: int
+           ) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(state), str(ws), str(seed), str(n_ops),
+         str(rollback_after)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _wait_for(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdout is not None
+    got = proc.stdout.readline().strip()
+    if got != line:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"child said {got!r}, expected {line!r}; stderr:\n{err}")
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _check_recovered(state: Path, ws: Path, before: dict[str, Any]) -> list[str]:
+    rt = Runtime(state, audit=None)  # recovery runs on open
+    try:
+        assert_same_tree(before, snapshot_tree(ws))
+        assert rt.verify().ok, rt.verify()
+        statuses = [e.status for e in rt.episodes()]
+        assert all(s == "recovered" for s in statuses), statuses
+        return statuses
+    finally:
+        rt.close()
+
+
+def crash_during_actions(tmp: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    ws, state = tmp / f"ws{seed}", tmp / f"state{seed}"
+    populate(ws)
+    before = snapshot_tree(ws)
+    proc = _spawn(state, ws, seed, n_ops=400, rollback_after=10**9)
+    try:
+        _wait_for(proc, "started")
+        time.sleep(rng.uniform(0.0, 0.6))
+    finally:
+        _kill(proc)
+    _check_recovered(state, ws, before)
+    # a second open finds nothing left to do and changes nothing
+    _check_recovered(state, ws, before)
+
+
+def crash_during_rollback(tmp: Path, seed: int) -> bool:
+    """Returns whether the kill landed before the child's rollback finished."""
+    rng = random.Random(seed)
+    ws, state = tmp / f"ws{seed}", tmp / f"state{seed}"
+    populate(ws)
+    before = snapshot_tree(ws)
+    n = rng.randint(100, 300)
+    proc = _spawn(state, ws, seed, n_ops=n + 50, rollback_after=n)
+    assert proc.stdout is not None
+    try:
+        _wait_for(proc, "started")
+        _wait_for(proc, "rollback")
+        time.sleep(rng.uniform(0.0, 0.08))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    interrupted = "rolled-back" not in out
+    _check_recovered(state, ws, before)
+    if interrupted:
+        rt = Runtime(state, audit=None)
+        try:
+            kinds = [r.kind for r in rt.journal.records()]
+        finally:
+            rt.close()
+        # the child's rollback began and recovery finished it
+        assert "episode.rollback.begin" in kinds
+        assert kinds[-1] == "episode.undo", kinds[-5:]
+    return interrupted
+
+
+def test_sigkill_during_actions_recovers_workspace_exactly(tmp_path: Path) -> None:
+    for seed in range(20):
+        crash_during_actions(tmp_path, seed)
+
+
+def test_sigkill_during_rollback_recovery_finishes_rollback_exactly(tmp_path: Path) -> None:
+    interrupted = [crash_during_rollback(tmp_path, 1000 + seed) for seed in range(12)]
+    assert any(interrupted), "no kill landed inside a rollback; widen the window"
+
+
+def _resume_after_prefix(tmp: Path, seed: int) -> None:
+    """Deterministic model of a kill inside a rollback: undo the first k items (their CLRs
+    lost), then resume as recovery does, with every item inside the resume window."""
+    rng = random.Random(seed)
+    n = rng.randint(5, 40)
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        base = tmp / f"{seed}-{k}"
+        ws = base / "ws"
+        populate(ws)
+        before = snapshot_tree(ws)
+        rt = Runtime(base / "state", audit=None)
+        try:
+            ep = rt.episode(ws)
+            actions = random.Random(seed)
+            for _ in range(n):
+                with contextlib.suppress(ActionFailed, PolicyViolation):
+                    random_fs_action(ep, actions, large=1000)
+            items = pending_items(rt.journal.records(ep.id))
+            assert len(items) <= CLR_BATCH
+            for item in items[:k]:  # undone before the "crash", CLRs not yet written
+                ep._effect("fs").undo(item, force=False)
+            rollback(rt.journal, ep.id, items, ep._effect, resume_window=CLR_BATCH)
+            assert_same_tree(before, snapshot_tree(ws))
+        finally:
+            rt.close()
+
+
+def test_resumed_rollback_converges_after_any_prefix_was_undone(tmp_path: Path) -> None:
+    for seed in range(25):
+        _resume_after_prefix(tmp_path, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sigkill_during_actions_recovers_workspace_exactly_many(tmp_path: Path) -> None:
+    for seed in range(100, 400):
+        crash_during_actions(tmp_path, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sigkill_during_rollback_recovery_finishes_rollback_exactly_many(
+        tmp_path: Path) -> None:
+    interrupted = [crash_during_rollback(tmp_path, 5000 + seed) for seed in range(200)]
+    assert sum(interrupted) > len(interrupted) // 4
