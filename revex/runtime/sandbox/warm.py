@@ -48,6 +48,7 @@ import socket
 import struct
 import subprocess
 import threading
+import weakref
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -267,6 +268,11 @@ class WarmSpawned:
         self.close()
 
 
+def _close_zygotes(idle: list[_Zygote]) -> None:
+    while idle:
+        idle.pop().close()
+
+
 class WarmPythonBackend:
     """Runs Python code in forked children of pre-started jailed zygotes (see the module doc).
 
@@ -289,6 +295,8 @@ class WarmPythonBackend:
         self._busy: set[_Zygote] = set()
         self._lock = threading.Lock()
         self._closed = False
+        # a pool nobody closed still ends its jails when collected or at interpreter exit
+        self._finalizer = weakref.finalize(self, _close_zygotes, self._idle)
 
     # -- pool -------------------------------------------------------------------------------
     def prestart(self, n: int = 0) -> None:
@@ -330,7 +338,8 @@ class WarmPythonBackend:
         """End every zygote (idle ones now, busy ones when their run returns). Idempotent."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
+            idle = list(self._idle)
+            self._idle.clear()
         for z in idle:
             z.close()
 

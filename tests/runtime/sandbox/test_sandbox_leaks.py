@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -14,6 +15,7 @@ from revex.runtime.sandbox.warm import WarmPythonBackend
 
 
 def _snapshot() -> dict[str, int]:
+    gc.collect()  # backends other tests dropped without closing end their jails first
     me = os.getpid()
     children = 0
     for pid in os.listdir("/proc"):
