@@ -48,8 +48,8 @@ import socket
 import struct
 import subprocess
 import threading
-import weakref
 import time
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
