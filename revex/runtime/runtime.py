@@ -16,6 +16,7 @@ from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
 from revex.runtime.effects.base import Effect, EffectContext, EffectFactory
 from revex.runtime.effects.files import FileEffect
+from revex.runtime.effects.sql import SqlEffect, check_databases
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
 from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
 from revex.runtime.rollback import (
@@ -102,7 +103,7 @@ class Runtime:
                              f"{exc}") from exc
         self.audit = AuditLog(audit, self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
-        self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect}
+        self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect, "sql": SqlEffect}
         if recover:
             self.recover()
 
@@ -137,8 +138,11 @@ class Runtime:
             raise ConfigError(f"on_exit must be 'rollback' or 'commit', not {on_exit!r}")
         if on_error not in ("rollback", "keep"):
             raise ConfigError(f"on_error must be 'rollback' or 'keep', not {on_error!r}")
+        databases = options.pop("databases", None)
+        sql_mode = options.pop("sql_mode", "durable")
         if options:
             raise ConfigError(f"unknown episode option(s): {', '.join(sorted(options))}")
+        sql_config = check_databases(databases or {}, sql_mode)
         ws = Path(workspace)
         try:
             ws.mkdir(parents=True, exist_ok=True)
@@ -154,6 +158,8 @@ class Runtime:
         episode_id = new_episode_id()
         config: dict[str, Any] = {"workspace": str(real), "policy": self.policy.name,
                                   "pid": os.getpid(), "on_exit": on_exit}
+        if databases:
+            config.update(sql_config)
         self.journal.put_episode(episode_id, "active", config)
         episode = Episode(self, episode_id, config, on_exit, on_error)
         self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
