@@ -80,7 +80,7 @@ def _postgres(cur: Any) -> dict[str, Any]:
         sequences[seq] = tuple(cur.fetchone())
     data = {}
     for table in sorted({c[0] for c in columns}):
-        cur.execute(f'SELECT to_jsonb(x)::text FROM "{table}" x')
+        cur.execute(f'SELECT to_jsonb(_revex_x)::text FROM "{table}" _revex_x')
         data[table] = sorted(r[0] for r in cur.fetchall())
     return {"columns": columns, "constraints": constraints, "indexes": indexes,
             "triggers": triggers, "sequences": sequences, "rows": data}

@@ -176,8 +176,9 @@ class Database:
             ddl = b.ddl_before(cap, stmt, self._tag(seq)) if self._ddl(stmt) else None
             cascade = b.cascade_before(cap, stmt)
             b.set_tag(cap, self._tag(seq))
-            self.run(cursor, stmt, parameters, many)
-            info["_rowcount"] = cursor.rowcount
+            if ddl is None or not ddl.pop("replaced", False):
+                self.run(cursor, stmt, parameters, many)
+                info["_rowcount"] = cursor.rowcount
             events = b.read_log(cap, self._tag(seq))
             b.set_tag(cap, None)
             changes = net_effect(events)
@@ -255,8 +256,14 @@ class Database:
             if not self._marked(cur, info["seq"]):
                 return []
             out = []
-            if info.get("ddl"):
-                out += self.backend.ddl_drift(cur, info["ddl"])
+            ddl = info.get("ddl")
+            if ddl and only is not None:
+                ddl = {**ddl, "post": {t: v for t, v in ddl["post"].items() if t in only},
+                       "quarantined": {t: v for t, v in ddl.get("quarantined", {}).items()
+                                       if t in only},
+                       "pre": {t: v for t, v in ddl["pre"].items() if t in only}}
+            if ddl:
+                out += self.backend.ddl_drift(cur, ddl)
             for table, change in info.get("changes", {}).items():
                 if only is None or table in only:
                     out += self.backend.drift(cur, table, change)
@@ -279,8 +286,8 @@ class Database:
             cur = conn.cursor()
             self.backend.undo_begin(cur, conn)
             if not self._marked(cur, seq):
-                conn.rollback()
                 self._restore_sequences(cur, info)
+                conn.commit()
                 return []
             if not force:
                 conflicts = []
@@ -296,9 +303,9 @@ class Database:
             for table, change in info.get("changes", {}).items():
                 self.backend.restore(cur, table, change, force=force)
             self._unmark(cur, seq)
+            self._restore_sequences(cur, info)
             self.backend.undo_end(cur, conn)
             conn.commit()
-            self._restore_sequences(cur, info)
         except self.dbapi.Error as exc:
             conn.rollback()
             raise ActionFailed(f"undo of action #{seq} on database {self.name!r} failed: "
@@ -315,7 +322,6 @@ class Database:
         for name, (pre, post) in wanted.items():
             if pre is not None and now.get(name) == post:
                 self.backend.set_sequence(cur, name, pre)
-        cur.connection.commit()
 
     def probe(self, info: dict[str, Any]) -> dict[str, Any] | None:
         """After a crash: the post-state if the action committed, else None."""
