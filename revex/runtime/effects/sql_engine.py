@@ -281,6 +281,11 @@ class Database:
             self._live = [s for s in self._live if s < seq]
             self._restore_sequences(cap, info)
             return []
+        if self._conn is not None and self.mode == "transactional":
+            # every newer action is undone by now: what the forward transaction still holds
+            # belongs to them, and its locks would block the undo connection
+            self._raw().rollback()
+            self._live.clear()
         conn = self.raw_connection()
         try:
             cur = conn.cursor()
