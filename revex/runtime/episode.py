@@ -278,6 +278,7 @@ class Episode:
                 effect.commit()
             effect.close()
         self._sql.clear()
+        self._rt.drop_forks(self.config)
         self._effects.clear()
         self._owner.release(remove=True)
 

@@ -140,6 +140,7 @@ class Runtime:
             raise ConfigError(f"on_error must be 'rollback' or 'keep', not {on_error!r}")
         databases = options.pop("databases", None)
         sql_mode = options.pop("sql_mode", "durable")
+        sql_fork = bool(options.pop("sql_fork", False))
         if options:
             raise ConfigError(f"unknown episode option(s): {', '.join(sorted(options))}")
         sql_config = check_databases(databases or {}, sql_mode)
@@ -160,11 +161,32 @@ class Runtime:
                                   "pid": os.getpid(), "on_exit": on_exit}
         if databases:
             config.update(sql_config)
+            if sql_fork:  # act on copies, dropped when the episode ends
+                forks = {n: self.fork_database(u) for n, u in sql_config["databases"].items()}
+                config.update(databases=forks, sql_forks=sorted(forks.values()))
         self.journal.put_episode(episode_id, "active", config)
         episode = Episode(self, episode_id, config, on_exit, on_error)
         self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
                             status=Status.EVENT, params=config)
         return episode
+
+    def fork_database(self, url: str) -> str:
+        """A copy of the database at ``url`` (SQLite backup API, PostgreSQL TEMPLATE, MariaDB
+        table-by-table copy); returns its URL. With ``rt.episode(..., sql_fork=True)`` every
+        database is forked for the episode and the forks are dropped when it ends.
+
+        Raises ConfigError for a bad URL or a server that refuses the copy.
+        """
+        from revex.runtime.effects.sql_fork import fork_database
+
+        return fork_database(url)
+
+    def drop_forks(self, config: dict[str, Any]) -> None:
+        """Drop the database forks an episode made (``sql_fork=True``)."""
+        from revex.runtime.effects.sql_fork import drop_fork
+
+        for url in config.get("sql_forks", ()):
+            drop_fork(url)
 
     def episodes(self, status: str | None = None) -> list[EpisodeInfo]:
         return [EpisodeInfo(e["id"], e["status"], e["created_at"], e["updated_at"], e["config"])
@@ -253,6 +275,7 @@ class Runtime:
                                   stacklevel=2)
                     continue
                 self.journal.set_episode_status(info["id"], "recovered")
+                self.drop_forks(info["config"])
                 recovered.append(info["id"])
             finally:
                 lock.release(remove=True)

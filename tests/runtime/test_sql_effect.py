@@ -45,9 +45,9 @@ def test_default_policy_denies_and_journals(pg_url: str, state_dir: Path, worksp
 
 def test_attach_is_denied_on_sqlite(sqlite_url: str, state_dir: Path, workspace: Path) -> None:
     with Runtime(state_dir, audit=None) as rt, rt.episode(
-            workspace=workspace, databases={"app": sqlite_url}) as ep:
-        with pytest.raises(PolicyViolation, match="sql-no-attach"):
-            ep.sql("app").execute("ATTACH DATABASE '/tmp/x.db' AS x")
+            workspace=workspace, databases={"app": sqlite_url}) as ep, pytest.raises(
+                PolicyViolation, match="sql-no-attach"):
+        ep.sql("app").execute("ATTACH DATABASE '/tmp/x.db' AS x")
 
 
 def test_update_without_where_needs_approval(sqlite_url: str, state_dir: Path,
@@ -83,9 +83,9 @@ def test_permissive_allows_everything(sqlite_url: str, state_dir: Path,
 def test_unknown_database_name_is_a_config_error(sqlite_url: str, state_dir: Path,
                                                  workspace: Path) -> None:
     with Runtime(state_dir, audit=None) as rt, rt.episode(
-            workspace=workspace, databases={"app": sqlite_url}) as ep:
-        with pytest.raises(ConfigError, match="no database named 'ap'.*configured: app"):
-            ep.sql("ap")
+            workspace=workspace, databases={"app": sqlite_url}) as ep, pytest.raises(
+                ConfigError, match=r"no database named 'ap'.*configured: app"):
+        ep.sql("ap")
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -106,10 +106,10 @@ def test_bad_mode_is_a_config_error(sqlite_url: str, state_dir: Path, workspace:
 def test_unreachable_server_is_a_config_error(state_dir: Path, workspace: Path) -> None:
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
     with Runtime(state_dir, audit=None) as rt, rt.episode(
-            workspace=workspace, databases={"app": url}) as ep:
-        with pytest.raises(ConfigError, match=r"cannot connect to database 'app' at "
-                                              r"postgresql\+psycopg://nobody@127.0.0.1:1"):
-            ep.sql("app").execute("SELECT 1")
+            workspace=workspace, databases={"app": url}) as ep, pytest.raises(
+                ConfigError, match=r"cannot connect to database 'app' at "
+                                   r"postgresql\+psycopg://nobody@127.0.0.1:1"):
+        ep.sql("app").execute("SELECT 1")
 
 
 @pytest.mark.parametrize("mode", ["durable", "transactional"])

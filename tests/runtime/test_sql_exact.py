@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sql_cases import CASES, create_schema
 
 from revex.runtime.effects.sql_dump import canonical_dump
 from revex.runtime.runtime import Runtime
-from sql_cases import CASES, create_schema
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -158,7 +158,8 @@ class PostgresBackend:
                             (_array(change["added"]),))
             else:
                 cur.execute(f"SELECT e.j::text, true FROM jsonb_array_elements(%s::jsonb) e(j) "
-                            f"WHERE NOT EXISTS (SELECT 1 FROM {t} _revex_x WHERE to_jsonb(_revex_x) = e.j)",
+                            f"WHERE NOT EXISTS (SELECT 1 FROM {t} _revex_x WHERE "
+                            "to_jsonb(_revex_x) = e.j)",
                             (_array(change["added"]),))
             for image, gone in cur.fetchall():
                 out.append(_conflict(table, pk, image, "deleted" if gone else "changed"))
@@ -303,7 +304,7 @@ class PostgresBackend:
         for name in extra:
             cur.execute(f"ALTER TABLE {t} DROP COLUMN {_q(name)}")
         for name in lost:
-            _, typ, notnull, default = old_cols[name]
+            _, typ, _notnull, default = old_cols[name]
             cur.execute(f"ALTER TABLE {t} ADD COLUMN {_q(name)} {typ}"
                         + (f" DEFAULT {default}" if default else ""))
         if lost and was.get("rows"):
