@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 from sql_cases import create_schema
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from revex.runtime.effects.sql_dump import canonical_dump
 from revex.runtime.runtime import Runtime
@@ -30,6 +32,8 @@ def test_fork_is_an_exact_copy_and_is_dropped_after_the_episode(
         if db_url.startswith("sqlite"):
             assert not Path(make_url(used).database or "").exists()
         else:
-            with pytest.raises(OperationalError):
-                canonical_dump(used)
+            engine = create_engine(used, poolclass=NullPool)
+            with pytest.raises(OperationalError, match="(does not exist|Unknown database)"):
+                engine.connect()
+            engine.dispose()
     assert canonical_dump(db_url) == before
