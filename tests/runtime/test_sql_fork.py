@@ -33,7 +33,7 @@ def test_fork_is_an_exact_copy_and_is_dropped_after_the_episode(
             assert not Path(make_url(used).database or "").exists()
         else:
             engine = create_engine(used, poolclass=NullPool)
-            with pytest.raises(OperationalError, match="(does not exist|Unknown database)"):
+            with pytest.raises(OperationalError, match=r"(does not exist|Unknown database)"):
                 engine.connect()
             engine.dispose()
     assert canonical_dump(db_url) == before

@@ -1,0 +1,84 @@
+"""Crash safety: kill -9 a process in the middle of a durable episode (or of its rollback),
+reopen the Runtime (recovery runs on open) and the database is exactly as before."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sql_cases import create_schema
+
+from revex.runtime.effects.sql_dump import canonical_dump
+from revex.runtime.runtime import Runtime
+
+CHILD = r'''
+import sys
+from revex.runtime.runtime import Runtime
+state, ws, url, phase = sys.argv[1:5]
+rt = Runtime(state, policy="permissive", audit=None)
+ep = rt.episode(workspace=ws, databases={"app": url})
+db = ep.sql("app")
+for i in range(1000 if phase == "forward" else 12):
+    db.execute("UPDATE parent SET score = score + 1 WHERE id = :i", {"i": 1 + i % 3})
+    db.execute("INSERT INTO nopk VALUES (:a, 'crash')", {"a": i})
+    db.execute("DELETE FROM child WHERE id = :i", {"i": 10 + i % 3})
+    if i % 4 == 0:
+        db.script(f"CREATE TABLE t{i} (id INT PRIMARY KEY); INSERT INTO t{i} VALUES (1)")
+    if i == 2:
+        print("STARTED", flush=True)
+print("ROLLBACK", flush=True)
+ep.rollback()
+print("DONE", flush=True)
+'''
+
+
+def _crash_once(url: str, tmp: Path, phase: str, rng: random.Random) -> None:
+    state, ws = tmp / f"state-{phase}", tmp / "ws"
+    script = tmp / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    errors = tmp / "child.err"
+    with errors.open("w") as err, subprocess.Popen(
+            [sys.executable, str(script), str(state), str(ws), url, phase],
+            stdout=subprocess.PIPE, stderr=err, text=True, env=env) as proc:
+        assert proc.stdout is not None
+        wait_for = "STARTED" if phase == "forward" else "ROLLBACK"
+        for line in proc.stdout:
+            if line.strip() == wait_for:
+                break
+        else:
+            pytest.fail(f"child ended early: {errors.read_text()}")
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Runtime(state, policy="permissive", audit=None) as rt:  # recovery runs here
+        statuses = {e.status for e in rt.episodes()}
+        assert statuses <= {"recovered", "rolled_back", "active"}, statuses
+
+
+def _run(db_url: str, tmp_path: Path, iterations: int, seed: int) -> None:
+    create_schema(db_url)
+    before = canonical_dump(db_url)
+    rng = random.Random(seed)
+    for i in range(iterations):
+        phase = "forward" if i % 2 == 0 else "rollback"
+        _crash_once(db_url, tmp_path, phase, rng)
+        assert canonical_dump(db_url) == before, f"iteration {i} ({phase})"
+
+
+def test_kill_9_during_episode_and_rollback_recovers_exactly(db_url: str,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    _run(db_url, tmp_path, iterations=2, seed=1)
+
+
+@pytest.mark.slow
+def test_kill_9_many_times(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    _run(db_url, tmp_path, iterations=20, seed=2)
