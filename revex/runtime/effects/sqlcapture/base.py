@@ -67,6 +67,17 @@ def multiset_diff(before: Sequence[str], after: Sequence[str]) -> dict[str, list
     return {"removed": list((b - a).elements()), "added": list((a - b).elements())}
 
 
+def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def key_in(pk: Sequence[str], quote: Any, count: int, mark: str) -> str:
+    """``(pk1, pk2) IN ((?, ?), …)`` for ``count`` keys."""
+    one = "(" + ", ".join(mark for _ in pk) + ")"
+    return f"({', '.join(quote(c) for c in pk)}) IN ({', '.join(one for _ in range(count))})"
+
+
 class Backend(Protocol):
     """What the SQL effect needs from one database engine. All methods take a DBAPI cursor on
     a connection revex owns, inside the transaction the caller manages."""

@@ -23,6 +23,8 @@ from revex.runtime.effects.sqlcapture.base import (
     PREFIX,
     Cursor,
     Event,
+    chunks,
+    key_in,
     multiset_diff,
 )
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
@@ -201,16 +203,33 @@ class MySQLBackend(Rebuilder):
         found = cur.fetchone()
         return found[0] if found else None
 
+    def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
+                      rows: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
+        """Current images of many rows by primary key, in batches (keys as text)."""
+        out: dict[tuple[str, ...], str] = {}
+        keys = list({tuple(r.get(c) for c in pk) for r in rows})
+        for part in chunks(keys, 500):
+            cur.execute(f"SELECT {', '.join('_revex_x.' + _q(c) for c in pk)}, {expr} FROM "
+                        f"{_q(table)} _revex_x WHERE "
+                        + key_in(pk, lambda c: "_revex_x." + _q(c), len(part), "%s"),
+                        [v for key in part for v in key])
+            for r in cur.fetchall():
+                out[tuple(str(v) for v in r[:-1])] = r[-1]
+        return out
+
     def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
         if table not in self.tables(cur):
             return [f"table {table}: no longer exists"]
         cols, pk = self.columns(cur, table), self.pk(cur, table)
         expr = self.image_expr(cols, "_revex_x")
         out, added = [], set()
-        for image in change["added"]:
-            row = self.decode(cols, image)
+        rows = [(self.decode(cols, i), i) for i in change["added"]]
+        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
+        for row, image in rows:
             added.add(tuple(str(row.get(c)) for c in pk))
-            now = self._current(cur, table, expr, pk, row, image)
+            key = tuple(str(row.get(c)) for c in pk)
+            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
+                                                                image)
             if now is None or json.loads(now) != json.loads(image):
                 out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
         for image in change["removed"] if pk else []:
@@ -228,10 +247,10 @@ class MySQLBackend(Rebuilder):
             else []
         if pk:
             gone = change["added"] + (change["removed"] if force else [])
-            where = " AND ".join(f"{_q(c)} <=> %s" for c in pk)
-            rows = [[self.decode(cols, i).get(c) for c in pk] for i in gone]
-            if rows:
-                cur.executemany(f"DELETE FROM {_q(table)} WHERE {where}", rows)
+            keys = [[self.decode(cols, i).get(c) for c in pk] for i in gone]
+            for part in chunks(keys, 500):
+                cur.execute(f"DELETE FROM {_q(table)} WHERE "
+                            + key_in(pk, _q, len(part), "%s"), [v for k in part for v in k])
         else:
             expr = self.image_expr(cols, _q(table))
             for image in change["added"]:

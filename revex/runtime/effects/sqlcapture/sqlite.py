@@ -14,7 +14,15 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from revex.runtime.effects.sqlcapture.base import ACTIONS, LOG, PREFIX, Cursor, Event
+from revex.runtime.effects.sqlcapture.base import (
+    ACTIONS,
+    LOG,
+    PREFIX,
+    Cursor,
+    Event,
+    chunks,
+    key_in,
+)
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
 
 
@@ -159,6 +167,21 @@ class SQLiteBackend(Rebuilder):
         found = cur.fetchone()
         return found[0] if found else None
 
+    def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
+                      rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], str | None]:
+        """Current images of many rows by primary key, in batches."""
+        out: dict[tuple[Any, ...], str | None] = {}
+        keys = list({tuple(r.get(c) for c in pk) for r in rows})
+        for part in chunks(keys, 300):
+            cur.execute(f"SELECT {', '.join('x.' + _q(c) for c in pk)}, {expr} FROM "
+                        f"main.{_q(table)} AS x WHERE "
+                        + key_in(pk, lambda c: "x." + _q(c), len(part), "?"),
+                        [v for key in part for v in key])
+            found = {tuple(r[:-1]): r[-1] for r in cur.fetchall()}
+            for key in part:
+                out[key] = found.get(key)
+        return out
+
     def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
         if table not in set(self.tables(cur)):
             return [f"table {table}: no longer exists"]
@@ -166,11 +189,13 @@ class SQLiteBackend(Rebuilder):
         _, pk = self.columns(cur, table)
         out = []
         added_keys = set()
-        for image in change["added"]:
-            row = decode(image)
+        rows = [(decode(i), i) for i in change["added"]]
+        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
+        for row, image in rows:
             key = tuple(row.get(c) for c in pk)
             added_keys.add(key)
-            now = self._current(cur, table, expr, pk, row, image)
+            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
+                                                                image)
             if now != image:
                 out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
         if pk:
@@ -187,11 +212,12 @@ class SQLiteBackend(Rebuilder):
         triggers = self._user_triggers(cur, table)
         expr = self.image_expr(cur, table, "x")
         if pk:
-            where = " AND ".join(f"{_q(c)} IS ?" for c in pk)
-            keys = [[decode(i).get(c) for c in pk] for i in change["added"]]
+            keys = [tuple(decode(i).get(c) for c in pk) for i in change["added"]]
             if force:
-                keys += [[decode(i).get(c) for c in pk] for i in change["removed"]]
-            cur.executemany(f"DELETE FROM main.{_q(table)} WHERE {where}", keys)
+                keys += [tuple(decode(i).get(c) for c in pk) for i in change["removed"]]
+            for part in chunks(keys, 300):
+                cur.execute(f"DELETE FROM main.{_q(table)} WHERE "
+                            + key_in(pk, _q, len(part), "?"), [v for k in part for v in k])
         else:
             cur.executemany(
                 f"DELETE FROM main.{_q(table)} WHERE rowid = (SELECT rowid FROM "
