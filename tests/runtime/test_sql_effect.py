@@ -205,3 +205,17 @@ def test_rows_changed_quota_refuses_and_rolls_back(sqlite_url: str, state_dir: P
         with pytest.raises(PolicyViolation, match="rows_changed"):
             ep.sql("app").execute("DELETE FROM nopk WHERE a IS NOT NULL OR a IS NULL")
         assert canonical_dump(sqlite_url) == before
+
+
+def test_transactional_commit_keeps_changes_and_undo_still_works(
+        db_url: str, state_dir: Path, workspace: Path) -> None:
+    create_schema(db_url)
+    before = canonical_dump(db_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        with rt.episode(workspace=workspace, databases={"app": db_url},
+                        sql_mode="transactional", on_exit="commit") as ep:
+            ep.sql("app").execute("DELETE FROM parent WHERE id = 2")
+            ep.sql("app").execute("INSERT INTO nopk VALUES (3, 'tx')")
+        assert canonical_dump(db_url) != before
+        assert rt.undo(ep.id) == 2
+    assert canonical_dump(db_url) == before

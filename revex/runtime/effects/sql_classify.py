@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -107,7 +108,7 @@ def split(sql: str, backend: str) -> list[Statement]:
         logger.setLevel(level)
 
 
-def _tables(tree: exp.Expression) -> tuple[str, ...]:
+def _tables(tree: Any) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
     for table in tree.find_all(exp.Table):
@@ -116,7 +117,7 @@ def _tables(tree: exp.Expression) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def classify(tree: exp.Expression, sql: str, dialect: str) -> Statement:
+def classify(tree: Any, sql: str, dialect: str) -> Statement:
     """The :class:`Statement` for one parsed tree (``sql`` is its text as given)."""
     tables = _tables(tree)
     if isinstance(tree, exp.Update):

@@ -69,6 +69,7 @@ class Database:
                 raise ConfigError(f"cannot connect to database {self.name!r} at "
                                   f"{safe_url(self.url)}: {exc.orig}") from exc
             raw = conn.connection.dbapi_connection
+            assert raw is not None
             cur = raw.cursor()
             self.backend.install(cur)
             raw.commit()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
@@ -128,13 +129,13 @@ def _fork_mysql(url: str, suffix: str) -> str:
             creates, triggers = [], []
             for table in tables:
                 cur.execute(f"SHOW CREATE TABLE `{src}`.`{table}`")
-                creates.append(cur.fetchone()[1])
+                creates.append(_one(cur)[1])
                 cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE "
                             "trigger_schema = DATABASE() AND event_object_table = %s "
                             "ORDER BY action_order", (table,))
                 for (trigger,) in cur.fetchall():
                     cur.execute(f"SHOW CREATE TRIGGER `{src}`.`{trigger}`")
-                    triggers.append(cur.fetchone()[2])
+                    triggers.append(_one(cur)[2])
             cur.execute(f"USE `{name}`")
             for create in creates:
                 cur.execute(create)
@@ -149,3 +150,10 @@ def _fork_mysql(url: str, suffix: str) -> str:
     finally:
         engine.dispose()
     return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+def _one(cur: Any) -> Any:
+    row = cur.fetchone()
+    if row is None:
+        raise ConfigError("the server returned no row for SHOW CREATE while forking")
+    return row

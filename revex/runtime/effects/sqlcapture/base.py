@@ -83,7 +83,11 @@ class Backend(Protocol):
     a connection revex owns, inside the transaction the caller manages."""
 
     name: str
+    param: str
+    """The driver's placeholder (``?`` or ``%s``)."""
     transactional_ddl: bool
+    truncate_by_trigger: bool
+    """TRUNCATE fires a capture trigger (PostgreSQL) instead of going through DDL capture."""
 
     def quote(self, ident: str) -> str: ...
 
@@ -155,6 +159,14 @@ class Backend(Protocol):
     def ddl_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]: ...
 
     def ddl_undo(self, cur: Cursor, info: dict[str, Any]) -> None: ...
+
+    def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
+        """Snapshot what FK cascades may change that triggers will not see (MariaDB)."""
+        ...
+
+    def cascade_after(self, cur: Cursor, before: Any) -> dict[str, dict[str, list[str]]]:
+        """Net changes of the tables :meth:`cascade_before` snapshotted."""
+        ...
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         """Sequence name -> [last_value, is_called] (PostgreSQL only; {} elsewhere)."""
