@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from revex.errors import ConfigError, ConflictError, StateError
+from revex.errors import ActionFailed, ConfigError, ConflictError, StateError
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
@@ -270,7 +270,9 @@ class Runtime:
                     continue
                 try:
                     self._undo_locked(info["id"], info["config"], force=False)
-                except ConflictError as exc:
+                except (ConflictError, ConfigError, ActionFailed) as exc:
+                    # drift, or a database that is down: the episode stays pending and is
+                    # retried on the next open; one dead server must not block the runtime
                     warnings.warn(f"recovery of episode {info['id']} stopped: {exc}",
                                   stacklevel=2)
                     continue

@@ -158,7 +158,18 @@ def _sequence(db: Any, b: str) -> None:
         db.query("SELECT nextval('counter')")
 
 
+def _odd_identifiers(db: Any, b: str) -> None:
+    q = (lambda n: "`" + n.replace("`", "``") + "`") if b == "mysql" else (
+        lambda n: '"' + n.replace('"', '""') + '"')
+    table, col = q('we"ird `tbl é'), q("sp ace")
+    db.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, {col} VARCHAR(10))")
+    db.execute(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')")
+    db.execute(f"UPDATE {table} SET {col} = 'c' WHERE id = 1")
+    db.execute("UPDATE parent SET name = 'it''s' WHERE id = 1")
+
+
 CASES: dict[str, Case] = {
+    "odd_identifiers": _odd_identifiers,
     "insert_blob_unicode_null": _insert, "update_where": _update_where,
     "update_all": _update_all, "delete_cascade_set_null": _delete_cascade,
     "delete_all": _delete_all, "update_primary_key": _update_pk, "upsert": _upsert,

@@ -33,6 +33,14 @@ def canonical_dump(url: str) -> dict[str, Any]:
         engine.dispose()
 
 
+def _dq(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def _bq(ident: str) -> str:
+    return "`" + ident.replace("`", "``") + "`"
+
+
 def _rows(cur: Any, sql: str) -> list[str]:
     cur.execute(sql)
     return sorted(repr(tuple(r)) for r in cur.fetchall())
@@ -46,7 +54,7 @@ def _sqlite(cur: Any) -> dict[str, Any]:
     data = {}
     for typ, name, _, _ in schema:
         if typ == "table":
-            data[name] = _rows(cur, f'SELECT * FROM "{name}"')
+            data[name] = _rows(cur, f"SELECT * FROM {_dq(name)}")
     return {"schema": schema, "rows": data}
 
 
@@ -76,11 +84,11 @@ def _postgres(cur: Any) -> dict[str, Any]:
                 "current_schema()::regnamespace AND c.relname NOT LIKE '\\_revex%' ORDER BY 1")
     sequences = {}
     for (seq,) in cur.fetchall():
-        cur.execute(f'SELECT last_value, is_called FROM "{seq}"')
+        cur.execute(f"SELECT last_value, is_called FROM {_dq(seq)}")
         sequences[seq] = tuple(cur.fetchone())
     data = {}
     for table in sorted({c[0] for c in columns}):
-        cur.execute(f'SELECT to_jsonb(_revex_x)::text FROM "{table}" _revex_x')
+        cur.execute(f"SELECT to_jsonb(_revex_x)::text FROM {_dq(table)} _revex_x")
         data[table] = sorted(r[0] for r in cur.fetchall())
     return {"columns": columns, "constraints": constraints, "indexes": indexes,
             "triggers": triggers, "sequences": sequences, "rows": data}
@@ -93,9 +101,9 @@ def _mysql(cur: Any) -> dict[str, Any]:
     tables = [r[0] for r in cur.fetchall()]
     schema, data = {}, {}
     for table in tables:
-        cur.execute(f"SHOW CREATE TABLE `{table}`")
+        cur.execute(f"SHOW CREATE TABLE {_bq(table)}")
         schema[table] = re.sub(r" AUTO_INCREMENT=\d+", "", cur.fetchone()[1])
-        data[table] = _rows(cur, f"SELECT * FROM `{table}`")
+        data[table] = _rows(cur, f"SELECT * FROM {_bq(table)}")
     cur.execute("SELECT trigger_name, event_object_table, action_timing, event_manipulation, "
                 "action_statement FROM information_schema.triggers WHERE trigger_schema = "
                 "DATABASE() AND trigger_name NOT LIKE '\\_revex%' ORDER BY 1")

@@ -26,6 +26,14 @@ from sqlalchemy.pool import NullPool
 from revex.errors import ConfigError
 
 
+def _dq(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def _bq(ident: str) -> str:
+    return "`" + ident.replace("`", "``") + "`"
+
+
 def fork_database(url: str) -> str:
     """Copy the database at ``url``; returns the URL of the copy.
 
@@ -70,9 +78,9 @@ def drop_fork(url: str) -> None:
         try:
             cur = raw.cursor()
             if backend == "postgresql":
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(f"DROP DATABASE IF EXISTS {_dq(name)} WITH (FORCE)")
             else:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                cur.execute(f"DROP DATABASE IF EXISTS {_bq(name)}")
         finally:
             raw.close()
     finally:
@@ -104,7 +112,8 @@ def _fork_postgres(url: str, suffix: str) -> str:
     try:
         raw = engine.raw_connection()
         try:
-            raw.cursor().execute(f'CREATE DATABASE "{name}" TEMPLATE "{parsed.database}"')
+            raw.cursor().execute(f"CREATE DATABASE {_dq(name)} TEMPLATE "
+                                 f"{_dq(parsed.database or '')}")
         finally:
             raw.close()
     finally:
@@ -124,24 +133,25 @@ def _fork_mysql(url: str, suffix: str) -> str:
             cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
                         "DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1")
             tables = [r[0] for r in cur.fetchall()]
-            cur.execute(f"CREATE DATABASE `{name}`")
+            cur.execute(f"CREATE DATABASE {_bq(name)}")
             cur.execute("SET FOREIGN_KEY_CHECKS = 0")
             creates, triggers = [], []
             for table in tables:
-                cur.execute(f"SHOW CREATE TABLE `{src}`.`{table}`")
+                cur.execute(f"SHOW CREATE TABLE {_bq(src)}.{_bq(table)}")
                 creates.append(_one(cur)[1])
                 cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE "
                             "trigger_schema = DATABASE() AND event_object_table = %s "
                             "ORDER BY action_order", (table,))
                 for (trigger,) in cur.fetchall():
-                    cur.execute(f"SHOW CREATE TRIGGER `{src}`.`{trigger}`")
+                    cur.execute(f"SHOW CREATE TRIGGER {_bq(src)}.{_bq(trigger)}")
                     triggers.append(_one(cur)[2])
-            cur.execute(f"USE `{name}`")
+            cur.execute(f"USE {_bq(name)}")
             for create in creates:
                 cur.execute(create)
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             for table in tables:
-                cur.execute(f"INSERT INTO `{name}`.`{table}` SELECT * FROM `{src}`.`{table}`")
+                cur.execute(f"INSERT INTO {_bq(name)}.{_bq(table)} SELECT * FROM "
+                            f"{_bq(src)}.{_bq(table)}")
             raw.commit()
             for trigger in triggers:
                 cur.execute(trigger)
