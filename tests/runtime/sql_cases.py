@@ -168,7 +168,21 @@ def _odd_identifiers(db: Any, b: str) -> None:
     db.execute("UPDATE parent SET name = 'it''s' WHERE id = 1")
 
 
+def _alter_types_constraints(db: Any, b: str) -> None:
+    if b == "postgresql":
+        db.execute("ALTER TABLE parent ALTER COLUMN name TYPE VARCHAR(100)")
+        db.execute("ALTER TABLE parent ADD CONSTRAINT parent_name_uq UNIQUE (name)")
+        db.execute("ALTER TABLE child DROP CONSTRAINT child_pkey")
+    elif b == "mysql":
+        db.execute("ALTER TABLE parent MODIFY COLUMN name VARCHAR(100)")
+        db.execute("ALTER TABLE parent ADD CONSTRAINT parent_name_uq UNIQUE (name)")
+    else:
+        db.execute("ALTER TABLE parent ADD COLUMN extra TEXT DEFAULT 'd' NOT NULL")
+    db.execute("INSERT INTO audit (msg) VALUES ('bump')")  # AUTOINCREMENT / serial
+
+
 CASES: dict[str, Case] = {
+    "alter_types_and_constraints": _alter_types_constraints,
     "odd_identifiers": _odd_identifiers,
     "insert_blob_unicode_null": _insert, "update_where": _update_where,
     "update_all": _update_all, "delete_cascade_set_null": _delete_cascade,

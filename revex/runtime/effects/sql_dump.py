@@ -55,6 +55,10 @@ def _sqlite(cur: Any) -> dict[str, Any]:
     for typ, name, _, _ in schema:
         if typ == "table":
             data[name] = _rows(cur, f"SELECT * FROM {_dq(name)}")
+    cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+    if cur.fetchone():
+        data["sqlite_sequence"] = _rows(cur, "SELECT name, seq FROM sqlite_sequence WHERE "
+                                             "name NOT LIKE '\\_revex%' ESCAPE '\\'")
     return {"schema": schema, "rows": data}
 
 

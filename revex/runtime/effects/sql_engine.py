@@ -190,7 +190,8 @@ class Database:
                     changes.pop(table, None)
                 b.sync(cap)
             after = b.sequences(cap)
-            info["seqs"] = {k: [seqs.get(k), v] for k, v in after.items() if seqs.get(k) != v}
+            info["seqs"] = {k: [seqs.get(k), after.get(k)] for k in {*seqs, *after}
+                            if seqs.get(k) != after.get(k)}
             info["changes"] = changes
             info["_rows"] = sum(len(c["added"]) + len(c["removed"]) for c in changes.values())
             self._mark(cap, seq)
@@ -326,7 +327,7 @@ class Database:
             return
         now = self.backend.sequences(cur)
         for name, (pre, post) in wanted.items():
-            if pre is not None and now.get(name) == post:
+            if now.get(name) == post:
                 self.backend.set_sequence(cur, name, pre)
 
     def probe(self, info: dict[str, Any]) -> dict[str, Any] | None:

@@ -155,7 +155,7 @@ class MySQLBackend(Rebuilder):
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         return {}
 
-    def set_sequence(self, cur: Cursor, name: str, value: list[Any]) -> None:
+    def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
         return None
 
     # ---- FK cascades (no triggers fire for them) ---------------------------------------------

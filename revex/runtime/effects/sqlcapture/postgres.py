@@ -123,7 +123,9 @@ class PostgresBackend:
             f"SELECT %s, last_value, is_called FROM {_q(n)}" for n in names), names)
         return {r[0]: [r[1], r[2]] for r in cur.fetchall()}
 
-    def set_sequence(self, cur: Cursor, name: str, value: list[Any]) -> None:
+    def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
+        if value is None:
+            return  # created by the action: dropped with its table
         cur.execute("SELECT setval(%s::regclass, %s, %s)", (_q(name), value[0], value[1]))
 
     # ---- rows --------------------------------------------------------------------------------
@@ -209,7 +211,10 @@ class PostgresBackend:
         columns = [list(r) for r in cur.fetchall()]
         cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = "
                     "current_schema() AND tablename = %s ORDER BY 1", (table,))
-        return {"columns": columns, "indexes": dict(cur.fetchall())}
+        indexes = dict(cur.fetchall())
+        cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE "
+                    "conrelid = %s::regclass ORDER BY 1", (_q(table),))
+        return {"columns": columns, "indexes": indexes, "constraints": dict(cur.fetchall())}
 
     def _index_table(self, cur: Cursor, name: str) -> str | None:
         cur.execute("SELECT tablename FROM pg_indexes WHERE schemaname = current_schema() AND "
@@ -221,7 +226,7 @@ class PostgresBackend:
         existing = self.tables(cur)
         names = {self._index_table(cur, n) or n for n in (*stmt.tables, *stmt.names)}
         pre = {t: self._catalog(cur, t) for t in sorted(names) if t in existing}
-        if stmt.kind == "alter" and re.search(r"\bDROP\b", stmt.sql, re.IGNORECASE):
+        if stmt.kind == "alter" and re.search(r"\b(DROP|TYPE)\b", stmt.sql, re.IGNORECASE):
             for t in pre:
                 pre[t]["rows"] = self.snapshot_rows(cur, t)
         info: dict[str, Any] = {"existing": existing, "names": sorted(names), "pre": pre}
@@ -307,26 +312,48 @@ class PostgresBackend:
             _, typ, _notnull, default = old_cols[name]
             cur.execute(f"ALTER TABLE {t} ADD COLUMN {_q(name)} {typ}"
                         + (f" DEFAULT {default}" if default else ""))
-        if lost and was.get("rows"):
-            pk = self.pk(cur, table)
-            if pk:
-                sets = ", ".join(f"{_q(c)} = r.{_q(c)}" for c in lost)
-                on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-                cur.execute(f"UPDATE {t} _revex_x SET {sets} FROM jsonb_populate_recordset("
-                            f"NULL::{t}, %s::jsonb) r WHERE {on}", (_array(was["rows"]),))
-            else:
-                cur.execute(f"DELETE FROM {t}")
-                cur.execute(f"INSERT INTO {t} SELECT * FROM jsonb_populate_recordset("
-                            f"NULL::{t}, %s::jsonb)", (_array(was["rows"]),))
-        for name in lost:
+        retyped = []
+        for name, (_, typ, notnull, default) in old_cols.items():
+            if name in new_cols and new_cols[name][1:] != [typ, notnull, default]:
+                retyped.append(name)
+                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} DROP DEFAULT")
+                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} DROP NOT NULL")
+                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} TYPE {typ} USING "
+                            f"{_q(name)}::{typ}")
+                if default:
+                    cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} SET DEFAULT {default}")
+        if (lost or retyped) and was.get("rows"):
+            self._put_back_columns(cur, table, lost + retyped, was["rows"])
+        for name in lost + retyped:
             if old_cols[name][2]:
                 cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} SET NOT NULL")
-        for name, definition in now["indexes"].items():
+        old_cons, new_cons = was.get("constraints", {}), now.get("constraints", {})
+        for name, definition in new_cons.items():
+            if old_cons.get(name) != definition:
+                cur.execute(f"ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {_q(name)}")
+        for name, definition in old_cons.items():
+            if new_cons.get(name) != definition:
+                cur.execute(f"ALTER TABLE {t} ADD CONSTRAINT {_q(name)} {definition}")
+        current = self._catalog(cur, table)["indexes"]
+        for name, definition in current.items():
             if was["indexes"].get(name) != definition:
                 cur.execute(f"DROP INDEX IF EXISTS {_q(name)}")
         for name, definition in was["indexes"].items():
-            if now["indexes"].get(name) != definition:
+            if current.get(name) != definition:
                 cur.execute(definition)
+
+    def _put_back_columns(self, cur: Cursor, table: str, columns: list[str],
+                          rows: list[str]) -> None:
+        t, pk = _q(table), self.pk(cur, table)
+        if pk:
+            sets = ", ".join(f"{_q(c)} = r.{_q(c)}" for c in columns)
+            on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
+            cur.execute(f"UPDATE {t} _revex_x SET {sets} FROM jsonb_populate_recordset("
+                        f"NULL::{t}, %s::jsonb) r WHERE {on}", (_array(rows),))
+        else:
+            cur.execute(f"DELETE FROM {t}")
+            cur.execute(f"INSERT INTO {t} SELECT * FROM jsonb_populate_recordset("
+                        f"NULL::{t}, %s::jsonb)", (_array(rows),))
 
 
 def _key(image: str, pk: list[str]) -> tuple[str, ...]:

@@ -137,7 +137,12 @@ class SQLiteBackend(Rebuilder):
         return events
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
-        return {}
+        """AUTOINCREMENT counters (``sqlite_sequence``), which undo of rows must rewind."""
+        cur.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'")
+        if cur.fetchone() is None:
+            return {}
+        cur.execute("SELECT name, seq FROM main.sqlite_sequence")
+        return {name: [seq] for name, seq in cur.fetchall()}
 
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
         return None  # FK cascades fire the capture triggers of the child tables
@@ -145,8 +150,11 @@ class SQLiteBackend(Rebuilder):
     def cascade_after(self, cur: Cursor, before: Any) -> dict[str, dict[str, list[str]]]:
         return {}
 
-    def set_sequence(self, cur: Cursor, name: str, value: list[Any]) -> None:
-        return None
+    def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
+        cur.execute("DELETE FROM main.sqlite_sequence WHERE name = ?", (name,))
+        if value is not None:
+            cur.execute("INSERT INTO main.sqlite_sequence (name, seq) VALUES (?, ?)",
+                        (name, value[0]))
 
     # ---- rows --------------------------------------------------------------------------------
 
