@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from sql_cases import create_schema
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
 from revex.errors import ActionFailed, ConfigError, ConflictError, PolicyViolation
@@ -14,6 +15,16 @@ from revex.policies.engine import ApprovalRequest
 from revex.runtime.effects.sql_dump import canonical_dump
 from revex.runtime.journal import Status
 from revex.runtime.runtime import Runtime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    msg: Mapped[str | None] = mapped_column(String(100))
 
 
 def _records(rt: Runtime, episode_id: str, status: Status) -> list:
@@ -218,4 +229,22 @@ def test_transactional_commit_keeps_changes_and_undo_still_works(
             ep.sql("app").execute("INSERT INTO nopk VALUES (3, 'tx')")
         assert canonical_dump(db_url) != before
         assert rt.undo(ep.id) == 2
+    assert canonical_dump(db_url) == before
+
+
+def test_orm_session_on_the_connection_is_journaled_and_undone(
+        db_url: str, state_dir: Path, workspace: Path) -> None:
+    create_schema(db_url)
+    before = canonical_dump(db_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt, rt.episode(
+            workspace=workspace, databases={"app": db_url}) as ep:
+        with Session(bind=ep.sql("app").connection) as session:
+            rows = [Audit(msg="orm 1"), Audit(msg="orm 2")]
+            session.add_all(rows)
+            session.flush()
+            assert all(r.id for r in rows)  # RETURNING / lastrowid came back
+            rows[0].msg = "changed"
+            session.commit()
+        kinds = [r.params.get("statement") for r in _records(rt, ep.id, Status.INTENT)]
+        assert "insert" in kinds and "update" in kinds
     assert canonical_dump(db_url) == before

@@ -47,6 +47,7 @@ class Database:
         self._facade: SqlDatabase | None = None
         self._live: list[int] = []
         self._hooked = False
+        self._pending_commit = False
 
     # ---- connections -------------------------------------------------------------------------
 
@@ -92,11 +93,13 @@ class Database:
         self._live.clear()
 
     def commit_forward(self) -> None:
+        self._flush_pending()
         if self._conn is not None:
             self._raw().commit()
             self._live.clear()
 
     def close(self) -> None:
+        self._flush_pending()
         if self._conn is not None:
             raw = self._raw()
             if self.mode == "transactional" or getattr(raw, "in_transaction", False):
@@ -156,6 +159,7 @@ class Database:
     def forward(self, cursor: Any, stmt: Statement, parameters: Any, many: bool, seq: int,
                 *, apply_now: bool) -> dict[str, Any]:
         """Run ``stmt`` uncommitted with capture on; returns the undo information."""
+        self._flush_pending()
         raw = self._raw()
         b = self.backend
         cap = raw.cursor()
@@ -213,8 +217,19 @@ class Database:
             raw.commit()
             return {"ddl": post}
         if self.mode == "durable":
-            raw.commit()
+            if self.backend_name == "sqlite" and cursor.description is not None:
+                # SQLite cannot COMMIT while the caller still reads rows (RETURNING): commit
+                # before the next action. A crash before that loses the statement, and the
+                # missing marker row tells undo there is nothing to undo.
+                self._pending_commit = True
+            else:
+                raw.commit()
         return {}
+
+    def _flush_pending(self) -> None:
+        if self._pending_commit and self._conn is not None:
+            self._pending_commit = False
+            self._raw().commit()
 
     def abandon(self, seq: int) -> None:
         """Roll back what the action ``seq`` did in the forward transaction."""
@@ -252,6 +267,7 @@ class Database:
         return self._conn is not None and info.get("savepoint") in self._live
 
     def drift(self, info: dict[str, Any], only: set[str] | None = None) -> list[str]:
+        self._flush_pending()
         conn = self.raw_connection()
         try:
             cur = conn.cursor()
@@ -277,6 +293,7 @@ class Database:
     def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
         """Undo one action; returns conflict lines (and changes nothing) on drift."""
         seq = info["seq"]
+        self._flush_pending()
         if self.savepoint_live(info):
             cap = self._raw().cursor()
             cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
