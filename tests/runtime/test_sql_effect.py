@@ -248,3 +248,19 @@ def test_orm_session_on_the_connection_is_journaled_and_undone(
         kinds = [r.params.get("statement") for r in _records(rt, ep.id, Status.INTENT)]
         assert "insert" in kinds and "update" in kinds
     assert canonical_dump(db_url) == before
+
+
+def test_drop_of_a_referenced_table_fails_like_the_database_and_changes_nothing(
+        db_url: str, state_dir: Path, workspace: Path) -> None:
+    create_schema(db_url)
+    before = canonical_dump(db_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt, rt.episode(
+            workspace=workspace, databases={"app": db_url}, on_exit="commit") as ep:
+        if db_url.startswith("sqlite"):  # SQLite drops it after cascading to the children
+            ep.sql("app").execute("DROP TABLE parent")
+            assert ep.sql("app").query("SELECT count(*) FROM child")[0][0] == 0
+            ep.rollback()
+        else:
+            with pytest.raises(ActionFailed):
+                ep.sql("app").execute("DROP TABLE parent")
+    assert canonical_dump(db_url) == before
