@@ -20,9 +20,9 @@ from revex.runtime.runtime import Runtime
 CHILD = r'''
 import sys
 from revex.runtime.runtime import Runtime
-state, ws, url, phase = sys.argv[1:5]
+state, ws, url, phase, mode = sys.argv[1:6]
 rt = Runtime(state, policy="permissive", audit=None)
-ep = rt.episode(workspace=ws, databases={"app": url})
+ep = rt.episode(workspace=ws, databases={"app": url}, sql_mode=mode)
 db = ep.sql("app")
 for i in range(1000 if phase == "forward" else 12):
     db.execute("UPDATE parent SET score = score + 1 WHERE id = :i", {"i": 1 + i % 3})
@@ -38,14 +38,14 @@ print("DONE", flush=True)
 '''
 
 
-def _crash_once(url: str, tmp: Path, phase: str, rng: random.Random) -> None:
-    state, ws = tmp / f"state-{phase}", tmp / "ws"
+def _crash_once(url: str, tmp: Path, phase: str, mode: str, rng: random.Random) -> None:
+    state, ws = tmp / f"state-{phase}-{mode}", tmp / "ws"
     script = tmp / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     errors = tmp / "child.err"
     with errors.open("w") as err, subprocess.Popen(
-            [sys.executable, str(script), str(state), str(ws), url, phase],
+            [sys.executable, str(script), str(state), str(ws), url, phase, mode],
             stdout=subprocess.PIPE, stderr=err, text=True, env=env) as proc:
         assert proc.stdout is not None
         wait_for = "STARTED" if phase == "forward" else "ROLLBACK"
@@ -62,23 +62,25 @@ def _crash_once(url: str, tmp: Path, phase: str, rng: random.Random) -> None:
         assert statuses <= {"recovered", "rolled_back", "active"}, statuses
 
 
-def _run(db_url: str, tmp_path: Path, iterations: int, seed: int) -> None:
+def _run(db_url: str, tmp_path: Path, iterations: int, seed: int, mode: str) -> None:
     create_schema(db_url)
     before = canonical_dump(db_url)
     rng = random.Random(seed)
     for i in range(iterations):
         phase = "forward" if i % 2 == 0 else "rollback"
-        _crash_once(db_url, tmp_path, phase, rng)
-        assert canonical_dump(db_url) == before, f"iteration {i} ({phase})"
+        _crash_once(db_url, tmp_path, phase, mode, rng)
+        assert canonical_dump(db_url) == before, f"iteration {i} ({phase}, {mode})"
 
 
-def test_kill_9_during_episode_and_rollback_recovers_exactly(db_url: str,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["durable", "transactional"])
+def test_kill_9_during_episode_and_rollback_recovers_exactly(db_url: str, tmp_path: Path,
+                                                             mode: str) -> None:
     (tmp_path / "ws").mkdir()
-    _run(db_url, tmp_path, iterations=2, seed=1)
+    _run(db_url, tmp_path, iterations=2, seed=1, mode=mode)
 
 
 @pytest.mark.slow
-def test_kill_9_many_times(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["durable", "transactional"])
+def test_kill_9_many_times(db_url: str, tmp_path: Path, mode: str) -> None:
     (tmp_path / "ws").mkdir()
-    _run(db_url, tmp_path, iterations=20, seed=2)
+    _run(db_url, tmp_path, iterations=20, seed=2, mode=mode)
