@@ -113,7 +113,7 @@ class SqlEffect:
         state: dict[str, Any] = {}
 
         def prepare() -> dict[str, Any]:
-            undo = db.forward(cursor, stmt, parameters, many, seq, apply_now=False)
+            undo = db.forward(cursor, stmt, parameters, many, seq)
             rows = undo.pop("_rows", 0)
             state["rowcount"] = undo.pop("_rowcount", -1)
             cost["rows_changed"] = rows

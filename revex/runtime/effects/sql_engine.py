@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from revex.errors import ActionFailed, ConfigError
+from revex.errors import ActionFailed, ConfigError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
 from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
@@ -124,7 +124,6 @@ class Database:
     def _dispatch(self, cursor: Any, statement: str, parameters: Any, *, many: bool) -> bool:
         facade = self._facade
         if facade is None or facade._ep.status != "active":
-            from revex.errors import EpisodeClosed
             raise EpisodeClosed(f"database {self.name!r} belongs to an episode that is closed")
         stmts = split(statement, self.backend_name)
         if len(stmts) > 1 and parameters:
@@ -156,8 +155,8 @@ class Database:
         return stmt.kind in DDL and not (stmt.kind == TRUNCATE
                                           and self.backend.truncate_by_trigger)
 
-    def forward(self, cursor: Any, stmt: Statement, parameters: Any, many: bool, seq: int,
-                *, apply_now: bool) -> dict[str, Any]:
+    def forward(self, cursor: Any, stmt: Statement, parameters: Any, many: bool,
+                seq: int) -> dict[str, Any]:
         """Run ``stmt`` uncommitted with capture on; returns the undo information."""
         self._flush_pending()
         raw = self._raw()
