@@ -21,7 +21,7 @@ def backend_of(url: str) -> str:
 
 
 def create_schema(url: str) -> None:
-    """parent <- child (ON DELETE CASCADE), parent <- child2 (ON DELETE SET NULL), a table
+    """parent <- child <- grand (ON DELETE CASCADE chain), parent <- child2 (SET NULL), a table
     without a primary key, an audit table filled by a user trigger, a PG sequence."""
     b = backend_of(url)
     engine = create_engine(url, poolclass=NullPool)
@@ -32,6 +32,8 @@ def create_schema(url: str) -> None:
         "CASCADE, note VARCHAR(50))",
         "CREATE TABLE child2 (id INT PRIMARY KEY, pid INT REFERENCES parent(id) ON DELETE "
         "SET NULL)",
+        "CREATE TABLE grand (id INT PRIMARY KEY, cid INT REFERENCES child(id) ON DELETE "
+        "CASCADE)",
         "CREATE TABLE nopk (a INT, b VARCHAR(20))",
         f"CREATE TABLE audit (id {SERIAL[b]}, msg VARCHAR(100))",
         "CREATE INDEX parent_name ON parent(name)",
@@ -41,6 +43,8 @@ def create_schema(url: str) -> None:
                     "FOREIGN KEY (pid) REFERENCES parent(id) ON DELETE CASCADE)")
         stmts[2] = ("CREATE TABLE child2 (id INT PRIMARY KEY, pid INT, FOREIGN KEY (pid) "
                     "REFERENCES parent(id) ON DELETE SET NULL)")
+        stmts[3] = ("CREATE TABLE grand (id INT PRIMARY KEY, cid INT, FOREIGN KEY (cid) "
+                    "REFERENCES child(id) ON DELETE CASCADE)")
         stmts.append("CREATE TRIGGER parent_audit AFTER INSERT ON parent FOR EACH ROW "
                      "INSERT INTO audit (msg) VALUES (CONCAT('new ', NEW.name))")
     elif b == "postgresql":
@@ -61,6 +65,7 @@ def create_schema(url: str) -> None:
                           "1e300), (3, 'three', :e, -0.5)"), {"d": b"\x00\xff", "e": b""})
         conn.execute(text("INSERT INTO child VALUES (10, 1, 'a'), (11, 1, 'b'), (12, 2, 'c')"))
         conn.execute(text("INSERT INTO child2 VALUES (20, 1), (21, 2)"))
+        conn.execute(text("INSERT INTO grand VALUES (30, 10), (31, 11), (32, 12)"))
         conn.execute(text("INSERT INTO nopk VALUES (1, 'x'), (1, 'x'), (2, NULL), "
                           "(NULL, NULL)"))
     engine.dispose()
@@ -87,6 +92,7 @@ def _delete_cascade(db: Any, b: str) -> None:
 
 
 def _delete_all(db: Any, b: str) -> None:
+    db.execute("DELETE FROM grand")
     db.execute("DELETE FROM child")
     db.execute("DELETE FROM nopk")
 
@@ -128,6 +134,7 @@ def _create_table(db: Any, b: str) -> None:
 
 def _drop_table(db: Any, b: str) -> None:
     db.execute("DROP TABLE nopk")
+    db.execute("DROP TABLE grand")
     db.execute("DROP TABLE child")
 
 
@@ -172,7 +179,7 @@ def _alter_types_constraints(db: Any, b: str) -> None:
     if b == "postgresql":
         db.execute("ALTER TABLE parent ALTER COLUMN name TYPE VARCHAR(100)")
         db.execute("ALTER TABLE parent ADD CONSTRAINT parent_name_uq UNIQUE (name)")
-        db.execute("ALTER TABLE child DROP CONSTRAINT child_pkey")
+        db.execute("ALTER TABLE child2 DROP CONSTRAINT child2_pkey")
     elif b == "mysql":
         db.execute("ALTER TABLE parent MODIFY COLUMN name VARCHAR(100)")
         db.execute("ALTER TABLE parent ADD CONSTRAINT parent_name_uq UNIQUE (name)")

@@ -69,7 +69,21 @@ def _run(db_url: str, tmp_path: Path, iterations: int, seed: int, mode: str) -> 
     for i in range(iterations):
         phase = "forward" if i % 2 == 0 else "rollback"
         _crash_once(db_url, tmp_path, phase, mode, rng)
-        assert canonical_dump(db_url) == before, f"iteration {i} ({phase}, {mode})"
+        after = canonical_dump(db_url)
+        assert after == before, f"iteration {i} ({phase}, {mode}): {_diff(before, after)}"
+
+
+def _diff(before: dict, after: dict) -> str:
+    lines = []
+    for part in sorted({*before, *after}):
+        b, a = before.get(part), after.get(part)
+        if isinstance(b, dict) and isinstance(a, dict):
+            for key in sorted({*b, *a}):
+                if b.get(key) != a.get(key):
+                    lines.append(f"{part}.{key}: {b.get(key)!r} -> {a.get(key)!r}")
+        elif b != a:
+            lines.append(f"{part}: {b!r} -> {a!r}")
+    return "; ".join(lines)[:3000]
 
 
 @pytest.mark.parametrize("mode", ["durable", "transactional"])

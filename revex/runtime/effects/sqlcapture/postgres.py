@@ -236,7 +236,8 @@ class PostgresBackend:
             info["replaced"] = True
         return info
 
-    def _quarantine(self, cur: Cursor, stmt: Any, tables: list[str], tag: str) -> dict[str, str]:
+    def _quarantine(self, cur: Cursor, stmt: Any, tables: list[str],
+                    tag: str) -> dict[str, Any]:
         if re.search(r"\bCASCADE\b", stmt.sql, re.IGNORECASE):
             raise ActionFailed("DROP TABLE ... CASCADE cannot be undone by revex on PostgreSQL; "
                                "drop the dependent objects first")
@@ -252,9 +253,16 @@ class PostgresBackend:
         moved = {}
         for i, table in enumerate(tables):
             qname = f"{PREFIX}_q_{tag.replace(':', '_').replace('-', '_')}_{i}"[:63]
+            # a dropped table must not keep holding the tables it references: its FKs go
+            # (and come back on undo)
+            cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE "
+                        "conrelid = %s::regclass AND contype = 'f' ORDER BY 1", (_q(table),))
+            fks = [list(r) for r in cur.fetchall()]
+            for name, _ in fks:
+                cur.execute(f"ALTER TABLE {_q(table)} DROP CONSTRAINT {_q(name)}")
             cur.execute(f"ALTER TABLE {_q(table)} RENAME TO {_q(qname)}")
             cur.execute(f"ALTER TABLE {_q(qname)} SET SCHEMA {QUARANTINE}")
-            moved[table] = qname
+            moved[table] = {"name": qname, "fks": fks}
         return moved
 
     def ddl_after(self, cur: Cursor, stmt: Any, before: dict[str, Any]) -> dict[str, Any]:
@@ -284,10 +292,14 @@ class PostgresBackend:
                 cur.execute(f"ALTER TABLE {_q(table)} RENAME TO {_q(gone[0])}")  # a rename
             else:
                 cur.execute(f"DROP TABLE IF EXISTS {_q(table)}")
-        for table, qname in info.get("quarantined", {}).items():
+        for table, moved in info.get("quarantined", {}).items():
+            qname = moved["name"]
             cur.execute(f"ALTER TABLE {QUARANTINE}.{_q(qname)} SET SCHEMA "
                         f"{_q(self._schema(cur))}")
             cur.execute(f"ALTER TABLE {_q(qname)} RENAME TO {_q(table)}")
+        for table, moved in info.get("quarantined", {}).items():  # all back before FKs
+            for name, definition in moved["fks"]:
+                cur.execute(f"ALTER TABLE {_q(table)} ADD CONSTRAINT {_q(name)} {definition}")
         for table, was in pre.items():
             if table in post:
                 self._revert_table(cur, table, was, post[table])
