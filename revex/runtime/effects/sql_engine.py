@@ -281,13 +281,26 @@ class Database:
                        "pre": {t: v for t, v in ddl["pre"].items() if t in only}}
             if ddl:
                 out += self.backend.ddl_drift(cur, ddl)
-            for table, change in info.get("changes", {}).items():
-                if only is None or table in only:
-                    out += self.backend.drift(cur, table, change)
-            return out
+            changes = {t: c for t, c in info.get("changes", {}).items()
+                       if only is None or t in only}
+            return out + self._row_drift(cur, changes)[0]
         finally:
             conn.rollback()
             conn.close()
+
+    def _row_drift(self, cur: Any, changes: dict[str, Any]) -> tuple[list[str], set[str]]:
+        """Conflict lines, and the tables already back in their pre-state (an undo that a
+        crash interrupted after MariaDB committed part of it implicitly)."""
+        out: list[str] = []
+        done: set[str] = set()
+        for table, change in changes.items():
+            lines = self.backend.drift(cur, table, change)
+            inverse = {"added": change["removed"], "removed": change["added"]}
+            if lines and not self.backend.drift(cur, table, inverse):
+                done.add(table)
+            else:
+                out += lines
+        return out, done
 
     def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
         """Undo one action; returns conflict lines (and changes nothing) on drift."""
@@ -312,19 +325,21 @@ class Database:
                 self._restore_sequences(cur, info)
                 conn.commit()
                 return []
+            done: set[str] = set()
             if not force:
                 conflicts = []
                 if info.get("ddl"):
                     conflicts += self.backend.ddl_drift(cur, info["ddl"])
-                for table, change in info.get("changes", {}).items():
-                    conflicts += self.backend.drift(cur, table, change)
+                lines, done = self._row_drift(cur, info.get("changes", {}))
+                conflicts += lines
                 if conflicts:
                     conn.rollback()
                     return conflicts
             if info.get("ddl"):
                 self.backend.ddl_undo(cur, info["ddl"])
             for table, change in info.get("changes", {}).items():
-                self.backend.restore(cur, table, change, force=force)
+                if table not in done:
+                    self.backend.restore(cur, table, change, force=force)
             self._unmark(cur, seq)
             self._restore_sequences(cur, info)
             self.backend.undo_end(cur, conn)

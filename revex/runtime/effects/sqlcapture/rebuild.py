@@ -61,16 +61,24 @@ class Rebuilder:
         return {"pre": before["pre"], "post": post}
 
     def ddl_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]:
+        """Tables in neither the post-state nor the pre-state. A missing table, or one back
+        in its pre-state, is an undo in progress (MariaDB commits each DDL step): the
+        rebuild is redone from the snapshot, which is idempotent."""
         out = []
         existing = set(self.tables(cur))
-        for table, objects in info["post"].items():
+        for table in sorted({*info["post"], *info["pre"]}):
             if table not in existing:
-                out.append(f"table {table}: dropped since the episode's DDL")
-            elif self.fingerprint(self.objects(cur, table)) != self.fingerprint(objects):
-                out.append(f"table {table}: schema changed since the episode's DDL")
-        for table in info["pre"]:
-            if table not in info["post"] and table in existing:
-                out.append(f"table {table}: re-created since the episode dropped it")
+                continue
+            now = self.fingerprint(self.objects(cur, table))
+            post = info["post"].get(table)
+            pre = info["pre"].get(table)
+            if post is not None and now == self.fingerprint(post):
+                continue
+            if pre is not None and now == self.fingerprint(pre["objects"]):
+                continue
+            out.append(f"table {table}: schema changed since the episode's DDL"
+                       if post is not None else
+                       f"table {table}: re-created since the episode dropped it")
         return out
 
     def ddl_undo(self, cur: Cursor, info: dict[str, Any]) -> None:
