@@ -367,6 +367,9 @@ class Database:
         try:
             cur = conn.cursor()
             if self._marked(cur, info["seq"]):
+                if "deferred" in info:  # DDL ran and was marked; its post-state was not kept
+                    return {"ddl": self.backend.ddl_after(cur, None, info["deferred"]),
+                            "probed": True}
                 return {"probed": True}
             if "deferred" in info:
                 before = info["deferred"]
