@@ -16,7 +16,7 @@ from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
 from revex.runtime.effects.base import Effect, EffectContext, EffectFactory
 from revex.runtime.effects.files import FileEffect
-from revex.runtime.effects.sql import SqlEffect, check_databases
+from revex.runtime.effects.sql import SqlEffect, check_databases, redact_config
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
 from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
 from revex.runtime.rollback import (
@@ -167,7 +167,7 @@ class Runtime:
         self.journal.put_episode(episode_id, "active", config)
         episode = Episode(self, episode_id, config, on_exit, on_error)
         self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
-                            status=Status.EVENT, params=config)
+                            status=Status.EVENT, params=redact_config(config))
         return episode
 
     def fork_database(self, url: str) -> str:

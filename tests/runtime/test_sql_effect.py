@@ -264,3 +264,13 @@ def test_drop_of_a_referenced_table_fails_like_the_database_and_changes_nothing(
             with pytest.raises(ActionFailed):
                 ep.sql("app").execute("DROP TABLE parent")
     assert canonical_dump(db_url) == before
+
+
+def test_database_passwords_stay_out_of_the_journal(state_dir: Path, workspace: Path,
+                                                    sqlite_url: str) -> None:
+    url = "postgresql+psycopg://bob:s3cret@127.0.0.1:1/none"
+    with Runtime(state_dir, audit=None) as rt, rt.episode(
+            workspace=workspace, databases={"app": url, "local": sqlite_url}) as ep:
+        begin = rt.journal.records(ep.id)[0]
+        assert begin.kind == "episode.begin"
+        assert "s3cret" not in str(begin.params) and "***" in str(begin.params)

@@ -64,6 +64,20 @@ def check_databases(databases: Any, mode: Any) -> dict[str, Any]:
     return {"databases": urls, "sql_mode": mode}
 
 
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with database passwords hidden, for the journal and the audit log (the
+    episodes index keeps them: undo from a new process needs them)."""
+    from sqlalchemy.engine import make_url
+
+    if not config.get("databases"):
+        return config
+    hide = {n: make_url(u).render_as_string(hide_password=True)
+            for n, u in config["databases"].items()}
+    forks = [make_url(u).render_as_string(hide_password=True)
+             for u in config.get("sql_forks", ())]
+    return {**config, "databases": hide, **({"sql_forks": forks} if forks else {})}
+
+
 class SqlEffect:
     """Plans SQL actions for one episode and undoes them (also from a new process)."""
 
@@ -239,4 +253,4 @@ class SqlDatabase:
         return list(self.connection.execute(text(sql), params or {}).all())
 
 
-__all__ = ["MODES", "SqlDatabase", "SqlEffect", "check_databases"]
+__all__ = ["MODES", "SqlDatabase", "SqlEffect", "check_databases", "redact_config"]
