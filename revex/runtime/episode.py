@@ -31,6 +31,7 @@ from revex.policies.engine import ApprovalRequest
 from revex.policies.model import Decision
 from revex.runtime.effects.base import Effect, EffectContext, Plan
 from revex.runtime.effects.files import FileEffect
+from revex.runtime.effects.sql import SqlDatabase, SqlEffect
 from revex.runtime.fs import FileSystem
 from revex.runtime.journal import Status
 from revex.runtime.rollback import OwnerLock, pending_items, rollback
@@ -82,6 +83,7 @@ class Episode:
         self._effects: dict[str, Effect] = {}
         self._http: Any = None
         self._ahttp: Any = None
+        self._sql: dict[str, SqlDatabase] = {}
         self._owner = OwnerLock(runtime.lock_path(episode_id))
         if not self._owner.acquire():
             raise ConfigError(f"episode {episode_id} is already owned by another process")
@@ -111,6 +113,18 @@ class Episode:
             self._effects[prefix] = self._rt.make_effect(
                 prefix, EffectContext(self.id, self.config, self._rt.store))
         return self._effects[prefix]
+
+    def sql(self, name: str) -> SqlDatabase:
+        """The database ``name`` from ``rt.episode(databases={name: URL})``.
+
+        Raises ConfigError for an unknown name or an unreachable database.
+        """
+        self._ensure_open()
+        effect = self._effect("sql")
+        assert isinstance(effect, SqlEffect)
+        if name not in self._sql:
+            self._sql[name] = SqlDatabase(self, effect.database(name))
+        return self._sql[name]
 
     def _files(self) -> FileEffect:
         effect = self._effect("fs")
@@ -192,6 +206,9 @@ class Episode:
         except PolicyViolation as exc:
             self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
             raise
+        except ActionFailed as exc:
+            self._journal(**common, status=Status.FAILED, error=str(exc))
+            raise
         except OSError as exc:
             self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise ActionFailed(f"{plan.kind} {plan.target!r} failed: {exc}") from exc
@@ -207,6 +224,9 @@ class Episode:
             undo = plan.prepare()
         except PolicyViolation as exc:
             self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
+            raise
+        except ActionFailed as exc:
+            self._journal(**common, status=Status.FAILED, error=str(exc))
             raise
         except OSError as exc:
             self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -340,7 +360,11 @@ class Episode:
         if self._http is not None:
             self._http.close()
         for effect in self._effects.values():
+            if status == "committed" and hasattr(effect, "commit"):
+                effect.commit()
             effect.close()
+        self._sql.clear()
+        self._rt.drop_forks(self.config)
         self._effects.clear()
         self._owner.release(remove=True)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from revex.errors import ConfigError, ConflictError, SandboxError, StateError
+from revex.errors import ActionFailed, ConfigError, ConflictError, SandboxError, StateError
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
@@ -21,6 +21,7 @@ from revex.runtime.effects.http import HttpEffect
 from revex.runtime.effects.http import options as http_options
 from revex.runtime.effects.http_compensations import Compensations
 from revex.runtime.effects.http_secrets import Credentials, Secrets
+from revex.runtime.effects.sql import SqlEffect, check_databases, redact_config
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
 from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
 from revex.runtime.rollback import (
@@ -121,8 +122,8 @@ class Runtime:
         self._credentials = credentials
         self._compensations = Compensations.load(compensations)
         self._compensations.add_mapping(self.policy.http, f"policy {self.policy.name} [http]")
-        self._effect_factories: dict[str, EffectFactory] = {"fs": FileEffect,
-                                                            "http": self._http_effect}
+        self._effect_factories: dict[str, EffectFactory] = {
+            "fs": FileEffect, "sql": SqlEffect, "http": self._http_effect}
         self._sandbox = sandbox
         self._backend: SandboxBackend | None = None
         if recover:
@@ -174,8 +175,12 @@ class Runtime:
             raise ConfigError(f"on_exit must be 'rollback' or 'commit', not {on_exit!r}")
         if on_error not in ("rollback", "keep"):
             raise ConfigError(f"on_error must be 'rollback' or 'keep', not {on_error!r}")
+        databases = options.pop("databases", None)
+        sql_mode = options.pop("sql_mode", "durable")
+        sql_fork = bool(options.pop("sql_fork", False))
         if options:
             raise ConfigError(f"unknown episode option(s): {', '.join(sorted(options))}")
+        sql_config = check_databases(databases or {}, sql_mode)
         ws = Path(workspace)
         try:
             ws.mkdir(parents=True, exist_ok=True)
@@ -193,11 +198,34 @@ class Runtime:
                                   "pid": os.getpid(), "on_exit": on_exit}
         if http:
             config["http"] = http
+        if databases:
+            config.update(sql_config)
+            if sql_fork:  # act on copies, dropped when the episode ends
+                forks = {n: self.fork_database(u) for n, u in sql_config["databases"].items()}
+                config.update(databases=forks, sql_forks=sorted(forks.values()))
         self.journal.put_episode(episode_id, "active", config)
         episode = Episode(self, episode_id, config, on_exit, on_error)
         self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
-                            status=Status.EVENT, params=config)
+                            status=Status.EVENT, params=redact_config(config))
         return episode
+
+    def fork_database(self, url: str) -> str:
+        """A copy of the database at ``url`` (SQLite backup API, PostgreSQL TEMPLATE, MariaDB
+        table-by-table copy); returns its URL. With ``rt.episode(..., sql_fork=True)`` every
+        database is forked for the episode and the forks are dropped when it ends.
+
+        Raises ConfigError for a bad URL or a server that refuses the copy.
+        """
+        from revex.runtime.effects.sql_fork import fork_database
+
+        return fork_database(url)
+
+    def drop_forks(self, config: dict[str, Any]) -> None:
+        """Drop the database forks an episode made (``sql_fork=True``)."""
+        from revex.runtime.effects.sql_fork import drop_fork
+
+        for url in config.get("sql_forks", ()):
+            drop_fork(url)
 
     def episodes(self, status: str | None = None) -> list[EpisodeInfo]:
         return [EpisodeInfo(e["id"], e["status"], e["created_at"], e["updated_at"], e["config"])
@@ -281,11 +309,14 @@ class Runtime:
                     continue
                 try:
                     self._undo_locked(info["id"], info["config"], force=False)
-                except ConflictError as exc:
+                except (ConflictError, ConfigError, ActionFailed) as exc:
+                    # drift, or a database that is down: the episode stays pending and is
+                    # retried on the next open; one dead server must not block the runtime
                     warnings.warn(f"recovery of episode {info['id']} stopped: {exc}",
                                   stacklevel=2)
                     continue
                 self.journal.set_episode_status(info["id"], "recovered")
+                self.drop_forks(info["config"])
                 recovered.append(info["id"])
             finally:
                 lock.release(remove=True)

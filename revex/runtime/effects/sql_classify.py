@@ -1,0 +1,195 @@
+"""Statement classification with sqlglot: what a statement does and which tables it touches.
+
+Multi-statement text is split by the parser (never by ``;``). Each statement gets a class the
+policy can match (``statement``), the tables it names (``tables``) and, for UPDATE/DELETE,
+whether it has a WHERE (``where``). Anything the parser cannot make sense of is ``unknown``,
+which the default policy denies.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
+
+READ, INSERT, UPDATE, DELETE, UPSERT = "read", "insert", "update", "delete", "upsert"
+CREATE, ALTER, DROP, TRUNCATE, OTHER, UNKNOWN = (
+    "create", "alter", "drop", "truncate", "other", "unknown")
+DDL = frozenset({CREATE, ALTER, DROP, TRUNCATE})
+WRITES = frozenset({INSERT, UPDATE, DELETE, UPSERT}) | DDL
+
+# functions that never write; a SELECT calling anything else is journaled as a possible write
+_PURE = frozenset({
+    "count", "sum", "min", "max", "avg", "abs", "lower", "upper", "length", "coalesce",
+    "round", "substr", "substring", "concat", "cast", "trim", "json_extract", "typeof",
+    "now", "current_timestamp", "date", "hex", "ifnull", "nullif", "greatest", "least",
+})
+
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One classified statement.
+
+    ``kind`` is the policy class; ``detail`` refines it (``drop database``, ``drop index``,
+    ``attach``, ``copy program``…); ``side_effects`` marks a read that calls functions.
+    """
+
+    sql: str
+    kind: str
+    tables: tuple[str, ...] = ()
+    where: bool | None = None
+    detail: str = ""
+    side_effects: bool = False
+    names: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def writes(self) -> bool:
+        return self.kind in WRITES or self.kind in (OTHER, UNKNOWN) or self.side_effects
+
+
+def sqlglot_dialect(backend: str) -> str:
+    return _DIALECTS.get(backend, backend)
+
+
+_PYFORMAT = re.compile(r"(?<!%)%(\(\w+\))?s")
+
+
+def _for_parser(sql: str) -> str:
+    """``sql`` with driver placeholders (``%s``, ``%(x)s``) as ``?``, offsets unchanged."""
+    return _PYFORMAT.sub(lambda m: "?" + " " * (len(m.group(0)) - 1), sql)
+
+
+def _pieces(text: str, dialect: str) -> list[tuple[int, int]]:
+    """(start, end) of each statement, cut at the tokenizer's top-level semicolons."""
+    cuts = [tok.start for tok in sqlglot.tokenize(text, read=dialect)
+            if tok.token_type == TokenType.SEMICOLON]
+    spans, start = [], 0
+    for cut in [*cuts, len(text)]:
+        if text[start:cut].strip():
+            spans.append((start, cut))
+        start = cut + 1
+    return spans
+
+
+def split(sql: str, backend: str) -> list[Statement]:
+    """Classify each statement in ``sql``; a text the parser rejects is one ``unknown``."""
+    dialect = sqlglot_dialect(backend)
+    logger = logging.getLogger("sqlglot")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # "falling back to Command" is not news to the caller
+    try:
+        text = _for_parser(sql)
+        try:
+            spans = _pieces(text, dialect)
+        except (ParseError, TokenError) as exc:
+            return [Statement(sql=sql.strip(), kind=UNKNOWN, detail=f"parse error: {exc}")]
+        out = []
+        for start, end in spans:
+            original = sql[start:end].strip()
+            try:
+                trees = [t for t in sqlglot.parse(text[start:end], read=dialect) if t]
+            except (ParseError, TokenError) as exc:
+                out.append(Statement(original, UNKNOWN, detail=f"parse error: {exc}"))
+                continue
+            if len(trees) != 1:
+                out.append(Statement(original, UNKNOWN, detail="not one statement"))
+                continue
+            out.append(classify(trees[0], original, dialect))
+        return out
+    finally:
+        logger.setLevel(level)
+
+
+def _tables(tree: Any) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        if table.name and table.name not in ctes:
+            seen[table.name] = None
+    return tuple(seen)
+
+
+def classify(tree: Any, sql: str, dialect: str) -> Statement:
+    """The :class:`Statement` for one parsed tree (``sql`` is its text as given)."""
+    tables = _tables(tree)
+    if isinstance(tree, exp.Update):
+        return Statement(sql, UPDATE, tables, where=tree.args.get("where") is not None)
+    if isinstance(tree, exp.Delete):
+        return Statement(sql, DELETE, tables, where=tree.args.get("where") is not None)
+    if isinstance(tree, exp.Insert):
+        alternative = str(tree.args.get("alternative") or "").upper()
+        upsert = tree.args.get("conflict") is not None or alternative == "REPLACE"
+        return Statement(sql, UPSERT if upsert else INSERT, tables)
+    if isinstance(tree, exp.Merge):
+        return Statement(sql, UPSERT, tables)
+    if isinstance(tree, exp.Query):
+        calls = {f.sql_name().lower() if not isinstance(f, exp.Anonymous) else
+                 str(f.this).lower() for f in tree.find_all(exp.Func)}
+        return Statement(sql, READ, tables, side_effects=bool(calls - _PURE),
+                         names=tuple(sorted(calls)))
+    if isinstance(tree, exp.TruncateTable):
+        return Statement(sql, TRUNCATE, tables)
+    if isinstance(tree, exp.Create):
+        what = str(tree.args.get("kind") or "").lower()
+        return Statement(sql, CREATE, tables, detail=f"create {what}".strip())
+    if isinstance(tree, exp.Drop):
+        what = str(tree.args.get("kind") or "").lower()
+        names = tables if what in ("table", "view", "index") else ()
+        return Statement(sql, DROP, names, detail=f"drop {what}".strip(),
+                         names=tuple(t.name for t in tree.find_all(exp.Table)))
+    if isinstance(tree, exp.Alter):
+        return Statement(sql, ALTER, tables, detail="alter " + str(
+            tree.args.get("kind") or "table").lower())
+    if isinstance(tree, exp.Copy):
+        program = bool(re.search(r"\bPROGRAM\b", sql, re.IGNORECASE))
+        return Statement(sql, OTHER, tables, detail="copy program" if program else "copy")
+    if isinstance(tree, exp.Command):
+        return _command(tree, sql, dialect)
+    if isinstance(tree, exp.Attach | exp.Detach):
+        return Statement(sql, OTHER, (), detail=type(tree).__name__.lower())
+    if isinstance(tree, exp.Grant | exp.Revoke) or type(tree).__name__ in ("Grant", "Revoke"):
+        return Statement(sql, OTHER, tables, detail=type(tree).__name__.lower())
+    if isinstance(tree, exp.Pragma | exp.Set | exp.Use | exp.Transaction | exp.Commit
+                  | exp.Rollback):
+        return Statement(sql, OTHER, (), detail=type(tree).__name__.lower())
+    return Statement(sql, UNKNOWN, tables, detail=f"unrecognised ({type(tree).__name__})")
+
+
+def _command(tree: exp.Command, sql: str, dialect: str) -> Statement:
+    """Statements sqlglot keeps as raw commands: REPLACE INTO, GRANT, REVOKE, COPY…"""
+    word = str(tree.this).upper()
+    if word == "REPLACE":
+        rewritten = re.sub(r"^\s*REPLACE\b", "INSERT", sql, count=1, flags=re.IGNORECASE)
+        try:
+            inner = sqlglot.parse_one(_for_parser(rewritten), read=dialect)
+        except (ParseError, TokenError):
+            return Statement(sql, UNKNOWN, (), detail="unparsable REPLACE")
+        return Statement(sql, UPSERT, _tables(inner), detail="replace")
+    if word in ("GRANT", "REVOKE"):
+        return Statement(sql, OTHER, (), detail=word.lower())
+    if word == "COPY":
+        program = bool(re.search(r"\bPROGRAM\b", sql, re.IGNORECASE))
+        return Statement(sql, OTHER, (), detail="copy program" if program else "copy")
+    if word in ("SET", "SHOW", "EXPLAIN", "ANALYZE", "VACUUM", "BEGIN", "COMMIT", "ROLLBACK",
+                "SAVEPOINT", "RELEASE", "LOCK", "CALL", "DO"):
+        return Statement(sql, OTHER, (), detail=word.lower())
+    return Statement(sql, UNKNOWN, (), detail=f"unrecognised command {word}")
+
+
+def policy_attrs(stmt: Statement) -> dict[str, object]:
+    """The attributes a policy rule sees for ``stmt``."""
+    attrs: dict[str, object] = {"statement": stmt.detail if stmt.kind in (OTHER, DROP)
+                                and stmt.detail else stmt.kind,
+                                "statement_class": stmt.kind,
+                                "tables": list(stmt.tables)}
+    if stmt.where is not None:
+        attrs["where"] = stmt.where
+    return attrs

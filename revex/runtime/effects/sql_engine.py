@@ -1,0 +1,383 @@
+"""One database of an episode: its engine, the forward connection, capture and undo.
+
+The forward connection is the SQLAlchemy Connection the agent's statements run on; a
+``do_execute`` hook sends each of them through the episode's pipeline. Undo after commit runs
+on a fresh connection of its own, in one transaction per action.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from revex.errors import ActionFailed, ConfigError, EpisodeClosed
+from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
+from revex.runtime.effects.sqlcapture import backend_for
+from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
+
+if TYPE_CHECKING:
+    from revex.runtime.effects.sql import SqlDatabase
+
+
+def safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Database:
+    """Capture and undo for one configured database (``name`` -> ``url``)."""
+
+    def __init__(self, name: str, url: str, mode: str, episode_id: str) -> None:
+        self.name = name
+        self.url = url
+        self.mode = mode
+        self.episode_id = episode_id
+        try:
+            self.engine = create_engine(url, poolclass=NullPool)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise ConfigError(f"database {name!r}: cannot use {safe_url(url)}: {exc}") from exc
+        self.backend = backend_for(self.engine.dialect.name)
+        self.backend_name = self.engine.dialect.name
+        self.dbapi = self.engine.dialect.loaded_dbapi
+        event.listen(self.engine, "connect", self._on_connect)
+        self._conn: Connection | None = None
+        self._facade: SqlDatabase | None = None
+        self._live: list[int] = []
+        self._hooked = False
+        self._pending_commit = False
+
+    # ---- connections -------------------------------------------------------------------------
+
+    def _on_connect(self, dbapi_conn: Any, record: Any) -> None:
+        self.backend.connect_setup(dbapi_conn)
+
+    def raw_connection(self) -> Any:
+        """A new DBAPI connection (for undo); ConfigError if the server cannot be reached."""
+        try:
+            return self.engine.raw_connection()
+        except DBAPIError as exc:
+            raise ConfigError(f"cannot connect to database {self.name!r} at "
+                              f"{safe_url(self.url)}: {exc.orig}") from exc
+
+    def connection(self, facade: SqlDatabase) -> Connection:
+        if self._conn is None:
+            try:
+                conn = self.engine.connect()
+            except DBAPIError as exc:
+                raise ConfigError(f"cannot connect to database {self.name!r} at "
+                                  f"{safe_url(self.url)}: {exc.orig}") from exc
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cur = raw.cursor()
+            self.backend.install(cur)
+            raw.commit()
+            self._conn = conn
+            if not self._hooked:
+                event.listen(self.engine, "do_execute", self._do_execute)
+                event.listen(self.engine, "do_execute_no_params", self._do_execute_no_params)
+                event.listen(self.engine, "do_executemany", self._do_executemany)
+                event.listen(conn, "commit", self._forget_savepoints)
+                event.listen(conn, "rollback", self._forget_savepoints)
+                self._hooked = True
+        self._facade = facade
+        return self._conn
+
+    def _raw(self) -> Any:
+        assert self._conn is not None
+        return self._conn.connection.dbapi_connection
+
+    def _forget_savepoints(self, conn: Any) -> None:
+        self._live.clear()
+
+    def commit_forward(self) -> None:
+        self._flush_pending()
+        if self._conn is not None:
+            self._raw().commit()
+            self._live.clear()
+
+    def close(self) -> None:
+        self._flush_pending()
+        if self._conn is not None:
+            raw = self._raw()
+            if self.mode == "transactional" or getattr(raw, "in_transaction", False):
+                raw.rollback()
+            self._conn.close()
+            self._conn = None
+        self._live.clear()
+        self.engine.dispose()
+
+    # ---- the execution hook ------------------------------------------------------------------
+
+    def _do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        return self._dispatch(cursor, statement, parameters, many=False)
+
+    def _do_execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
+        return self._dispatch(cursor, statement, None, many=False)
+
+    def _do_executemany(self, cursor: Any, statement: str, parameters: Any,
+                        context: Any) -> bool:
+        return self._dispatch(cursor, statement, parameters, many=True)
+
+    def _dispatch(self, cursor: Any, statement: str, parameters: Any, *, many: bool) -> bool:
+        facade = self._facade
+        if facade is None or facade._ep.status != "active":
+            raise EpisodeClosed(f"database {self.name!r} belongs to an episode that is closed")
+        stmts = split(statement, self.backend_name)
+        if len(stmts) > 1 and parameters:
+            raise ConfigError("parameters can only be given with a single statement; use "
+                              "script() for several")
+        for stmt in stmts:
+            facade._run_statement(stmt, cursor, parameters if len(stmts) == 1 else None, many)
+        return True
+
+    def run(self, cursor: Any, stmt: Statement, parameters: Any, many: bool) -> None:
+        """Execute ``stmt`` on the caller's cursor; ActionFailed if the database rejects it."""
+        try:
+            if many:
+                cursor.executemany(stmt.sql, parameters)
+            elif parameters is None:
+                cursor.execute(stmt.sql)
+            else:
+                cursor.execute(stmt.sql, parameters)
+        except self.dbapi.Error as exc:
+            raise ActionFailed(f"database {self.name!r} rejected {stmt.sql[:200]!r}: "
+                               f"{exc}") from exc
+
+    # ---- forward path ------------------------------------------------------------------------
+
+    def _tag(self, seq: int) -> str:
+        return f"{self.episode_id}:{seq}"
+
+    def _ddl(self, stmt: Statement) -> bool:
+        return stmt.kind in DDL and not (stmt.kind == TRUNCATE
+                                          and self.backend.truncate_by_trigger)
+
+    def forward(self, cursor: Any, stmt: Statement, parameters: Any, many: bool,
+                seq: int) -> dict[str, Any]:
+        """Run ``stmt`` uncommitted with capture on; returns the undo information."""
+        self._flush_pending()
+        raw = self._raw()
+        b = self.backend
+        cap = raw.cursor()
+        b.begin(cap, raw)
+        info: dict[str, Any] = {"db": self.name, "seq": seq, "mode": self.mode}
+        if self._ddl(stmt) and not b.transactional_ddl:
+            # MariaDB commits DDL implicitly: snapshot now, run it in apply after the INTENT
+            raw.commit()
+            self._live.clear()
+            info["deferred"] = b.ddl_before(cap, stmt, self._tag(seq))
+            info.update(changes={}, seqs={}, _rows=0)
+            return info
+        if self.mode == "transactional":
+            cap.execute(f"SAVEPOINT revex_{seq}")
+            self._live.append(seq)
+            info["savepoint"] = seq
+        try:
+            seqs = b.sequences(cap)
+            ddl = b.ddl_before(cap, stmt, self._tag(seq)) if self._ddl(stmt) else None
+            cascade = b.cascade_before(cap, stmt)
+            b.set_tag(cap, self._tag(seq))
+            if ddl is None or not ddl.pop("replaced", False):
+                self.run(cursor, stmt, parameters, many)
+                info["_rowcount"] = cursor.rowcount
+            events = b.read_log(cap, self._tag(seq))
+            b.set_tag(cap, None)
+            changes = net_effect(events)
+            changes.update(b.cascade_after(cap, cascade))
+            if ddl is not None:
+                info["ddl"] = b.ddl_after(cap, stmt, ddl)
+                for table in (*info["ddl"].get("pre", {}), *info["ddl"].get("post", {})):
+                    changes.pop(table, None)
+                b.sync(cap)
+            after = b.sequences(cap)
+            info["seqs"] = {k: [seqs.get(k), after.get(k)] for k in {*seqs, *after}
+                            if seqs.get(k) != after.get(k)}
+            info["changes"] = changes
+            info["_rows"] = sum(len(c["added"]) + len(c["removed"]) for c in changes.values())
+            self._mark(cap, seq)
+        except BaseException:
+            self.abandon(seq)
+            raise
+        return info
+
+    def finish(self, cursor: Any, stmt: Statement, parameters: Any, many: bool,
+               undo: dict[str, Any]) -> dict[str, Any]:
+        """Make the statement take effect (COMMIT in durable mode). Returns extra post-state."""
+        raw = self._raw()
+        if "deferred" in undo:
+            cap = raw.cursor()
+            self.run(cursor, Statement(stmt.sql, stmt.kind, stmt.tables), parameters, many)
+            post = self.backend.ddl_after(cap, stmt, undo["deferred"])
+            self.backend.sync(cap)
+            self._mark(cap, undo["seq"])
+            raw.commit()
+            return {"ddl": post}
+        if self.mode == "durable":
+            if self.backend_name == "sqlite" and cursor.description is not None:
+                # SQLite cannot COMMIT while the caller still reads rows (RETURNING): commit
+                # before the next action. A crash before that loses the statement, and the
+                # missing marker row tells undo there is nothing to undo.
+                self._pending_commit = True
+            else:
+                raw.commit()
+        return {}
+
+    def _flush_pending(self) -> None:
+        if self._pending_commit and self._conn is not None:
+            self._pending_commit = False
+            self._raw().commit()
+
+    def abandon(self, seq: int) -> None:
+        """Roll back what the action ``seq`` did in the forward transaction."""
+        raw = self._raw()
+        cap = raw.cursor()
+        if seq in self._live:
+            cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
+            self._live = [s for s in self._live if s < seq]
+        else:
+            raw.rollback()
+            self._live.clear()
+        self.backend.set_tag(raw.cursor(), None)
+
+    # ---- markers -----------------------------------------------------------------------------
+
+    def _mark(self, cur: Any, seq: int) -> None:
+        p = self.backend.param
+        cur.execute(f"INSERT INTO {ACTIONS} (episode, seq) VALUES ({p}, {p})",
+                    (self.episode_id, seq))
+
+    def _marked(self, cur: Any, seq: int) -> bool:
+        p = self.backend.param
+        cur.execute(f"SELECT 1 FROM {ACTIONS} WHERE episode = {p} AND seq = {p}",
+                    (self.episode_id, seq))
+        return cur.fetchone() is not None
+
+    def _unmark(self, cur: Any, seq: int) -> None:
+        p = self.backend.param
+        cur.execute(f"DELETE FROM {ACTIONS} WHERE episode = {p} AND seq = {p}",
+                    (self.episode_id, seq))
+
+    # ---- backward path -----------------------------------------------------------------------
+
+    def savepoint_live(self, info: dict[str, Any]) -> bool:
+        return self._conn is not None and info.get("savepoint") in self._live
+
+    def drift(self, info: dict[str, Any], only: set[str] | None = None) -> list[str]:
+        self._flush_pending()
+        conn = self.raw_connection()
+        try:
+            cur = conn.cursor()
+            if not self._marked(cur, info["seq"]):
+                return []
+            out = []
+            ddl = info.get("ddl")
+            if ddl and only is not None:
+                ddl = {**ddl, "post": {t: v for t, v in ddl["post"].items() if t in only},
+                       "quarantined": {t: v for t, v in ddl.get("quarantined", {}).items()
+                                       if t in only},
+                       "pre": {t: v for t, v in ddl["pre"].items() if t in only}}
+            if ddl:
+                out += self.backend.ddl_drift(cur, ddl)
+            changes = {t: c for t, c in info.get("changes", {}).items()
+                       if only is None or t in only}
+            return out + self._row_drift(cur, changes)[0]
+        finally:
+            conn.rollback()
+            conn.close()
+
+    def _row_drift(self, cur: Any, changes: dict[str, Any]) -> tuple[list[str], set[str]]:
+        """Conflict lines, and the tables already back in their pre-state (an undo that a
+        crash interrupted after MariaDB committed part of it implicitly)."""
+        out: list[str] = []
+        done: set[str] = set()
+        for table, change in changes.items():
+            lines = self.backend.drift(cur, table, change)
+            inverse = {"added": change["removed"], "removed": change["added"]}
+            if lines and not self.backend.drift(cur, table, inverse):
+                done.add(table)
+            else:
+                out += lines
+        return out, done
+
+    def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
+        """Undo one action; returns conflict lines (and changes nothing) on drift."""
+        seq = info["seq"]
+        self._flush_pending()
+        if self.savepoint_live(info):
+            cap = self._raw().cursor()
+            cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
+            self._live = [s for s in self._live if s < seq]
+            self._restore_sequences(cap, info)
+            return []
+        if self._conn is not None and self.mode == "transactional":
+            # every newer action is undone by now: what the forward transaction still holds
+            # belongs to them, and its locks would block the undo connection
+            self._raw().rollback()
+            self._live.clear()
+        conn = self.raw_connection()
+        try:
+            cur = conn.cursor()
+            self.backend.undo_begin(cur, conn)
+            if not self._marked(cur, seq):
+                self._restore_sequences(cur, info)
+                conn.commit()
+                return []
+            done: set[str] = set()
+            if not force:
+                conflicts = []
+                if info.get("ddl"):
+                    conflicts += self.backend.ddl_drift(cur, info["ddl"])
+                lines, done = self._row_drift(cur, info.get("changes", {}))
+                conflicts += lines
+                if conflicts:
+                    conn.rollback()
+                    return conflicts
+            if info.get("ddl"):
+                self.backend.ddl_undo(cur, info["ddl"])
+            for table, change in info.get("changes", {}).items():
+                if table not in done:
+                    self.backend.restore(cur, table, change, force=force)
+            self._unmark(cur, seq)
+            self._restore_sequences(cur, info)
+            self.backend.undo_end(cur, conn)
+            conn.commit()
+        except self.dbapi.Error as exc:
+            conn.rollback()
+            raise ActionFailed(f"undo of action #{seq} on database {self.name!r} failed: "
+                               f"{exc}") from exc
+        finally:
+            conn.close()
+        return []
+
+    def _restore_sequences(self, cur: Any, info: dict[str, Any]) -> None:
+        wanted = info.get("seqs") or {}
+        if not wanted:
+            return
+        now = self.backend.sequences(cur)
+        for name, (pre, post) in wanted.items():
+            if now.get(name) == post:
+                self.backend.set_sequence(cur, name, pre)
+
+    def probe(self, info: dict[str, Any]) -> dict[str, Any] | None:
+        """After a crash: the post-state if the action committed, else None."""
+        conn = self.raw_connection()
+        try:
+            cur = conn.cursor()
+            if self._marked(cur, info["seq"]):
+                if "deferred" in info:  # DDL ran and was marked; its post-state was not kept
+                    return {"ddl": self.backend.ddl_after(cur, None, info["deferred"]),
+                            "probed": True}
+                return {"probed": True}
+            if "deferred" in info:
+                before = info["deferred"]
+                post = self.backend.ddl_after(cur, None, before)
+                if post["post"] != {t: s["objects"] for t, s in before["pre"].items()}:
+                    self._mark(cur, info["seq"])
+                    conn.commit()
+                    return {"ddl": post, "probed": True}
+            return None
+        finally:
+            conn.close()

@@ -1,0 +1,177 @@
+"""The contract of a capture backend, and the row-image arithmetic they share.
+
+A row image is the engine's own JSON text of a row (SQLite ``json_object`` of typed values,
+PostgreSQL ``to_jsonb``, MariaDB ``JSON_OBJECT``); images of the same row compare equal as text,
+so compare-and-set can be done by the engine. An action's change to one table is kept as its
+net effect: ``removed`` (pre-images to put back) and ``added`` (post-images to take away).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Cursor = Any
+"""A DBAPI cursor (sqlite3, psycopg, PyMySQL)."""
+
+LOG = "_revex_log"
+ACTIONS = "_revex_actions"
+PREFIX = "_revex"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row change the capture triggers saw: op I/U/D, old and new images (JSON text)."""
+
+    table: str
+    op: str
+    old: str | None
+    new: str | None
+
+
+def net_effect(events: Iterable[Event]) -> dict[str, dict[str, list[str]]]:
+    """Per table ``{"removed": [...], "added": [...]}``: the action's net change as multisets.
+
+    A row added and removed again within the action cancels out, as does a row changed and
+    changed back.
+    """
+    removed: dict[str, Counter[str]] = {}
+    added: dict[str, Counter[str]] = {}
+    for ev in events:
+        rem = removed.setdefault(ev.table, Counter())
+        add = added.setdefault(ev.table, Counter())
+        if ev.old is not None:
+            if add[ev.old] > 0:
+                add[ev.old] -= 1
+            else:
+                rem[ev.old] += 1
+        if ev.new is not None:
+            if rem[ev.new] > 0:
+                rem[ev.new] -= 1
+            else:
+                add[ev.new] += 1
+    out: dict[str, dict[str, list[str]]] = {}
+    for table in removed:
+        rem_list = list(removed[table].elements())
+        add_list = list(added[table].elements())
+        if rem_list or add_list:
+            out[table] = {"removed": rem_list, "added": add_list}
+    return out
+
+
+def multiset_diff(before: Sequence[str], after: Sequence[str]) -> dict[str, list[str]]:
+    """Net change between two full snapshots of a table (images as text)."""
+    b, a = Counter(before), Counter(after)
+    return {"removed": list((b - a).elements()), "added": list((a - b).elements())}
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def key_in(pk: Sequence[str], quote: Any, count: int, mark: str) -> str:
+    """``(pk1, pk2) IN ((?, ?), …)`` for ``count`` keys."""
+    one = "(" + ", ".join(mark for _ in pk) + ")"
+    return f"({', '.join(quote(c) for c in pk)}) IN ({', '.join(one for _ in range(count))})"
+
+
+class Backend(Protocol):
+    """What the SQL effect needs from one database engine. All methods take a DBAPI cursor on
+    a connection revex owns, inside the transaction the caller manages."""
+
+    name: str
+    param: str
+    """The driver's placeholder (``?`` or ``%s``)."""
+    transactional_ddl: bool
+    truncate_by_trigger: bool
+    """TRUNCATE fires a capture trigger (PostgreSQL) instead of going through DDL capture."""
+
+    def quote(self, ident: str) -> str: ...
+
+    def connect_setup(self, dbapi_conn: Any) -> None:
+        """Per-connection settings (SQLite: no implicit transactions, foreign keys on)."""
+        ...
+
+    def begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        """Make sure a transaction is open."""
+        ...
+
+    def install(self, cur: Cursor) -> None:
+        """Create the undo log and marker tables and capture triggers on every user table."""
+        ...
+
+    def sync(self, cur: Cursor, tables: Iterable[str] | None = None) -> None:
+        """(Re)install capture triggers on ``tables`` (all user tables when None)."""
+        ...
+
+    def drop_capture(self, cur: Cursor, tables: Iterable[str]) -> None:
+        """Remove the capture triggers of ``tables`` (before DDL rewrites them)."""
+        ...
+
+    def uninstall(self, cur: Cursor) -> None:
+        """Remove the capture triggers (the log and marker tables stay for undo)."""
+        ...
+
+    def set_tag(self, cur: Cursor, tag: str | None) -> None:
+        """Start (tag) or stop (None) capturing this session's changes under ``tag``."""
+        ...
+
+    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
+        """The events logged under ``tag``, oldest first, and delete them."""
+        ...
+
+    def tables(self, cur: Cursor) -> list[str]:
+        """User tables (not revex's own)."""
+        ...
+
+    def snapshot_rows(self, cur: Cursor, table: str) -> list[str]:
+        """Every row of ``table`` as images."""
+        ...
+
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+        """Lines describing rows of ``table`` not in the state ``change`` left them in."""
+        ...
+
+    def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+                force: bool) -> None:
+        """Take the ``added`` rows away and put the ``removed`` rows back."""
+        ...
+
+    def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        """Open the undo transaction with FK actions and user triggers off."""
+        ...
+
+    def undo_end(self, cur: Cursor, dbapi_conn: Any) -> None:
+        """Before COMMIT of an undo: turn back on what undo_begin turned off."""
+        ...
+
+    def ddl_before(self, cur: Cursor, stmt: Any, tag: str) -> dict[str, Any]:
+        """What DDL ``stmt`` will destroy (schema and rows), before it runs."""
+        ...
+
+    def ddl_after(self, cur: Cursor, stmt: Any, before: dict[str, Any]) -> dict[str, Any]:
+        """The schema DDL left (for compare-and-set at undo)."""
+        ...
+
+    def ddl_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]: ...
+
+    def ddl_undo(self, cur: Cursor, info: dict[str, Any]) -> None: ...
+
+    def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
+        """Snapshot what FK cascades may change that triggers will not see (MariaDB)."""
+        ...
+
+    def cascade_after(self, cur: Cursor, before: Any) -> dict[str, dict[str, list[str]]]:
+        """Net changes of the tables :meth:`cascade_before` snapshotted."""
+        ...
+
+    def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
+        """Sequence name -> [last_value, is_called] (PostgreSQL only; {} elsewhere)."""
+        ...
+
+    def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
+        """Put a sequence back (None: it did not exist before the action)."""
+        ...

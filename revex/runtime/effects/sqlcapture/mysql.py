@@ -1,0 +1,330 @@
+"""MariaDB/MySQL capture: AFTER row triggers writing ``JSON_OBJECT`` images into ``_revex_log``
+when the session variable ``@revex_action`` is set.
+
+MariaDB fires no triggers for FK cascades, so before a DELETE/UPDATE/upsert the tables reachable
+through CASCADE / SET NULL / SET DEFAULT foreign keys (``information_schema``) are snapshotted
+and diffed after the statement. DDL commits implicitly, so it is never run inside prepare: the
+table (SHOW CREATE TABLE, its triggers and rows) is snapshotted into the INTENT first, the DDL
+runs in apply, and undo rebuilds the table from the snapshot. TRUNCATE is DDL here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from revex.runtime.effects.sqlcapture.base import (
+    ACTIONS,
+    LOG,
+    PREFIX,
+    Cursor,
+    Event,
+    chunks,
+    key_in,
+    multiset_diff,
+)
+from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
+
+_BINARY = {"blob", "tinyblob", "mediumblob", "longblob", "binary", "varbinary", "bit",
+           "geometry", "point", "linestring", "polygon"}
+_FLOAT = {"double", "float", "real"}
+_CASCADING = {"CASCADE", "SET NULL", "SET DEFAULT"}
+
+
+def _q(ident: str) -> str:
+    return "`" + ident.replace("`", "``") + "`"
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class MySQLBackend(Rebuilder):
+    name = "mysql"
+    param = "%s"
+    transactional_ddl = False
+    truncate_by_trigger = False
+
+    def quote(self, ident: str) -> str:
+        return _q(ident)
+
+    def connect_setup(self, dbapi_conn: Any) -> None:
+        return None
+
+    def begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        return None  # autocommit is off: the first statement opens a transaction
+
+    # ---- schema ------------------------------------------------------------------------------
+
+    def tables(self, cur: Cursor) -> list[str]:
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                    "DATABASE() AND table_type = 'BASE TABLE' AND table_name NOT LIKE %s "
+                    "ORDER BY 1", (PREFIX.replace("_", "\\_") + "%",))
+        return [r[0] for r in cur.fetchall()]
+
+    def columns(self, cur: Cursor, table: str) -> list[tuple[str, str]]:
+        cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE "
+                    "table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position",
+                    (table,))
+        return [(r[0], r[1].lower()) for r in cur.fetchall()]
+
+    def pk(self, cur: Cursor, table: str) -> list[str]:
+        cur.execute("SELECT column_name FROM information_schema.key_column_usage WHERE "
+                    "table_schema = DATABASE() AND table_name = %s AND constraint_name = "
+                    "'PRIMARY' ORDER BY ordinal_position", (table,))
+        return [r[0] for r in cur.fetchall()]
+
+    def image_expr(self, cols: list[tuple[str, str]], ref: str) -> str:
+        parts = []
+        for name, typ in cols:
+            col = f"{ref}.{_q(name)}"
+            parts.append(f"{_lit(name)}, " + (f"HEX({col})" if typ in _BINARY else col))
+        return "JSON_OBJECT(" + ", ".join(parts) + ")"
+
+    def decode(self, cols: list[tuple[str, str]], image: str) -> dict[str, Any]:
+        row = json.loads(image, parse_float=Decimal)
+        types = dict(cols)
+        out = {}
+        for c, v in row.items():
+            if v is not None and types.get(c) in _BINARY:
+                v = bytes.fromhex(v)
+            elif isinstance(v, Decimal) and types.get(c) in _FLOAT:
+                v = float(v)
+            out[c] = v
+        return out
+
+    # ---- capture -----------------------------------------------------------------------------
+
+    def install(self, cur: Cursor) -> None:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {LOG} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                    "tag VARCHAR(100) NOT NULL, tbl VARCHAR(64) NOT NULL, op CHAR(1) NOT NULL, "
+                    "old LONGTEXT, new LONGTEXT, KEY (tag)) ENGINE=InnoDB")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {ACTIONS} (episode VARCHAR(64) NOT NULL, "
+                    "seq INT NOT NULL, PRIMARY KEY (episode, seq)) ENGINE=InnoDB")
+        self.sync(cur)
+
+    def _trigger_name(self, table: str, op: str) -> str:
+        name = f"{PREFIX}_{op[0].lower()}_{table}"
+        if len(name) > 64:
+            name = name[:50] + hashlib.sha1(table.encode()).hexdigest()[:14]
+        return name
+
+    def _body(self, table: str, op: str, cols: list[tuple[str, str]]) -> str:
+        old = self.image_expr(cols, "OLD") if op != "INSERT" else "NULL"
+        new = self.image_expr(cols, "NEW") if op != "DELETE" else "NULL"
+        return (f"IF @revex_action IS NOT NULL THEN INSERT INTO {LOG} (tag, tbl, op, old, new) "
+                f"VALUES (@revex_action, {_lit(table)}, '{op[0]}', {old}, {new}); END IF")
+
+    def sync(self, cur: Cursor, tables: Iterable[str] | None = None) -> None:
+        cur.execute("SELECT trigger_name, action_statement FROM information_schema.triggers "
+                    "WHERE trigger_schema = DATABASE() AND trigger_name LIKE %s",
+                    (PREFIX.replace("_", "\\_") + "%",))
+        have = dict(cur.fetchall())
+        for table in self.tables(cur) if tables is None else tables:
+            cols = self.columns(cur, table)
+            if not cols:
+                continue
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                name, body = self._trigger_name(table, op), self._body(table, op, cols)
+                if have.get(name) == body:
+                    continue
+                if name in have:
+                    cur.execute(f"DROP TRIGGER IF EXISTS {_q(name)}")
+                cur.execute(f"CREATE TRIGGER {_q(name)} AFTER {op} ON {_q(table)} FOR EACH ROW "
+                            + body)
+
+    def drop_capture(self, cur: Cursor, tables: Iterable[str]) -> None:
+        return None
+
+    def uninstall(self, cur: Cursor) -> None:
+        return None
+
+    def set_tag(self, cur: Cursor, tag: str | None) -> None:
+        cur.execute("SET @revex_action = %s", (tag,))
+
+    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
+        cur.execute(f"SELECT tbl, op, old, new FROM {LOG} WHERE tag = %s ORDER BY id", (tag,))
+        events = [Event(*row) for row in cur.fetchall()]
+        cur.execute(f"DELETE FROM {LOG} WHERE tag = %s", (tag,))
+        return events
+
+    def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
+        return {}
+
+    def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
+        return None
+
+    # ---- FK cascades (no triggers fire for them) ---------------------------------------------
+
+    def cascade_before(self, cur: Cursor, stmt: Any) -> dict[str, list[str]] | None:
+        if stmt.kind not in ("delete", "update", "upsert"):
+            return None
+        cur.execute("SELECT table_name, referenced_table_name, delete_rule, update_rule FROM "
+                    "information_schema.referential_constraints WHERE constraint_schema = "
+                    "DATABASE()")
+        children: dict[str, set[str]] = {}
+        for child, parent, on_delete, on_update in cur.fetchall():
+            if on_delete in _CASCADING or on_update in _CASCADING:
+                children.setdefault(parent, set()).add(child)
+        reach: set[str] = set()
+        todo = list(stmt.tables)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in reach:
+                    reach.add(child)
+                    todo.append(child)
+        return {t: self.snapshot_rows(cur, t) for t in sorted(reach)} or None
+
+    def cascade_after(self, cur: Cursor, before: dict[str, list[str]] | None
+                      ) -> dict[str, dict[str, list[str]]]:
+        return {t: multiset_diff(rows, self.snapshot_rows(cur, t))
+                for t, rows in (before or {}).items()}
+
+    # ---- rows --------------------------------------------------------------------------------
+
+    def snapshot_rows(self, cur: Cursor, table: str) -> list[str]:
+        cols = self.columns(cur, table)
+        cur.execute(f"SELECT {self.image_expr(cols, '_revex_x')} FROM {_q(table)} _revex_x")
+        return [r[0] for r in cur.fetchall()]
+
+    def _current(self, cur: Cursor, table: str, expr: str, pk: list[str],
+                 row: dict[str, Any], image: str) -> str | None:
+        if pk:
+            where = " AND ".join(f"_revex_x.{_q(c)} <=> %s" for c in pk)
+            cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}",
+                        [row[c] for c in pk])
+        else:
+            cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {expr} = %s LIMIT 1",
+                        (image,))
+        found = cur.fetchone()
+        return found[0] if found else None
+
+    def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
+                      rows: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
+        """Current images of many rows by primary key, in batches (keys as text)."""
+        out: dict[tuple[str, ...], str] = {}
+        keys = list({tuple(r.get(c) for c in pk) for r in rows})
+        for part in chunks(keys, 500):
+            cur.execute(f"SELECT {', '.join('_revex_x.' + _q(c) for c in pk)}, {expr} FROM "
+                        f"{_q(table)} _revex_x WHERE "
+                        + key_in(pk, lambda c: "_revex_x." + _q(c), len(part), "%s"),
+                        [v for key in part for v in key])
+            for r in cur.fetchall():
+                out[tuple(str(v) for v in r[:-1])] = r[-1]
+        return out
+
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+        if table not in self.tables(cur):
+            return [f"table {table}: no longer exists"]
+        cols, pk = self.columns(cur, table), self.pk(cur, table)
+        expr = self.image_expr(cols, "_revex_x")
+        out, added = [], set()
+        rows = [(self.decode(cols, i), i) for i in change["added"]]
+        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
+        for row, image in rows:
+            added.add(tuple(str(row.get(c)) for c in pk))
+            key = tuple(str(row.get(c)) for c in pk)
+            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
+                                                                image)
+            if now is None or json.loads(now) != json.loads(image):
+                out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
+        for image in change["removed"] if pk else []:
+            row = self.decode(cols, image)
+            if tuple(str(row.get(c)) for c in pk) not in added and self._current(
+                    cur, table, expr, pk, row, image):
+                out.append(_conflict(table, pk, row, "re-created by someone else"))
+        return out
+
+    def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+                force: bool) -> None:
+        cols, pk = self.columns(cur, table), self.pk(cur, table)
+        names = [c for c, _ in cols]
+        triggers = self._user_triggers(cur, table) if change["added"] or change["removed"] \
+            else []
+        if pk:
+            gone = change["added"] + (change["removed"] if force else [])
+            keys = [[self.decode(cols, i).get(c) for c in pk] for i in gone]
+            for part in chunks(keys, 500):
+                cur.execute(f"DELETE FROM {_q(table)} WHERE "
+                            + key_in(pk, _q, len(part), "%s"), [v for k in part for v in k])
+        else:
+            expr = self.image_expr(cols, _q(table))
+            for image in change["added"]:
+                cur.execute(f"DELETE FROM {_q(table)} WHERE {expr} = %s LIMIT 1", (image,))
+        if change["removed"]:
+            rows = [[self.decode(cols, i).get(c) for c in names] for i in change["removed"]]
+            marks = ", ".join("%s" for _ in names)
+            cur.executemany(f"INSERT INTO {_q(table)} ({', '.join(map(_q, names))}) "
+                            f"VALUES ({marks})", rows)
+        if triggers:
+            cur.connection.commit()
+            for sql in triggers:
+                cur.execute(sql)
+
+    def _user_triggers(self, cur: Cursor, table: str) -> list[str]:
+        """Drop ``table``'s own triggers (they cannot be disabled) and return their SQL.
+
+        Dropping a trigger commits implicitly: a crash in this window loses nothing (the
+        undo is redone) but the triggers; they are in the journal's snapshot of the DDL."""
+        cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema "
+                    "= DATABASE() AND event_object_table = %s AND trigger_name NOT LIKE %s "
+                    "ORDER BY action_order", (table, PREFIX.replace("_", "\\_") + "%"))
+        out = []
+        for (name,) in cur.fetchall():
+            cur.execute(f"SHOW CREATE TRIGGER {_q(name)}")
+            out.append(cur.fetchone()[2])
+            cur.execute(f"DROP TRIGGER {_q(name)}")
+        return out
+
+    def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        cur.execute("SET FOREIGN_KEY_CHECKS = 0")
+
+    def undo_end(self, cur: Cursor, dbapi_conn: Any) -> None:
+        cur.execute("SET FOREIGN_KEY_CHECKS = 1")
+
+    # ---- DDL (see Rebuilder) -----------------------------------------------------------------
+
+    def objects(self, cur: Cursor, table: str) -> list[list[str]]:
+        cur.execute(f"SHOW CREATE TABLE {_q(table)}")
+        out = [["table", table, cur.fetchone()[1]]]
+        cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema "
+                    "= DATABASE() AND event_object_table = %s AND trigger_name NOT LIKE %s "
+                    "ORDER BY action_order", (table, PREFIX.replace("_", "\\_") + "%"))
+        for (name,) in cur.fetchall():
+            cur.execute(f"SHOW CREATE TRIGGER {_q(name)}")
+            out.append(["trigger", name, cur.fetchone()[2]])
+        return out
+
+    def fingerprint(self, objects: list[list[str]]) -> list[list[str]]:
+        return [[t, n, re.sub(r" AUTO_INCREMENT=\d+", "", s)] for t, n, s in objects]
+
+    def table_of_index(self, cur: Cursor, name: str) -> str | None:
+        cur.execute("SELECT table_name FROM information_schema.statistics WHERE table_schema = "
+                    "DATABASE() AND index_name = %s LIMIT 1", (name,))
+        row = cur.fetchone()
+        return row[0] if row else None
+
+    def drop_table(self, cur: Cursor, table: str) -> None:
+        cur.execute(f"DROP TABLE IF EXISTS {_q(table)}")
+
+    def create_objects(self, cur: Cursor, objects: list[list[str]], table: str,
+                       rows: list[str]) -> None:
+        for typ, _, sql in objects:
+            if typ == "table":
+                cur.execute(sql)
+        self.restore(cur, table, {"added": [], "removed": rows}, force=False)
+        cur.connection.commit()
+        for typ, _, sql in objects:
+            if typ == "trigger":
+                cur.execute(sql)
+        self.sync(cur, [table])
+
+
+def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str) -> str:
+    cols = pk or list(row)[:4]
+    key = ", ".join(f"{c}={row.get(c)!r}" for c in cols)
+    return f"table {table} key ({key}): {what} since the episode wrote it"

@@ -1,0 +1,298 @@
+"""SQLite capture: TEMP triggers (only this connection's writes) into a TEMP undo log.
+
+``recursive_triggers=ON`` makes SQLite fire DELETE triggers for rows that ``INSERT OR REPLACE``
+removes; FK cascades and rows written by user triggers fire the capture triggers of the tables
+they touch. Images are ``json_object`` of ``[typeof(x), value]`` pairs (blobs as hex, reals with
+17 significant digits), so they round-trip exactly. SQLite DDL is transactional, so DDL is
+captured as a snapshot (the CREATE text of the table and its indexes and triggers, plus rows)
+and undone by rebuilding the table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from revex.runtime.effects.sqlcapture.base import (
+    ACTIONS,
+    LOG,
+    PREFIX,
+    Cursor,
+    Event,
+    chunks,
+    key_in,
+)
+from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
+
+
+def _q(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def _enc(ref: str) -> str:
+    return (f"json_array(typeof({ref}), CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) "
+            f"WHEN 'real' THEN printf('%!.17g', {ref}) ELSE {ref} END)")
+
+
+def decode(image: str) -> dict[str, Any]:
+    """Column -> Python value of an image."""
+    out: dict[str, Any] = {}
+    for col, (typ, val) in json.loads(image).items():
+        if typ == "blob":
+            out[col] = bytes.fromhex(val)
+        elif typ == "real":
+            out[col] = float(val)
+        else:
+            out[col] = val
+    return out
+
+
+class SQLiteBackend(Rebuilder):
+    name = "sqlite"
+    param = "?"
+    transactional_ddl = True
+    truncate_by_trigger = False
+
+    def quote(self, ident: str) -> str:
+        return _q(ident)
+
+    def connect_setup(self, dbapi_conn: Any) -> None:
+        dbapi_conn.isolation_level = None  # revex issues BEGIN itself, also before DDL
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+        dbapi_conn.execute("PRAGMA recursive_triggers=ON")
+
+    def begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        if not dbapi_conn.in_transaction:
+            cur.execute("BEGIN")
+
+    # ---- schema ------------------------------------------------------------------------------
+
+    def tables(self, cur: Cursor) -> list[str]:
+        cur.execute("SELECT name FROM main.sqlite_master WHERE type='table' "
+                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE ? ESCAPE '\\'",
+                    (PREFIX.replace("_", "\\_") + "%",))
+        return [r[0] for r in cur.fetchall()]
+
+    def columns(self, cur: Cursor, table: str) -> tuple[list[str], list[str]]:
+        """(columns, primary-key columns) of ``table``."""
+        cur.execute(f"PRAGMA main.table_info({_q(table)})")
+        rows = cur.fetchall()
+        cols = [r[1] for r in rows]
+        pk = [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
+        return cols, pk
+
+    def image_expr(self, cur: Cursor, table: str, ref: str) -> str:
+        cols, _ = self.columns(cur, table)
+        return "json_object(" + ", ".join(
+            f"'{c.replace(chr(39), chr(39) * 2)}', {_enc(ref + '.' + _q(c))}" for c in cols) + ")"
+
+    # ---- capture -----------------------------------------------------------------------------
+
+    def install(self, cur: Cursor) -> None:
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {LOG} (id INTEGER PRIMARY KEY, "
+                    "tbl TEXT, op TEXT, old TEXT, new TEXT)")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS main.{ACTIONS} (episode TEXT NOT NULL, "
+                    "seq INTEGER NOT NULL, PRIMARY KEY (episode, seq))")
+        self.sync(cur)
+
+    def _trigger_names(self, table: str) -> list[tuple[str, str]]:
+        return [(f"{PREFIX}_{op.lower()}_{table}", op) for op in ("INSERT", "UPDATE", "DELETE")]
+
+    def drop_capture(self, cur: Cursor, tables: Iterable[str]) -> None:
+        for table in tables:
+            for name, _ in self._trigger_names(table):
+                cur.execute(f"DROP TRIGGER IF EXISTS temp.{_q(name)}")
+
+    def sync(self, cur: Cursor, tables: Iterable[str] | None = None) -> None:
+        wanted = self.tables(cur) if tables is None else [
+            t for t in tables if t in set(self.tables(cur))]
+        self.drop_capture(cur, wanted)
+        for table in wanted:
+            old = self.image_expr(cur, table, "OLD")
+            new = self.image_expr(cur, table, "NEW")
+            lit = "'" + table.replace("'", "''") + "'"
+            for name, op in self._trigger_names(table):
+                o = old if op != "INSERT" else "NULL"
+                n = new if op != "DELETE" else "NULL"
+                cur.execute(
+                    f"CREATE TEMP TRIGGER {_q(name)} AFTER {op} ON main.{_q(table)} BEGIN "
+                    f"INSERT INTO {LOG} (tbl, op, old, new) "
+                    f"VALUES ({lit}, '{op[0]}', {o}, {n}); END")
+
+    def uninstall(self, cur: Cursor) -> None:
+        cur.execute("SELECT name FROM temp.sqlite_master WHERE type='trigger' AND name LIKE ?",
+                    (PREFIX + "%",))
+        for (name,) in cur.fetchall():
+            cur.execute(f"DROP TRIGGER IF EXISTS temp.{_q(name)}")
+
+    def set_tag(self, cur: Cursor, tag: str | None) -> None:
+        if tag is not None:
+            cur.execute(f"DELETE FROM temp.{LOG}")
+
+    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
+        cur.execute(f"SELECT tbl, op, old, new FROM temp.{LOG} ORDER BY id")
+        events = [Event(*row) for row in cur.fetchall()]
+        cur.execute(f"DELETE FROM temp.{LOG}")
+        return events
+
+    def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
+        """AUTOINCREMENT counters (``sqlite_sequence``), which undo of rows must rewind."""
+        cur.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'")
+        if cur.fetchone() is None:
+            return {}
+        cur.execute("SELECT name, seq FROM main.sqlite_sequence")
+        return {name: [seq] for name, seq in cur.fetchall()}
+
+    def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
+        return None  # FK cascades fire the capture triggers of the child tables
+
+    def cascade_after(self, cur: Cursor, before: Any) -> dict[str, dict[str, list[str]]]:
+        return {}
+
+    def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
+        cur.execute("DELETE FROM main.sqlite_sequence WHERE name = ?", (name,))
+        if value is not None:
+            cur.execute("INSERT INTO main.sqlite_sequence (name, seq) VALUES (?, ?)",
+                        (name, value[0]))
+
+    # ---- rows --------------------------------------------------------------------------------
+
+    def snapshot_rows(self, cur: Cursor, table: str) -> list[str]:
+        cur.execute(f"SELECT {self.image_expr(cur, table, 'x')} FROM main.{_q(table)} AS x")
+        return [r[0] for r in cur.fetchall()]
+
+    def _current(self, cur: Cursor, table: str, expr: str, pk: list[str],
+                 row: dict[str, Any], image: str) -> str | None:
+        """The current image of the row ``image`` stands for (None if it is not there)."""
+        if pk:
+            where = " AND ".join(f"x.{_q(c)} IS ?" for c in pk)
+            cur.execute(f"SELECT {expr} FROM main.{_q(table)} AS x WHERE {where}",
+                        [row[c] for c in pk])
+        else:
+            cur.execute(f"SELECT {expr} FROM main.{_q(table)} AS x WHERE {expr} = ? LIMIT 1",
+                        (image,))
+        found = cur.fetchone()
+        return found[0] if found else None
+
+    def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
+                      rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], str | None]:
+        """Current images of many rows by primary key, in batches."""
+        out: dict[tuple[Any, ...], str | None] = {}
+        keys = list({tuple(r.get(c) for c in pk) for r in rows})
+        for part in chunks(keys, 300):
+            cur.execute(f"SELECT {', '.join('x.' + _q(c) for c in pk)}, {expr} FROM "
+                        f"main.{_q(table)} AS x WHERE "
+                        + key_in(pk, lambda c: "x." + _q(c), len(part), "?"),
+                        [v for key in part for v in key])
+            found = {tuple(r[:-1]): r[-1] for r in cur.fetchall()}
+            for key in part:
+                out[key] = found.get(key)
+        return out
+
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+        if table not in set(self.tables(cur)):
+            return [f"table {table}: no longer exists"]
+        expr = self.image_expr(cur, table, "x")
+        _, pk = self.columns(cur, table)
+        out = []
+        added_keys = set()
+        rows = [(decode(i), i) for i in change["added"]]
+        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
+        for row, image in rows:
+            key = tuple(row.get(c) for c in pk)
+            added_keys.add(key)
+            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
+                                                                image)
+            if now != image:
+                out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
+        if pk:
+            for image in change["removed"]:
+                row = decode(image)
+                key = tuple(row.get(c) for c in pk)
+                if key not in added_keys and self._current(cur, table, expr, pk, row, image):
+                    out.append(_conflict(table, pk, row, "re-created by someone else"))
+        return out
+
+    def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+                force: bool) -> None:
+        cols, pk = self.columns(cur, table)
+        triggers = self._user_triggers(cur, table)
+        expr = self.image_expr(cur, table, "x")
+        if pk:
+            keys = [tuple(decode(i).get(c) for c in pk) for i in change["added"]]
+            if force:
+                keys += [tuple(decode(i).get(c) for c in pk) for i in change["removed"]]
+            for part in chunks(keys, 300):
+                cur.execute(f"DELETE FROM main.{_q(table)} WHERE "
+                            + key_in(pk, _q, len(part), "?"), [v for k in part for v in k])
+        else:
+            cur.executemany(
+                f"DELETE FROM main.{_q(table)} WHERE rowid = (SELECT rowid FROM "
+                f"main.{_q(table)} AS x WHERE {expr} = ? LIMIT 1)",
+                [(i,) for i in change["added"]])
+        if change["removed"]:
+            marks = ", ".join("?" for _ in cols)
+            rows = [[decode(i).get(c) for c in cols] for i in change["removed"]]
+            cur.executemany(f"INSERT INTO main.{_q(table)} ({', '.join(map(_q, cols))}) "
+                            f"VALUES ({marks})", rows)
+        for sql in triggers:
+            cur.execute(sql)
+
+    def _user_triggers(self, cur: Cursor, table: str) -> list[str]:
+        """Drop ``table``'s own triggers (SQLite cannot disable them) and return their SQL."""
+        cur.execute("SELECT name, sql FROM main.sqlite_master WHERE type='trigger' AND "
+                    "tbl_name=?", (table,))
+        found = cur.fetchall()
+        for name, _ in found:
+            cur.execute(f"DROP TRIGGER main.{_q(name)}")
+        return [sql for _, sql in found]
+
+    def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        if not dbapi_conn.in_transaction:
+            cur.execute("PRAGMA foreign_keys=OFF")
+            cur.execute("BEGIN IMMEDIATE")
+
+    def undo_end(self, cur: Cursor, dbapi_conn: Any) -> None:
+        return None
+
+    # ---- DDL (see Rebuilder) -----------------------------------------------------------------
+
+    def ddl_before(self, cur: Cursor, stmt: Any, tag: str) -> dict[str, Any]:
+        before = super().ddl_before(cur, stmt, tag)
+        # the table's capture triggers name its columns: drop them before ALTER/DROP touches it
+        self.drop_capture(cur, before["names"])
+        return before
+
+    def objects(self, cur: Cursor, table: str) -> list[list[str]]:
+        cur.execute("SELECT type, name, sql FROM main.sqlite_master WHERE tbl_name=? AND "
+                    "sql IS NOT NULL ORDER BY type='table' DESC, type='index' DESC, name",
+                    (table,))
+        return [list(r) for r in cur.fetchall()]
+
+    def table_of_index(self, cur: Cursor, name: str) -> str | None:
+        cur.execute("SELECT tbl_name FROM main.sqlite_master WHERE type='index' AND name=?",
+                    (name,))
+        row = cur.fetchone()
+        return row[0] if row else None
+
+    def drop_table(self, cur: Cursor, table: str) -> None:
+        cur.execute(f"DROP TABLE IF EXISTS main.{_q(table)}")
+
+    def create_objects(self, cur: Cursor, objects: list[list[str]], table: str,
+                       rows: list[str]) -> None:
+        for typ, _, sql in objects:
+            if typ != "trigger":
+                cur.execute(sql)
+        self.restore(cur, table, {"added": [], "removed": rows}, force=False)
+        for typ, _, sql in objects:
+            if typ == "trigger":
+                cur.execute(sql)
+
+
+def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str) -> str:
+    if pk:
+        key = ", ".join(f"{c}={row.get(c)!r}" for c in pk)
+    else:
+        key = "row " + ", ".join(f"{c}={v!r}" for c, v in list(row.items())[:4])
+    return f"table {table} key ({key}): {what} since the episode wrote it"
