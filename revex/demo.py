@@ -157,6 +157,51 @@ def sandbox_section(console: Console, rt: Runtime, base: Path) -> bool:
     return same and edited and not escaped
 
 
+def sql_section(console: Console, rt: Runtime, base: Path) -> bool:
+    import sqlite3
+
+    from revex.runtime.effects.sql_dump import canonical_dump
+
+    console.rule("[bold]4. SQL: a migration, updates, a destructive statement refused")
+    db_path = base / "app.db"
+    with sqlite3.connect(db_path) as db:
+        db.executescript("""
+            CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, tier TEXT);
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL
+                REFERENCES customers(id) ON DELETE CASCADE, total REAL);
+            INSERT INTO customers VALUES (1, 'ada', 'gold'), (2, 'linus', NULL);
+            INSERT INTO orders VALUES (10, 1, 99.5), (11, 2, 12.0), (12, 2, 7.25);
+        """)
+    url = f"sqlite:///{db_path}"
+    before = canonical_dump(url)
+    with rt.episode(workspace=base / "sql-ws", databases={"app": url}) as ep:
+        app = ep.sql("app")
+        app.script("ALTER TABLE customers ADD COLUMN email TEXT;"
+                   "CREATE INDEX orders_by_customer ON orders(customer_id);")
+        app.execute("UPDATE customers SET email = :e WHERE id = :i",
+                    {"e": "ada@example.com", "i": 1})
+        app.execute("UPDATE orders SET total = total * 1.2 WHERE customer_id = 2")
+        app.execute("DELETE FROM customers WHERE id = 2")  # cascades to two orders
+        console.print("migrated (column + index), updated, deleted a customer with cascades: "
+                      f"{app.query('SELECT count(*) FROM orders')[0][0]} orders left")
+        for attempt, sql in [("DELETE without WHERE", "DELETE FROM orders"),
+                             ("ATTACH another file", "ATTACH DATABASE '/tmp/x.db' AS x")]:
+            try:
+                app.execute(sql)
+                console.print(f"[red]NOT refused[/]: {attempt}")
+            except PolicyViolation as exc:
+                console.print(f"refused  {attempt:<22} [dim]{exc}[/]")
+        episode_id = ep.id
+    same = canonical_dump(url) == before
+    shown = [r for r in rt.journal.records(episode_id) if r.kind.startswith("sql.")
+             and r.status is Status.DONE]
+    console.print(f"{len(shown)} SQL actions journaled with class, tables and row counts "
+                  f"(see `revex show {episode_id}`)")
+    _verdict(console, "database dump (schema, indexes, every row) after rollback equals the "
+             "dump before", same)
+    return same
+
+
 DEMO_HTTP_POLICY = """
 [policy]
 name = "demo-http"
@@ -252,7 +297,7 @@ def run_demo(console: Console, *, keep: bool = False) -> bool:
         rt = Runtime(state_dir=base / "state", policy="default", audit=base / "audit.jsonl")
         with rt:
             results = [files_section(console, rt, base), sandbox_section(console, rt, base),
-                       http_section(console, base)]
+                       http_section(console, base), sql_section(console, rt, base)]
             report = rt.verify()
             console.rule("[bold]audit")
             console.print(f"journal hash chain + HMAC: {'intact' if report.ok else 'BROKEN'} "
