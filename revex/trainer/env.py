@@ -11,7 +11,8 @@ Bind a runtime with :meth:`RevexEnv.bind` (it returns a subclass TRL can instant
     Env = RevexEnv.bind(Runtime(state_dir=..., policy="training"))
     GRPOTrainer(..., environment_factory=Env)
 
-Tools return strings, refusals included: a :class:`~revex.errors.PolicyViolation` becomes
+Use an instance as a context manager (``with Env() as env``) to roll back the last rollout at
+the end. Tools return strings, refusals included: a :class:`~revex.errors.PolicyViolation` becomes
 ``"refused by policy: ..."`` so the model sees it; other runtime errors become ``"error: ..."``.
 """
 
@@ -97,7 +98,7 @@ class RevexEnv:
         ``row`` is the dataset row: ``tests`` and ``entry_point`` feed :meth:`run_tests`,
         ``database`` (a URL) enables :meth:`sql`.
         """
-        self.close()
+        self._end_rollout()
         runtime = self._runtime()
         self._row = dict(row)
         self.last_pass_rate = None
@@ -126,8 +127,17 @@ class RevexEnv:
         fork = getattr(runtime, "fork_database", None)
         return str(fork(url)) if fork is not None else url
 
-    def close(self) -> None:
-        """Roll back and close the current episode and delete its workspace."""
+    def __enter__(self) -> RevexEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end_rollout()
+
+    def _end_rollout(self) -> None:
+        """Roll back and close the current episode and delete its workspace.
+
+        Private so that TRL does not offer it as a tool; ``with env:`` calls it on exit.
+        """
         if self._episode is not None:
             try:
                 self._episode.close()
