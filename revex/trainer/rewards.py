@@ -111,10 +111,10 @@ def safety_summary(scores: Sequence[Score]) -> dict[str, float]:
 
 
 class ExecutionCache:
-    """Thread-safe, bounded memo of scored solutions shared by the rewards of one trainer.
+    """Thread-safe, bounded memo of scores shared by the rewards of one trainer.
 
-    Keyed by the solution, tests, entry point, limits and reward mode, so two rewards that
-    score the same completion run its tests once (one episode).
+    Keyed by batch (content and trainer step) and position, so two rewards that score the same
+    batch run each completion's tests once (one episode per completion per step).
     """
 
     def __init__(self, maxsize: int = 4096) -> None:
@@ -209,18 +209,25 @@ class _ExecutingReward(_Reward):
         self.history = []
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any],
-              tests: Sequence[str], entry_points: Sequence[str]) -> list[Score]:
-        """One :class:`Score` per completion; cached results are reused."""
+              tests: Sequence[str], entry_points: Sequence[str], *,
+              step: int | None = None) -> list[Score]:
+        """One :class:`Score` per completion, each from its own rolled-back episode.
+
+        Results are cached per batch (its content and the trainer ``step``) and position, so
+        several rewards scoring the same batch share one episode per completion, while every
+        completion of every step still gets its own episode.
+        """
         n = len(completions)
         solutions, hacks = [], []
         for prompt, completion in zip(prompts, completions, strict=True):
             body = truncate_completion(as_text(completion))
             solutions.append(as_text(prompt) + body)
             hacks.append(detect_reward_hack(body))
+        batch = self.cache.key(step, solutions, list(tests), list(entry_points), self.limits,
+                               self.reward_mode)
 
         def one(i: int) -> Score:
-            key = self.cache.key(solutions[i], tests[i], entry_points[i], self.limits,
-                                 self.reward_mode)
+            key = f"{batch}/{i}"
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
@@ -243,7 +250,9 @@ class _ExecutingReward(_Reward):
             raise ConfigError("prompts and completions must have equal length")
         tests = _columns("tests", kwargs.get("tests", kwargs.get("test")), n)
         entry_points = _columns("entry_point", kwargs.get("entry_point"), n)
-        return self.score(prompts, completions, tests, entry_points)
+        state = kwargs.get("trainer_state")
+        return self.score(prompts, completions, tests, entry_points,
+                          step=getattr(state, "global_step", None))
 
 
 def _start_backend(runtime: Any) -> None:
@@ -328,17 +337,14 @@ class ExecutionFeedbackReward(_ExecutingReward):
         n = len(completions)
         syntax_ok = [_parses(as_text(p) + truncate_completion(as_text(c)))
                      for p, c in zip(prompts, completions, strict=True)]
-        todo = [i for i in range(n) if syntax_ok[i]]
-        scores: dict[int, Score] = {}
-        if todo:
-            ran = self._score_batch([prompts[i] for i in todo], [completions[i] for i in todo],
-                                    {k: _pick(v, todo, n) for k, v in kwargs.items()})
-            scores = dict(zip(todo, ran, strict=True))
+        # syntax errors are scored too (they fail to load), so every completion of the batch
+        # is an episode in the journal and the batch is shared with TestPassReward's cache
+        scores = self._score_batch(prompts, completions, kwargs)
         rewards: list[float | None] = []
-        for i in range(n):
-            kind = outcome(scores[i]) if i in scores else "syntax"
+        for ok, score in zip(syntax_ok, scores, strict=True):
+            kind = outcome(score) if ok else "syntax"
             rewards.append(float(getattr(self.penalties, kind, 0.0)))
-        metrics = safety_summary(list(scores.values()))
+        metrics = safety_summary(scores)
         metrics["safety/syntax"] = syntax_ok.count(False) / max(n, 1)
         self._log(metrics, kwargs.get("log_metric"))
         return rewards
@@ -351,12 +357,6 @@ def _parses(source: str) -> bool:
     except (SyntaxError, ValueError):
         return False
     return True
-
-
-def _pick(values: Any, idx: list[int], n: int) -> Any:
-    if isinstance(values, list) and len(values) == n:
-        return [values[i] for i in idx]
-    return values
 
 
 # -- static analysis ---------------------------------------------------------------------------

@@ -373,10 +373,19 @@ def train(config: TrainConfig, *, runner: TestRunner | None = None) -> TrainResu
     tasks = load_tasks(config.tasks)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if runner is None:
-        runner = open_runtime(config.state_dir or str(output_dir / ".revex-state"),
-                              config.policy)
+    if runner is not None:
+        return _train(config, runner, tasks, output_dir)
+    runtime = open_runtime(config.state_dir or str(output_dir / ".revex-state"), config.policy)
+    try:
+        return _train(config, runtime, tasks, output_dir)
+    finally:
+        close = getattr(runtime, "close", None)
+        if close is not None:
+            close()  # the warm sandbox pool and the journal
 
+
+def _train(config: TrainConfig, runner: TestRunner, tasks: list[Task],
+           output_dir: Path) -> TrainResult:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
