@@ -11,9 +11,10 @@ Bind a runtime with :meth:`RevexEnv.bind` (it returns a subclass TRL can instant
     Env = RevexEnv.bind(Runtime(state_dir=..., policy="training"))
     GRPOTrainer(..., environment_factory=Env)
 
-Use an instance as a context manager (``with Env() as env``) to roll back the last rollout at
-the end. Tools return strings, refusals included: a :class:`~revex.errors.PolicyViolation` becomes
-``"refused by policy: ..."`` so the model sees it; other runtime errors become ``"error: ..."``.
+Use an instance as a context manager (``with Env() as env``), or ``Env.end_all()`` after
+training, to roll back the last rollouts. Tools return strings, refusals included: a
+:class:`~revex.errors.PolicyViolation` becomes ``"refused by policy: ..."`` so the model sees
+it; other runtime errors become ``"error: ..."``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +55,7 @@ class RevexEnv:
     http_mode: ClassVar[str] = "dry_run"
     http_cassette: ClassVar[str | None] = None
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+    _instances: ClassVar[weakref.WeakSet[RevexEnv]] = weakref.WeakSet()
 
     @classmethod
     def bind(cls, runtime: TestRunner, *, limits: Limits | None = None,
@@ -66,7 +69,8 @@ class RevexEnv:
             raise ConfigError(f"http_mode must be one of {', '.join(HTTP_MODES)} (never live), "
                               f"got {http_mode!r}")
         attrs = {"runtime": runtime, "limits": limits or cls.limits, "http_mode": http_mode,
-                 "http_cassette": http_cassette}
+                 "http_cassette": http_cassette, "_instances": weakref.WeakSet(),
+                 "_shared_lock": threading.Lock()}
         return type(cls.__name__, (cls,), attrs)
 
     def __init__(self) -> None:
@@ -79,6 +83,23 @@ class RevexEnv:
         self.tool_calls = 0
         self.rollbacks = 0
         self.episode_ids: list[str] = []
+        with self._shared_lock:
+            self._instances.add(self)
+
+    @classmethod
+    def end_all(cls) -> int:
+        """Roll back the open rollout of every instance of this (bound) class.
+
+        TRL keeps its pooled instances after training; call this at the end so the last
+        rollouts' episodes are rolled back now rather than recovered on the next open. Returns
+        the number of episodes rolled back.
+        """
+        with cls._shared_lock:
+            instances = list(cls._instances)
+        before = sum(env.rollbacks for env in instances)
+        for env in instances:
+            env._end_rollout()
+        return sum(env.rollbacks for env in instances) - before
 
     @classmethod
     def _runtime(cls) -> TestRunner:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -94,3 +97,65 @@ def test_tools_are_public_methods_with_google_docstrings() -> None:
         schema = get_json_schema(getattr(RevexEnv(), name))
         params = schema["function"]["parameters"]["properties"]
         assert params and all(p.get("description") for p in params.values()), name
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning",
+                            "ignore::DeprecationWarning")
+def test_grpo_trainer_with_environment_factory_calls_every_tool(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """A real GRPOTrainer drives the env; generation is scripted (TRL's own test technique)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.chat_template_utils import qwen2_5_chat_template
+
+    from revex.trainer.tiny import TinySpec, build_tiny
+
+    path = build_tiny(TinySpec(warm_start_steps=0, stdlib_files=40), cache_dir=tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]})
+    tok.chat_template = qwen2_5_chat_template  # a template TRL knows how to parse tool calls of
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    calls = [("write_file", {"path": "solution.py", "content": CORRECT}),
+             ("read_file", {"path": "solution.py"}), ("run_python", {"code": "print(6 * 7)"}),
+             ("run_tests", {"code": CORRECT}), ("sql", {"query": "SELECT 1"}),
+             ("http_request", {"method": "GET", "url": "http://example.com/", "body": ""})]
+    first_turn = "".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>"
+                         for n, a in calls) + "<|im_end|>"
+    response_id = tok.convert_tokens_to_ids("<tool_response>")
+
+    def fake_generate(input_ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        rows = []
+        for row in input_ids:
+            text = "done<|im_end|>" if (row == response_id).any() else first_turn
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            rows.append(torch.cat([row, torch.tensor(ids)]))
+        width = max(len(r) for r in rows)
+        return torch.stack([torch.cat([r, torch.full((width - len(r),), tok.pad_token_id)])
+                            for r in rows])
+
+    env_cls = RevexEnv.bind(runtime)
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Write inc(x)."}]] * 2,
+                                 "tests": [ROW["tests"]] * 2, "entry_point": ["inc"] * 2})
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False,
+                      gradient_checkpointing=False, report_to="none", num_generations=2,
+                      per_device_train_batch_size=2, max_completion_length=1024, max_steps=1,
+                      logging_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                          environment_factory=env_cls)
+    with patch.object(trainer.model, "generate", side_effect=fake_generate):
+        trainer.train()
+    logs = trainer.state.log_history[0]
+    assert logs["tools/call_frequency"] == 6 and logs["tools/failure_frequency"] == 0
+    assert logs["rewards/RevexEnv/mean"] == 1.0  # get_reward: the last run_tests pass rate
+
+    assert env_cls.end_all() == 2
+    episodes = runtime.episodes()
+    assert len(episodes) == 2 and {e.status for e in episodes} == {"rolled_back"}
+    for info in episodes:
+        records = _records(runtime, info.id)
+        assert {"fs.write", "fs.read", "exec.run", "exec.tests"} <= {k for k, _ in records}
+        assert ("http.request", Status.DENIED) in records
