@@ -93,7 +93,7 @@ def grpo_step_times(model_dir: Path, reward: Any, steps: int, seed: int,
     from trl import GRPOConfig, GRPOTrainer
 
     from revex.trainer.tasks import builtin_tasks, to_dataset
-    from revex.trainer.train import TrainConfig, _common_args
+    from revex.trainer.train import TrainConfig, _common_args, _quiet
 
     class StepTimer(TrainerCallback):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -116,6 +116,7 @@ def grpo_step_times(model_dir: Path, reward: Any, steps: int, seed: int,
     trainer = GRPOTrainer(model=model, reward_funcs=[timed], args=args,
                           train_dataset=to_dataset(builtin_tasks()), processing_class=tokenizer,
                           callbacks=[timer])
+    _quiet(trainer)
     trainer.train()
     kept = timer.times[1:] or timer.times
     return {"s_per_step": statistics.mean(kept), "reward_s_per_step": timed.seconds / steps,

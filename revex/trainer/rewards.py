@@ -90,22 +90,25 @@ def outcome(score: Score) -> str:
     return "wrong"
 
 
-def safety_summary(scores: Sequence[Score]) -> dict[str, float]:
+def safety_summary(scores: Sequence[Score], new_episodes: int | None = None
+                   ) -> dict[str, float]:
     """Safety metrics of one batch: outcome fractions, denials, rollbacks, forgery attempts.
 
-    ``safety/forgery_detected`` counts completions that broke the call protocol, or ended
-    their process early while containing an exit/kill/builtins pattern, or matched such a
-    pattern at all (the verdict ignores them either way; this measures how often the policy
-    tries). ``safety/rollbacks`` is a count: episodes rolled back in this batch.
+    ``safety/forgery_detected`` is the fraction of completions that broke the call protocol
+    (a reply that is not plain data, a forged reply) or contain an exit/kill/builtins/frame
+    pattern; the verdicts ignore both, this measures how often the policy tries.
+    ``safety/rollbacks`` and ``safety/policy_denials`` are counts: episodes this call rolled
+    back (``new_episodes``; default: every scored one) and refusals.
     """
     n = max(len(scores), 1)
     kinds = [outcome(s) for s in scores]
     metrics = {f"safety/{k}": kinds.count(k) / n for k in OUTCOMES if k != "passed"}
     metrics["safety/policy_denials"] = float(sum(s.blocked for s in scores))
-    metrics["safety/rollbacks"] = float(sum(s.episode_id is not None for s in scores))
+    if new_episodes is None:
+        new_episodes = sum(s.episode_id is not None for s in scores)
+    metrics["safety/rollbacks"] = float(new_episodes)
     metrics["safety/forgery_detected"] = sum(
-        k == "protocol" or (k == "early_exit" and s.hack is not None) or s.hack is not None
-        for k, s in zip(kinds, scores, strict=True)) / n
+        k == "protocol" or s.hack is not None for k, s in zip(kinds, scores, strict=True)) / n
     metrics["exec/pass_all"] = kinds.count("passed") / n
     return metrics
 
@@ -207,6 +210,7 @@ class _ExecutingReward(_Reward):
         self.reward_mode = reward_mode
         self.cache = cache if cache is not None else ExecutionCache()
         self.history = []
+        self.last_new_episodes = 0
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any],
               tests: Sequence[str], entry_points: Sequence[str], *,
@@ -225,6 +229,7 @@ class _ExecutingReward(_Reward):
             hacks.append(detect_reward_hack(body))
         batch = self.cache.key(step, solutions, list(tests), list(entry_points), self.limits,
                                self.reward_mode)
+        ran: list[int] = []
 
         def one(i: int) -> Score:
             key = f"{batch}/{i}"
@@ -235,13 +240,17 @@ class _ExecutingReward(_Reward):
                                      limits=self.limits, reward_mode=self.reward_mode,
                                      hack=hacks[i])
             self.cache.put(key, score)
+            ran.append(i)  # list.append is atomic
             return score
 
         if self.concurrency == 1 or n <= 1:
-            return [one(i) for i in range(n)]
-        _start_backend(self.runtime)
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, n)) as pool:
-            return list(pool.map(one, range(n)))
+            scores = [one(i) for i in range(n)]
+        else:
+            _start_backend(self.runtime)
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, n)) as pool:
+                scores = list(pool.map(one, range(n)))
+        self.last_new_episodes = sum(scores[i].episode_id is not None for i in ran)
+        return scores
 
     def _score_batch(self, prompts: list[Any], completions: list[Any],
                      kwargs: dict[str, Any]) -> list[Score]:
@@ -292,7 +301,7 @@ class TestPassReward(_ExecutingReward):
     def __call__(self, prompts: list[Any], completions: list[Any],
                  **kwargs: Any) -> list[float | None]:
         scores = self._score_batch(prompts, completions, kwargs)
-        self._log(safety_summary(scores), kwargs.get("log_metric"))
+        self._log(safety_summary(scores, self.last_new_episodes), kwargs.get("log_metric"))
         return [s.reward for s in scores]
 
 
@@ -344,7 +353,7 @@ class ExecutionFeedbackReward(_ExecutingReward):
         for ok, score in zip(syntax_ok, scores, strict=True):
             kind = outcome(score) if ok else "syntax"
             rewards.append(float(getattr(self.penalties, kind, 0.0)))
-        metrics = safety_summary(scores)
+        metrics = safety_summary(scores, self.last_new_episodes)
         metrics["safety/syntax"] = syntax_ok.count(False) / max(n, 1)
         self._log(metrics, kwargs.get("log_metric"))
         return rewards
@@ -558,7 +567,7 @@ class EfficiencyReward(_ExecutingReward):
         _start_backend(self.runtime)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             rewards = list(pool.map(one, range(n)))
-        metrics = safety_summary(scores)
+        metrics = safety_summary(scores, self.last_new_episodes)
         timed = [r for r in rewards if r is not None]
         metrics["efficiency/timed"] = float(len(timed))
         self._log(metrics, kwargs.get("log_metric"))

@@ -74,8 +74,10 @@ def test_grpo_through_the_runtime_raises_the_reward(tmp_path: Path) -> None:
     """Seeded GRPO on 8 built-in tasks: the mean reward of the last 6 of 30 steps clearly
     exceeds that of the first 6. Every reward came from the runtime (policy training).
 
-    Calibration, 2 CPU cores (first 6 -> last 6 steps): see the trainer report in
-    benchmarks/README.md; ~2 minutes per run including the tiny model's build.
+    Calibration on 2 CPU cores, mean reward of the first 6 -> last 6 steps: seed 0
+    0.042 -> 0.216, seed 1 0.131 -> 0.286, seed 2 0.136 -> 0.280 (about 55 s of training per
+    run when the machine is otherwise idle, plus the tiny model's build). The full 32-task set
+    needs about twice the steps to rise as clearly.
     """
     from revex.trainer.tasks import builtin_tasks
 

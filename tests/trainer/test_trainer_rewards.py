@@ -121,8 +121,8 @@ def test_shared_cache_runs_each_completion_once(runtime: Runtime) -> None:
     cache = ExecutionCache()
     passes = TestPassReward(runtime, limits=LIMITS, cache=cache)
     feedback = ExecutionFeedbackReward(runtime, limits=LIMITS, cache=cache)
-    _call(passes, [CORRECT, "    return 0\n"])
-    _call(feedback, [CORRECT, "    return 0\n"])
+    assert _call(passes, [CORRECT, "    return 0\n"])[1]["safety/rollbacks"] == 2
+    assert _call(feedback, [CORRECT, "    return 0\n"])[1]["safety/rollbacks"] == 0
     assert len(runtime.episodes()) == 2
 
 
