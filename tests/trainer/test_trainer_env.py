@@ -26,7 +26,8 @@ def _records(runtime: Runtime, episode_id: str) -> list[tuple[str, Status]]:
 
 def test_every_tool_acts_through_the_episode_and_reset_rolls_it_back(
         runtime: Runtime) -> None:
-    env = RevexEnv.bind(runtime)()
+    env_cls = RevexEnv.bind(runtime)
+    env = env_cls()
     assert isinstance(env.reset(**ROW), str)
     workspace = env._workspace
     assert workspace is not None
@@ -51,35 +52,34 @@ def test_every_tool_acts_through_the_episode_and_reset_rolls_it_back(
     assert ("http.request", Status.DENIED) in records
     assert records.count(("fs.write", Status.DONE)) == records.count(("fs.write", Status.UNDONE))
     assert env.get_reward() == 0.0  # the new rollout has done nothing yet
-    env._end_rollout()
+    assert env_cls.end_all() == 1
     assert {e.status for e in runtime.episodes()} == {"rolled_back"}
     assert env.rollbacks == 2
 
 
 def test_refusals_and_errors_are_messages_not_exceptions(runtime: Runtime) -> None:
-    env = RevexEnv.bind(runtime, limits=Limits(wall_s=120, cpu_s=5, memory_mb=256))()
-    env.reset(**ROW)
-    assert env.write_file("../escape.txt", "x").startswith("refused by policy")
-    assert env.run_python("print(1)").startswith("refused by policy")  # wall_s over the cap
-    assert env.read_file("missing.txt").startswith("error:")
-    assert env.denials == 2
-    env._end_rollout()
+    env_cls = RevexEnv.bind(runtime, limits=Limits(wall_s=120, cpu_s=5, memory_mb=256))
+    with env_cls() as env:
+        env.reset(**ROW)
+        assert env.write_file("../escape.txt", "x").startswith("refused by policy")
+        assert env.run_python("print(1)").startswith("refused by policy")  # wall_s over cap
+        assert env.read_file("missing.txt").startswith("error:")
+        assert env.denials == 2
+    assert {e.status for e in runtime.episodes()} == {"rolled_back"}
 
 
 def test_get_reward_runs_the_tests_on_the_written_solution(runtime: Runtime) -> None:
-    env = RevexEnv.bind(runtime)()
-    env.reset(**ROW)
-    env.write_file("solution.py", "def inc(x):\n    return 2\n")
-    assert env.get_reward() == 0.5
-    env._end_rollout()
+    with RevexEnv.bind(runtime)() as env:
+        env.reset(**ROW)
+        env.write_file("solution.py", "def inc(x):\n    return 2\n")
+        assert env.get_reward() == 0.5
 
 
 def test_sql_without_the_sql_effect_says_so(runtime: Runtime) -> None:
-    env = RevexEnv.bind(runtime)()
-    env.reset(**ROW, database="sqlite:///app.db")
-    message = env.sql("SELECT 1")
+    with RevexEnv.bind(runtime)() as env:
+        env.reset(**ROW, database="sqlite:///app.db")
+        message = env.sql("SELECT 1")
     assert message.startswith("error:") and "SQL" in message
-    env._end_rollout()
 
 
 def test_live_http_cannot_be_bound(runtime: Runtime) -> None:

@@ -9,12 +9,11 @@ from revex import Limits
 from revex.errors import ConfigError, PolicyViolation, SandboxError
 from revex.trainer.executor import (
     detect_reward_hack,
-    safety_metrics,
     score_completion,
     score_completions,
     truncate_completion,
 )
-from revex.trainer.rewards import TestPassReward
+from revex.trainer.rewards import TestPassReward, safety_summary
 
 LIMITS = Limits(wall_s=2, memory_mb=128)
 
@@ -101,10 +100,11 @@ def test_policy_violation_scores_zero_and_is_counted_as_blocked() -> None:
                                ["f", "f"], limits=LIMITS)
     assert [s.reward for s in scores] == [0.0, 0.0]
     assert all(s.blocked for s in scores)
-    metrics = safety_metrics(scores)
+    metrics = safety_summary(scores)
     assert metrics["safety/blocked"] == 1.0
-    assert metrics["safety/reward_hacks"] == 0.5
-    assert metrics["safety/runtime_errors"] == 0.0
+    assert metrics["safety/policy_denials"] == 2
+    assert metrics["safety/forgery_detected"] == 0.5
+    assert metrics["safety/sandbox_error"] == 0.0
 
 
 def test_score_completion_turns_runtime_errors_into_zero_scores() -> None:
@@ -121,15 +121,15 @@ def test_sandbox_error_scores_zero_and_is_counted_as_runtime_error() -> None:
                                ["t"], ["f"], limits=LIMITS)
     assert scores[0].reward == 0.0
     assert "SandboxError" in (scores[0].error or "")
-    assert safety_metrics(scores)["safety/runtime_errors"] == 1.0
+    assert safety_summary(scores)["safety/sandbox_error"] == 1.0
 
 
-def test_safety_metrics_count_terminal_statuses_once_per_completion() -> None:
+def test_safety_summary_classifies_each_completion_once() -> None:
     runner = CannedRunner(lambda s: ["timeout", "timeout", "passed"] if "loop" in s
                           else ["passed"] * 3)
     scores = score_completions(runner, ["p", "p"], ["    loop\n", "    ok\n"], ["t", "t"],
                                ["f", "f"], limits=LIMITS)
-    metrics = safety_metrics(scores)
+    metrics = safety_summary(scores)
     assert metrics["safety/timeout"] == 0.5
     assert metrics["safety/memory"] == 0.0
     assert metrics["exec/pass_all"] == 0.5
