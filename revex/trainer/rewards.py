@@ -252,6 +252,13 @@ class _ExecutingReward(_Reward):
         self.last_new_episodes = sum(scores[i].episode_id is not None for i in ran)
         return scores
 
+    def _safety(self, scores: Sequence[Score]) -> dict[str, float]:
+        """The batch's safety metrics, or none when another reward already ran (and logged)
+        every episode of it: TRL averages a metric logged twice in a step."""
+        if scores and self.last_new_episodes == 0:
+            return {}
+        return safety_summary(scores, self.last_new_episodes)
+
     def _score_batch(self, prompts: list[Any], completions: list[Any],
                      kwargs: dict[str, Any]) -> list[Score]:
         n = len(completions)
@@ -301,7 +308,7 @@ class TestPassReward(_ExecutingReward):
     def __call__(self, prompts: list[Any], completions: list[Any],
                  **kwargs: Any) -> list[float | None]:
         scores = self._score_batch(prompts, completions, kwargs)
-        self._log(safety_summary(scores, self.last_new_episodes), kwargs.get("log_metric"))
+        self._log(self._safety(scores), kwargs.get("log_metric"))
         return [s.reward for s in scores]
 
 
@@ -353,7 +360,7 @@ class ExecutionFeedbackReward(_ExecutingReward):
         for ok, score in zip(syntax_ok, scores, strict=True):
             kind = outcome(score) if ok else "syntax"
             rewards.append(float(getattr(self.penalties, kind, 0.0)))
-        metrics = safety_summary(scores, self.last_new_episodes)
+        metrics = self._safety(scores)
         metrics["safety/syntax"] = syntax_ok.count(False) / max(n, 1)
         self._log(metrics, kwargs.get("log_metric"))
         return rewards
@@ -567,8 +574,9 @@ class EfficiencyReward(_ExecutingReward):
         _start_backend(self.runtime)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             rewards = list(pool.map(one, range(n)))
-        metrics = safety_summary(scores, self.last_new_episodes)
-        timed = [r for r in rewards if r is not None]
-        metrics["efficiency/timed"] = float(len(timed))
+        metrics = self._safety(scores)
+        metrics["efficiency/timed"] = float(sum(
+            r is not None and outcome(s) == "passed"
+            for r, s in zip(rewards, scores, strict=True)))
         self._log(metrics, kwargs.get("log_metric"))
         return rewards

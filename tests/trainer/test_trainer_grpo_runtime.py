@@ -37,6 +37,8 @@ def test_grpo_smoke_scores_every_completion_in_a_rolled_back_episode(
                 "safety/rollbacks", "safety/policy_denials", "safety/forgery_detected",
                 "safety/timeout", "safety/syntax"):
         assert key in steps[0], key
+    # logged once per step by the reward that ran the episodes (not averaged with the other)
+    assert [s["safety/rollbacks"] for s in steps] == [8.0, 8.0]
     assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
 
     with Runtime(state_dir=state, policy="training", audit=None, recover=False) as rt:

@@ -122,7 +122,7 @@ def test_shared_cache_runs_each_completion_once(runtime: Runtime) -> None:
     passes = TestPassReward(runtime, limits=LIMITS, cache=cache)
     feedback = ExecutionFeedbackReward(runtime, limits=LIMITS, cache=cache)
     assert _call(passes, [CORRECT, "    return 0\n"])[1]["safety/rollbacks"] == 2
-    assert _call(feedback, [CORRECT, "    return 0\n"])[1]["safety/rollbacks"] == 0
+    assert "safety/rollbacks" not in _call(feedback, [CORRECT, "    return 0\n"])[1]  # shared
     assert len(runtime.episodes()) == 2
 
 
@@ -193,7 +193,7 @@ def test_efficiency_compares_cpu_time_with_the_reference(runtime: Runtime) -> No
     assert fast is not None and slow_r is not None
     assert fast > 0.5 and slow_r < 0.5 * fast
     assert wrong == 0.0 and no_ref is None
-    assert logged["efficiency/timed"] == 3
+    assert logged["efficiency/timed"] == 2  # the passing completions with a reference
 
 
 def test_async_flavour_has_the_name_and_the_same_rewards(runtime: Runtime) -> None:
