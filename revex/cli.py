@@ -300,6 +300,54 @@ def demo(keep: Annotated[bool, typer.Option(help="Keep the temporary directory."
         raise typer.Exit(1)
 
 
+def _train_command() -> Any:
+    """Build ``revex train``: one option per :class:`TrainConfig` field, its docstring as help.
+
+    The signature is generated so a new config field is a new option with no CLI change.
+    """
+    import dataclasses
+    import inspect
+
+    from revex.trainer.train import TrainConfig, field_docs
+
+    docs = field_docs(TrainConfig)
+    params = []
+    annotations: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        kind = {"str": str, "int": int, "float": float, "bool": bool,
+                "str | None": str | None}[str(f.type)]
+        flag = "--" + f.name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        annotation = Annotated[kind, typer.Option(*decls, help=docs.get(f.name, ""))]  # type: ignore[valid-type]
+        annotations[f.name] = annotation
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=f.default, annotation=annotation))
+
+    def train_command(**options: Any) -> None:
+        """Train a policy with GRPO, RLOO or DPO; the revex runtime executes every completion.
+
+        Defaults: the tiny offline model, the built-in tasks, CPU. For a real model pass a
+        local path or hub id to --model on a GPU machine. Prints the run log and plot paths.
+        """
+        from revex.trainer.train import train
+
+        result = train(TrainConfig(**options))
+        summary = result.summary
+        if "reward_first_mean" in summary:
+            console.print(f"reward: first {summary['reward_first_mean']:.3f} -> last "
+                          f"{summary['reward_last_mean']:.3f} "
+                          f"(window {int(summary.get('window', 0))} steps)")
+        console.print(f"run log (JSON): {result.log_path}")
+        console.print(f"plot (PNG): {result.plot_path}")
+
+    train_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    train_command.__annotations__ = {**annotations, "return": None}
+    return train_command
+
+
+app.command("train")(_train_command())
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv)

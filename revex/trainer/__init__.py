@@ -9,12 +9,19 @@ built or trained.
 from __future__ import annotations
 
 from revex.trainer.dpo import build_dpo_pairs
+from revex.trainer.env import RevexEnv
 from revex.trainer.executor import (
-    ExecutionReward,
     Score,
     TestRunner,
     score_completion,
     score_completions,
+)
+from revex.trainer.rewards import (
+    CodeQualityReward,
+    EfficiencyReward,
+    ExecutionCache,
+    ExecutionFeedbackReward,
+    TestPassReward,
 )
 from revex.trainer.tasks import Task, builtin_tasks, load_humaneval, load_jsonl, load_tasks
 from revex.trainer.tiny import TinySpec, build_tiny
@@ -24,9 +31,14 @@ from revex.trainer.train import TrainConfig, TrainResult
 # ``revex.trainer.train`` module (``import revex.trainer.train as m`` would yield the function).
 
 __all__ = [
-    "ExecutionReward",
+    "CodeQualityReward",
+    "EfficiencyReward",
+    "ExecutionCache",
+    "ExecutionFeedbackReward",
+    "RevexEnv",
     "Score",
     "Task",
+    "TestPassReward",
     "TestRunner",
     "TinySpec",
     "TrainConfig",

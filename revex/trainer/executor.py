@@ -1,32 +1,44 @@
 """The one seam between training and code execution: every completion is scored by the runtime.
 
-Nothing here runs model output itself. :func:`score_completions` hands ``prompt + completion`` to
-``runner.run_tests_many`` (a :class:`revex.Runtime`, policy ``training``), whose verdicts the code
-under test cannot forge, and turns each ``TestReport`` into a :class:`Score`.
-:class:`ExecutionReward` wraps that as a TRL reward function and logs safety metrics next to the
-reward.
+Nothing here runs model output itself. :func:`score_completions` hands each
+``prompt + completion`` to ``ep.run_tests`` in a fresh episode of the runtime (a
+:class:`revex.Runtime`, policy ``training``) that is always rolled back; the verdicts cannot be
+forged by the code under test. Each ``TestReport`` becomes a :class:`Score`. The TRL reward
+functions built on this live in :mod:`revex.trainer.rewards`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections import Counter
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from revex.errors import ConfigError, PolicyViolation, RevexError
 from revex.runtime.sandbox.base import Limits
 
 
+class EpisodeLike(Protocol):
+    """What scoring needs from an episode (``revex.runtime.episode.Episode`` satisfies it)."""
+
+    id: str
+
+    def run_tests(self, solution: str, tests: str, entry_point: str, *,
+                  limits: Limits | None = None) -> Any: ...
+
+    def __enter__(self) -> EpisodeLike: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class TestRunner(Protocol):
-    """What the trainer needs from the runtime (``revex.Runtime`` satisfies it)."""
+    """What the trainer needs from the runtime (``revex.Runtime`` satisfies it): episodes."""
 
-    def run_tests(self, *, solution: str, tests: str, entry_point: str,
-                  limits: Limits) -> Any: ...
-
-    def run_tests_many(self, *, solutions: list[str], tests: str, entry_point: str,
-                       limits: Limits, concurrency: int) -> list[Any]: ...
+    def episode(self, workspace: str | Path, **options: Any) -> Any: ...
 
 
 # Patterns that try to win by ending or subverting the test process instead of solving the task.
@@ -40,7 +52,6 @@ _HACK_PATTERNS = {
         r"\bsys\._getframe\b|\binspect\.(?:stack|currentframe)\b|\bgc\.get_objects\b"
     ),
 }
-_TERMINAL_STATUSES = ("timeout", "memory", "output_limit", "killed", "sandbox_error", "blocked")
 
 
 def detect_reward_hack(completion: str) -> str | None:
@@ -74,6 +85,8 @@ class Score:
     hack: the reward-hacking pattern found in the completion, if any.
     blocked: the runtime refused to run it (a policy violation).
     error: a runtime error message when it could not be scored.
+    report: the runtime's ``TestReport`` (None when it could not be scored).
+    episode_id: the (rolled back) episode the tests ran in.
     """
 
     reward: float
@@ -83,6 +96,8 @@ class Score:
     hack: str | None = None
     blocked: bool = False
     error: str | None = None
+    report: Any = field(default=None, compare=False, repr=False)
+    episode_id: str | None = None
 
 
 def _status_name(result: Any) -> str:
@@ -100,123 +115,82 @@ def score_from_report(report: Any, completion: str, reward_mode: str = "pass_rat
         reward = float(report.pass_rate) if total else 0.0
     statuses = tuple(_status_name(r) for r in getattr(report, "results", ()) or ())
     return Score(reward=reward, passed=passed, total=total, statuses=statuses,
-                 hack=detect_reward_hack(completion))
+                 hack=detect_reward_hack(completion), report=report)
+
+
+def score_in_episode(runner: TestRunner, solution: str, tests: str, entry_point: str, *,
+                     limits: Limits, reward_mode: str = "pass_rate",
+                     hack: str | None = None) -> Score:
+    """Run ``tests`` against ``solution`` in a fresh episode that is always rolled back.
+
+    The episode acts on a fresh temporary workspace, so every scored solution appears in the
+    journal as its own episode with one ``exec.tests`` action and status ``rolled_back``. A
+    policy refusal scores 0 with ``blocked=True``; any other runtime error scores 0 with
+    ``error`` set.
+    """
+    episode_id: str | None = None
+    with tempfile.TemporaryDirectory(prefix="revex-score-") as workspace:
+        try:
+            with runner.episode(workspace, on_exit="rollback") as ep:
+                episode_id = ep.id
+                report = ep.run_tests(solution, tests, entry_point, limits=limits)
+        except PolicyViolation as exc:
+            return Score(0.0, blocked=True, error=str(exc), hack=hack, episode_id=episode_id)
+        except RevexError as exc:
+            return Score(0.0, error=f"{type(exc).__name__}: {exc}", hack=hack,
+                         episode_id=episode_id)
+    return dataclasses.replace(score_from_report(report, solution, reward_mode), hack=hack,
+                               episode_id=episode_id)
 
 
 def score_completion(runner: TestRunner, prompt: str, completion: str, tests: str,
                      entry_point: str, *, limits: Limits,
                      reward_mode: str = "pass_rate") -> Score:
-    """Score one ``prompt + completion`` with ``runner.run_tests``; see :func:`score_completions`.
+    """Score one ``prompt + completion``; see :func:`score_completions`.
 
     Raises:
         ConfigError: ``reward_mode`` is unknown.
     """
-    if reward_mode not in ("pass_rate", "all_pass"):
-        raise ConfigError(f"reward_mode must be 'pass_rate' or 'all_pass', got {reward_mode!r}")
-    body = truncate_completion(completion)
-    try:
-        report = runner.run_tests(solution=prompt + body, tests=tests, entry_point=entry_point,
-                                  limits=limits)
-    except PolicyViolation as exc:
-        return Score(0.0, blocked=True, error=str(exc), hack=detect_reward_hack(body))
-    except RevexError as exc:
-        return Score(0.0, error=f"{type(exc).__name__}: {exc}", hack=detect_reward_hack(body))
-    return score_from_report(report, body, reward_mode)
+    return score_completions(runner, [prompt], [completion], [tests], [entry_point],
+                             limits=limits, concurrency=1, reward_mode=reward_mode)[0]
 
 
 def score_completions(runner: TestRunner, prompts: Sequence[str], completions: Sequence[str],
                       tests: Sequence[str], entry_points: Sequence[str], *, limits: Limits,
                       concurrency: int = 2, reward_mode: str = "pass_rate") -> list[Score]:
-    """Score each ``prompt + completion`` against its tests in the runtime.
+    """Score each ``prompt + completion`` against its tests, each in its own episode.
 
-    Completions that share ``(tests, entry_point)`` (the generations of one prompt) go to the
-    runtime in one ``run_tests_many`` call. A policy refusal scores 0 with ``blocked=True``; any
-    other runtime error scores 0 with ``error`` set; neither stops training.
+    Completions run ``concurrency`` at a time (threads; one Runtime serves many episodes). The
+    solution is ``prompt`` plus the completion cut at its first top-level line (see
+    :func:`truncate_completion`). Neither a refusal nor a runtime error stops training: they
+    score 0 (see :func:`score_in_episode`).
 
     Raises:
-        ConfigError: the sequences differ in length or ``reward_mode`` is unknown.
+        ConfigError: the sequences differ in length, ``reward_mode`` is unknown or
+            ``concurrency`` < 1.
     """
     n = len(completions)
     if not (len(prompts) == len(tests) == len(entry_points) == n):
         raise ConfigError("prompts, completions, tests and entry_points must have equal length")
     if reward_mode not in ("pass_rate", "all_pass"):
         raise ConfigError(f"reward_mode must be 'pass_rate' or 'all_pass', got {reward_mode!r}")
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i in range(n):
-        groups.setdefault((tests[i], entry_points[i]), []).append(i)
-    scores: list[Score | None] = [None] * n
-    for (test_src, entry_point), idx in groups.items():
-        bodies = [truncate_completion(completions[i]) for i in idx]
-        solutions = [prompts[i] + body for i, body in zip(idx, bodies, strict=True)]
-        try:
-            reports = runner.run_tests_many(solutions=solutions, tests=test_src,
-                                            entry_point=entry_point, limits=limits,
-                                            concurrency=concurrency)
-        except PolicyViolation as exc:
-            for i, body in zip(idx, bodies, strict=True):
-                scores[i] = Score(0.0, blocked=True, error=str(exc), hack=detect_reward_hack(body))
-            continue
-        except RevexError as exc:
-            for i, body in zip(idx, bodies, strict=True):
-                scores[i] = Score(0.0, error=f"{type(exc).__name__}: {exc}",
-                                  hack=detect_reward_hack(body))
-            continue
-        for i, body, report in zip(idx, bodies, reports, strict=True):
-            scores[i] = score_from_report(report, body, reward_mode)
-    return [s for s in scores if s is not None]
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency!r}")
+    bodies = [truncate_completion(c) for c in completions]
+
+    def one(i: int) -> Score:
+        return score_in_episode(runner, prompts[i] + bodies[i], tests[i], entry_points[i],
+                                limits=limits, reward_mode=reward_mode,
+                                hack=detect_reward_hack(bodies[i]))
+
+    if concurrency == 1 or n <= 1:
+        return [one(i) for i in range(n)]
+    getattr(runner, "backend", None)  # start the lazily created sandbox before threads share it
+    with ThreadPoolExecutor(max_workers=min(concurrency, n)) as pool:
+        return list(pool.map(one, range(n)))
 
 
-def safety_metrics(scores: Sequence[Score]) -> dict[str, float]:
-    """Fractions of completions that hit a limit, were blocked, errored or tried a reward hack."""
-    n = max(len(scores), 1)
-    hit: Counter[str] = Counter()
-    for s in scores:
-        for status in set(s.statuses) & set(_TERMINAL_STATUSES):
-            hit[status] += 1
-    metrics = {f"safety/{status}": hit[status] / n for status in _TERMINAL_STATUSES}
-    metrics["safety/blocked"] = (hit["blocked"] + sum(s.blocked for s in scores)) / n
-    metrics["safety/reward_hacks"] = sum(s.hack is not None for s in scores) / n
-    metrics["safety/runtime_errors"] = sum(s.error is not None and not s.blocked
-                                           for s in scores) / n
-    metrics["exec/pass_all"] = sum(s.total > 0 and s.passed == s.total for s in scores) / n
-    return metrics
-
-
-@dataclass
-class ExecutionReward:
-    """A TRL reward function (GRPO, RLOO) that scores completions in the revex runtime.
-
-    Call signature is TRL's: ``(prompts, completions, *, tests, entry_point, log_metric=None,
-    **kwargs) -> list[float]``; ``tests`` and ``entry_point`` are dataset columns. Safety metrics
-    are reported through TRL's ``log_metric`` and kept in ``history`` (one dict per call).
-    """
-
-    runner: TestRunner
-    limits: Limits = field(default_factory=lambda: Limits(wall_s=5, memory_mb=256))
-    concurrency: int = 2
-    reward_mode: str = "pass_rate"
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.__name__ = "exec_pass_rate"  # TRL names the logged reward after this
-
-    def __call__(self, prompts: list[Any], completions: list[Any], *, tests: list[str],
-                 entry_point: list[str], log_metric: Callable[[str, float], None] | None = None,
-                 **kwargs: Any) -> list[float]:
-        prompt_texts = [_as_text(p) for p in prompts]
-        completion_texts = [_as_text(c) for c in completions]
-        scores = score_completions(self.runner, prompt_texts, completion_texts, tests,
-                                   entry_point, limits=self.limits,
-                                   concurrency=self.concurrency, reward_mode=self.reward_mode)
-        metrics = safety_metrics(scores)
-        self.history.append(metrics)
-        if log_metric is not None:
-            for name, value in metrics.items():
-                log_metric(name, value)
-        return [s.reward for s in scores]
-
-
-def _as_text(message: Any) -> str:
+def as_text(message: Any) -> str:
     """A plain-string prompt/completion, or the content of a conversational one."""
     if isinstance(message, str):
         return message

@@ -228,7 +228,8 @@ def load_tasks(source: str) -> list[Task]:
 
 
 def to_dataset(tasks: Sequence[Task]) -> Dataset:
-    """Turn tasks into a ``datasets.Dataset`` with columns prompt, tests, entry_point, task_id.
+    """Turn tasks into a ``datasets.Dataset``: prompt, tests, entry_point, task_id, reference
+    (``""`` when a task has none).
 
     The extra columns reach TRL reward functions as keyword arguments.
     """
@@ -240,6 +241,7 @@ def to_dataset(tasks: Sequence[Task]) -> Dataset:
             "tests": [t.tests for t in tasks],
             "entry_point": [t.entry_point for t in tasks],
             "task_id": [t.task_id for t in tasks],
+            "reference": [t.reference or "" for t in tasks],
         }
     )
 

@@ -6,7 +6,7 @@ The loop, in the order it happens:
    id) and the tasks (``builtin``, ``humaneval`` or a JSONL file);
 2. open the runtime (policy ``training``); every completion is executed there, never here;
 3. GRPO (default) or RLOO: TRL samples ``num_generations`` completions per prompt and the
-   :class:`~revex.trainer.executor.ExecutionReward` scores them by running the tests;
+   :class:`~revex.trainer.rewards.TestPassReward` scores each in a fresh, rolled-back episode;
    DPO: sample, score, pair passing against failing completions, train on the pairs;
 4. write ``run_log.json`` (per-step reward and safety metrics) and ``run_log.png`` into
    ``output_dir``.
@@ -33,11 +33,13 @@ from typing import Any
 
 from revex.errors import ConfigError
 from revex.runtime.sandbox.base import Limits
-from revex.trainer.executor import ExecutionReward, TestRunner, open_runtime, score_completions
+from revex.trainer.executor import TestRunner, open_runtime
+from revex.trainer.rewards import TestPassReward
 from revex.trainer.runlog import RunRecorder, plot_run, summarize, write_run_log
 from revex.trainer.tasks import Task, load_tasks, to_dataset
 
 ALGORITHMS = ("grpo", "rloo", "dpo")
+REWARDS = ("test_pass", "exec_feedback", "code_quality", "efficiency")
 
 
 @dataclass
@@ -89,6 +91,10 @@ class TrainConfig:
     """DPO temperature of the preference loss."""
     dpo_max_pairs_per_prompt: int = 4
     """At most this many (chosen, rejected) pairs per prompt."""
+    rewards: str = "test_pass"
+    """Comma-separated reward functions: test_pass (always first), exec_feedback,
+    code_quality, efficiency (needs a reference column); all execution goes through the
+    runtime."""
     reward_mode: str = "pass_rate"
     """"pass_rate" (fraction of tests passed) or "all_pass" (1 only if every test passes)."""
     wall_s: float = 5.0
@@ -146,12 +152,21 @@ class TrainConfig:
                               f"{self.top_p!r}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
+        unknown = set(self.reward_names()) - set(REWARDS)
+        if unknown or "test_pass" not in self.reward_names():
+            raise ConfigError(f"rewards must include test_pass and be among "
+                              f"{', '.join(REWARDS)}, got {self.rewards!r}")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps must be >= 0")
         if self.tiny_warm_start_steps < 0:
             raise ConfigError("tiny_warm_start_steps must be >= 0")
         if not self.model:
             raise ConfigError("model must be 'tiny', a local path or a hub id")
+
+
+    def reward_names(self) -> list[str]:
+        """The names in ``rewards``, in order."""
+        return [name.strip() for name in self.rewards.split(",") if name.strip()]
 
 
 def field_docs(cls: type = TrainConfig) -> dict[str, str]:
@@ -240,8 +255,36 @@ def _common_args(config: TrainConfig, on_gpu: bool) -> dict[str, Any]:
     }
 
 
+def build_rewards(config: TrainConfig, runner: TestRunner, reward: TestPassReward) -> list[Any]:
+    """The reward functions ``config.rewards`` names; executing ones share ``reward``'s cache.
+
+    Raises:
+        ConfigError: code_quality is asked for and ruff/bandit are missing.
+    """
+    from revex.trainer.rewards import (
+        CodeQualityReward,
+        EfficiencyReward,
+        ExecutionFeedbackReward,
+    )
+
+    limits, cache = _limits(config), reward.cache
+    funcs: list[Any] = []
+    for name in config.reward_names():
+        if name == "test_pass":
+            funcs.append(reward)
+        elif name == "exec_feedback":
+            funcs.append(ExecutionFeedbackReward(runner, limits=limits, cache=cache,
+                                                 concurrency=config.concurrency))
+        elif name == "code_quality":
+            funcs.append(CodeQualityReward())
+        elif name == "efficiency":
+            funcs.append(EfficiencyReward(runner, limits=limits, cache=cache,
+                                          concurrency=config.concurrency))
+    return funcs
+
+
 def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks: list[Task],
-                         reward: ExecutionReward, recorder: RunRecorder, on_gpu: bool) -> None:
+                         reward_funcs: list[Any], recorder: RunRecorder, on_gpu: bool) -> None:
     """GRPO or RLOO through TRL, with the runtime-backed reward."""
     if config.algorithm == "grpo":
         from trl import GRPOConfig as ArgsCls
@@ -252,7 +295,6 @@ def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks:
     args = _common_args(config, on_gpu)
     if config.algorithm == "grpo":
         args["loss_type"] = config.loss_type
-    reward_funcs: list[Any] = [reward]
     trainer = TrainerCls(model=model, reward_funcs=reward_funcs, args=ArgsCls(**args),
                          train_dataset=to_dataset(tasks), processing_class=tokenizer,
                          callbacks=[recorder.callback()])
@@ -268,7 +310,7 @@ def _quiet(trainer: Any) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def _pass_rate(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: Any,
+def _pass_rate(config: TrainConfig, reward: TestPassReward, model: Any, tokenizer: Any,
                tasks: list[Task], seed: int) -> tuple[list[str], list[str], list[float]]:
     """Sample num_generations completions per task and score them in the runtime."""
     from revex.trainer.dpo import sample_completions
@@ -285,18 +327,16 @@ def _pass_rate(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: A
             completions.append(out)
             tests.append(task.tests)
             entries.append(task.entry_point)
-    scores = score_completions(runner, prompts, completions, tests, entries,
-                               limits=_limits(config), concurrency=config.concurrency,
-                               reward_mode=config.reward_mode)
+    scores = reward.score(prompts, completions, tests, entries)
     return prompts, completions, [s.reward for s in scores]
 
 
-def _run_dpo(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: Any,
+def _run_dpo(config: TrainConfig, reward: TestPassReward, model: Any, tokenizer: Any,
              tasks: list[Task], recorder: RunRecorder, on_gpu: bool) -> None:
     """Sample, score, pair, train; the sampled mean reward before and after is recorded."""
     from revex.trainer.dpo import build_dpo_pairs, dpo_config_kwargs, train_dpo
 
-    prompts, completions, rewards = _pass_rate(config, runner, model, tokenizer, tasks,
+    prompts, completions, rewards = _pass_rate(config, reward, model, tokenizer, tasks,
                                                config.seed)
     recorder.add(0, {"reward": sum(rewards) / len(rewards)})
     pairs = build_dpo_pairs(prompts, completions, rewards,
@@ -308,7 +348,7 @@ def _run_dpo(config: TrainConfig, runner: TestRunner, model: Any, tokenizer: Any
         max_length=model.config.max_position_embeddings, on_gpu=on_gpu,
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_steps)
     train_dpo(model, tokenizer, pairs, config_kwargs=kwargs, callbacks=[recorder.callback()])
-    _, _, after = _pass_rate(config, runner, model, tokenizer, tasks, config.seed + 1)
+    _, _, after = _pass_rate(config, reward, model, tokenizer, tasks, config.seed + 1)
     recorder.add(config.max_steps, {"reward": sum(after) / len(after), "dpo_pairs": len(pairs)})
 
 
@@ -333,10 +373,19 @@ def train(config: TrainConfig, *, runner: TestRunner | None = None) -> TrainResu
     tasks = load_tasks(config.tasks)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if runner is None:
-        runner = open_runtime(config.state_dir or str(output_dir / ".revex-state"),
-                              config.policy)
+    if runner is not None:
+        return _train(config, runner, tasks, output_dir)
+    runtime = open_runtime(config.state_dir or str(output_dir / ".revex-state"), config.policy)
+    try:
+        return _train(config, runtime, tasks, output_dir)
+    finally:
+        close = getattr(runtime, "close", None)
+        if close is not None:
+            close()  # the warm sandbox pool and the journal
 
+
+def _train(config: TrainConfig, runner: TestRunner, tasks: list[Task],
+           output_dir: Path) -> TrainResult:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
@@ -351,12 +400,13 @@ def train(config: TrainConfig, *, runner: TestRunner | None = None) -> TrainResu
                                config.max_completion_length)
     recorder = RunRecorder(config.max_steps, show_progress=config.progress,
                            description=config.algorithm)
-    reward = ExecutionReward(runner, limits=_limits(config), concurrency=config.concurrency,
-                             reward_mode=config.reward_mode)
+    reward = TestPassReward(runner, limits=_limits(config), concurrency=config.concurrency,
+                            reward_mode=config.reward_mode)
     if config.algorithm == "dpo":
-        _run_dpo(config, runner, model, tokenizer, tasks, recorder, on_gpu)
+        _run_dpo(config, reward, model, tokenizer, tasks, recorder, on_gpu)
     else:
-        _run_policy_gradient(config, model, tokenizer, tasks, reward, recorder, on_gpu)
+        _run_policy_gradient(config, model, tokenizer, tasks,
+                             build_rewards(config, runner, reward), recorder, on_gpu)
 
     summary = summarize(recorder.records, config.window)
     log_path = write_run_log(output_dir / "run_log.json",

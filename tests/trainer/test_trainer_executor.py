@@ -8,13 +8,12 @@ from conftest import CannedReport, CannedRunner
 from revex import Limits
 from revex.errors import ConfigError, PolicyViolation, SandboxError
 from revex.trainer.executor import (
-    ExecutionReward,
     detect_reward_hack,
-    safety_metrics,
     score_completion,
     score_completions,
     truncate_completion,
 )
+from revex.trainer.rewards import TestPassReward, safety_summary
 
 LIMITS = Limits(wall_s=2, memory_mb=128)
 
@@ -43,7 +42,7 @@ def test_detect_reward_hack(completion: str, hack: str | None) -> None:
     assert detect_reward_hack(completion) == hack
 
 
-def test_score_completions_groups_by_task_and_builds_solutions(
+def test_score_completions_runs_each_solution_in_its_own_closed_episode(
         canned_runner: CannedRunner) -> None:
     prompts = ["def f():\n", "def f():\n", "def g():\n"]
     completions = ["    return 1\ndef junk(): pass\n", "    pass\n", "    return 2\n"]
@@ -52,12 +51,13 @@ def test_score_completions_groups_by_task_and_builds_solutions(
                                ["f", "f", "g"], limits=LIMITS, concurrency=3)
     assert [s.reward for s in scores] == [1.0, 0.0, 1.0]
     assert [s.passed for s in scores] == [3, 0, 3]
-    assert len(canned_runner.calls) == 2
-    first = canned_runner.calls[0]
-    assert first["solutions"] == ["def f():\n    return 1\n", "def f():\n    pass\n"]
+    assert len(canned_runner.calls) == 3
+    assert len({c["episode"] for c in canned_runner.calls}) == 3
+    assert sorted(canned_runner.closed) == sorted(s.episode_id for s in scores)
+    by_solution = {c["solution"]: c for c in canned_runner.calls}
+    first = by_solution["def f():\n    return 1\n"]
     assert first["entry_point"] == "f"
     assert first["limits"] is LIMITS
-    assert first["concurrency"] == 3
 
 
 def test_all_pass_mode_gives_binary_reward() -> None:
@@ -72,17 +72,25 @@ def test_score_completion_runs_one_solution_through_run_tests(
     score = score_completion(canned_runner, "def f():\n", "    return 1\nprint(f())\n",
                              "assert f() == 1\n", "f", limits=LIMITS)
     assert score.reward == 1.0 and score.total == 3
-    assert canned_runner.calls[0]["solutions"] == ["def f():\n    return 1\n"]
+    assert canned_runner.calls[0]["solution"] == "def f():\n    return 1\n"
 
 
 class _RaisingRunner:
+    id = "ep-raising"
+
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
-    def run_tests(self, **kwargs: Any) -> CannedReport:
-        raise self.exc
+    def episode(self, workspace: Any, **options: Any) -> _RaisingRunner:
+        return self
 
-    def run_tests_many(self, **kwargs: Any) -> list[CannedReport]:
+    def __enter__(self) -> _RaisingRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run_tests(self, *args: Any, **kwargs: Any) -> CannedReport:
         raise self.exc
 
 
@@ -92,10 +100,11 @@ def test_policy_violation_scores_zero_and_is_counted_as_blocked() -> None:
                                ["f", "f"], limits=LIMITS)
     assert [s.reward for s in scores] == [0.0, 0.0]
     assert all(s.blocked for s in scores)
-    metrics = safety_metrics(scores)
+    metrics = safety_summary(scores)
     assert metrics["safety/blocked"] == 1.0
-    assert metrics["safety/reward_hacks"] == 0.5
-    assert metrics["safety/runtime_errors"] == 0.0
+    assert metrics["safety/policy_denials"] == 2
+    assert metrics["safety/forgery_detected"] == 0.5
+    assert metrics["safety/sandbox_error"] == 0.0
 
 
 def test_score_completion_turns_runtime_errors_into_zero_scores() -> None:
@@ -112,23 +121,23 @@ def test_sandbox_error_scores_zero_and_is_counted_as_runtime_error() -> None:
                                ["t"], ["f"], limits=LIMITS)
     assert scores[0].reward == 0.0
     assert "SandboxError" in (scores[0].error or "")
-    assert safety_metrics(scores)["safety/runtime_errors"] == 1.0
+    assert safety_summary(scores)["safety/sandbox_error"] == 1.0
 
 
-def test_safety_metrics_count_terminal_statuses_once_per_completion() -> None:
+def test_safety_summary_classifies_each_completion_once() -> None:
     runner = CannedRunner(lambda s: ["timeout", "timeout", "passed"] if "loop" in s
                           else ["passed"] * 3)
     scores = score_completions(runner, ["p", "p"], ["    loop\n", "    ok\n"], ["t", "t"],
                                ["f", "f"], limits=LIMITS)
-    metrics = safety_metrics(scores)
+    metrics = safety_summary(scores)
     assert metrics["safety/timeout"] == 0.5
     assert metrics["safety/memory"] == 0.0
     assert metrics["exec/pass_all"] == 0.5
 
 
-def test_execution_reward_follows_trl_contract_and_logs_metrics(
+def test_test_pass_reward_follows_trl_contract_and_logs_metrics(
         canned_runner: CannedRunner) -> None:
-    reward = ExecutionReward(canned_runner, limits=LIMITS)
+    reward = TestPassReward(canned_runner, limits=LIMITS)
     logged: dict[str, float] = {}
     out = reward(prompts=["def f():\n", "def f():\n"],
                  completions=["    return 1\n", "    pass\n"],
@@ -136,14 +145,15 @@ def test_execution_reward_follows_trl_contract_and_logs_metrics(
                  trainer_state=None, log_extra=lambda *a: None,
                  log_metric=lambda k, v: logged.__setitem__(k, v))
     assert out == [1.0, 0.0]
-    assert reward.__name__ == "exec_pass_rate"
-    assert logged["safety/reward_hacks"] == 0.0
+    assert reward.__name__ == "test_pass"
+    assert logged["safety/forgery_detected"] == 0.0
+    assert logged["safety/rollbacks"] == 2
     assert reward.history == [logged]
 
 
-def test_execution_reward_reads_conversational_completions(
+def test_test_pass_reward_reads_conversational_completions(
         canned_runner: CannedRunner) -> None:
-    reward = ExecutionReward(canned_runner, limits=LIMITS)
+    reward = TestPassReward(canned_runner, limits=LIMITS)
     out = reward(prompts=[[{"role": "user", "content": "def f():\n"}]],
                  completions=[[{"role": "assistant", "content": "    return 1\n"}]],
                  tests=["t"], entry_point=["f"])

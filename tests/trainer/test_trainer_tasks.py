@@ -101,7 +101,7 @@ def test_load_tasks_rejects_unknown_source() -> None:
 
 def test_to_dataset_keeps_reward_columns() -> None:
     ds = to_dataset(builtin_tasks()[:3])
-    assert ds.column_names == ["prompt", "tests", "entry_point", "task_id"]
+    assert ds.column_names == ["prompt", "tests", "entry_point", "task_id", "reference"]
     assert len(ds) == 3
     assert reference_texts(builtin_tasks()[:1]) == ["def add(a, b):\n    \"\"\"Return the sum of "
                                                     "a and b.\"\"\"\n    return a + b\n"]

@@ -38,7 +38,7 @@ def test_policy_gradient_run_writes_log_and_plot(tmp_path: Path, tiny_model: Pat
     result = train(config, runner=runner)
     doc = json.loads(result.log_path.read_text())
     assert [s["step"] for s in doc["steps"]] == [1.0, 2.0]
-    assert {"reward", "safety/timeout", "safety/reward_hacks"} <= set(doc["steps"][0])
+    assert {"reward", "safety/timeout", "safety/forgery_detected"} <= set(doc["steps"][0])
     assert doc["summary"]["steps_logged"] == 2
     assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
     assert runner.calls, "rewards must come from the runner"
