@@ -4,6 +4,7 @@ the effects it knows. Opening one recovers the episodes of processes that died."
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class Runtime:
             "fs": FileEffect, "sql": SqlEffect, "http": self._http_effect}
         self._sandbox = sandbox
         self._backend: SandboxBackend | None = None
+        self._backend_lock = threading.Lock()
         if recover:
             self.recover()
 
@@ -327,6 +329,10 @@ class Runtime:
     @property
     def backend(self) -> SandboxBackend:
         """The sandbox backend, chosen on first use. Raises SandboxError/ConfigError."""
+        with self._backend_lock:
+            return self._choose_backend()
+
+    def _choose_backend(self) -> SandboxBackend:
         if self._backend is None:
             if self._sandbox is None or isinstance(self._sandbox, str):
                 from revex.runtime.sandbox import select_backend
@@ -342,7 +348,7 @@ class Runtime:
                 if self._backend.name == "process":
                     warnings.warn(
                         "revex is using the 'process' sandbox backend: rlimits and a process "
-                        "group only, no namespaces; see `revex doctor`", stacklevel=3)
+                        "group only, no namespaces; see `revex doctor`", stacklevel=4)
             else:
                 self._backend = self._sandbox
         return self._backend

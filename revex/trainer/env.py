@@ -26,7 +26,7 @@ import weakref
 from pathlib import Path
 from typing import Any, ClassVar
 
-from revex.errors import ConfigError, PolicyViolation, RevexError
+from revex.errors import ActionFailed, ConfigError, PolicyViolation, RevexError
 from revex.runtime.sandbox.base import Limits
 from revex.trainer.executor import TestRunner
 
@@ -129,24 +129,21 @@ class RevexEnv:
         if self.http_cassette:
             options["http_cassette"] = self.http_cassette
         database = row.get("database")
-        if database:
-            try:
-                options["databases"] = {"db": self._fork_database(runtime, str(database))}
-                self._episode = runtime.episode(self._workspace, on_exit="rollback", **options)
-            except ConfigError as exc:
-                # this build of the runtime has no SQL effect: the sql tool says so
-                self._sql_error = f"SQL is not available in this revex runtime: {exc}"
-                options.pop("databases", None)
-        if self._episode is None:
+        if database:  # the rollout acts on its own fork, dropped when the episode ends
+            options.update(databases={"db": str(database)}, sql_fork=True)
+        try:
+            self._episode = runtime.episode(self._workspace, on_exit="rollback", **options)
+        except (ConfigError, ActionFailed) as exc:
+            if not database:
+                raise
+            # the database cannot be reached or forked: the sql tool says why
+            self._sql_error = f"the task's database is not usable: {exc}"
+            options.pop("databases", None)
+            options.pop("sql_fork", None)
             self._episode = runtime.episode(self._workspace, on_exit="rollback", **options)
         self.episode_ids.append(self._episode.id)
         return ("Your workspace is empty. Tools: write_file, read_file, run_python, run_tests, "
                 "sql, http_request.")
-
-    @staticmethod
-    def _fork_database(runtime: Any, url: str) -> str:
-        fork = getattr(runtime, "fork_database", None)
-        return str(fork(url)) if fork is not None else url
 
     def __enter__(self) -> RevexEnv:
         return self
@@ -274,8 +271,6 @@ class RevexEnv:
             return "error: this task has no database"
         if self._sql_error is not None:
             return f"error: {self._sql_error}"
-        if not hasattr(self._episode, "sql"):
-            return "error: SQL is not available in this revex runtime (no ep.sql)"
 
         def act() -> str:
             db = self._episode.sql("db")

@@ -75,11 +75,29 @@ def test_get_reward_runs_the_tests_on_the_written_solution(runtime: Runtime) -> 
         assert env.get_reward() == 0.5
 
 
-def test_sql_without_the_sql_effect_says_so(runtime: Runtime) -> None:
+def test_sql_acts_on_a_fork_of_the_task_database(runtime: Runtime, tmp_path: Path) -> None:
+    import sqlite3
+
+    db_path = tmp_path / "task.db"
+    with sqlite3.connect(db_path) as db:
+        db.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+                         "INSERT INTO t VALUES (1, 'a');")
+    url = f"sqlite:///{db_path}"
     with RevexEnv.bind(runtime)() as env:
-        env.reset(**ROW, database="sqlite:///app.db")
+        env.reset(**ROW, database=url)
+        assert env.sql("INSERT INTO t VALUES (2, 'b')") == "ok: 1"
+        assert "(2, 'b')" in env.sql("SELECT * FROM t ORDER BY id")
+        assert env.sql("DELETE FROM t").startswith("refused by policy")
+        assert env.sql("ATTACH DATABASE 'x.db' AS x").startswith("refused by policy")
+    with sqlite3.connect(db_path) as db:  # the task database itself was never touched
+        assert db.execute("SELECT * FROM t").fetchall() == [(1, "a")]
+
+
+def test_an_unusable_database_is_reported_by_the_sql_tool(runtime: Runtime) -> None:
+    with RevexEnv.bind(runtime)() as env:
+        env.reset(**ROW, database="nosuchdb://x")
         message = env.sql("SELECT 1")
-    assert message.startswith("error:") and "SQL" in message
+    assert message.startswith("error:") and "database" in message
 
 
 def test_live_http_cannot_be_bound(runtime: Runtime) -> None:
