@@ -395,19 +395,19 @@ class FileEffect:
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
         undo, post = item.undo_info, item.post.get("post", {})
-        at_pre = all(self.ws.matches(rel, want) for rel, want in undo["pre"].items())
-        if at_pre and not all(self.ws.matches(r, w) for r, w in post.items()):
+        # the post-state first: it usually matches through the cheap (inode, ctime, mtime)
+        # check, and only when it does not is the pre-state compared, which hashes files
+        drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
+        if drift and all(self.ws.matches(rel, want) for rel, want in undo["pre"].items()):
             # already undone: just settle metadata
             self._restore(undo, undo.get("tmp", ""), forced=force)
             return
-        if not force:
-            drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
-            if drift:
-                raise ConflictError(
-                    f"{item.describe()}: {', '.join(map(repr, drift))} changed since; "
-                    "nothing was undone (use force=True to overwrite)",
-                    [f"{item.describe()}: {r!r}" for r in drift],
-                )
+        if drift and not force:
+            raise ConflictError(
+                f"{item.describe()}: {', '.join(map(repr, drift))} changed since; "
+                "nothing was undone (use force=True to overwrite)",
+                [f"{item.describe()}: {r!r}" for r in drift],
+            )
         # Moving back is only right when dst still holds the tree the rename put there, which
         # the (shallow) post-state of a directory cannot prove once forced: a forced undo (drift,
         # or resuming an interrupted rollback) recreates both sides from the deep pre-images.
