@@ -415,6 +415,54 @@ class FileEffect:
             return
         self._restore(undo, undo.get("tmp", ""), forced=force)
 
+    def settle(self, items: Sequence[UndoItem]) -> None:
+        """After ``items`` (newest first) were undone: give every directory they touched the
+        mtime it had before the oldest of them, deepest first.
+
+        Each undo puts back the parents' mtimes its own action recorded, so the result is
+        right only if nothing changes a directory after the undo of the oldest action that
+        knows it, across the whole rollback: a later restore of one of its entries, a temp
+        file made and removed in it, the order in which a rollback resumed after a crash
+        finished its items. This pass does not depend on that order. The state of a
+        directory before the oldest item is the first thing the items recorded about it,
+        oldest first: a pre-image of the path itself (a deep one also covers everything
+        below), a parent mtime, or a pre-image of an ancestor that says the directory was
+        absent, not a directory, or not among the ancestor's recorded children.
+        """
+        known: dict[str, int | None] = {}  # path -> mtime before the items (None: not a dir)
+        complete: set[str] = set()  # paths whose recorded state covers all that is below
+
+        def covered(rel: str) -> bool:
+            return rel in known or any(
+                anc in complete for anc in _ancestors(rel))
+
+        def note(rel: str, want: Manifest) -> None:
+            if covered(rel):
+                return
+            if want["type"] != "dir":
+                known[rel] = None
+                complete.add(rel)
+                return
+            known[rel] = want["mtime_ns"]
+            children = want.get("children")
+            if children is not None:
+                for name, child in children.items():
+                    note(_child(rel, name), child)
+                complete.add(rel)
+
+        for item in reversed(items):  # oldest first: the first record of a path wins
+            undo = item.undo_info
+            for rel, want in sorted(undo.get("pre", {}).items()):
+                note(rel, want)
+            for par, mtime in undo.get("parents", {}).items():
+                if not covered(par):
+                    known[par] = mtime
+        for rel in sorted((r for r, m in known.items() if m is not None),
+                          key=lambda r: (-r.count("/"), r)):
+            mtime = known[rel]
+            assert mtime is not None
+            self.ws.set_mtime(rel, mtime)
+
     def _rename_back(self, item: UndoItem) -> bool:
         """Move a renamed entry back instead of recreating it (keeps a moved tree whole)."""
         undo = item.undo_info
