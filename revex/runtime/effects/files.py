@@ -501,6 +501,12 @@ class FileEffect:
         # deep: a recursive rmdir killed halfway leaves its top directory in place (shallowly
         # "unchanged") with part of its tree gone, which must be restored, not declared FAILED
         if all(self._matches_deep(rel, want) for rel, want in undo.get("pre", {}).items()):
+            # it did not take effect, but matching ignores mtimes: an apply that failed and
+            # was being cleaned up (every pre-image rewritten) when the process died leaves
+            # new mtimes on the paths and on the directories of a deep pre-image; put the
+            # recorded ones back, deepest first, then the parents'
+            for rel, want in undo.get("pre", {}).items():
+                self.ws.set_times(rel, want)
             for par, mtime in undo.get("parents", {}).items():
                 self.ws.set_mtime(par, mtime)
             return None

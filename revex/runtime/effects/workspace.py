@@ -358,6 +358,33 @@ class Workspace:
         finally:
             os.close(fd)
 
+    def set_times(self, rel: str, want: Manifest) -> None:
+        """Give ``rel`` (and, for a deep directory manifest, everything recorded below it,
+        deepest first) the mtime of ``want``; for entries whose type matches it. Changes no
+        content and ignores what is gone."""
+        kind = want["type"]
+        if kind == "absent":
+            return
+        try:
+            st = self.lstat(rel)
+        except PathEscape:
+            return
+        if st is None:
+            return
+        if kind == "dir":
+            if not stat.S_ISDIR(st.st_mode):
+                return
+            for name, child in (want.get("children") or {}).items():
+                self.set_times(_join(rel, name), child)
+            self.set_mtime(rel, want["mtime_ns"])
+            return
+        same = {"file": stat.S_ISREG, "symlink": stat.S_ISLNK, "fifo": stat.S_ISFIFO}[kind]
+        if not same(st.st_mode):
+            return
+        with self.parent(rel) as (fd, name):
+            os.utime(name, ns=(want["mtime_ns"], want["mtime_ns"]), dir_fd=fd,
+                     follow_symlinks=False)
+
     def set_mtime(self, rel: str, mtime_ns: int) -> None:
         """Put back a directory's mtime (ignored if it is gone or no longer a directory)."""
         try:
