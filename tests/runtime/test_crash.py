@@ -315,6 +315,59 @@ def kill_at_every_step_of_rollback(tmp: Path, seed: int, stride: int) -> int:
     return tried
 
 
+def kill_at_every_step_of_a_failing_action(tmp: Path, act: Any, setup: Any = None) -> int:
+    """Kill the process at each step of one action (prepare, apply, and the cleanup of a
+    failed apply), recover, and compare the tree exactly. Returns the kill points tried."""
+    at = 0
+    while True:
+        base = tmp / f"act{at}"
+        ws, state = base / "ws", base / "state"
+        populate(ws)
+        if setup is not None:
+            setup(ws)
+        before = snapshot_tree(ws)
+        rt = Runtime(state, audit=None)
+        ep = rt.episode(ws)
+        death = _Death(at)
+        with death.armed(), contextlib.suppress(ActionFailed, PolicyViolation):
+            act(ep)
+        ep._owner.release()
+        for effect in ep._effects.values():
+            effect.close()
+        rt.close()
+        if not death.dead:
+            return at
+        rt = Runtime(state, audit=None)  # recovery
+        try:
+            diff = diff_trees(before, snapshot_tree(ws))
+            assert not diff, f"killed at step {at}:\n  " + "\n  ".join(diff[:20])
+            assert rt.verify().ok
+        finally:
+            rt.close()
+        shutil.rmtree(base)
+        at += 1
+
+
+def _nonempty_d(ws: Path) -> None:
+    (ws / "d").mkdir()
+    (ws / "d" / "x").write_text("x")
+    os.utime(ws / "d" / "x", ns=(1_500_000_000_000_000_000,) * 2)
+    os.utime(ws / "d", ns=(1_500_000_000_000_000_001,) * 2)
+    os.utime(ws, ns=(1_500_000_000_000_000_002,) * 2)
+
+
+def test_kill_inside_the_cleanup_of_a_failed_action_recovers_mtimes(tmp_path: Path) -> None:
+    """A failed apply is cleaned up by rewriting its pre-images; killed halfway, the paths
+    hold their old contents (so the probe says it never took effect) with new mtimes on
+    them or on the directories of a deep pre-image (sub/deeper), which must be put back."""
+    # rename onto a non-empty directory fails (ENOTEMPTY) after both trees were snapshotted
+    assert kill_at_every_step_of_a_failing_action(
+        tmp_path / "rename", lambda ep: ep.fs.rename("sub", "d"), _nonempty_d) > 10
+    # mkdir over an existing file fails (EEXIST); its cleanup rewrites the file
+    assert kill_at_every_step_of_a_failing_action(
+        tmp_path / "mkdir", lambda ep: ep.fs.mkdir("exec.sh")) > 3
+
+
 def test_kill_at_every_step_of_a_rollback_recovers_exactly(tmp_path: Path) -> None:
     for seed in (7, 8):
         assert kill_at_every_step_of_rollback(tmp_path, seed, stride=13) > 20
