@@ -407,10 +407,21 @@ def _episode_row(row: tuple[Any, ...]) -> dict[str, Any]:
 def _record_row(row: tuple[Any, ...]) -> Record:
     return Record(
         seq=row[0], episode_id=row[1], action_seq=row[2], kind=row[3], target=row[4],
-        status=Status(row[5]), decision=row[6], rule=row[7], params=json.loads(row[8]),
-        undo=json.loads(row[9]), result=json.loads(row[10]), error=row[11], refers_to=row[12],
-        ts=row[13], prev_hash=row[14], hash=row[15],
+        status=_STATUS.get(row[5]) or Status(row[5]), decision=row[6], rule=row[7],
+        params=_obj(row[8]), undo=_obj(row[9]), result=_obj(row[10]), error=row[11],
+        refers_to=row[12], ts=row[13], prev_hash=row[14], hash=row[15],
     )
+
+
+_STATUS = {str(s): s for s in Status}
+
+
+def _obj(text: str) -> dict[str, Any]:
+    # most records leave two of params/undo/result empty: skip the JSON parser for those
+    if text == "{}":
+        return {}
+    value: dict[str, Any] = json.loads(text)
+    return value
 
 
 def load_or_create_key(path: Path) -> bytes:

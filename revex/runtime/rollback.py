@@ -6,6 +6,12 @@ a compensation record (UNDONE). CLRs are committed in groups: an undo is compare
 idempotent (an action whose target already holds its pre-state is only marked), so a crash
 between an undo and its CLR resumes without undoing anything twice.
 
+After the last undo of a run, each effect may *settle* what the step-by-step undo cannot
+guarantee alone (files: every touched directory gets the mtime it had before the oldest undone
+action, whatever order the undos ran in, including a rollback resumed after a crash). The CLRs
+of the last batch are committed only after that, so a crash while settling redoes that batch,
+and settles again, on recovery.
+
 Recovery (on opening a Runtime): an episode that is active or rolling back and whose owner lock
 is free has lost its process. Its INTENTs without an outcome are resolved by probing the real
 state, then it is rolled back to its start.
@@ -115,20 +121,23 @@ def rollback(
             conflicts,
         )
     report.conflicts = conflicts
-    _undo_items(journal, episode_id, rest, effect_for, force=force, report=report, note=note)
+    _undo_items(journal, episode_id, rest, effect_for, force=force, report=report, note=note,
+                settle=window + rest)
     return report
 
 
 def _undo_items(journal: Journal, episode_id: str, items: Sequence[UndoItem],
                 effect_for: Callable[[str], Effect], *, force: bool, report: RollbackReport,
-                note: dict[str, Any] | None) -> None:
+                note: dict[str, Any] | None, settle: Sequence[UndoItem] | None = None) -> None:
+    """Undo ``items`` in order, then settle ``settle`` (default: ``items``) before the CLRs
+    of the last batch are committed."""
     journal.append(episode_id=episode_id, kind="episode.rollback.begin", target="",
                    status=Status.EVENT,
                    params={"actions": len(items), "force": force, **(note or {})})
     batch: list[dict[str, Any]] = []
     undone = 0
     try:
-        for item in items:
+        for i, item in enumerate(items):
             effect_for(prefix_of(item.intent.kind)).undo(item, force=force)
             batch.append(dict(episode_id=episode_id, action_seq=item.intent.action_seq,
                               kind=item.intent.kind, target=item.intent.target,
@@ -136,9 +145,10 @@ def _undo_items(journal: Journal, episode_id: str, items: Sequence[UndoItem],
                               params={"forced": bool(force)}))
             undone += 1
             report.undone += 1
-            if len(batch) >= CLR_BATCH:
+            if len(batch) >= CLR_BATCH and i < len(items) - 1:
                 journal.append_many(batch)
                 batch = []
+        _settle(items if settle is None else settle, effect_for)
     except BaseException as exc:
         if batch:
             journal.append_many(batch)
@@ -149,6 +159,16 @@ def _undo_items(journal: Journal, episode_id: str, items: Sequence[UndoItem],
         journal.append_many(batch)
     journal.append(episode_id=episode_id, kind="episode.rollback.end", target="",
                    status=Status.EVENT, params={"undone": undone})
+
+
+def _settle(items: Sequence[UndoItem], effect_for: Callable[[str], Effect]) -> None:
+    groups: dict[str, list[UndoItem]] = {}
+    for item in items:
+        groups.setdefault(prefix_of(item.intent.kind), []).append(item)
+    for prefix, group in groups.items():
+        settle = getattr(effect_for(prefix), "settle", None)
+        if settle is not None:
+            settle(group)
 
 
 def resolve_intents(journal: Journal, episode_id: str, records: Sequence[Record],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +18,17 @@ from typing import Any
 import pytest
 
 from revex import ActionFailed, PolicyViolation, Runtime
+from revex.runtime.effects.base import Effect, EffectContext
+from revex.runtime.effects.files import FileEffect
+from revex.runtime.journal import Journal
 from revex.runtime.rollback import CLR_BATCH, pending_items, rollback
-from tests.helpers import assert_same_tree, populate, random_fs_action, snapshot_tree
+from tests.helpers import (
+    assert_same_tree,
+    diff_trees,
+    populate,
+    random_fs_action,
+    snapshot_tree,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,6 +183,201 @@ def _resume_after_prefix(tmp: Path, seed: int) -> None:
 def test_resumed_rollback_converges_after_any_prefix_was_undone(tmp_path: Path) -> None:
     for seed in range(25):
         _resume_after_prefix(tmp_path, seed)
+
+
+# ---- a kill at every step of a rollback, in process and deterministic ------------------------
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: once raised, the process does nothing more (no CLR, no cleanup)."""
+
+
+# what a rollback does to the workspace, one system call each (os.open only with O_CREAT)
+_MUTATING = ("open", "write", "pwrite", "ftruncate", "rename", "replace", "unlink", "mkdir",
+             "rmdir", "symlink", "mkfifo", "chmod", "fchmod", "utime")
+
+
+class _Death:
+    """Counts the steps of a rollback (each undo, each settle, each mutating system call)
+    and kills the process at step ``at`` (None: never)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at, self.steps, self.dead = at, 0, False
+
+    def step(self) -> None:
+        if self.dead:
+            raise _Killed()
+        self.steps += 1
+        if self.at is not None and self.steps > self.at:
+            self.dead = True
+            raise _Killed()
+
+    @contextlib.contextmanager
+    def armed(self) -> Any:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in _MUTATING:
+                real = getattr(os, name)
+
+                def fake(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+                    flags = args[1] if len(args) > 1 else kw.get("flags", 0)
+                    if _name != "open" or flags & os.O_CREAT:
+                        self.step()
+                    return _real(*args, **kw)
+
+                mp.setattr(os, name, fake)
+            for cls, meth in ((FileEffect, "undo"), (FileEffect, "settle"),
+                              (Journal, "append_many")):
+                real = getattr(cls, meth, None)
+                if real is None:
+                    continue
+
+                def wrapped(obj: Any, *args: Any, _real: Any = real, _meth: str = meth,
+                            **kw: Any) -> Any:
+                    if _meth == "append_many":
+                        if self.dead:
+                            raise _Killed()  # a dead process commits nothing
+                    else:
+                        self.step()
+                    return _real(obj, *args, **kw)
+
+                mp.setattr(cls, meth, wrapped)
+            with contextlib.suppress(_Killed):
+                yield self
+
+
+def _rollback_in_process(state: Path, death: _Death) -> None:
+    """What ``ep.rollback()`` does in the episode's process, until ``death`` strikes."""
+    rt = Runtime(state, audit=None, recover=False)
+    effects: dict[str, Effect] = {}
+    try:
+        (info,) = rt.episodes()
+
+        def effect_for(prefix: str) -> Effect:
+            if prefix not in effects:
+                effects[prefix] = rt.make_effect(
+                    prefix, EffectContext(info.id, info.config, rt.store))
+            return effects[prefix]
+
+        items = pending_items(rt.journal.records(info.id))
+        with death.armed():
+            rollback(rt.journal, info.id, items, effect_for)
+    finally:
+        for effect in effects.values():
+            effect.close()
+        rt.close()
+
+
+def kill_at_every_step_of_rollback(tmp: Path, seed: int, stride: int) -> int:
+    """Build one episode, then for kill points 0, stride, 2*stride, ... through its rollback:
+    start from a copy of the episode's state, roll back in process until the kill, recover
+    in a new Runtime, and compare the tree exactly (mtimes included). Returns the number of
+    kill points tried."""
+    rng = random.Random(seed)
+    base, saved = tmp / f"kill{seed}", tmp / f"kill{seed}-saved"
+    ws, state = base / "ws", base / "state"
+    populate(ws)
+    before = snapshot_tree(ws)
+    rt = Runtime(state, audit=None)
+    ep = rt.episode(ws)
+    for _ in range(rng.randint(150, 300)):
+        with contextlib.suppress(ActionFailed, PolicyViolation):
+            random_fs_action(ep, rng, large=8192)
+    ep._owner.release()  # the owner "dies" before rolling back
+    for effect in ep._effects.values():
+        effect.close()
+    rt.close()
+    shutil.copytree(base, saved, symlinks=True)
+
+    def fresh() -> None:
+        shutil.rmtree(base)
+        shutil.copytree(saved, base, symlinks=True)
+
+    clean = _Death(None)
+    _rollback_in_process(state, clean)
+    assert_same_tree(before, snapshot_tree(ws))
+    tried = 0
+    for at in range(0, clean.steps, stride):
+        fresh()
+        death = _Death(at)
+        _rollback_in_process(state, death)
+        assert death.dead
+        rt = Runtime(state, audit=None)  # recovery
+        try:
+            after = snapshot_tree(ws)
+            assert [e.status for e in rt.episodes()] == ["recovered"]
+            assert rt.verify().ok
+        finally:
+            rt.close()
+        diff = diff_trees(before, after)
+        assert not diff, f"killed at step {at} of {clean.steps}:\n  " + "\n  ".join(diff[:20])
+        tried += 1
+    shutil.rmtree(saved)
+    shutil.rmtree(base)
+    return tried
+
+
+def kill_at_every_step_of_a_failing_action(tmp: Path, act: Any, setup: Any = None) -> int:
+    """Kill the process at each step of one action (prepare, apply, and the cleanup of a
+    failed apply), recover, and compare the tree exactly. Returns the kill points tried."""
+    at = 0
+    while True:
+        base = tmp / f"act{at}"
+        ws, state = base / "ws", base / "state"
+        populate(ws)
+        if setup is not None:
+            setup(ws)
+        before = snapshot_tree(ws)
+        rt = Runtime(state, audit=None)
+        ep = rt.episode(ws)
+        death = _Death(at)
+        with death.armed(), contextlib.suppress(ActionFailed, PolicyViolation):
+            act(ep)
+        ep._owner.release()
+        for effect in ep._effects.values():
+            effect.close()
+        rt.close()
+        if not death.dead:
+            return at
+        rt = Runtime(state, audit=None)  # recovery
+        try:
+            diff = diff_trees(before, snapshot_tree(ws))
+            assert not diff, f"killed at step {at}:\n  " + "\n  ".join(diff[:20])
+            assert rt.verify().ok
+        finally:
+            rt.close()
+        shutil.rmtree(base)
+        at += 1
+
+
+def _nonempty_d(ws: Path) -> None:
+    (ws / "d").mkdir()
+    (ws / "d" / "x").write_text("x")
+    os.utime(ws / "d" / "x", ns=(1_500_000_000_000_000_000,) * 2)
+    os.utime(ws / "d", ns=(1_500_000_000_000_000_001,) * 2)
+    os.utime(ws, ns=(1_500_000_000_000_000_002,) * 2)
+
+
+def test_kill_inside_the_cleanup_of_a_failed_action_recovers_mtimes(tmp_path: Path) -> None:
+    """A failed apply is cleaned up by rewriting its pre-images; killed halfway, the paths
+    hold their old contents (so the probe says it never took effect) with new mtimes on
+    them or on the directories of a deep pre-image (sub/deeper), which must be put back."""
+    # rename onto a non-empty directory fails (ENOTEMPTY) after both trees were snapshotted
+    assert kill_at_every_step_of_a_failing_action(
+        tmp_path / "rename", lambda ep: ep.fs.rename("sub", "d"), _nonempty_d) > 10
+    # mkdir over an existing file fails (EEXIST); its cleanup rewrites the file
+    assert kill_at_every_step_of_a_failing_action(
+        tmp_path / "mkdir", lambda ep: ep.fs.mkdir("exec.sh")) > 3
+
+
+def test_kill_at_every_step_of_a_rollback_recovers_exactly(tmp_path: Path) -> None:
+    for seed in (7, 8):
+        assert kill_at_every_step_of_rollback(tmp_path, seed, stride=13) > 20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_kill_at_every_step_of_a_rollback_recovers_exactly_many(tmp_path: Path) -> None:
+    for seed in range(100, 106):
+        kill_at_every_step_of_rollback(tmp_path, seed, stride=1)
 
 
 @pytest.mark.slow

@@ -395,25 +395,73 @@ class FileEffect:
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
         undo, post = item.undo_info, item.post.get("post", {})
-        at_pre = all(self.ws.matches(rel, want) for rel, want in undo["pre"].items())
-        if at_pre and not all(self.ws.matches(r, w) for r, w in post.items()):
+        # the post-state first: it usually matches through the cheap (inode, ctime, mtime)
+        # check, and only when it does not is the pre-state compared, which hashes files
+        drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
+        if drift and all(self.ws.matches(rel, want) for rel, want in undo["pre"].items()):
             # already undone: just settle metadata
             self._restore(undo, undo.get("tmp", ""), forced=force)
             return
-        if not force:
-            drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
-            if drift:
-                raise ConflictError(
-                    f"{item.describe()}: {', '.join(map(repr, drift))} changed since; "
-                    "nothing was undone (use force=True to overwrite)",
-                    [f"{item.describe()}: {r!r}" for r in drift],
-                )
+        if drift and not force:
+            raise ConflictError(
+                f"{item.describe()}: {', '.join(map(repr, drift))} changed since; "
+                "nothing was undone (use force=True to overwrite)",
+                [f"{item.describe()}: {r!r}" for r in drift],
+            )
         # Moving back is only right when dst still holds the tree the rename put there, which
         # the (shallow) post-state of a directory cannot prove once forced: a forced undo (drift,
         # or resuming an interrupted rollback) recreates both sides from the deep pre-images.
         if item.intent.kind == "fs.rename" and not force and self._rename_back(item):
             return
         self._restore(undo, undo.get("tmp", ""), forced=force)
+
+    def settle(self, items: Sequence[UndoItem]) -> None:
+        """After ``items`` (newest first) were undone: give every directory they touched the
+        mtime it had before the oldest of them, deepest first.
+
+        Each undo puts back the parents' mtimes its own action recorded, so the result is
+        right only if nothing changes a directory after the undo of the oldest action that
+        knows it, across the whole rollback: a later restore of one of its entries, a temp
+        file made and removed in it, the order in which a rollback resumed after a crash
+        finished its items. This pass does not depend on that order. The state of a
+        directory before the oldest item is the first thing the items recorded about it,
+        oldest first: a pre-image of the path itself (a deep one also covers everything
+        below), a parent mtime, or a pre-image of an ancestor that says the directory was
+        absent, not a directory, or not among the ancestor's recorded children.
+        """
+        known: dict[str, int | None] = {}  # path -> mtime before the items (None: not a dir)
+        complete: set[str] = set()  # paths whose recorded state covers all that is below
+
+        def covered(rel: str) -> bool:
+            return rel in known or any(
+                anc in complete for anc in _ancestors(rel))
+
+        def note(rel: str, want: Manifest) -> None:
+            if covered(rel):
+                return
+            if want["type"] != "dir":
+                known[rel] = None
+                complete.add(rel)
+                return
+            known[rel] = want["mtime_ns"]
+            children = want.get("children")
+            if children is not None:
+                for name, child in children.items():
+                    note(_child(rel, name), child)
+                complete.add(rel)
+
+        for item in reversed(items):  # oldest first: the first record of a path wins
+            undo = item.undo_info
+            for rel, want in sorted(undo.get("pre", {}).items()):
+                note(rel, want)
+            for par, mtime in undo.get("parents", {}).items():
+                if not covered(par):
+                    known[par] = mtime
+        for rel in sorted((r for r, m in known.items() if m is not None),
+                          key=lambda r: (-r.count("/"), r)):
+            mtime = known[rel]
+            assert mtime is not None
+            self.ws.set_mtime(rel, mtime)
 
     def _rename_back(self, item: UndoItem) -> bool:
         """Move a renamed entry back instead of recreating it (keeps a moved tree whole)."""
@@ -453,6 +501,12 @@ class FileEffect:
         # deep: a recursive rmdir killed halfway leaves its top directory in place (shallowly
         # "unchanged") with part of its tree gone, which must be restored, not declared FAILED
         if all(self._matches_deep(rel, want) for rel, want in undo.get("pre", {}).items()):
+            # it did not take effect, but matching ignores mtimes: an apply that failed and
+            # was being cleaned up (every pre-image rewritten) when the process died leaves
+            # new mtimes on the paths and on the directories of a deep pre-image; put the
+            # recorded ones back, deepest first, then the parents'
+            for rel, want in undo.get("pre", {}).items():
+                self.ws.set_times(rel, want)
             for par, mtime in undo.get("parents", {}).items():
                 self.ws.set_mtime(par, mtime)
             return None

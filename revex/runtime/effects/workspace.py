@@ -269,7 +269,9 @@ class Workspace:
             if kind == "file":
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     shutil.rmtree(name, dir_fd=fd)
-                self._write_blob(fd, name, want, store, tmp_name)
+                if not (st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+                        and self._rewrite_in_place(fd, name, want, store)):
+                    self._write_blob(fd, name, want, store, tmp_name)
             elif kind == "symlink":
                 os.symlink(want["target"], name, dir_fd=fd)
                 os.utime(name, ns=(want["mtime_ns"], want["mtime_ns"]), dir_fd=fd,
@@ -289,6 +291,45 @@ class Workspace:
                 for child, child_want in children.items():
                     self.restore(_join(rel, child), child_want, store, tmp_name)
             self.set_dir_meta(rel, want["mode"], want["mtime_ns"])
+
+    def _rewrite_in_place(self, dir_fd: int, name: str, want: Manifest,
+                          store: ContentStore) -> bool:
+        """Put a blob's bytes into the existing regular file ``name`` (one link only).
+
+        Much cheaper than a temp file renamed over the old one: on ext4 (``auto_da_alloc``) a
+        rename that replaces an existing file starts writeback of the new file's data, a
+        device write per restored file (~2 ms on a busy disk against ~15 us here), which made
+        rollbacks of overwrites much slower than rollbacks of creations. Not atomic, which
+        undo does not need: it is idempotent and converges, and an item killed halfway is
+        redone (forced) when the rollback resumes. Returns False, having changed nothing, when
+        the file cannot be opened for writing or is not a plain file with one link.
+        """
+        src = store.open(want["sha"])  # first: a missing blob must not cost the current bytes
+        try:
+            try:
+                out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                              dir_fd=dir_fd)
+            except OSError:
+                return False
+            try:
+                st = os.fstat(out)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    return False
+                offset = 0
+                while chunk := os.read(src, 1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.pwrite(out, view, offset)
+                        offset += written
+                        view = view[written:]
+                os.ftruncate(out, offset)
+                os.fchmod(out, want["mode"])
+                os.utime(out, ns=(want["mtime_ns"], want["mtime_ns"]))
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        return True
 
     def _write_blob(self, dir_fd: int, name: str, want: Manifest, store: ContentStore,
                     tmp_name: str) -> None:
@@ -316,6 +357,33 @@ class Workspace:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
+
+    def set_times(self, rel: str, want: Manifest) -> None:
+        """Give ``rel`` (and, for a deep directory manifest, everything recorded below it,
+        deepest first) the mtime of ``want``; for entries whose type matches it. Changes no
+        content and ignores what is gone."""
+        kind = want["type"]
+        if kind == "absent":
+            return
+        try:
+            st = self.lstat(rel)
+        except PathEscape:
+            return
+        if st is None:
+            return
+        if kind == "dir":
+            if not stat.S_ISDIR(st.st_mode):
+                return
+            for name, child in (want.get("children") or {}).items():
+                self.set_times(_join(rel, name), child)
+            self.set_mtime(rel, want["mtime_ns"])
+            return
+        same = {"file": stat.S_ISREG, "symlink": stat.S_ISLNK, "fifo": stat.S_ISFIFO}[kind]
+        if not same(st.st_mode):
+            return
+        with self.parent(rel) as (fd, name):
+            os.utime(name, ns=(want["mtime_ns"], want["mtime_ns"]), dir_fd=fd,
+                     follow_symlinks=False)
 
     def set_mtime(self, rel: str, mtime_ns: int) -> None:
         """Put back a directory's mtime (ignored if it is gone or no longer a directory)."""
