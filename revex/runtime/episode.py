@@ -197,12 +197,12 @@ class Episode:
         for name, amount in {"actions": 1, **plan.cost}.items():
             self._used[name] = self._used.get(name, 0) + amount
 
-    def _read(self, seq: int, plan: Plan, rule: str) -> Any:
-        assert plan.apply is not None
-        common = dict(action_seq=seq, kind=plan.kind, target=plan.target, decision="allow",
-                      rule=rule, params=plan.params)
+    def _before_effect(self, seq: int, plan: Plan, common: dict[str, Any],
+                       step: Callable[[], Any]) -> Any:
+        """Run a step that has changed nothing yet (a read, or capturing a pre-image): a refusal
+        is journaled DENIED, a failure FAILED (an OSError becomes ActionFailed)."""
         try:
-            value, info = plan.apply({})
+            return step()
         except PolicyViolation as exc:
             self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
             raise
@@ -212,6 +212,13 @@ class Episode:
         except OSError as exc:
             self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise ActionFailed(f"{plan.kind} {plan.target!r} failed: {exc}") from exc
+
+    def _read(self, seq: int, plan: Plan, rule: str) -> Any:
+        apply = plan.apply
+        assert apply is not None
+        common = dict(action_seq=seq, kind=plan.kind, target=plan.target, decision="allow",
+                      rule=rule, params=plan.params)
+        value, info = self._before_effect(seq, plan, common, lambda: apply({}))
         self._journal(**common, status=Status.DONE, result=info)
         self._charge(plan)
         return value
@@ -220,17 +227,7 @@ class Episode:
         assert plan.prepare is not None and plan.apply is not None
         common = dict(action_seq=seq, kind=plan.kind, target=plan.target, decision="allow",
                       rule=rule, params=plan.params)
-        try:
-            undo = plan.prepare()
-        except PolicyViolation as exc:
-            self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
-            raise
-        except ActionFailed as exc:
-            self._journal(**common, status=Status.FAILED, error=str(exc))
-            raise
-        except OSError as exc:
-            self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-            raise ActionFailed(f"{plan.kind} {plan.target!r} failed: {exc}") from exc
+        undo = self._before_effect(seq, plan, common, plan.prepare)
         intent = self._journal(**common, status=Status.INTENT, undo=undo)
         try:
             value, post = plan.apply(undo)
