@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 REWARD_KEYS = ("reward", "reward_std")
+#: safety metrics that are counts per step (plotted on their own axis), not fractions
+COUNT_METRICS = frozenset({"safety/rollbacks", "safety/policy_denials"})
 SAFETY_PREFIX = "safety/"
 
 
@@ -161,7 +163,7 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
 
     path = Path(path)
     steps = [r["step"] for r in records if "reward" in r]
-    fig, (ax_r, ax_s) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, (ax_r, ax_s) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     if steps:
         reward = [r["reward"] for r in records if "reward" in r]
         std = [r.get("reward_std", 0.0) for r in records if "reward" in r]
@@ -182,14 +184,22 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
         ax_r.legend(loc="best")
     ax_r.set_title(title)
     safety_keys = sorted({k for r in records for k in r if k.startswith(SAFETY_PREFIX)})
+    ax_n = None
     for key in safety_keys:
         pts = [(r["step"], r[key]) for r in records if key in r]
+        if key in COUNT_METRICS:  # a count per step, not a fraction: its own axis
+            ax_n = ax_n or ax_s.twinx()
+            ax_n.plot([p[0] for p in pts], [p[1] for p in pts], color="grey", linestyle="--",
+                      label=f"{key.removeprefix(SAFETY_PREFIX)} (count, right axis)")
+            ax_n.set_ylabel("count per step")
+            ax_n.legend(loc="upper right", fontsize="x-small")
+            continue
         ax_s.plot([p[0] for p in pts], [p[1] for p in pts], marker=".",
                   label=key.removeprefix(SAFETY_PREFIX))
     ax_s.set_ylabel("fraction of completions")
     ax_s.set_xlabel("step")
     if safety_keys:
-        ax_s.legend(loc="best", fontsize="small", ncol=2)
+        ax_s.legend(loc="upper left", fontsize="x-small", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
