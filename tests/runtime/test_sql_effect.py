@@ -167,6 +167,28 @@ def test_undo_after_drift_raises_naming_table_and_key(db_url: str, state_dir: Pa
     assert canonical_dump(db_url) == before
 
 
+def test_drift_on_a_row_only_an_older_action_touched_changes_nothing(
+        db_url: str, state_dir: Path, workspace: Path) -> None:
+    create_schema(db_url)
+    before = canonical_dump(db_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        with rt.episode(workspace=workspace, databases={"app": db_url},
+                        on_exit="commit") as ep:
+            ep.sql("app").execute("UPDATE parent SET name = 'older' WHERE id = 1")
+            ep.sql("app").execute("UPDATE parent SET name = 'newer' WHERE id = 2")
+        engine = create_engine(db_url, poolclass=NullPool)
+        with engine.begin() as conn:  # someone else changes the row of the OLDER action
+            conn.execute(text("UPDATE parent SET name = 'human' WHERE id = 1"))
+        engine.dispose()
+        drifted = canonical_dump(db_url)
+        with pytest.raises(ConflictError) as info:
+            rt.undo(ep.id)
+        assert "table parent key (id=1)" in str(info.value)
+        assert canonical_dump(db_url) == drifted  # not even the newer action was undone
+        assert rt.undo(ep.id, force=True) == 2
+    assert canonical_dump(db_url) == before
+
+
 # ---- API -------------------------------------------------------------------------------------
 
 def test_connection_core_statements_are_journaled_and_undone(

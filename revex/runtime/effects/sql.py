@@ -17,6 +17,7 @@ post-images, put the pre-images back, delete the marker.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -153,16 +154,33 @@ class SqlEffect:
     # ---- backward half -----------------------------------------------------------------------
 
     def check_undo(self, items: Sequence[UndoItem]) -> list[str]:
+        """Drift on every row any of ``items`` touched, checked before anything is undone.
+
+        For each table the row changes of all its actions are composed (oldest first) into the
+        net change the episode made, so a row only an older action touched is checked too. A
+        table with DDL among its actions is checked against its newest action.
+        """
         out: list[str] = []
-        seen: set[tuple[str, str]] = set()
-        for item in items:  # newest first: only the newest action on a table is checked here
+        by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        newest: dict[tuple[str, str], UndoItem] = {}
+        with_ddl: set[tuple[str, str]] = set()
+        for item in items:  # newest first
             info = _info(item)
-            db = self.database(info["db"])
-            if db.savepoint_live(info):
+            if self.database(info["db"]).savepoint_live(info):
                 continue
-            fresh = {t for t in _touched(info) if (info["db"], t) not in seen}
-            seen.update((info["db"], t) for t in _touched(info))
-            out.extend(f"{item.describe()}: {line}" for line in db.drift(info, only=fresh))
+            for table in _touched(info):
+                key = (info["db"], table)
+                by_table.setdefault(key, []).append(info)
+                newest.setdefault(key, item)
+                if info.get("ddl"):
+                    with_ddl.add(key)
+        for (name, table), infos in by_table.items():
+            info = infos[0]
+            if len(infos) > 1 and (name, table) not in with_ddl:
+                net = _compose([i.get("changes", {}).get(table) for i in reversed(infos)])
+                info = {**info, "changes": {table: net}}
+            lines = self.database(name).drift(info, only={table})
+            out.extend(f"{newest[(name, table)].describe()}: {line}" for line in lines)
         return out
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
@@ -178,6 +196,26 @@ class SqlEffect:
         if not info.get("db") or info["db"] not in self.urls:
             return None
         return self.database(info["db"]).probe(info)
+
+
+def _compose(changes: Sequence[dict[str, list[str]] | None]) -> dict[str, list[str]]:
+    """The net change of several row changes of one table, oldest first, as multisets."""
+    present: Counter[str] = Counter()
+    absent: Counter[str] = Counter()
+    for change in changes:
+        if not change:
+            continue
+        for image in change["removed"]:
+            if present[image]:
+                present[image] -= 1
+            else:
+                absent[image] += 1
+        for image in change["added"]:
+            if absent[image]:
+                absent[image] -= 1
+            else:
+                present[image] += 1
+    return {"removed": list((+absent).elements()), "added": list((+present).elements())}
 
 
 def _info(item: UndoItem) -> dict[str, Any]:
