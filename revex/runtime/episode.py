@@ -290,16 +290,12 @@ class Episode:
                                        language)
         with result:
             if result.changes and apply_changes:
-                outcome = apply_change_set(self, result, f"exec#{self._action_seq_of_run}")
+                outcome = apply_change_set(self, result, f"exec#{self._action_seq}")
                 result.changes_applied = outcome.applied
                 result.changes_refused = outcome.refused
             else:
                 result.changes_applied = False
         return result
-
-    @property
-    def _action_seq_of_run(self) -> int:
-        return self._action_seq
 
     def run_tests(self, solution: str, tests: str, entry_point: str, *,
                   limits: Limits | None = None) -> TestReport:

@@ -20,7 +20,7 @@ from revex.errors import ActionFailed, PolicyViolation
 from revex.policies.model import Decision
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
-from revex.runtime.effects.workspace import normalize, parent_of
+from revex.runtime.effects.workspace import normalize
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, FileChange, SandboxBackend
 
 if TYPE_CHECKING:
@@ -185,4 +185,4 @@ def _apply_one(ep: Episode, fx: FileEffect, result: ExecResult, change: FileChan
     _act(ep, lambda f: f.write(rel, data, mode=change.mode or None), "fs.write", rel, source)
 
 
-__all__ = ["ChangeOutcome", "apply_changes", "exec_attrs", "parent_of", "run_plan"]
+__all__ = ["ChangeOutcome", "apply_changes", "exec_attrs", "run_plan"]

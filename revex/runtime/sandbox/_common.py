@@ -4,6 +4,7 @@ input files, and turning a supervised run into an :class:`ExecResult`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import secrets
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox._supervise import Supervised
@@ -250,3 +252,14 @@ class SpawnedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def take_json_line(buf: bytearray) -> dict[str, Any]:
+    """Remove the first line from ``buf`` (which must hold a newline) and decode it as a JSON
+    object. Raises ValueError when it is not one."""
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    msg = json.loads(line)
+    if type(msg) is not dict:
+        raise ValueError("not a JSON object")
+    return msg

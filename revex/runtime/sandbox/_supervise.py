@@ -38,6 +38,17 @@ class Supervised:
     rusage: resource.struct_rusage | None
 
 
+def feed(fd: int, pending: memoryview) -> memoryview:
+    """Write the next chunk of ``pending`` to a non-blocking pipe; returns what is left
+    (nothing once the reader has gone)."""
+    try:
+        return pending[os.write(fd, pending[:_CHUNK]):]
+    except BlockingIOError:
+        return pending
+    except BrokenPipeError:
+        return pending[:0]
+
+
 def supervise(
     proc: subprocess.Popen[bytes],
     stdin: bytes,
@@ -106,13 +117,7 @@ def supervise(
                 if fd == pidfd:
                     continue  # the wait4 at the top of the loop reaps it
                 if fd == in_fd:
-                    try:
-                        n = os.write(fd, pending[:_CHUNK])
-                        pending = pending[n:]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending = pending[:0]
+                    pending = feed(fd, pending)
                     if not pending:
                         sel.unregister(fd)
                         proc.stdin.close()

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from revex.errors import ConfigError, SandboxError
+from revex.runtime.sandbox._common import take_json_line
 from revex.runtime.sandbox.base import (
     ExecSpec,
     InteractiveBackend,
@@ -193,15 +194,10 @@ class _Session:
                 self._buf += chunk
                 if len(self._buf) > _MAX_LINE:
                     raise SolutionGone("reply too large")
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
         try:
-            msg = json.loads(line)
+            return take_json_line(self._buf)
         except ValueError as exc:
             raise SolutionGone("malformed reply") from exc
-        if type(msg) is not dict:
-            raise SolutionGone("malformed reply")
-        return msg
 
     def call(self, name: str, args: tuple[Any, ...]) -> Any:
         """Call ``name(*args)`` in the sandbox and return the decoded plain value.

@@ -56,7 +56,7 @@ from typing import Any
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox import _cgroup, _common
-from revex.runtime.sandbox._supervise import Supervised
+from revex.runtime.sandbox._supervise import Supervised, feed
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, Limits
 from revex.runtime.sandbox.nsjail import SECCOMP_POLICY, NsjailBackend, _strip_nsjail_log
 
@@ -140,15 +140,10 @@ class _Zygote:
             if not chunk:
                 raise _ZygoteGone("the zygote exited")
             self._buf += chunk
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
         try:
-            msg = json.loads(line)
+            return _common.take_json_line(self._buf)
         except ValueError as exc:
             raise _ZygoteGone("malformed message") from exc
-        if type(msg) is not dict:
-            raise _ZygoteGone("malformed message")
-        return msg
 
     def has_message(self) -> bool:
         return b"\n" in self._buf
@@ -469,13 +464,7 @@ def _supervise(z: _Zygote, fds: tuple[int, int, int],
                     drain_until = time.monotonic() + _DRAIN_S
                     continue
                 if fd == in_w:
-                    try:
-                        n = os.write(fd, pending[:_CHUNK])
-                        pending = pending[n:]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending = pending[:0]
+                    pending = feed(fd, pending)
                     if not pending:
                         sel.unregister(fd)
                         os.close(in_w)
