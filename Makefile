@@ -9,7 +9,9 @@ STAMP := $(VENV)/.revex-installed
 
 JSON_SERVER := tests/.node/node_modules/.bin/json-server
 
-setup: $(STAMP) $(JSON_SERVER)
+VERL := tests/.verl/verl/utils/reward_score/sandbox_fusion/utils.py
+
+setup: $(STAMP) $(JSON_SERVER) $(VERL)
 
 # Re-install only when the dependency list changes. torch is pinned to the CPU wheel 2.13.0:
 # a looser spec would pull a multi-GB CUDA build.
@@ -26,6 +28,13 @@ $(JSON_SERVER):
 	  npm install --silent --no-audit --no-fund --prefix tests/.node json-server@0.17.4; \
 	else echo "warning: npm not found; the json-server HTTP tests will be skipped"; fi
 
+# verl's own SandboxFusion client code for the service tests: the wheel only (--no-deps), into a
+# git-ignored folder; verl's top-level package needs Ray and a GPU stack, so the tests load just
+# its sandbox_fusion module from there.
+$(VERL): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --target tests/.verl "verl==0.9.1" \
+	  || echo "warning: verl could not be installed; the verl client test will be skipped"
+
 demo: $(STAMP)
 	$(VENV)/bin/revex demo
 
@@ -33,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check revex tests benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP) $(JSON_SERVER) lint
+test: $(STAMP) $(JSON_SERVER) $(VERL) lint
 	$(PY) -m pytest -q
 
 # the long versions: crash loop with hundreds of kills, 1,000-run leak test

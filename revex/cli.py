@@ -225,6 +225,35 @@ def run_code(
                          else "rolled back"))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback "
+                                           "needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Sandbox runs in flight at once.")] = 16,
+    token: Annotated[str | None, typer.Option(envvar="REVEX_SERVICE_TOKEN",
+                                              help="Bearer token required on every route but "
+                                                   "the health probes.")] = None,
+    rate_per_minute: Annotated[int, typer.Option(help="Requests per minute per token "
+                                                      "(0: unlimited).")] = 0,
+    max_body_mb: Annotated[int, typer.Option(help="Largest request body in MiB.")] = 16,
+    policy: Annotated[str, typer.Option(help="Policy preset or TOML path.")] = "training",
+    sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Serve SandboxFusion's /run_code (verl), OpenRLHF's /get_reward, /v1/run_tests, health
+    and metrics over HTTP."""
+    from revex.service import ServiceConfig
+    from revex.service import serve as serve_app
+
+    config = ServiceConfig(host=host, port=port, token=token, max_concurrency=workers,
+                           rate_per_minute=rate_per_minute, max_body_bytes=max_body_mb << 20)
+    with Runtime(state_dir=state_dir, policy=policy, sandbox=sandbox) as rt:
+        err.print(f"revex serve: http://{host}:{port} ({workers} runs at once"
+                  + (", token required" if token else "") + ")")
+        serve_app(rt, config)
+
+
 eval_app = typer.Typer(help="Evaluate solutions with unforgeable test verdicts.",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
