@@ -23,10 +23,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
@@ -38,6 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from revex.errors import ConfigError, RevexError
 from revex.service import openrlhf, sandboxfusion
+from revex.service.episodes import EpisodeRegistry
+from revex.service.episodes import add_routes as add_episode_routes
 from revex.service.metrics import Metrics
 
 #: Routes anyone may call, also when a token is configured (load balancers probe them).
@@ -54,6 +59,12 @@ class ServiceConfig:
     max_concurrency: sandbox runs in flight at once; more requests wait for a slot.
     rate_per_minute: requests per minute per token (per client address without a token);
         0 means unlimited. Beyond it: 429.
+    workspace_root: where the episode API makes each episode's fresh workspace (default: a
+        new folder under the system temp dir).
+    databases: the database names episodes may use, with their URLs (clients name, never
+        give, URLs).
+    idle_timeout_s: an episode unused for this long is closed (rolled back by default).
+    max_episodes: open episodes at once.
     """
 
     host: str = "127.0.0.1"
@@ -62,9 +73,13 @@ class ServiceConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_concurrency: int = 16
     rate_per_minute: int = 0
+    workspace_root: str | None = None
+    databases: Mapping[str, str] = field(default_factory=dict)
+    idle_timeout_s: float = 900.0
+    max_episodes: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_concurrency"):
+        for name in ("max_body_bytes", "max_concurrency", "max_episodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"ServiceConfig.{name} must be a positive integer, "
@@ -199,9 +214,20 @@ def create_app(runtime: Any, config: ServiceConfig | None = None, *,
     metrics.gauge("revex_pool_slots", lambda: float(config.max_concurrency),
                   "Sandbox runs the service executes at once.")
 
-    app = FastAPI(title="revex", version=__version__,
+    root = Path(config.workspace_root or tempfile.mkdtemp(prefix="revex-serve-episodes-"))
+    registry = EpisodeRegistry(runtime, root, dict(config.databases), config.idle_timeout_s,
+                               config.max_episodes)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        for failure in await anyio.to_thread.run_sync(registry.close_all):
+            log.warning("episode.close_failed", detail=failure)
+
+    app = FastAPI(title="revex", version=__version__, lifespan=lifespan,
                   description="revex: sandboxed execution with SandboxFusion- and "
-                              "OpenRLHF-compatible routes.")
+                              "OpenRLHF-compatible routes, and a native episode API.")
+    app.state.episodes = registry
 
     async def in_pool(fn: Callable[[], Any]) -> Any:
         def counted() -> Any:
@@ -242,7 +268,9 @@ def create_app(runtime: Any, config: ServiceConfig | None = None, *,
 
     def _logged(response: Response, request: Request, start: float, who: str) -> Response:
         elapsed = time.perf_counter() - start
-        route = request.url.path if request.url.path in _KNOWN else "other"
+        # the route's template (``/v1/episodes/{episode_id}/fs``), so ids do not become labels
+        matched = request.scope.get("route")
+        route = getattr(matched, "path", None) or "other"
         metrics.observe(route, elapsed)
         metrics.inc("revex_requests_total", "HTTP requests by route and status code.",
                     route=route, code=str(response.status_code))
@@ -305,7 +333,7 @@ def create_app(runtime: Any, config: ServiceConfig | None = None, *,
                     route="/get_reward", status="scored", value=float(len(req.query)))
         return resp
 
-    _KNOWN = frozenset(getattr(r, "path", "") for r in app.routes)
+    add_episode_routes(app, registry, in_pool)
     return app
 
 
