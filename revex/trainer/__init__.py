@@ -23,6 +23,7 @@ from revex.trainer.rewards import (
     ExecutionFeedbackReward,
     TestPassReward,
 )
+from revex.trainer.spec import RevexSpec
 from revex.trainer.tasks import Task, builtin_tasks, load_humaneval, load_jsonl, load_tasks
 from revex.trainer.tiny import TinySpec, build_tiny
 from revex.trainer.train import TrainConfig, TrainResult
@@ -36,6 +37,7 @@ __all__ = [
     "ExecutionCache",
     "ExecutionFeedbackReward",
     "RevexEnv",
+    "RevexSpec",
     "Score",
     "Task",
     "TestPassReward",

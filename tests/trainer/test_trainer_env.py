@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from unittest.mock import patch
 
@@ -122,38 +121,17 @@ def test_tools_are_public_methods_with_google_docstrings() -> None:
 def test_grpo_trainer_with_environment_factory_calls_every_tool(
         runtime: Runtime, tmp_path: Path) -> None:
     """A real GRPOTrainer drives the env; generation is scripted (TRL's own test technique)."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
-    from trl.chat_template_utils import qwen2_5_chat_template
 
-    from revex.trainer.tiny import TinySpec, build_tiny
+    from tests.trainer.scripted_tools import scripted_generate, tool_model
 
-    path = build_tiny(TinySpec(warm_start_steps=0, stdlib_files=40), cache_dir=tmp_path / "m")
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.add_special_tokens({"additional_special_tokens": [
-        "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]})
-    tok.chat_template = qwen2_5_chat_template  # a template TRL knows how to parse tool calls of
-    model = AutoModelForCausalLM.from_pretrained(path)
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model, tok = tool_model(tmp_path / "m")
     calls = [("write_file", {"path": "solution.py", "content": CORRECT}),
              ("read_file", {"path": "solution.py"}), ("run_python", {"code": "print(6 * 7)"}),
              ("run_tests", {"code": CORRECT}), ("sql", {"query": "SELECT 1"}),
              ("http_request", {"method": "GET", "url": "http://example.com/", "body": ""})]
-    first_turn = "".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>"
-                         for n, a in calls) + "<|im_end|>"
-    response_id = tok.convert_tokens_to_ids("<tool_response>")
-
-    def fake_generate(input_ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        rows = []
-        for row in input_ids:
-            text = "done<|im_end|>" if (row == response_id).any() else first_turn
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            rows.append(torch.cat([row, torch.tensor(ids)]))
-        width = max(len(r) for r in rows)
-        return torch.stack([torch.cat([r, torch.full((width - len(r),), tok.pad_token_id)])
-                            for r in rows])
+    fake_generate = scripted_generate(tok, calls)
 
     env_cls = RevexEnv.bind(runtime)
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Write inc(x)."}]] * 2,
