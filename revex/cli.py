@@ -254,6 +254,40 @@ def serve(
         serve_app(rt, config)
 
 
+@app.command("mcp")
+def mcp_server(
+    workspace: Annotated[Path, typer.Option(help="Directory the agent acts in.")],
+    policy: Annotated[str, typer.Option(help="Policy preset or TOML path.")] = "default",
+    database: Annotated[list[str] | None, typer.Option(
+        help="NAME=URL of a database the sql tool may use (repeatable).")] = None,
+    on_exit: Annotated[str, typer.Option(help="rollback or commit when the session ends "
+                                              "without commit.")] = "rollback",
+    transport: Annotated[str, typer.Option(help="stdio, or http (streamable HTTP on "
+                                                "loopback).")] = "stdio",
+    port: Annotated[int, typer.Option(help="Port for --transport http.")] = 8765,
+    sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Serve an MCP server whose tools are revex actions in one episode per session."""
+    from revex.mcp import build_server
+
+    databases: dict[str, str] = {}
+    for item in database or []:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise RevexError(f"--database {item!r} must be NAME=URL, e.g. app=sqlite:///app.db")
+        databases[name] = url
+    if transport not in ("stdio", "http"):
+        raise RevexError(f"--transport must be stdio or http, not {transport!r}")
+    with Runtime(state_dir=state_dir, policy=policy, sandbox=sandbox) as rt:
+        server = build_server(rt, workspace, databases=databases,
+                              on_exit=on_exit)  # type: ignore[arg-type]
+        if transport == "stdio":
+            server.run("stdio")
+        else:
+            server.run("streamable-http", host="127.0.0.1", port=port)
+
+
 eval_app = typer.Typer(help="Evaluate solutions with unforgeable test verdicts.",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
