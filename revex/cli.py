@@ -288,6 +288,55 @@ def mcp_server(
             server.run("streamable-http", host="127.0.0.1", port=port)
 
 
+policy_app = typer.Typer(help="Validate policies and explain their decisions.",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(file: Annotated[Path, typer.Argument(help="A policy TOML file.")]) -> None:
+    """Validate a policy file; errors name the file, line and field."""
+    from revex.policies.model import Policy
+
+    if not file.is_file():
+        raise RevexError(f"{file} is not a file")
+    policy = Policy.load(file)
+    typer.echo(f"{file}: ok: policy {policy.name!r}, {len(policy.rules)} rules, "
+               f"default {policy.policy.default}")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    action: Annotated[str, typer.Argument(help="The action's attributes as JSON, e.g. "
+                                               "'{\"kind\": \"fs.write\", \"path\": \"a.py\"}', "
+                                               "or @FILE.")],
+    policy: Annotated[str, typer.Option(help="Policy preset or TOML path.")] = "default",
+) -> None:
+    """Which rule decides an action and why, with every rule that matched, in order."""
+    from revex.policies.engine import PolicyEngine
+    from revex.policies.model import Policy
+
+    text = Path(action[1:]).read_text() if action.startswith("@") else action
+    try:
+        attrs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RevexError(f"the action is not JSON: {exc}") from None
+    if not isinstance(attrs, dict) or not isinstance(attrs.get("kind"), str):
+        raise RevexError('the action must be a JSON object with a "kind", e.g. '
+                         '{"kind": "fs.write", "path": "a.py"}')
+    explanation = PolicyEngine(Policy.load(policy)).explain(attrs)
+    for line in explanation.lines():
+        typer.echo(line)
+
+
+@policy_app.command("presets")
+def policy_presets() -> None:
+    """The preset policies' rules as a Markdown table (the one in README.md)."""
+    from revex.policies.explain import preset_table
+
+    typer.echo(preset_table())
+
+
 eval_app = typer.Typer(help="Evaluate solutions with unforgeable test verdicts.",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")

@@ -11,9 +11,12 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revex.policies.model import Decision, Policy, Rule
+
+if TYPE_CHECKING:
+    from revex.policies.explain import Explanation
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,13 @@ class PolicyEngine:
         return PolicyDecision(
             self.policy.policy.default, f"{self.policy.name}:default", "no rule matched"
         )
+
+    def explain(self, attrs: Mapping[str, Any]) -> Explanation:
+        """Every rule in order with whether it matched (and the condition that did not); the
+        decision is the one :meth:`check` makes."""
+        from revex.policies.explain import explain
+
+        return explain(self.policy, attrs)
 
     def over_quota(self, used: Mapping[str, float], cost: Mapping[str, float]) -> str | None:
         """The name of the first quota that ``cost`` would exceed, with numbers; else None."""
