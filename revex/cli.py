@@ -337,6 +337,19 @@ def policy_presets() -> None:
     typer.echo(preset_table())
 
 
+@app.command()
+def report(episode: Annotated[str, typer.Argument(help="Episode id (or a unique prefix).")],
+           html: Annotated[Path, typer.Option("--html", help="Where to write the page.")],
+           state_dir: StateDir = None) -> None:
+    """Write one self-contained HTML page (timeline, diffs, rows, calls) for an episode."""
+    from revex.service.console import render_report
+
+    with _runtime(state_dir, recover=False) as rt:
+        episode_id = rt.resolve_id(episode)
+        html.write_text(render_report(rt, episode_id), encoding="utf-8")
+    typer.echo(f"wrote {html}")
+
+
 eval_app = typer.Typer(help="Evaluate solutions with unforgeable test verdicts.",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")

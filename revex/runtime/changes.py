@@ -125,7 +125,7 @@ def _bytes(runtime: Any, manifest: dict[str, Any]) -> bytes | None:
     try:
         data: bytes = runtime.store.read_bytes(manifest["sha"])
         return data
-    except (OSError, KeyError):
+    except (OSError, KeyError, RevexError):  # a post-state's bytes are not always kept
         return None
 
 
@@ -141,3 +141,30 @@ def _read(ws: Workspace, path: str, manifest: dict[str, Any]) -> bytes | None:
             return f.read(MAX_DIFF_BYTES + 1)[:MAX_DIFF_BYTES]
     finally:
         os.close(fd)
+
+
+def undo_preview(runtime: Any, episode_id: str) -> list[str]:
+    """The drift lines an undo of the episode would stop at, computed without changing
+    anything (the same all-or-nothing checks ``rt.undo`` runs first); [] when it would go
+    through. Actions whose outcome a crash left unknown are not probed here."""
+    from revex.runtime.effects.base import EffectContext, UndoItem
+    from revex.runtime.rollback import pending_items, prefix_of
+
+    info = runtime.journal.episode(episode_id)
+    if info is None:
+        return []
+    items = pending_items(runtime.journal.records(episode_id))
+    groups: dict[str, list[UndoItem]] = {}
+    for item in items:
+        groups.setdefault(prefix_of(item.intent.kind), []).append(item)
+    lines: list[str] = []
+    for prefix, group in groups.items():
+        effect = runtime.make_effect(prefix, EffectContext(episode_id, info["config"],
+                                                           runtime.store))
+        try:
+            lines.extend(effect.check_undo(group))
+        except Exception as exc:  # a preview reports what it could not check, it never fails
+            lines.append(f"cannot check the {prefix}.* actions now: {type(exc).__name__}: {exc}")
+        finally:
+            effect.close()
+    return lines

@@ -35,12 +35,12 @@ from typing import Any, TextIO
 import anyio
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from revex.errors import ConfigError, RevexError
-from revex.service import openrlhf, sandboxfusion
+from revex.service import console, openrlhf, sandboxfusion
 from revex.service.episodes import EpisodeRegistry
 from revex.service.episodes import add_routes as add_episode_routes
 from revex.service.metrics import Metrics
@@ -249,7 +249,14 @@ def create_app(runtime: Any, config: ServiceConfig | None = None, *,
         path = request.url.path
         who = request.client.host if request.client else "-"
         response: Response
-        if config.token and path not in OPEN_ROUTES:
+        if config.token and path.startswith("/ui"):
+            # the console: a browser carries the token in a cookie (console.py); the login
+            # form is open, and undo checks the token itself
+            if path != "/ui/login" and not path.endswith("/undo") and not \
+                    console.authenticated(request, config.token):
+                return _logged(RedirectResponse("/ui/login", status_code=303), request, start,
+                               who)
+        elif config.token and path not in OPEN_ROUTES:
             given = request.headers.get("authorization", "")
             expected = f"Bearer {config.token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -334,6 +341,7 @@ def create_app(runtime: Any, config: ServiceConfig | None = None, *,
         return resp
 
     add_episode_routes(app, registry, in_pool)
+    console.add_routes(app, runtime, config.token)
     return app
 
 
