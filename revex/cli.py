@@ -414,6 +414,44 @@ def eval_humaneval(
                   f"results in {out}")
 
 
+@eval_app.command("model")
+def eval_model(
+    model: Annotated[Path, typer.Argument(help="A model directory saved with save_pretrained "
+                                               "(e.g. revex train --save-model's output/model).")],
+    tasks: Annotated[str, typer.Option(help="builtin, humaneval or a JSONL path.")] = "builtin",
+    k: Annotated[int, typer.Option(help="k of pass@k.")] = 4,
+    samples: Annotated[int, typer.Option(help="Sampled completions per task (n).")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per completion.")] = 24,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature for pass@k.")] = 0.7,
+    state_dir: StateDir = None,
+) -> None:
+    """pass@1 (greedy) and pass@k (sampled) of a saved model, judged in the sandbox."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from revex.trainer.evaluate import evaluate
+    from revex.trainer.rewards import TestPassReward
+    from revex.trainer.tasks import load_tasks
+
+    if not (model / "config.json").is_file():
+        raise RevexError(f"{model} is not a saved model directory (no config.json)")
+    if not 1 <= k <= samples:
+        raise RevexError(f"need 1 <= k <= samples, got k={k}, samples={samples}")
+    task_list = load_tasks(tasks)
+    tok = AutoTokenizer.from_pretrained(model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(model)
+    state = state_dir or Path(tempfile.mkdtemp(prefix="revex-eval-state-"))
+    with Runtime(state_dir=state, policy="training", audit=None) as rt:
+        result = evaluate(lm, tok, task_list, TestPassReward(rt, reward_mode="all_pass"), k=k,
+                          samples=samples, max_new_tokens=max_new_tokens,
+                          temperature=temperature)
+    typer.echo(f"{result.tasks} tasks: pass@1 {result.pass_at_1:.4f}, "
+               f"pass@{result.k} {result.pass_at_k:.4f}")
+
+
 @app.command()
 def demo(keep: Annotated[bool, typer.Option(help="Keep the temporary directory.")] = False
          ) -> None:

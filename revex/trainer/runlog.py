@@ -18,6 +18,7 @@ REWARD_KEYS = ("reward", "reward_std")
 #: safety metrics that are counts per step (plotted on their own axis), not fractions
 COUNT_METRICS = frozenset({"safety/rollbacks", "safety/policy_denials"})
 SAFETY_PREFIX = "safety/"
+EVAL_PREFIX = "eval/"
 
 
 def _make_callback_base() -> type:
@@ -130,6 +131,9 @@ def summarize(records: Sequence[Mapping[str, float]], window: int = 5) -> dict[s
     for key in safety_keys:
         vals = [r[key] for r in records if key in r]
         summary[f"{key}_mean"] = sum(vals) / len(vals)
+    for key in sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX)}):
+        vals = [r[key] for r in records if key in r]
+        summary[f"{key}_first"], summary[f"{key}_last"] = vals[0], vals[-1]
     return summary
 
 
@@ -176,12 +180,23 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
         ax_r.fill_between(steps, [m - s for m, s in zip(reward, std, strict=True)],
                           [m + s for m, s in zip(reward, std, strict=True)], alpha=0.2,
                           label="± std")
+    for key in sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX)}):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax_r.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-.",
+                  label=f"held-out {key.removeprefix(EVAL_PREFIX)}")
+    components = sorted({k for r in records for k in r
+                         if k.startswith("rewards/") and k.endswith("/mean")})
+    if len(components) > 1:  # weighted multi-objective run: each component on its own line
+        for key in components:
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            ax_r.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=0.8, alpha=0.7,
+                      label=key.removeprefix("rewards/").removesuffix("/mean"))
     loss_steps = [r["step"] for r in records if "loss" in r]
     if loss_steps and not steps:
         ax_r.plot(loss_steps, [r["loss"] for r in records if "loss" in r], label="loss")
     ax_r.set_ylabel("reward")
-    if steps or loss_steps:
-        ax_r.legend(loc="best")
+    if ax_r.get_legend_handles_labels()[0]:
+        ax_r.legend(loc="best", fontsize="x-small")
     ax_r.set_title(title)
     safety_keys = sorted({k for r in records for k in r if k.startswith(SAFETY_PREFIX)})
     ax_n = None

@@ -30,6 +30,8 @@ class Task:
     tests: Python source that checks the function (asserts, or ``def check(candidate)``).
     entry_point: the name of the function under test.
     reference: a completion of ``prompt`` that passes ``tests``, if known.
+    difficulty: for the ``difficulty`` curriculum (lower is easier); built-in tasks use the
+        length of their reference body, JSONL rows a numeric ``difficulty`` field.
     """
 
     task_id: str
@@ -37,6 +39,7 @@ class Task:
     tests: str
     entry_point: str
     reference: str | None = None
+    difficulty: float | None = None
 
 
 # (name, args, docstring, reference body, asserts). Kept deliberately easy and short: the tiny
@@ -120,6 +123,7 @@ def builtin_tasks() -> list[Task]:
                 tests="".join(f"assert {a}\n" for a in asserts),
                 entry_point=name,
                 reference=f"    {body}\n",
+                difficulty=float(len(body)),
             )
         )
     return tasks
@@ -172,12 +176,18 @@ def _task_from_row(row: Any, where: str, index: int) -> Task:
         raise ConfigError(f"{where}: entry_point {row['entry_point']!r} is not a Python identifier")
     if not row["prompt"].strip() or not row["tests"].strip():
         raise ConfigError(f"{where}: prompt and tests must not be empty")
+    difficulty = row.get("difficulty")
+    if difficulty is not None and (isinstance(difficulty, bool)
+                                   or not isinstance(difficulty, int | float)):
+        raise ConfigError(f"{where}: field 'difficulty' must be a number, "
+                          f"got {type(difficulty).__name__}")
     return Task(
         task_id=row.get("task_id") or f"row{index}",
         prompt=row["prompt"],
         tests=row["tests"],
         entry_point=row["entry_point"],
         reference=row.get("reference"),
+        difficulty=float(difficulty) if difficulty is not None else None,
     )
 
 

@@ -39,7 +39,7 @@ from revex.trainer.runlog import RunRecorder, plot_run, summarize, write_run_log
 from revex.trainer.tasks import Task, load_tasks, to_dataset
 
 ALGORITHMS = ("grpo", "rloo", "dpo")
-REWARDS = ("test_pass", "exec_feedback", "code_quality", "efficiency")
+REWARDS = ("test_pass", "exec_feedback", "code_quality", "efficiency", "safety")
 
 
 @dataclass
@@ -92,9 +92,11 @@ class TrainConfig:
     dpo_max_pairs_per_prompt: int = 4
     """At most this many (chosen, rejected) pairs per prompt."""
     rewards: str = "test_pass"
-    """Comma-separated reward functions: test_pass (always first), exec_feedback,
-    code_quality, efficiency (needs a reference column); all execution goes through the
-    runtime."""
+    """Comma-separated reward components, each optionally weighted as name:weight (TRL's
+    reward_weights), e.g. test_pass:1.0,exec_feedback:0.2,code_quality:0.1,safety:0.5. Names:
+    test_pass (required), exec_feedback, code_quality, efficiency (needs a reference column),
+    safety (in [-1, 0]: refusals, denied actions, reward hacks, high-severity bandit findings).
+    Each component is logged on its own; all execution goes through the runtime."""
     reward_mode: str = "pass_rate"
     """"pass_rate" (fraction of tests passed) or "all_pass" (1 only if every test passes)."""
     wall_s: float = 5.0
@@ -119,6 +121,33 @@ class TrainConfig:
     """Steps averaged for the first-vs-last reward summary."""
     progress: bool = True
     """Show a rich progress bar."""
+    curriculum: str = "off"
+    """Task order: "off" (shuffled), "difficulty" (easy first, by the tasks' difficulty) or
+    "pass_rate" (draw more of the tasks the model sometimes solves)."""
+    eval_every: int = 0
+    """Evaluate pass@1 (greedy) and pass@k (sampled) on the held-out tasks every N steps, at
+    the start and at the end (0: no evaluation, no held-out split)."""
+    eval_fraction: float = 0.25
+    """Share of the tasks held out for evaluation when eval_every > 0."""
+    eval_k: int = 4
+    """k of pass@k."""
+    eval_samples: int = 8
+    """Completions sampled per held-out task for pass@k (n of the unbiased estimator)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimizer step (the batch per step stays
+    prompts_per_step x num_generations)."""
+    save_steps: int = 0
+    """Save a checkpoint every N steps into output_dir (0: only the final model when
+    save_model is on)."""
+    save_model: bool = False
+    """Save the trained model and tokenizer to output_dir/model at the end (load it with
+    --model, or evaluate it with `revex eval model`)."""
+    resume: bool = False
+    """Resume from the last checkpoint in output_dir (needs save_steps)."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    lora_r: int = 8
+    """LoRA rank."""
 
     def validate(self) -> None:
         """Check every field.
@@ -152,6 +181,25 @@ class TrainConfig:
                               f"{self.top_p!r}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
+        if self.curriculum not in ("off", "difficulty", "pass_rate"):
+            raise ConfigError(f"curriculum must be 'off', 'difficulty' or 'pass_rate', "
+                              f"got {self.curriculum!r}")
+        for name in ("eval_every", "save_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("eval_k", "eval_samples", "gradient_accumulation_steps", "lora_r"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.eval_k > self.eval_samples:
+            raise ConfigError(f"eval_k ({self.eval_k}) must be <= eval_samples "
+                              f"({self.eval_samples})")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction!r}")
+        if self.resume and not self.save_steps:
+            raise ConfigError("resume needs save_steps > 0 (checkpoints to resume from)")
+        self.reward_weights()  # parses name:weight, raising ConfigError
         unknown = set(self.reward_names()) - set(REWARDS)
         if unknown or "test_pass" not in self.reward_names():
             raise ConfigError(f"rewards must include test_pass and be among "
@@ -165,8 +213,32 @@ class TrainConfig:
 
 
     def reward_names(self) -> list[str]:
-        """The names in ``rewards``, in order."""
-        return [name.strip() for name in self.rewards.split(",") if name.strip()]
+        """The names in ``rewards``, in order (weights stripped)."""
+        return [item.split(":", 1)[0].strip() for item in self.rewards.split(",")
+                if item.strip()]
+
+    def reward_weights(self) -> list[float]:
+        """The weight of each reward in ``rewards`` (1.0 where none is given).
+
+        Raises:
+            ConfigError: a weight that is not a finite number.
+        """
+        import math
+
+        weights = []
+        for item in self.rewards.split(","):
+            if not item.strip():
+                continue
+            name, sep, weight = item.partition(":")
+            try:
+                value = float(weight) if sep else 1.0
+            except ValueError:
+                raise ConfigError(f"reward weight {weight!r} of {name.strip()!r} is not a "
+                                  "number; write name:weight, e.g. exec_feedback:0.2") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"reward weight of {name.strip()!r} must be finite")
+            weights.append(value)
+        return weights
 
 
 def field_docs(cls: type = TrainConfig) -> dict[str, str]:
@@ -245,12 +317,16 @@ def _common_args(config: TrainConfig, on_gpu: bool) -> dict[str, Any]:
         "lr_scheduler_type": config.lr_scheduler_type, "warmup_steps": config.warmup_steps,
         "num_generations": config.num_generations,
         "max_completion_length": config.max_completion_length,
-        "per_device_train_batch_size": config.prompts_per_step * config.num_generations,
+        "per_device_train_batch_size": (config.prompts_per_step * config.num_generations
+                                        // config.gradient_accumulation_steps),
         "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
         "beta": config.beta, "logging_steps": 1,
         "mask_truncated_completions": config.mask_truncated_completions,
         "num_iterations": config.num_iterations,
-        "save_strategy": "no", "report_to": "none", "gradient_checkpointing": False,
+        "save_strategy": "steps" if config.save_steps else "no",
+        "save_steps": config.save_steps or 500,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "report_to": "none", "gradient_checkpointing": False,
         "disable_tqdm": True, "use_cpu": not on_gpu, "bf16": on_gpu,
     }
 
@@ -280,12 +356,22 @@ def build_rewards(config: TrainConfig, runner: TestRunner, reward: TestPassRewar
         elif name == "efficiency":
             funcs.append(EfficiencyReward(runner, limits=limits, cache=cache,
                                           concurrency=config.concurrency))
+        elif name == "safety":
+            from revex.trainer.safety import SafetyReward
+
+            funcs.append(SafetyReward(runner, limits=limits, cache=cache,
+                                      concurrency=config.concurrency,
+                                      reward_mode=config.reward_mode))
     return funcs
 
 
 def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks: list[Task],
-                         reward_funcs: list[Any], recorder: RunRecorder, on_gpu: bool) -> None:
-    """GRPO or RLOO through TRL, with the runtime-backed reward."""
+                         reward_funcs: list[Any], recorder: RunRecorder, on_gpu: bool,
+                         callbacks: list[Any]) -> None:
+    """GRPO or RLOO through TRL, with the runtime-backed rewards (weighted), the curriculum
+    and the evaluation callback."""
+    from revex.trainer.curriculum import PassRateTracker, curriculum_sampler
+
     if config.algorithm == "grpo":
         from trl import GRPOConfig as ArgsCls
         from trl import GRPOTrainer as TrainerCls
@@ -293,13 +379,48 @@ def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks:
         from trl import RLOOConfig as ArgsCls  # type: ignore[assignment]
         from trl import RLOOTrainer as TrainerCls  # type: ignore[assignment]
     args = _common_args(config, on_gpu)
+    args["reward_weights"] = config.reward_weights()
     if config.algorithm == "grpo":
         args["loss_type"] = config.loss_type
-    trainer = TrainerCls(model=model, reward_funcs=reward_funcs, args=ArgsCls(**args),
-                         train_dataset=to_dataset(tasks), processing_class=tokenizer,
-                         callbacks=[recorder.callback()])
+    if config.curriculum == "difficulty":
+        tasks = sorted(tasks, key=lambda t: (t.difficulty is None, t.difficulty or 0.0))
+        args["shuffle_dataset"] = False
+    tracker = None
+    if config.curriculum == "pass_rate":
+        tracker = PassRateTracker(reward_funcs[0], [t.prompt for t in tasks])
+        reward_funcs = [tracker, *reward_funcs[1:]]
+    trainer_cls = TrainerCls
+    if tracker is not None:
+        base_cls, sampler_tracker = TrainerCls, tracker
+
+        class _CurriculumTrainer(base_cls):  # type: ignore[misc, valid-type]
+            def _get_train_sampler(self, dataset: Any = None) -> Any:
+                return curriculum_sampler(super()._get_train_sampler(dataset),
+                                          sampler_tracker, config.seed)
+
+        trainer_cls = _CurriculumTrainer
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=ArgsCls(**args),
+                          train_dataset=to_dataset(tasks), processing_class=tokenizer,
+                          callbacks=[recorder.callback(), *callbacks], peft_config=peft_config)
     _quiet(trainer)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=_last_checkpoint(config) if config.resume else None)
+    if config.save_model:
+        trainer.save_model(str(Path(config.output_dir) / "model"))
+        tokenizer.save_pretrained(str(Path(config.output_dir) / "model"))
+
+
+def _last_checkpoint(config: TrainConfig) -> str | None:
+    """The newest ``checkpoint-N`` in output_dir, or None (training starts fresh)."""
+    found = sorted(Path(config.output_dir).glob("checkpoint-*"),
+                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit()
+                   else -1)
+    return str(found[-1]) if found else None
 
 
 def _quiet(trainer: Any) -> None:
@@ -402,16 +523,36 @@ def _train(config: TrainConfig, runner: TestRunner, tasks: list[Task],
                            description=config.algorithm)
     reward = TestPassReward(runner, limits=_limits(config), concurrency=config.concurrency,
                             reward_mode=config.reward_mode)
+    held_out: list[Task] = []
+    callbacks: list[Any] = []
+    if config.eval_every:
+        from revex.trainer.evaluate import eval_callback, evaluate, split_tasks
+
+        tasks, held_out = split_tasks(tasks, config.eval_fraction, config.seed)
+        eval_reward = TestPassReward(runner, limits=_limits(config),
+                                     concurrency=config.concurrency, reward_mode="all_pass")
+
+        def evaluate_now(m: Any) -> Any:
+            return evaluate(m, tokenizer, held_out, eval_reward, k=config.eval_k,
+                            samples=config.eval_samples,
+                            max_new_tokens=config.max_completion_length,
+                            temperature=config.temperature, seed=config.seed,
+                            top_k=config.top_k, top_p=config.top_p)
+
+        recorder.add(0, evaluate_now(model).metrics())  # the untrained model
+        callbacks.append(eval_callback(config.eval_every, evaluate_now, recorder))
     if config.algorithm == "dpo":
         _run_dpo(config, reward, model, tokenizer, tasks, recorder, on_gpu)
     else:
         _run_policy_gradient(config, model, tokenizer, tasks,
-                             build_rewards(config, runner, reward), recorder, on_gpu)
+                             build_rewards(config, runner, reward), recorder, on_gpu,
+                             callbacks)
 
     summary = summarize(recorder.records, config.window)
     log_path = write_run_log(output_dir / "run_log.json",
                              config={**dataclasses.asdict(config), "model_path": model_path,
-                                     "skipped_tasks": skipped},
+                                     "skipped_tasks": skipped,
+                                     "held_out_tasks": [t.task_id for t in held_out]},
                              records=recorder.records, summary=summary)
     plot_path = plot_run(output_dir / "run_log.png", recorder.records,
                          title=f"{config.algorithm} on {config.tasks} ({config.model})")
