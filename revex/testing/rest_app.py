@@ -14,7 +14,13 @@ endpoints with the awkward shapes real services have:
 - ``?delay=s`` on a mutation: sleeps *after* applying it (a slow or timed-out response); not
   on reads nor on requests whose Idempotency-Key ends in ``-undo`` (revex's compensations);
   ``X-Delay-Once: s`` sleeps only the first time a given Idempotency-Key is seen;
-- ``GET /fail?status=503``: a failing response.
+- ``GET /fail?status=503``: a failing response;
+- ``/tickets``: DELETE is a soft delete (204, but the ticket stays readable with
+  ``"deleted": true``), so an undo that trusts the status code alone would be wrong;
+- ``/docs``: every write sets a server-managed ``revision`` (old + 1), so a restored pre-image
+  never reads back exactly;
+- ``DELETE /users/{id}`` cascades: the server also deletes every ``/memberships`` item whose
+  ``userId`` is that id (invisible in the DELETE's response).
 
 ``create_app(token="t")`` requires ``Authorization: Bearer t`` everywhere. :func:`serve` runs an
 app with uvicorn in a thread on a free loopback port::
@@ -187,6 +193,7 @@ def create_app(token: str | None = None) -> FastAPI:
             item = {**body, "id": nid}
             if coll == "payments":
                 item["status"] = "captured"
+            item = _server_managed(coll, None, item)
             items[nid] = item
         if request.query_params.get("fail"):
             return _json(500, {"error": "stored, then failed"})
@@ -200,7 +207,7 @@ def create_app(token: str | None = None) -> FastAPI:
         if refused is not None:
             return refused
         status = 200 if iid in items else 201
-        item = {**body, "id": iid}
+        item = _server_managed(coll, items.get(iid), {**body, "id": iid})
         items[iid] = item
         return _json(status, item, {"etag": etag_of(item)})
 
@@ -212,7 +219,8 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items[iid])
         if refused is not None:
             return refused
-        item = {**items[iid], **(await request.json()), "id": iid}
+        item = _server_managed(coll, items[iid], {**items[iid], **(await request.json()),
+                                                  "id": iid})
         items[iid] = item
         return _json(200, item, {"etag": etag_of(item)})
 
@@ -224,10 +232,25 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items[iid])
         if refused is not None:
             return refused
+        if coll == "tickets":
+            items[iid] = {**items[iid], "deleted": True}
+            return _json(204, None)
         del items[iid]
+        if coll == "users":
+            members = state.collections.get("memberships", {})
+            for mid in [m for m, item in members.items() if item.get("userId") == iid]:
+                del members[mid]
         return _json(204, None)
 
     return app
+
+
+def _server_managed(coll: str, old: dict[str, Any] | None, item: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Fields the server sets itself, whatever the client sent."""
+    if coll == "docs":
+        return {**item, "revision": int((old or {}).get("revision", 0)) + 1}
+    return item
 
 
 def free_port() -> int:

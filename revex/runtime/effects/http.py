@@ -9,13 +9,15 @@ Each request is classified before it is sent:
 - ``compensable`` (declared): the compensating request is computed from the actual response
   and journaled in DONE; undo sends it.
 - ``reversible`` (POST/PUT/PATCH/DELETE on a plain JSON API): the pre-image of the URL (a GET,
-  journaled in INTENT before the request leaves) or, for POST, the ids of the collection; after
-  the call, the representation it left (see :mod:`http_inverse`).
+  journaled in INTENT before the request leaves; for POST also the ids of the collection, as
+  the target may be a singular resource the POST replaces) and of each declared cascade; after
+  the call, the representation it left (see :mod:`http_inverse`). Every restore is verified.
 
 Forward and compensating requests carry ``Idempotency-Key: revex-<episode>-<action>`` (``-undo``
-for the inverse), so a retry or a re-send after a crash does not apply twice where the server
-honours keys. Modes (episode option ``http_mode``): ``live``, ``record``, ``replay`` (no network),
-``dry_run`` (compensable and irreversible calls are not sent; a synthetic 200 comes back).
+for the inverse, ``-<n>-undo`` for the n-th further resource it restores), so a retry or a
+re-send after a crash does not apply twice where the server honours keys. Modes (episode
+option ``http_mode``): ``live``, ``record``, ``replay`` (no network), ``dry_run`` (compensable
+and irreversible calls are not sent; a synthetic 200 comes back).
 """
 
 from __future__ import annotations
@@ -41,12 +43,18 @@ from revex.runtime.effects.http_inverse import (
     Representations,
     Restorer,
     absent,
+    is_absent,
+    resource_key,
+    same_resource,
 )
 from revex.runtime.effects.http_secrets import Secrets
 from revex.runtime.effects.http_wire import NotSent, Wire
 from revex.runtime.journal import Record
 
 KIND = "http.request"
+UNVERIFIED_COMPENSATION = (
+    "a declared compensation: its undo sends the compensating request and requires a 2xx "
+    "answer, but the compensated state cannot be re-read and compared with a pre-image")
 _NOT_FORWARDED = frozenset({"host", "content-length", "connection", "accept-encoding",
                             "transfer-encoding"})
 # headers that belong to one request, not to the caller's identity (kept off probes and undo)
@@ -95,7 +103,7 @@ class HttpEffect:
         self.wire = Wire(self.opts.mode, self.secrets, timeout=self.opts.timeout,
                          cassette=cassette)
         self.reps = Representations(ctx.store)
-        self.restorer = Restorer(self.reps, self.wire.send)
+        self.restorer = Restorer(self.reps, self.wire.send, self.opts.id_field)
         # identity headers as sent (placeholders, not values) by action, for probes and undo in
         # this process; the journal holds them redacted for other processes
         self._identity: dict[int, dict[str, str]] = {}
@@ -114,6 +122,8 @@ class HttpEffect:
         found = self.comp.find(method, host, port, url.path)
         op = found[0] if found else None
         klass = classify(method, op)
+        cascades = self.comp.cascades_for(method, host, port, url.path) \
+            if klass == "reversible" else []
         dry = self.opts.mode == "dry_run" and klass in ("irreversible", "compensable")
         key = f"revex-{self.episode_id}-{action_seq}"
         headers = {k.lower(): v for k, v in request.headers.items()
@@ -134,7 +144,7 @@ class HttpEffect:
                   "idempotency_key": headers.get("idempotency-key"),
                   **({"operation": op.name} if op else {}), **({"dry_run": True} if dry else {})}
         forward = _Forward(self, wire, op, found[1] if found else {}, klass, dry, key,
-                           identity, timeout)
+                           identity, timeout, cascades)
         return Plan(kind=KIND, target=target, attrs=attrs, params=params,
                     cost={"http_calls": 1}, prepare=forward.prepare, apply=forward.apply,
                     cleanup=forward.cleanup, read_only=klass == "read")
@@ -150,7 +160,8 @@ class HttpEffect:
         return {k: v for k, v in journaled.items() if v != "***"}
 
     def check_undo(self, items: Sequence[UndoItem]) -> list[str]:
-        """Drift lines, checking each URL once (against the newest action that touched it)."""
+        """Drift lines, checking each resource once (against the newest action that touched
+        it); a resource is its scheme, host and path (:func:`resource_key`), not the query."""
         lines: list[str] = []
         seen: set[str] = set()
         for item in items:
@@ -163,9 +174,9 @@ class HttpEffect:
                 continue
             headers = self._headers_for(item.intent)
             for url, target in post.get("targets", {}).items():
-                if url in seen:
+                if resource_key(url) in seen:
                     continue
-                seen.add(url)
+                seen.add(resource_key(url))
                 line = self.restorer.drift(url, target, headers)
                 if line:
                     lines.append(f"{item.describe()}: {line}")
@@ -200,8 +211,9 @@ class HttpEffect:
                 return
             raise ConflictError(f"{item.describe()}: what it did could not be determined; "
                                 "force=True skips it", [item.describe()])
-        for url, target in reversed(list(post.get("targets", {}).items())):
-            self.restorer.restore(url, target, headers, key, force=force,
+        targets = list(post.get("targets", {}).items())
+        for i, (url, target) in reversed(list(enumerate(targets))):
+            self.restorer.restore(url, target, headers, undo_key(key, i), force=force,
                                   label=item.describe())
 
     def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
@@ -219,6 +231,13 @@ class HttpEffect:
         return post
 
 
+def undo_key(key: str, index: int) -> str:
+    """The idempotency key restoring the ``index``-th resource of an action: one key per
+    resource, so a server that de-duplicates keys does not answer the second restore with the
+    first one's response."""
+    return key if index == 0 else f"{key.removesuffix('-undo')}-{index}-undo"
+
+
 def classify(method: str, op: Operation | None) -> str:
     if method in SAFE_METHODS:
         return "read"
@@ -234,8 +253,10 @@ class _Forward:
 
     def __init__(self, fx: HttpEffect, request: WireRequest, op: Operation | None,
                  path_params: dict[str, str], klass: str, dry: bool, key: str,
-                 identity: dict[str, str], timeout: float | None) -> None:
+                 identity: dict[str, str], timeout: float | None,
+                 cascades: Sequence[str] = ()) -> None:
         self.fx = fx
+        self.cascades = list(cascades)
         self.request = request
         self.op = op
         self.path_params = path_params
@@ -285,9 +306,13 @@ class _Forward:
             return undo
         if method == "POST":
             if not (self.klass == "compensable" and self.keys_honoured):
-                undo["listing"] = self._listing(url)
-            return undo
-        if self.klass == "reversible":
+                target = self.fx.restorer.get(url, self.identity)
+                undo["listing"] = self._ids(target)
+                if self.klass == "reversible" and (target.status in ABSENT_STATUSES
+                                                   or 200 <= target.status < 300):
+                    # a POST may replace what is there (a singular resource): keep it
+                    undo["target_pre"] = self.fx.reps.of(target)
+        elif self.klass == "reversible":
             pre = self.fx.restorer.get(url, self.identity)
             if pre.status not in ABSENT_STATUSES and not 200 <= pre.status < 300:
                 raise PolicyViolation(
@@ -296,11 +321,71 @@ class _Forward:
                     "or mark the operation irreversible", rule="http-preimage",
                     action_kind=KIND, target=undo["url"])
             undo["pre"] = self.fx.reps.of(pre)
+        if self.cascades:
+            undo["cascades"] = self._capture_cascades(undo["url"])
         return undo
+
+    def _capture_cascades(self, shown: str) -> dict[str, Any]:
+        """Pre-images of what the server is declared to change along with this request (a
+        DELETE of a user deleting its memberships): each item a declared listing names, or
+        the declared URL itself when it is one document. Raises PolicyViolation when one
+        cannot be read (then it could not be restored)."""
+        captured: dict[str, Any] = {}
+        field = self.fx.opts.id_field
+        for template in self.cascades:
+            url = str(httpx.URL(self.request.url).join(template))
+            response = self._cascade_get(url, shown)
+            if response is None:
+                continue
+            body = response.json()
+            if not isinstance(body, list):
+                captured[url] = self.fx.reps.of(response)
+                continue
+            base = url.split("?", 1)[0].rstrip("/")
+            for entry in body:
+                if not isinstance(entry, dict) or field not in entry:
+                    raise PolicyViolation(
+                        f"{self.request.method} {shown} refused: its declared cascade {url} "
+                        f"lists an entry without {field!r}, so it could not be restored",
+                        rule="http-cascade", action_kind=KIND, target=shown)
+                one = f"{base}/{entry[field]}"
+                got = self._cascade_get(one, shown)
+                if got is not None:
+                    captured[one] = self.fx.reps.of(got)
+        return captured
+
+    def _cascade_get(self, url: str, shown: str) -> WireResponse | None:
+        response = self.fx.restorer.get(url, self.identity)
+        if response.status in ABSENT_STATUSES:
+            return None
+        if not 200 <= response.status < 300:
+            raise PolicyViolation(
+                f"{self.request.method} {shown} refused: GET of its declared cascade "
+                f"{self.fx.secrets.redact(url)} returned HTTP {response.status}, so what the "
+                "server changes with it could not be restored", rule="http-cascade",
+                action_kind=KIND, target=shown)
+        return response
+
+    def _cascade_targets(self, undo: dict[str, Any]) -> dict[str, Any]:
+        """The captured cascade items that changed, as targets (pre, post)."""
+        out: dict[str, Any] = {}
+        for url, pre in undo.get("cascades", {}).items():
+            now = self.fx.restorer.get(url, self.identity)
+            if not self.fx.reps.same(pre, now):
+                out[url] = {"pre": pre, "post": self.fx.reps.of(now)}
+        return out
+
+    def _effect(self, undo: dict[str, Any], targets: dict[str, Any]) -> dict[str, Any]:
+        # cascaded items first: undo walks targets backwards, so the resource they depend on
+        # is restored before them
+        every = {**self._cascade_targets(undo), **targets}
+        return {"effect": True, "targets": every} if every else {"effect": False}
 
     def _listing(self, url: str) -> list[Any] | None:
         """The ids in the collection at ``url`` (to find what a POST created), if it lists."""
-        response = self.fx.restorer.get(url, self.identity)
+        return self._ids(self.fx.restorer.get(url, self.identity))
+
+    def _ids(self, response: WireResponse) -> list[Any] | None:
         body = response.json() if response.status == 200 else None
         if not isinstance(body, list):
             return None
@@ -347,23 +432,43 @@ class _Forward:
         if method != "POST":
             pre = undo["pre"]
             if method == "DELETE" and ok:
-                return {"effect": True, "targets": {url: {"pre": pre, "post": absent()}}}
+                return self._effect(undo, {url: {"pre": pre, "post": absent()}})
             current = self.fx.restorer.get(url, self.identity)
             if not ok and self.fx.reps.same(pre, current):
-                return {"effect": False}
+                return self._effect(undo, {})
             post = self.fx.reps.of(current)
-            return {"effect": True, "targets": {url: {"pre": pre, "post": post}}}
+            return self._effect(undo, {url: {"pre": pre, "post": post}})
         created = self._created(undo, response if ok else None)
         if created is None:
             return {"effect": "unknown", "why": "the response named no id or Location and "
                     "the collection does not list ids"}
-        if not created:
-            return {"effect": False}
         targets = {}
         for one in created:
-            targets[one] = {"pre": absent(),
+            before = self._pre_of(undo, one)
+            if before is None:
+                return {"effect": "unknown", "why": f"it answered with {one}, which existed "
+                        "before, and that resource's pre-image is not known"}
+            targets[one] = {"pre": before,
                             "post": self.fx.reps.of(self.fx.restorer.get(one, self.identity))}
-        return {"effect": True, "targets": targets}
+        return self._effect(undo, targets)
+
+    def _pre_of(self, undo: dict[str, Any], one: str) -> dict[str, Any] | None:
+        """What ``one``, named by a POST's answer, was before the POST: the POST target's
+        pre-image (a singular resource the POST replaced), the entry of the listing taken
+        before it (an id that existed), or absent (new). None when it existed but its
+        pre-image is not known."""
+        target_pre = undo.get("target_pre")
+        if same_resource(one, self.request.url):
+            return target_pre if target_pre is not None else absent()
+        known = {str(i) for i in undo.get("listing") or []}
+        collection, _, ident = resource_key(one).rpartition("/")
+        if ident not in known or collection != resource_key(self.request.url):
+            return absent()
+        entries = self.fx.reps.json_of(target_pre) if not is_absent(target_pre) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and str(entry.get(self.fx.opts.id_field)) == ident:
+                return self.fx.reps.of_json(entry)
+        return None
 
     def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
         url = self.request.url.split("?", 1)[0].rstrip("/")
@@ -408,7 +513,8 @@ class _Forward:
         target = str(httpx.URL(self.request.url).join(comp.url))
         return {"effect": True, "operation": self.op.name,
                 "compensation": {"method": comp.method.upper(), "url": target,
-                                 "json": comp.json, "headers": dict(comp.headers)}}
+                                 "json": comp.json, "headers": dict(comp.headers)},
+                "verified": False, "why_unverified": UNVERIFIED_COMPENSATION}
 
     def cleanup(self, undo: dict[str, Any]) -> None:
         """The request failed (timeout, connection): probe and undo what it may have done."""
@@ -417,9 +523,11 @@ class _Forward:
         try:
             post = self.probe(undo, None)
             if post.get("effect") is True and "targets" in post:
-                for url, target in reversed(list(post["targets"].items())):
-                    self.fx.restorer.restore(url, target, self.identity, self.key + "-undo",
-                                             force=False, label=f"failed {self.request.method}")
+                targets = list(post["targets"].items())
+                for i, (url, target) in reversed(list(enumerate(targets))):
+                    self.fx.restorer.restore(url, target, self.identity,
+                                             undo_key(self.key + "-undo", i), force=False,
+                                             label=f"failed {self.request.method}")
             elif post.get("effect") is True and "compensation" in post:
                 comp = post["compensation"]
                 self.fx.wire.send(WireRequest(comp["method"], comp["url"],

@@ -1,0 +1,272 @@
+"""An HTTP undo is UNDONE only when a re-GET shows the pre-image again (issue 10, REST items;
+issue 11 item 8). Real servers on loopback: our FastAPI test app and json-server 0.17."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from revex.errors import ConfigError, ConflictError
+from revex.runtime.effects.http_compensations import Compensations
+from revex.runtime.journal import Status
+from revex.runtime.runtime import Runtime
+from revex.testing.rest_app import JSON_SERVER_INSTALL, create_app, serve, serve_json_server
+
+ROOT = Path(__file__).resolve().parents[2]
+JsonServer = Callable[[dict[str, Any]], AbstractContextManager[str]]
+
+
+@pytest.fixture
+def json_server(tmp_path: Path) -> JsonServer:
+    """Starts json-server on a given database (skips when it is not installed)."""
+    if not (ROOT / "tests/.node/node_modules/json-server").exists():
+        pytest.skip(f"json-server not installed; run `{JSON_SERVER_INSTALL}`")
+
+    def start(db: dict[str, Any]) -> AbstractContextManager[str]:
+        return serve_json_server(db, tmp_path, ROOT)
+    return start
+
+
+@pytest.fixture
+def app_url() -> Iterator[str]:
+    with serve(create_app()) as base:
+        yield base
+
+
+def runtime(tmp_path: Path, **kwargs: Any) -> Runtime:
+    return Runtime(tmp_path / "state", policy="permissive", audit=None, **kwargs)
+
+
+def get(url: str) -> Any:
+    return httpx.get(url).json()
+
+
+def undone(rt: Runtime, episode_id: str) -> list[int]:
+    return [r.action_seq for r in rt.journal.records(episode_id) if r.status is Status.UNDONE]
+
+
+# ---- the rule: verify after undo ---------------------------------------------------------------
+
+def test_a_delete_that_leaves_the_resource_readable_is_a_conflict_not_undone(
+        app_url: str, tmp_path: Path) -> None:
+    # /tickets soft-deletes: DELETE answers 204 and the ticket is still there
+    with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws", on_exit="commit") as ep:
+        made = ep.http.post(f"{app_url}/tickets", json={"title": "t"}).json()
+        with pytest.raises(ConflictError) as info:
+            ep.rollback()
+        message = str(info.value)
+        assert "DELETE" in message and f"{app_url}/tickets/{made['id']}" in message
+        assert "still" in message and "deleted" in message  # what differs
+        assert undone(rt, ep.id) == []
+        failed = [r for r in rt.journal.records(ep.id) if r.kind == "episode.rollback.failed"]
+        assert failed and "ConflictError" in (failed[-1].error or "")
+
+
+def test_a_restore_the_server_rewrites_is_a_conflict_naming_the_field(
+        app_url: str, tmp_path: Path) -> None:
+    # /docs sets a server-managed revision on every write: the PUT of the pre-image never
+    # reads back as the pre-image
+    httpx.post(f"{app_url}/docs", json={"title": "draft"}).raise_for_status()
+    with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws", on_exit="commit") as ep:
+        ep.http.patch(f"{app_url}/docs/1", json={"title": "final"})
+        with pytest.raises(ConflictError) as info:
+            ep.rollback()
+        message = str(info.value)
+        assert "PUT" in message and f"{app_url}/docs/1" in message and "revision" in message
+        assert undone(rt, ep.id) == []
+
+
+def test_a_declared_compensation_is_journaled_as_not_verifiable(
+        app_url: str, tmp_path: Path) -> None:
+    comp = Compensations.load({"services": {"counter": {"operations": [
+        {"match": "POST /counter/increment", "compensate": "POST /counter/decrement"}]}}})
+    with runtime(tmp_path, compensations=comp) as rt, rt.episode(tmp_path / "ws") as ep:
+        ep.http.post(f"{app_url}/counter/increment")
+        done = [r for r in rt.journal.records(ep.id) if r.status is Status.DONE][-1]
+        assert done.result["verified"] is False
+        assert "cannot be re-read" in done.result["why_unverified"]
+    assert get(f"{app_url}/counter") == {"value": 0}
+
+
+# ---- 10.6: POST onto an existing resource ------------------------------------------------------
+
+def test_post_onto_an_existing_singular_resource_restores_its_pre_image(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    before = {"room": 1, "guest": "ann"}
+    with json_server({"reservation": before, "items": []}) as base:
+        with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+            response = ep.http.post(f"{base}/reservation", json={"room": 2})
+            assert response.status_code == 201 and response.headers["location"].endswith(
+                "/reservation")
+            assert get(f"{base}/reservation") == {"room": 2}
+            done = [r for r in rt.journal.records(ep.id) if r.status is Status.DONE][-1]
+            assert done.result["targets"][f"{base}/reservation"]["pre"]["status"] == 200
+        assert get(f"{base}/reservation") == before
+
+
+def test_undo_of_a_post_onto_an_existing_resource_after_commit(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    before = {"room": 1, "guest": "ann"}
+    with json_server({"reservation": before}) as base:
+        with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws", on_exit="commit") as ep:
+            ep.http.post(f"{base}/reservation", json={"room": 2})
+            ep.http.post(f"{base}/reservation", json={"room": 3})
+            episode_id = ep.id
+        with runtime(tmp_path) as rt2:
+            assert rt2.undo(episode_id) == 2
+        assert get(f"{base}/reservation") == before
+
+
+# ---- 10.7: a re-create the server puts elsewhere -----------------------------------------------
+
+def test_recreating_an_item_whose_id_the_server_will_not_reuse_leaves_no_stray_copy(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    # json-server treats id 0 as "no id": re-creating item 0 lands at a new id
+    db = {"items": [{"id": 0, "name": "zero"}, {"id": 1, "name": "one"}]}
+    with json_server(db) as base:
+        with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws", on_exit="commit") as ep:
+            ep.http.delete(f"{base}/items/0")
+            with pytest.raises(ConflictError) as info:
+                ep.rollback()
+            message = str(info.value)
+            assert f"{base}/items/0" in message and f"{base}/items/2" in message
+            assert "deleted it again" in message
+            assert undone(rt, ep.id) == []
+            failed = [r for r in rt.journal.records(ep.id)
+                      if r.kind == "episode.rollback.failed"]
+            assert f"{base}/items/2" in (failed[-1].error or "")
+        assert get(f"{base}/items") == [{"id": 1, "name": "one"}]  # no stray copy
+
+
+# ---- 10.8: the query string is not part of the resource ---------------------------------------
+
+def test_resource_identity_ignores_query_fragment_default_port_and_case() -> None:
+    from revex.runtime.effects.http_inverse import resource_key
+
+    same = ["http://API.example.com:80/items/1?source=ui", "http://api.example.com/items/1#x",
+            "HTTP://api.example.com/items/1/", "http://api.example.com/items/%31"]
+    assert {resource_key(u) for u in same} == {"http://api.example.com/items/1"}
+    assert resource_key("https://a.example:443/") == "https://a.example/"
+    assert resource_key("https://a.example") == "https://a.example/"
+    assert resource_key("https://a.example:8443/x") == "https://a.example:8443/x"
+    assert resource_key("http://a.example/items/1") != resource_key("http://a.example/items/10")
+    assert resource_key("http://a.example/a%2Fb") != resource_key("http://a.example/a/b")
+
+
+def test_patches_with_and_without_a_query_roll_back_without_a_false_conflict(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    db = {"items": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]}
+    with json_server(db) as base:
+        with runtime(tmp_path) as rt:
+            with rt.episode(tmp_path / "ws") as ep:
+                ep.http.patch(f"{base}/items/1?source=ui", json={"name": "ui"})
+                ep.http.patch(f"{base}/items/1", json={"name": "api"})
+                ep.http.patch(f"{base}/items/2/", json={"name": "slash"})
+                ep.http.patch(f"{base}/items/2", json={"name": "plain"})
+            assert rt.episodes()[0].status == "rolled_back"
+            assert get(f"{base}/items") == db["items"]
+            with rt.episode(tmp_path / "ws", on_exit="commit") as ep2:
+                ep2.http.patch(f"{base}/items/1?source=ui", json={"name": "ui"})
+                ep2.http.patch(f"{base}/items/1", json={"name": "api"})
+            assert rt.undo(ep2.id) == 2
+        assert get(f"{base}/items") == db["items"]
+
+
+# ---- 10.9: declared server-side cascades -------------------------------------------------------
+
+CASCADE_TOML = """
+[services.api]
+host = "127.0.0.1:*"
+
+[[services.api.operations]]
+match = "DELETE /users/{id}"
+cascades = ["/memberships?userId={id}"]
+"""
+
+
+def cascade_db() -> dict[str, Any]:
+    return {"users": [{"id": 1, "name": "ann"}, {"id": 2, "name": "bob"}],
+            "memberships": [{"id": 1, "userId": 1, "group": "a"},
+                            {"id": 2, "userId": 2, "group": "b"},
+                            {"id": 3, "userId": 1, "group": "c"}]}
+
+
+def by_id(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(items, key=lambda item: item["id"])
+
+
+def test_a_declared_cascade_is_captured_and_restored_on_json_server(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    toml = tmp_path / "services.toml"
+    toml.write_text(CASCADE_TOML)
+    db = cascade_db()
+    with json_server(db) as base:
+        with runtime(tmp_path) as rt, \
+                rt.episode(tmp_path / "ws", compensations=toml, on_exit="commit") as ep:
+            ep.http.delete(f"{base}/users/1")
+            assert get(f"{base}/memberships") == [db["memberships"][1]]  # the server cascaded
+            episode_id = ep.id
+        with runtime(tmp_path) as rt2:  # the captured items are journaled: no registry needed
+            assert rt2.undo(episode_id) == 1
+        assert by_id(get(f"{base}/users")) == db["users"]
+        assert by_id(get(f"{base}/memberships")) == db["memberships"]
+
+
+def test_a_declared_cascade_on_our_app_in_code_rolls_back_and_checks_drift(
+        app_url: str, tmp_path: Path) -> None:
+    httpx.post(f"{app_url}/users", json={"name": "ann"}).raise_for_status()
+    for group in ("a", "b"):
+        httpx.post(f"{app_url}/memberships", json={"userId": 1, "group": group})
+    before = get(f"{app_url}/_state")
+    comp = Compensations()
+    comp.cascade("DELETE", "/users/{id}", "/memberships?userId={id}")
+    with runtime(tmp_path, compensations=comp) as rt, \
+            rt.episode(tmp_path / "ws", on_exit="commit") as ep:
+        ep.http.delete(f"{app_url}/users/1")
+        assert get(f"{app_url}/memberships") == []
+        # someone re-creates one of the cascaded memberships differently: drift, nothing sent
+        httpx.put(f"{app_url}/memberships/2", json={"userId": 9, "group": "x"})
+        drifted = get(f"{app_url}/_state")
+        with pytest.raises(ConflictError, match="/memberships/2"):
+            ep.rollback()
+        assert get(f"{app_url}/_state") == drifted
+        httpx.delete(f"{app_url}/memberships/2")
+        assert ep.rollback() == 1
+    assert get(f"{app_url}/_state") == before
+
+
+def test_an_undeclared_cascade_is_not_seen(json_server: JsonServer, tmp_path: Path) -> None:
+    # what the README says: without a declaration, what the server deleted on its own is lost
+    db = cascade_db()
+    with json_server(db) as base:
+        with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+            ep.http.delete(f"{base}/users/1")
+        assert by_id(get(f"{base}/users")) == db["users"]
+        assert get(f"{base}/memberships") == [db["memberships"][1]]
+
+
+def test_cascades_need_a_reversible_operation() -> None:
+    with pytest.raises(ConfigError, match="cascades"):
+        Compensations.load({"services": {"s": {"operations": [
+            {"match": "DELETE /users/{id}", "cascades": "/memberships?userId={id}"}]}}})
+    with pytest.raises(ConfigError, match="cascades"):
+        Compensations.load({"services": {"s": {"operations": [
+            {"match": "DELETE /users/{id}", "cascades": ["/m?userId={nope}"]}]}}})
+
+
+# ---- 11.8: what a restored item keeps and what it does not -------------------------------------
+
+def test_a_recreated_item_is_exact_but_json_server_appends_it(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    db = {"users": [{"id": 1, "name": "ann"}, {"id": 2, "name": "bob"}]}
+    with json_server(db) as base:
+        with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+            ep.http.delete(f"{base}/users/1")
+        listing = get(f"{base}/users")
+        assert by_id(listing) == db["users"]  # content exact
+        assert [u["id"] for u in listing] == [2, 1]  # position not (documented in README)
