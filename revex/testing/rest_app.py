@@ -9,6 +9,7 @@ endpoints with the awkward shapes real services have:
 - ``POST /payments`` (compensated by ``POST /payments/{id}/refund``) and ``POST /emails``
   (irreversible);
 - ``POST /{collection}?fail=1``: creates the item, then answers 500 (failed half-way);
+  ``POST /{collection}?upsert=1`` with an existing ``id`` replaces that item (201, Location);
   ``POST /batch/{collection}?fail_after=n`` creates items one by one and fails with 500
   half-way (no generic inverse: the listing is under another URL);
 - ``?delay=s`` on a mutation: sleeps *after* applying it (a slow or timed-out response); not
@@ -188,7 +189,9 @@ def create_app(token: str | None = None) -> FastAPI:
         with state.lock:
             items = state.collections.setdefault(coll, {})
             given = body.get("id") if isinstance(body, dict) else None
-            free = isinstance(given, int) and given not in items
+            # ?upsert=1: a POST naming an existing id replaces that item (Location names it)
+            upsert = bool(request.query_params.get("upsert"))
+            free = isinstance(given, int) and (given not in items or upsert)
             nid = int(given) if free and given is not None else state.new_id(coll)
             item = {**body, "id": nid}
             if coll == "payments":

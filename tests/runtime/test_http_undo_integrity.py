@@ -122,6 +122,18 @@ def test_undo_of_a_post_onto_an_existing_resource_after_commit(
         assert get(f"{base}/reservation") == before
 
 
+def test_a_post_whose_location_names_an_existing_item_restores_that_item(
+        app_url: str, tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        httpx.post(f"{app_url}/items", json={"name": name}).raise_for_status()
+    before = get(f"{app_url}/_state")
+    with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+        made = ep.http.post(f"{app_url}/items?upsert=1", json={"id": 1, "name": "replaced"})
+        assert made.headers["location"] == "/items/1"
+        ep.http.post(f"{app_url}/items", json={"name": "new"})
+    assert get(f"{app_url}/_state") == before
+
+
 # ---- 10.7: a re-create the server puts elsewhere -----------------------------------------------
 
 def test_recreating_an_item_whose_id_the_server_will_not_reuse_leaves_no_stray_copy(
@@ -175,6 +187,47 @@ def test_patches_with_and_without_a_query_roll_back_without_a_false_conflict(
                 ep2.http.patch(f"{base}/items/1", json={"name": "api"})
             assert rt.undo(ep2.id) == 2
         assert get(f"{base}/items") == db["items"]
+
+
+CRASHING_CHILD = """
+import sys
+from revex.runtime.runtime import Runtime
+base, state_dir, ws, marker = sys.argv[1:5]
+ep = Runtime(state_dir, policy="permissive", audit=None).episode(ws)
+ep.http.patch(base + "/items/1?source=ui", json={"name": "ui"})
+ep.http.patch(base + "/items/1", json={"name": "api"})
+open(marker, "w").close()
+ep.http.patch(base + "/items/1?delay=3", json={"name": "in flight"})
+"""
+
+
+def test_recovery_after_a_crash_between_query_variants_of_one_resource(
+        app_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    httpx.post(f"{app_url}/items", json={"name": "one"}).raise_for_status()
+    before = get(f"{app_url}/_state")
+    marker = tmp_path / "marker"
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_CHILD, app_url,
+                              str(tmp_path / "state"), str(tmp_path / "ws"), str(marker)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() or get(f"{app_url}/items/1")["name"] != "in flight":
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with runtime(tmp_path) as rt:  # recovers on open
+        [info] = rt.episodes()
+        assert info.status == "recovered"
+        assert sorted(undone(rt, info.id)) == [1, 2, 3]
+    assert get(f"{app_url}/_state") == before
 
 
 # ---- 10.9: declared server-side cascades -------------------------------------------------------
