@@ -149,9 +149,19 @@ def test_recreating_an_item_whose_id_the_server_will_not_reuse_leaves_no_stray_c
             assert f"{base}/items/0" in message and f"{base}/items/2" in message
             assert "deleted it again" in message
             assert undone(rt, ep.id) == []
-            failed = [r for r in rt.journal.records(ep.id)
-                      if r.kind == "episode.rollback.failed"]
+            records = rt.journal.records(ep.id)
+            failed = [r for r in records if r.kind == "episode.rollback.failed"]
             assert f"{base}/items/2" in (failed[-1].error or "")
+            # what the undo created was journaled: before the POST left, where it landed, and
+            # that it was removed again
+            notes = [(r.kind, r.target, r.params) for r in records
+                     if r.kind.startswith("http.undo.")]
+            assert [n[:2] for n in notes] == [
+                ("http.undo.recreate", f"{base}/items/0"),
+                ("http.undo.created", f"{base}/items/0"),
+                ("http.undo.stray", f"{base}/items/2")]
+            assert notes[1][2]["landed"] == f"{base}/items/2"
+            assert notes[2][2]["removed"] is True
         assert get(f"{base}/items") == [{"id": 1, "name": "one"}]  # no stray copy
 
 

@@ -38,7 +38,7 @@ from revex.runtime.effects.http_forward import KIND, Forward, undo_key
 from revex.runtime.effects.http_inverse import Representations, Restorer, resource_key
 from revex.runtime.effects.http_secrets import Secrets
 from revex.runtime.effects.http_wire import Wire
-from revex.runtime.journal import Record
+from revex.runtime.journal import Journal, Record, Status
 
 _NOT_FORWARDED = frozenset({"host", "content-length", "connection", "accept-encoding",
                             "transfer-encoding"})
@@ -68,8 +68,12 @@ class HttpEffect:
     """Plans, undoes and probes HTTP requests for one episode."""
 
     def __init__(self, ctx: EffectContext, *, secrets: Secrets | None = None,
-                 compensations: Compensations | None = None) -> None:
+                 compensations: Compensations | None = None,
+                 journal: Journal | None = None) -> None:
+        """``journal``: where undo notes what its requests create (a re-create by POST
+        lands where the server says); without it those notes are not kept."""
         self.episode_id = ctx.episode_id
+        self.journal = journal
         self.opts = HttpOptions.from_config(ctx.config)
         self.secrets = secrets if secrets is not None else Secrets()
         if self.opts.credentials:
@@ -88,13 +92,20 @@ class HttpEffect:
         self.wire = Wire(self.opts.mode, self.secrets, timeout=self.opts.timeout,
                          cassette=cassette)
         self.reps = Representations(ctx.store)
-        self.restorer = Restorer(self.reps, self.wire.send, self.opts.id_field)
+        self.restorer = Restorer(self.reps, self.wire.send, self.opts.id_field, self._note)
         # identity headers as sent (placeholders, not values) by action, for probes and undo in
         # this process; the journal holds them redacted for other processes
         self._identity: dict[int, dict[str, str]] = {}
 
     def close(self) -> None:
         self.wire.close()
+
+    def _note(self, kind: str, target: str, params: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
+        self.journal.append(
+            episode_id=self.episode_id, kind=kind, target=self.secrets.redact(target),
+            status=Status.EVENT, params=self.secrets.redact_obj(params))
 
     # ---- forward -----------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from revex.runtime.store import ContentStore
 ABSENT_STATUSES = (404, 410)
 Rep = dict[str, Any]
 Send = Callable[[WireRequest], WireResponse]
+# journals an event (kind, target, params) before and after an undo request that creates
+Note = Callable[[str, str, dict[str, Any]], None]
 
 
 _UNRESERVED = re.compile(r"%(4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F|7E)",
@@ -181,10 +183,12 @@ def describe(rep: Rep | None) -> str:
 class Restorer:
     """Compare-and-set checks and restores of single URLs."""
 
-    def __init__(self, reps: Representations, send: Send, id_field: str = "id") -> None:
+    def __init__(self, reps: Representations, send: Send, id_field: str = "id",
+                 note: Note | None = None) -> None:
         self.reps = reps
         self.send = send
         self.id_field = id_field
+        self.note: Note = note or (lambda kind, target, params: None)
 
     def get(self, url: str, headers: dict[str, str]) -> WireResponse:
         return self.send(WireRequest("GET", url, dict(headers)))
@@ -232,7 +236,15 @@ class Restorer:
             # the server cannot create by PUT: recreate through its collection
             put_headers.pop("if-match", None)
             method, collection = "POST", collection_of(url)
+            # a POST creates where the server says: journal it before it leaves, and where
+            # it landed after
+            self.note("http.undo.recreate", url, {"collection": collection, "by": label,
+                                                  "idempotency_key": key})
             response = self.send(WireRequest("POST", collection, put_headers, body))
+            self.note("http.undo.created", url, {
+                "collection": collection, "status": response.status,
+                "landed": self._landed(collection, response) if response.status < 300
+                else None})
             self._check(response, "POST", collection, label)
             self._no_stray(url, collection, response, headers, key, label)
         elif response.status == 405:
@@ -270,6 +282,8 @@ class Restorer:
         gone = self.send(WireRequest("DELETE", landed, {**headers,
                                                         "idempotency-key": key + "-stray"}))
         check = self.get(landed, headers)
+        self.note("http.undo.stray", landed, {"for": url, "delete_status": gone.status,
+                                              "removed": check.status in ABSENT_STATUSES})
         what = (f"revex deleted it again, so {url!r} stays absent"
                 if check.status in ABSENT_STATUSES else
                 f"deleting it again got HTTP {gone.status} and it is still there: delete "
