@@ -10,6 +10,7 @@ endpoints with the awkward shapes real services have:
   (irreversible);
 - ``POST /{collection}?fail=1``: creates the item, then answers 500 (failed half-way);
   ``POST /{collection}?upsert=1`` with an existing ``id`` replaces that item (201, Location);
+  ``POST /{collection}?location=URL`` answers with that Location instead of the item's;
   ``POST /batch/{collection}?fail_after=n`` creates items one by one and fails with 500
   half-way (no generic inverse: the listing is under another URL);
 - ``?delay=s`` on a mutation: sleeps *after* applying it (a slow or timed-out response); not
@@ -200,7 +201,9 @@ def create_app(token: str | None = None) -> FastAPI:
             items[nid] = item
         if request.query_params.get("fail"):
             return _json(500, {"error": "stored, then failed"})
-        return _json(201, item, {"location": f"/{coll}/{nid}", "etag": etag_of(item)})
+        # ?location=URL: a server whose answer points somewhere else
+        location = request.query_params.get("location") or f"/{coll}/{nid}"
+        return _json(201, item, {"location": location, "etag": etag_of(item)})
 
     @app.put("/{coll}/{iid}")
     async def replace(coll: str, iid: int, request: Request) -> Response:

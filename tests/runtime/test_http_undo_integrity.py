@@ -134,6 +134,19 @@ def test_a_post_whose_location_names_an_existing_item_restores_that_item(
     assert get(f"{app_url}/_state") == before
 
 
+def test_a_location_on_another_origin_is_never_probed_nor_deleted(
+        app_url: str, tmp_path: Path) -> None:
+    with serve(create_app()) as other:
+        httpx.post(f"{other}/items", json={"name": "not ours"}).raise_for_status()
+        elsewhere = get(f"{other}/_state")
+        with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+            ep.http.post(f"{app_url}/items?location={other}/items/1", json={"name": "x"})
+            with pytest.raises(ConflictError, match="could not be determined"):
+                ep.rollback()
+            ep.rollback(force=True)
+        assert get(f"{other}/_state") == elsewhere
+
+
 # ---- 10.7: a re-create the server puts elsewhere -----------------------------------------------
 
 def test_recreating_an_item_whose_id_the_server_will_not_reuse_leaves_no_stray_copy(

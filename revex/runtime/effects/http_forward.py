@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -24,7 +25,9 @@ from revex.runtime.effects.http_inverse import (
     ABSENT_STATUSES,
     absent,
     is_absent,
+    item_url,
     resource_key,
+    same_origin,
     same_resource,
 )
 from revex.runtime.effects.http_wire import NotSent
@@ -140,14 +143,13 @@ class Forward:
             if not isinstance(body, list):
                 captured[url] = self.fx.reps.of(response)
                 continue
-            base = url.split("?", 1)[0].rstrip("/")
             for entry in body:
                 if not isinstance(entry, dict) or field not in entry:
                     raise PolicyViolation(
                         f"{self.request.method} {shown} refused: its declared cascade {url} "
                         f"lists an entry without {field!r}, so it could not be restored",
                         rule="http-cascade", action_kind=KIND, target=shown)
-                one = f"{base}/{entry[field]}"
+                one = item_url(url, entry[field])
                 got = self._cascade_get(one, shown)
                 if got is not None:
                     captured[one] = self.fx.reps.of(got)
@@ -260,7 +262,8 @@ class Forward:
         if same_resource(one, self.request.url):
             return target_pre if target_pre is not None else absent()
         known = {str(i) for i in undo.get("listing") or []}
-        collection, _, ident = resource_key(one).rpartition("/")
+        collection, _, quoted = resource_key(one).rpartition("/")
+        ident = unquote(quoted)
         if ident not in known or collection != resource_key(self.request.url):
             return absent()
         entries = self.fx.reps.json_of(target_pre) if not is_absent(target_pre) else None
@@ -270,14 +273,17 @@ class Forward:
         return None
 
     def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
-        url = self.request.url.split("?", 1)[0].rstrip("/")
+        """The URLs a POST created (or replaced); None when that cannot be told, also when
+        its Location points to another origin (revex sends no request there)."""
+        url = self.request.url
         if response is not None:
             location = response.header("location")
             if location:
-                return [str(httpx.URL(self.request.url).join(location))]
+                where = str(httpx.URL(self.request.url).join(location))
+                return [where] if same_origin(where, url) else None
             body = response.json()
             if isinstance(body, dict) and self.fx.opts.id_field in body:
-                return [f"{url}/{body[self.fx.opts.id_field]}"]
+                return [item_url(url, body[self.fx.opts.id_field])]
         before = undo.get("listing")
         if before is None:
             return None
@@ -285,7 +291,7 @@ class Forward:
         if now is None:
             return None
         old = set(map(str, before))
-        return [f"{url}/{i}" for i in now if str(i) not in old]
+        return [item_url(url, i) for i in now if str(i) not in old]
 
     def _compensation(self, undo: dict[str, Any], response: WireResponse | None
                       ) -> dict[str, Any]:

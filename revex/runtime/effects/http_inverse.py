@@ -27,6 +27,7 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -62,6 +63,21 @@ def resource_key(url: str) -> str:
 
 def same_resource(a: str, b: str) -> bool:
     return resource_key(a) == resource_key(b)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Same scheme, host and port: revex sends its own requests (probes, undo) only to the
+    origin a policy allowed, never where a server's answer points."""
+    return resource_key(a).split("/", 3)[:3] == resource_key(b).split("/", 3)[:3]
+
+
+def item_url(collection: str, ident: Any) -> str:
+    """The URL of the item ``ident`` (from a server's answer) in ``collection``: one path
+    segment, so an id such as ``../admin`` cannot name another resource."""
+    segment = quote(str(ident), safe=":@!$&'()*+,;=-._~")
+    if segment in ("", ".", ".."):
+        segment = quote(segment, safe="").replace(".", "%2E")
+    return f"{collection.split('?', 1)[0].rstrip('/')}/{segment}"
 
 
 def absent() -> Rep:
@@ -279,6 +295,11 @@ class Restorer:
         landed = self._landed(collection, response)
         if landed is None or same_resource(landed, url):
             return
+        if not same_origin(landed, url):
+            raise ConflictError(
+                f"{label}: undo POST {collection!r} to re-create {url!r} answered with a "
+                f"Location on another origin ({landed!r}); revex sends nothing there: check "
+                "it by hand", [f"{label} {url}", landed])
         gone = self.send(WireRequest("DELETE", landed, {**headers,
                                                         "idempotency-key": key + "-stray"}))
         check = self.get(landed, headers)
@@ -300,7 +321,7 @@ class Restorer:
         body = response.json()
         field = self.id_field
         if isinstance(body, dict) and field in body:
-            return f"{collection.rstrip('/')}/{body[field]}"
+            return item_url(collection, body[field])
         return None
 
     def _check(self, response: WireResponse, what: str, url: str, label: str, *,
