@@ -19,6 +19,7 @@ endpoints with the awkward shapes real services have:
 - ``GET /fail?status=503``: a failing response;
 - ``/tickets``: DELETE is a soft delete (204, but the ticket stays readable with
   ``"deleted": true``), so an undo that trusts the status code alone would be wrong;
+- ``/registry``: PUT cannot create (404), so a deleted entry is re-created by POST;
 - ``/docs``: every write sets a server-managed ``revision`` (old + 1), so a restored pre-image
   never reads back exactly;
 - ``DELETE /users/{id}`` cascades: the server also deletes every ``/memberships`` item whose
@@ -212,6 +213,8 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items.get(iid))
         if refused is not None:
             return refused
+        if coll == "registry" and iid not in items:
+            return _json(404, {"error": "PUT cannot create here; POST to /registry"})
         status = 200 if iid in items else 201
         item = _server_managed(coll, items.get(iid), {**body, "id": iid})
         items[iid] = item

@@ -178,6 +178,16 @@ def test_recreating_an_item_whose_id_the_server_will_not_reuse_leaves_no_stray_c
         assert get(f"{base}/items") == [{"id": 1, "name": "one"}]  # no stray copy
 
 
+def test_a_re_create_by_post_on_a_server_that_honours_keys_is_not_answered_by_the_put(
+        app_url: str, tmp_path: Path) -> None:
+    # our app replays an Idempotency-Key it has seen: the fallback POST needs its own key
+    httpx.post(f"{app_url}/registry", json={"name": "entry"}).raise_for_status()
+    before = get(f"{app_url}/_state")
+    with runtime(tmp_path) as rt, rt.episode(tmp_path / "ws") as ep:
+        ep.http.delete(f"{app_url}/registry/1")
+    assert get(f"{app_url}/_state") == before
+
+
 # ---- 10.8: the query string is not part of the resource ---------------------------------------
 
 def test_resource_identity_ignores_query_fragment_default_port_and_case() -> None:

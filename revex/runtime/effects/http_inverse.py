@@ -183,6 +183,12 @@ def _body_difference(before: tuple[str, Any], now: tuple[str, Any]) -> str:
     return f"the body differs ({size_b} bytes before, {size_n} now)"
 
 
+def _variant(key: str, what: str) -> str:
+    """The idempotency key of a fallback request of one undo step (``-undo`` stays last)."""
+    return f"{key.removesuffix('-undo')}-{what}-undo" if key.endswith("-undo") \
+        else f"{key}-{what}"
+
+
 def collection_of(url: str) -> str:
     base = url.partition("?")[0]
     return base.rstrip("/").rsplit("/", 1)[0]
@@ -249,13 +255,16 @@ class Restorer:
         method = "PUT"
         response = self.send(WireRequest("PUT", url, put_headers, body))
         if response.status in (404, 405) and current.status in ABSENT_STATUSES:
-            # the server cannot create by PUT: recreate through its collection
+            # the server cannot create by PUT: recreate through its collection (another
+            # request, so another key: a server that honours keys would replay the PUT's 404)
             put_headers.pop("if-match", None)
+            put_headers["idempotency-key"] = _variant(key, "post")
             method, collection = "POST", collection_of(url)
             # a POST creates where the server says: journal it before it leaves, and where
             # it landed after
             self.note("http.undo.recreate", url, {"collection": collection, "by": label,
-                                                  "idempotency_key": key})
+                                                  "idempotency_key": put_headers[
+                                                      "idempotency-key"]})
             response = self.send(WireRequest("POST", collection, put_headers, body))
             self.note("http.undo.created", url, {
                 "collection": collection, "status": response.status,
@@ -265,6 +274,7 @@ class Restorer:
             self._no_stray(url, collection, response, headers, key, label)
         elif response.status == 405:
             method = "PATCH"
+            put_headers["idempotency-key"] = _variant(key, "patch")
             response = self.send(WireRequest("PATCH", url, put_headers, body))
         self._check(response, method, url, label)
         self.verify(url, pre, headers, method, label)
