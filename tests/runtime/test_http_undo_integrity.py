@@ -340,9 +340,21 @@ def test_cascades_need_a_reversible_operation() -> None:
     with pytest.raises(ConfigError, match="cascades"):
         Compensations.load({"services": {"s": {"operations": [
             {"match": "DELETE /users/{id}", "cascades": "/memberships?userId={id}"}]}}})
+    for bad in ("/m?userId={nope}", "//elsewhere.example/m?userId={id}", "m?userId={id}"):
+        with pytest.raises(ConfigError, match="cascades"):
+            Compensations.load({"services": {"s": {"operations": [
+                {"match": "DELETE /users/{id}", "cascades": [bad]}]}}})
+    with pytest.raises(ConfigError, match="cascades"):
+        Compensations().cascade("DELETE", "/users/{id}", "/m?userId={nope}")
     with pytest.raises(ConfigError, match="cascades"):
         Compensations.load({"services": {"s": {"operations": [
-            {"match": "DELETE /users/{id}", "cascades": ["/m?userId={nope}"]}]}}})
+            {"match": "DELETE /users/{id}", "cascades": ["/m?userId={id}"],
+             "irreversible": True}]}}})
+    comp = Compensations()
+    comp.cascade("DELETE", "/users/{id}", "/memberships?userId={id}")
+    # a path value is quoted whole: it cannot add a query field to the cascade's GET
+    assert comp.cascades_for("DELETE", "h", 80, "/users/1&all=1") == [
+        "/memberships?userId=1%26all%3D1"]
 
 
 # ---- 11.8: what a restored item keeps and what it does not -------------------------------------

@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from revex.errors import ConfigError
 from revex.policies.engine import glob_match
@@ -295,14 +296,16 @@ _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _fill_path(template: str, params: Mapping[str, str]) -> str:
-    return _VAR.sub(lambda m: params[m.group(1)], template.replace("{path.", "{"))
+    # a path segment of the request, quoted whole: it cannot add a query field or a segment
+    return _VAR.sub(lambda m: quote(params[m.group(1)], safe=""),
+                    template.replace("{path.", "{"))
 
 
 def _check_cascades(cascades: list[str], path: str, where: str) -> None:
     have = set(_VAR.findall(path))
     for template in cascades:
         names = set(_VAR.findall(template.replace("{path.", "{")))
-        if names - have or not template.startswith("/"):
+        if names - have or not template.startswith("/") or template.startswith("//"):
             raise ConfigError(
                 f"{where}: cascades entry {template!r} must be a path on the same server "
                 f"using only the variables of {path!r} ({', '.join(sorted(have)) or 'none'})")

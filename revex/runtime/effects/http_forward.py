@@ -136,6 +136,10 @@ class Forward:
         field = self.fx.opts.id_field
         for template in self.cascades:
             url = str(httpx.URL(self.request.url).join(template))
+            if not same_origin(url, self.request.url):  # declared as a path: never elsewhere
+                raise PolicyViolation(f"{self.request.method} {shown} refused: its declared "
+                                      f"cascade {template!r} is not on the request's origin",
+                                      rule="http-cascade", action_kind=KIND, target=shown)
             response = self._cascade_get(url, shown)
             if response is None:
                 continue

@@ -310,8 +310,8 @@ class Restorer:
                 f"{label}: undo POST {collection!r} to re-create {url!r} answered with a "
                 f"Location on another origin ({landed!r}); revex sends nothing there: check "
                 "it by hand", [f"{label} {url}", landed])
-        gone = self.send(WireRequest("DELETE", landed, {**headers,
-                                                        "idempotency-key": key + "-stray"}))
+        gone = self.send(WireRequest("DELETE", landed, {
+            **headers, "idempotency-key": _variant(key, "stray")}))
         check = self.get(landed, headers)
         self.note("http.undo.stray", landed, {"for": url, "delete_status": gone.status,
                                               "removed": check.status in ABSENT_STATUSES})
