@@ -88,9 +88,48 @@ def test_a_declared_compensation_is_journaled_as_not_verifiable(
     with runtime(tmp_path, compensations=comp) as rt, rt.episode(tmp_path / "ws") as ep:
         ep.http.post(f"{app_url}/counter/increment")
         done = [r for r in rt.journal.records(ep.id) if r.status is Status.DONE][-1]
-        assert done.result["verified"] is False
+        assert done.result["undo_check"] == "none"
         assert "cannot be re-read" in done.result["why_unverified"]
     assert get(f"{app_url}/counter") == {"value": 0}
+
+
+def payments(compensate: str) -> dict[str, Any]:
+    return {"services": {"pay": {"operations": [
+        {"match": "POST /payments", "compensate": compensate,
+         "verify": "GET /payments/{response.id}", "verify_json": {"status": "refunded"}}]}}}
+
+
+def test_a_compensation_with_a_declared_read_back_is_verified(
+        app_url: str, tmp_path: Path) -> None:
+    comp = Compensations.load(payments("POST /payments/{response.id}/refund"))
+    with runtime(tmp_path, compensations=comp) as rt, rt.episode(tmp_path / "ws") as ep:
+        paid = ep.http.post(f"{app_url}/payments", json={"amount": 5}).json()
+        done = [r for r in rt.journal.records(ep.id) if r.status is Status.DONE][-1]
+        assert done.result["undo_check"] == "read_back"
+        assert done.result["compensation"]["read_back"] == {
+            "url": f"{app_url}/payments/{paid['id']}", "expect": {"status": "refunded"}}
+        assert ep.rollback() == 1
+        assert undone(rt, ep.id) == [1]
+    assert get(f"{app_url}/payments/{paid['id']}")["status"] == "refunded"
+
+
+def test_a_compensation_whose_read_back_disagrees_is_a_conflict(
+        app_url: str, tmp_path: Path) -> None:
+    # a compensation that answers 200 and changes nothing the payment shows
+    comp = Compensations.load(payments("POST /counter/decrement"))
+    with runtime(tmp_path, compensations=comp) as rt, \
+            rt.episode(tmp_path / "ws", on_exit="commit") as ep:
+        paid = ep.http.post(f"{app_url}/payments", json={"amount": 5}).json()
+        with pytest.raises(ConflictError) as info:
+            ep.rollback()
+        message = str(info.value)
+        assert f"{app_url}/payments/{paid['id']}" in message and "status" in message
+        assert "captured" not in message  # field names, never values
+        assert undone(rt, ep.id) == []
+    with pytest.raises(ConfigError, match="verify"):
+        Compensations.load({"services": {"pay": {"operations": [
+            {"match": "POST /payments", "compensate": "POST /x",
+             "verify": "GET //elsewhere.example/p", "verify_json": {}}]}}})
 
 
 # ---- 10.6: POST onto an existing resource ------------------------------------------------------

@@ -201,6 +201,8 @@ class HttpEffect:
             if not 200 <= response.status < 300:
                 raise ActionFailed(f"{item.describe()}: compensation {comp['method']} "
                                    f"{comp['url']} got HTTP {response.status}")
+            if comp.get("read_back"):
+                self._read_back(item, comp, headers)
             return
         if post.get("effect") == "unknown":
             if force:
@@ -211,6 +213,21 @@ class HttpEffect:
         for i, (url, target) in reversed(list(enumerate(targets))):
             self.restorer.restore(url, target, headers, undo_key(key, i), force=force,
                                   label=item.describe())
+
+    def _read_back(self, item: UndoItem, comp: dict[str, Any], headers: dict[str, str]
+                   ) -> None:
+        """GET the declared read-back of a sent compensation: it must show the expected
+        fields. Raises ConflictError naming the URL and the fields that differ."""
+        back = comp["read_back"]
+        got = self.wire.send(WireRequest("GET", back["url"], dict(headers)))
+        missing = _unmet(back["expect"], got.json()) if 200 <= got.status < 300 else ["*"]
+        if missing:
+            what = (f"GET answered {got.status}" if missing == ["*"]
+                    else f"fields not as declared: {', '.join(missing[:20])}")
+            raise ConflictError(
+                f"{item.describe()}: compensation {comp['method']} {comp['url']!r} answered "
+                f"success, but its read-back GET {back['url']!r} does not show the declared "
+                f"result ({what}); it is not marked undone", [f"{item.describe()}"])
 
     def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
         """After a crash: probe what the request did. None when it left no trace."""
@@ -225,6 +242,19 @@ class HttpEffect:
         if post.get("effect") is False:
             return None
         return post
+
+
+def _unmet(expect: Any, actual: Any, where: str = "") -> list[str]:
+    """The paths of ``expect``'s fields that ``actual`` does not show (names, not values)."""
+    if isinstance(expect, dict):
+        if not isinstance(actual, dict):
+            return [where or "*"]
+        out: list[str] = []
+        for key, value in expect.items():
+            path = f"{where}.{key}" if where else str(key)
+            out.extend(_unmet(value, actual[key], path) if key in actual else [path])
+        return out
+    return [] if expect == actual else [where or "*"]
 
 
 def classify(method: str, op: Operation | None) -> str:

@@ -22,6 +22,8 @@ policy)::
     [[services.payments.operations]]
     match = "POST /payments"
     compensate = "POST /payments/{response.id}/refund"
+    verify = "GET /payments/{response.id}"    # optional read-back: undo is verified
+    verify_json = { status = "refunded" }     # fields the compensated resource must show
 
     [[services.payments.operations]]
     match = "POST /emails"
@@ -37,9 +39,10 @@ itself (a DELETE of a user that deletes the user's memberships; HTTP cannot show
 the request, each declared URL is read (a listing: every item it lists, by id; else the document
 itself) and journaled as a pre-image; what changed is restored, and verified, on rollback.
 
-The compensating request is computed from the forward call's actual response right after it
-returns and journaled in its DONE record, so undo after a commit or a crash needs neither the
-registry nor the code that declared it.
+The compensating request (and its read-back) is computed from the forward call's actual response
+right after it returns and journaled in its DONE record, so undo after a commit or a crash needs
+neither the registry nor the code that declared it. A compensation without a read-back cannot be
+verified: its DONE record says ``undo_check: "none"`` and why.
 """
 
 from __future__ import annotations
@@ -70,13 +73,24 @@ class CompensationContext:
 
 
 @dataclass(frozen=True)
+class ReadBack:
+    """How to check that a compensation worked: GET ``url`` (a path on the same origin) and
+    find ``expect`` in its JSON (every field of ``expect``, recursively; other fields free)."""
+
+    url: str
+    expect: Any
+
+
+@dataclass(frozen=True)
 class CompensationRequest:
-    """The request that compensates a forward call; ``url`` may be a path on the same origin."""
+    """The request that compensates a forward call; ``url`` may be a path on the same origin.
+    Without ``read_back`` its undo cannot be verified (only its 2xx status is checked)."""
 
     method: str
     url: str
     json: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    read_back: ReadBack | None = None
 
 
 Compensator = Callable[[CompensationContext], CompensationRequest | None]
@@ -213,7 +227,7 @@ def _operation(op: Any, host: str | None, where: str) -> Operation:
     if not isinstance(op, dict) or not isinstance(op.get("match"), str):
         raise ConfigError(f"{where}: needs match = \"METHOD /path\"")
     unknown = set(op) - {"match", "compensate", "compensate_json", "irreversible", "reason",
-                         "name", "cascades"}
+                         "name", "cascades", "verify", "verify_json"}
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     method, _, path = op["match"].strip().partition(" ")
@@ -241,8 +255,20 @@ def _operation(op: Any, host: str | None, where: str) -> Operation:
                           "or irreversible = true")
     cmethod, _, cpath = template.strip().partition(" ")
     body = op.get("compensate_json")
+    verify = op.get("verify")
+    if verify is not None:
+        vmethod, _, vpath = str(verify).strip().partition(" ")
+        if vmethod.upper() != "GET" or not vpath.strip().startswith("/") \
+                or vpath.strip().startswith("//") or "verify_json" not in op:
+            raise ConfigError(f"{where}: verify must look like \"GET /payments/{{response.id}}\" "
+                              "(a path on the same server) with verify_json = {...}, the "
+                              "fields the compensated resource must show")
+        verify = vpath.strip()
+    elif "verify_json" in op:
+        raise ConfigError(f"{where}: verify_json needs verify = \"GET /path\"")
     return Operation(name, method.upper(), path.strip(), host,
-                     TemplateCompensator(cmethod.upper(), cpath.strip(), body))
+                     TemplateCompensator(cmethod.upper(), cpath.strip(), body, verify,
+                                         op.get("verify_json")))
 
 
 @dataclass(frozen=True)
@@ -252,10 +278,14 @@ class TemplateCompensator:
     method: str
     url: str
     body: Any = None
+    verify: str | None = None
+    verify_json: Any = None
 
     def __call__(self, ctx: CompensationContext) -> CompensationRequest | None:
+        read_back = None if self.verify is None else \
+            ReadBack(_fill(self.verify, ctx), _fill_obj(self.verify_json, ctx))
         return CompensationRequest(self.method, _fill(self.url, ctx),
-                                   _fill_obj(self.body, ctx))
+                                   _fill_obj(self.body, ctx), read_back=read_back)
 
 
 _FIELD = re.compile(r"\{(response|request|path)\.([A-Za-z0-9_.\-]+)\}")

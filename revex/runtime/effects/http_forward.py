@@ -6,7 +6,8 @@ What a reversible request journals before it leaves: the pre-image of its URL (f
 representation of the target, which may be a singular resource the POST replaces, and the ids
 of the collection) and of each declared cascade. What its DONE record holds: per resource it
 touched, the representation before (``pre``) and after (``post``); for a compensable request
-the compensating request, marked ``verified: false`` (its result cannot be re-read).
+the compensating request and ``undo_check``: ``read_back`` (a declared GET whose JSON must
+show declared fields) or ``none`` with ``why_unverified`` (its result cannot be re-read).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from revex.errors import ConflictError, PolicyViolation
+from revex.errors import ConfigError, ConflictError, PolicyViolation
 from revex.runtime.effects.http_cassette import WireRequest, WireResponse
 from revex.runtime.effects.http_compensations import CompensationContext, Operation
 from revex.runtime.effects.http_inverse import (
@@ -320,10 +321,19 @@ class Forward:
         if comp is None:
             return {"effect": False}
         target = str(httpx.URL(self.request.url).join(comp.url))
-        return {"effect": True, "operation": self.op.name,
-                "compensation": {"method": comp.method.upper(), "url": target,
-                                 "json": comp.json, "headers": dict(comp.headers)},
-                "verified": False, "why_unverified": UNVERIFIED_COMPENSATION}
+        out: dict[str, Any] = {
+            "effect": True, "operation": self.op.name,
+            "compensation": {"method": comp.method.upper(), "url": target, "json": comp.json,
+                             "headers": dict(comp.headers)}}
+        back = comp.read_back
+        if back is None:
+            return {**out, "undo_check": "none", "why_unverified": UNVERIFIED_COMPENSATION}
+        where = str(httpx.URL(self.request.url).join(back.url))
+        if not same_origin(where, self.request.url):
+            raise ConfigError(f"compensation {self.op.name!r}: its read-back {back.url!r} is "
+                              "not on the request's origin")
+        out["compensation"]["read_back"] = {"url": where, "expect": back.expect}
+        return {**out, "undo_check": "read_back"}
 
     def cleanup(self, undo: dict[str, Any]) -> None:
         """The request failed (timeout, connection): probe and undo what it may have done."""
