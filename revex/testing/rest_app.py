@@ -20,6 +20,8 @@ endpoints with the awkward shapes real services have:
 - ``/tickets``: DELETE is a soft delete (204, but the ticket stays readable with
   ``"deleted": true``), so an undo that trusts the status code alone would be wrong;
 - ``/registry``: PUT cannot create (404), so a deleted entry is re-created by POST;
+- ``/ledger``: PUT cannot create, POST always assigns a new id, Idempotency-Key is ignored, and
+  ``X-Slow-Create: s`` answers a POST ``s`` seconds after storing the item;
 - ``/docs``: every write sets a server-managed ``revision`` (old + 1), so a restored pre-image
   never reads back exactly;
 - ``DELETE /users/{id}`` cascades: the server also deletes every ``/memberships`` item whose
@@ -90,7 +92,9 @@ def create_app(token: str | None = None) -> FastAPI:
         state.requests += 1
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse({"error": "unauthorized"}, status_code=401)
-        key = request.headers.get("idempotency-key")
+        # /ledger is a server that ignores idempotency keys
+        key = None if request.url.path.startswith("/ledger") else \
+            request.headers.get("idempotency-key")
         mutating = request.method in ("POST", "PUT", "PATCH", "DELETE")
         if mutating and key and key in state.keys:
             status, body, headers = state.keys[key]
@@ -193,7 +197,8 @@ def create_app(token: str | None = None) -> FastAPI:
             given = body.get("id") if isinstance(body, dict) else None
             # ?upsert=1: a POST naming an existing id replaces that item (Location names it)
             upsert = bool(request.query_params.get("upsert"))
-            free = isinstance(given, int) and (given not in items or upsert)
+            free = isinstance(given, int) and (given not in items or upsert) \
+                and coll != "ledger"
             nid = int(given) if free and given is not None else state.new_id(coll)
             item = {**body, "id": nid}
             if coll == "payments":
@@ -202,6 +207,9 @@ def create_app(token: str | None = None) -> FastAPI:
             items[nid] = item
         if request.query_params.get("fail"):
             return _json(500, {"error": "stored, then failed"})
+        slow = float(request.headers.get("x-slow-create", 0) or 0) if coll == "ledger" else 0
+        if slow:
+            await asyncio.sleep(slow)  # stored; the answer is late
         # ?location=URL: a server whose answer points somewhere else
         location = request.query_params.get("location") or f"/{coll}/{nid}"
         return _json(201, item, {"location": location, "etag": etag_of(item)})
@@ -213,7 +221,7 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items.get(iid))
         if refused is not None:
             return refused
-        if coll == "registry" and iid not in items:
+        if coll in ("registry", "ledger") and iid not in items:
             return _json(404, {"error": "PUT cannot create here; POST to /registry"})
         status = 200 if iid in items else 201
         item = _server_managed(coll, items.get(iid), {**body, "id": iid})

@@ -227,6 +227,53 @@ def test_a_re_create_by_post_on_a_server_that_honours_keys_is_not_answered_by_th
     assert get(f"{app_url}/_state") == before
 
 
+UNDOING_CHILD = """
+import sys
+from revex.runtime.runtime import Runtime
+base, state_dir, ws, marker = sys.argv[1:5]
+ep = Runtime(state_dir, policy="permissive", audit=None).episode(ws)
+ep.http.delete(base + "/ledger/1", headers={"X-Slow-Create": "3"})
+open(marker, "w").close()
+ep.rollback()
+"""
+
+
+def test_a_copy_left_by_a_re_create_a_crash_interrupted_is_removed_on_recovery(
+        app_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # /ledger: PUT cannot create, POST never reuses an id, keys are ignored, and the
+    # X-Slow-Create header (carried to undo requests) answers a POST late, after storing
+    for entry in ("a", "b"):
+        httpx.post(f"{app_url}/ledger", json={"entry": entry}).raise_for_status()
+    marker = tmp_path / "marker"
+    child = subprocess.Popen([sys.executable, "-c", UNDOING_CHILD, app_url,
+                              str(tmp_path / "state"), str(tmp_path / "ws"), str(marker)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() or len(get(f"{app_url}/ledger")) < 2:
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+    finally:  # killed while the re-create POST's answer is on its way
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert get(f"{app_url}/ledger") == [{"entry": "b", "id": 2}, {"entry": "a", "id": 3}]
+    with pytest.warns(UserWarning, match="recovery"):
+        rt = runtime(tmp_path)
+    with rt:
+        [info] = rt.episodes()
+        assert info.status == "conflict"  # /ledger/1 cannot come back: said, not hidden
+        strays = [r for r in rt.journal.records(info.id) if r.kind == "http.undo.stray"]
+        assert [(r.target, r.params["interrupted"], r.params["removed"]) for r in strays] == [
+            (f"{app_url}/ledger/3", True, True), (f"{app_url}/ledger/4", False, True)]
+    assert get(f"{app_url}/ledger") == [{"entry": "b", "id": 2}]  # no copy left behind
+
+
 # ---- 10.8: the query string is not part of the resource ---------------------------------------
 
 def test_resource_identity_ignores_query_fragment_default_port_and_case() -> None:

@@ -92,13 +92,21 @@ class HttpEffect:
         self.wire = Wire(self.opts.mode, self.secrets, timeout=self.opts.timeout,
                          cassette=cassette)
         self.reps = Representations(ctx.store)
-        self.restorer = Restorer(self.reps, self.wire.send, self.opts.id_field, self._note)
+        self.restorer = Restorer(self.reps, self.wire.send, self.opts.id_field, self._note,
+                                 self._earlier)
         # identity headers as sent (placeholders, not values) by action, for probes and undo in
         # this process; the journal holds them redacted for other processes
         self._identity: dict[int, dict[str, str]] = {}
 
     def close(self) -> None:
         self.wire.close()
+
+    def _earlier(self, target: str) -> list[tuple[str, dict[str, Any]]]:
+        if self.journal is None:
+            return []
+        shown = self.secrets.redact(target)
+        return [(r.kind, r.params) for r in self.journal.records(self.episode_id)
+                if r.kind.startswith("http.undo.") and r.target == shown]
 
     def _note(self, kind: str, target: str, params: dict[str, Any]) -> None:
         if self.journal is None:

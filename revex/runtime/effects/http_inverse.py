@@ -40,6 +40,8 @@ Rep = dict[str, Any]
 Send = Callable[[WireRequest], WireResponse]
 # journals an event (kind, target, params) before and after an undo request that creates
 Note = Callable[[str, str, dict[str, Any]], None]
+# (kind, params) of the ``http.undo.*`` events journaled for a URL earlier in this episode
+Earlier = Callable[[str], list[tuple[str, dict[str, Any]]]]
 
 
 _UNRESERVED = re.compile(r"%(4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F|7E)",
@@ -183,7 +185,7 @@ def _body_difference(before: tuple[str, Any], now: tuple[str, Any]) -> str:
     return f"the body differs ({size_b} bytes before, {size_n} now)"
 
 
-def _variant(key: str, what: str) -> str:
+def variant(key: str, what: str) -> str:
     """The idempotency key of a fallback request of one undo step (``-undo`` stays last)."""
     return f"{key.removesuffix('-undo')}-{what}-undo" if key.endswith("-undo") \
         else f"{key}-{what}"
@@ -206,11 +208,12 @@ class Restorer:
     """Compare-and-set checks and restores of single URLs."""
 
     def __init__(self, reps: Representations, send: Send, id_field: str = "id",
-                 note: Note | None = None) -> None:
+                 note: Note | None = None, earlier: Earlier | None = None) -> None:
+        from revex.runtime.effects.http_recreate import Recreator
+
         self.reps = reps
         self.send = send
-        self.id_field = id_field
-        self.note: Note = note or (lambda kind, target, params: None)
+        self.recreator = Recreator(self, id_field, note, earlier)
 
     def get(self, url: str, headers: dict[str, str]) -> WireResponse:
         return self.send(WireRequest("GET", url, dict(headers)))
@@ -226,10 +229,11 @@ class Restorer:
 
     def restore(self, url: str, target: dict[str, Any], headers: dict[str, str], key: str,
                 *, force: bool, label: str) -> bool:
-        """Put ``url`` back to ``target['pre']``; False when it already was.
+        """Put ``url`` back to ``target['pre']`` and verify it by a GET; False when it
+        already was.
 
-        Raises ConflictError on drift (unless ``force``) or a 412, ActionFailed when the
-        server refuses the restoring request.
+        Raises ConflictError on drift (unless ``force``), a 412, or when the re-read does not
+        show the pre-image; ActionFailed when the server refuses the restoring request.
         """
         pre, post = target["pre"], target["post"]
         current = self.get(url, headers)
@@ -247,7 +251,7 @@ class Restorer:
             base["if-match"] = etag
         if is_absent(pre):
             response = self.send(WireRequest("DELETE", url, base))
-            self._check(response, "DELETE", url, label, ok_absent=True)
+            self.check_answer(response, "DELETE", url, label, ok_absent=True)
             self.verify(url, pre, headers, "DELETE", label)
             return True
         body = self.reps.body(pre)
@@ -258,25 +262,15 @@ class Restorer:
             # the server cannot create by PUT: recreate through its collection (another
             # request, so another key: a server that honours keys would replay the PUT's 404)
             put_headers.pop("if-match", None)
-            put_headers["idempotency-key"] = _variant(key, "post")
-            method, collection = "POST", collection_of(url)
-            # a POST creates where the server says: journal it before it leaves, and where
-            # it landed after
-            self.note("http.undo.recreate", url, {"collection": collection, "by": label,
-                                                  "idempotency_key": put_headers[
-                                                      "idempotency-key"]})
-            response = self.send(WireRequest("POST", collection, put_headers, body))
-            self.note("http.undo.created", url, {
-                "collection": collection, "status": response.status,
-                "landed": self._landed(collection, response) if response.status < 300
-                else None})
-            self._check(response, "POST", collection, label)
-            self._no_stray(url, collection, response, headers, key, label)
+            put_headers["idempotency-key"] = variant(key, "post")
+            method = "POST"
+            response = self.recreator.recreate(url, pre, body, put_headers, headers,
+                                               label=label)
         elif response.status == 405:
             method = "PATCH"
-            put_headers["idempotency-key"] = _variant(key, "patch")
+            put_headers["idempotency-key"] = variant(key, "patch")
             response = self.send(WireRequest("PATCH", url, put_headers, body))
-        self._check(response, method, url, label)
+        self.check_answer(response, method, url, label)
         self.verify(url, pre, headers, method, label)
         return True
 
@@ -295,47 +289,9 @@ class Restorer:
             "(the server may keep, rewrite or move what it is sent: declare a compensation "
             "for this endpoint)", [f"{label} {url}"])
 
-    def _no_stray(self, url: str, collection: str, response: WireResponse,
-                  headers: dict[str, str], key: str, label: str) -> None:
-        """A re-create by POST that landed under another URL (the server would not reuse the
-        id) leaves a copy the episode never had: delete it again and raise, naming both.
-
-        Raises ConflictError.
-        """
-        landed = self._landed(collection, response)
-        if landed is None or same_resource(landed, url):
-            return
-        if not same_origin(landed, url):
-            raise ConflictError(
-                f"{label}: undo POST {collection!r} to re-create {url!r} answered with a "
-                f"Location on another origin ({landed!r}); revex sends nothing there: check "
-                "it by hand", [f"{label} {url}", landed])
-        gone = self.send(WireRequest("DELETE", landed, {
-            **headers, "idempotency-key": _variant(key, "stray")}))
-        check = self.get(landed, headers)
-        self.note("http.undo.stray", landed, {"for": url, "delete_status": gone.status,
-                                              "removed": check.status in ABSENT_STATUSES})
-        what = (f"revex deleted it again, so {url!r} stays absent"
-                if check.status in ABSENT_STATUSES else
-                f"deleting it again got HTTP {gone.status} and it is still there: delete "
-                f"{landed!r} by hand")
-        raise ConflictError(
-            f"{label}: undo POST {collection!r} to re-create {url!r} created {landed!r} "
-            f"instead (the server assigned its own id); {what}; re-create it by hand or "
-            "declare a compensation for this endpoint", [f"{label} {url}", landed])
-
-    def _landed(self, collection: str, response: WireResponse) -> str | None:
-        location = response.header("location")
-        if location:
-            return str(httpx.URL(collection).join(location))
-        body = response.json()
-        field = self.id_field
-        if isinstance(body, dict) and field in body:
-            return item_url(collection, body[field])
-        return None
-
-    def _check(self, response: WireResponse, what: str, url: str, label: str, *,
-               ok_absent: bool = False) -> None:
+    def check_answer(self, response: WireResponse, what: str, url: str, label: str, *,
+                     ok_absent: bool = False) -> None:
+        """Raises ConflictError on a 412, ActionFailed on any other non-2xx answer."""
         if response.status == 412:
             raise ConflictError(f"{label} {url!r}: the server refused the undo with 412 "
                                 "(If-Match failed: changed since)", [f"{label} {url}"])
