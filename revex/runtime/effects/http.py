@@ -187,10 +187,12 @@ class HttpEffect:
         return lines
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
-        """Restore every URL the action touched, or send its compensation.
+        """Restore every URL the action touched, each verified by a GET, or send its
+        compensation (verified by its declared read-back, if any).
 
-        Raises ConflictError on drift (unless ``force``), ActionFailed when the server refuses
-        the inverse request.
+        Raises ConflictError on drift (unless ``force``) or when a re-read does not show the
+        pre-image (or the declared read-back), ActionFailed when the server refuses the
+        inverse request.
         """
         post = item.post
         if post.get("dry_run") or post.get("effect") is False:
