@@ -142,7 +142,7 @@ class Runtime:
 
     def _http_effect(self, ctx: EffectContext) -> Effect:
         return HttpEffect(ctx, secrets=Secrets(self._credentials),
-                          compensations=self._compensations)
+                          compensations=self._compensations, journal=self.journal)
 
     def lock_path(self, episode_id: str) -> Path:
         return self.state_dir / "locks" / f"{episode_id}.lock"

@@ -9,12 +9,23 @@ endpoints with the awkward shapes real services have:
 - ``POST /payments`` (compensated by ``POST /payments/{id}/refund``) and ``POST /emails``
   (irreversible);
 - ``POST /{collection}?fail=1``: creates the item, then answers 500 (failed half-way);
+  ``POST /{collection}?upsert=1`` with an existing ``id`` replaces that item (201, Location);
+  ``POST /{collection}?location=URL`` answers with that Location instead of the item's;
   ``POST /batch/{collection}?fail_after=n`` creates items one by one and fails with 500
   half-way (no generic inverse: the listing is under another URL);
 - ``?delay=s`` on a mutation: sleeps *after* applying it (a slow or timed-out response); not
   on reads nor on requests whose Idempotency-Key ends in ``-undo`` (revex's compensations);
   ``X-Delay-Once: s`` sleeps only the first time a given Idempotency-Key is seen;
-- ``GET /fail?status=503``: a failing response.
+- ``GET /fail?status=503``: a failing response;
+- ``/tickets``: DELETE is a soft delete (204, but the ticket stays readable with
+  ``"deleted": true``), so an undo that trusts the status code alone would be wrong;
+- ``/registry``: PUT cannot create (404), so a deleted entry is re-created by POST;
+- ``/ledger``: PUT cannot create, POST always assigns a new id, Idempotency-Key is ignored, and
+  ``X-Slow-Create: s`` answers a POST ``s`` seconds after storing the item;
+- ``/docs``: every write sets a server-managed ``revision`` (old + 1), so a restored pre-image
+  never reads back exactly;
+- ``DELETE /users/{id}`` cascades: the server also deletes every ``/memberships`` item whose
+  ``userId`` is that id (invisible in the DELETE's response).
 
 ``create_app(token="t")`` requires ``Authorization: Bearer t`` everywhere. :func:`serve` runs an
 app with uvicorn in a thread on a free loopback port::
@@ -81,7 +92,9 @@ def create_app(token: str | None = None) -> FastAPI:
         state.requests += 1
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse({"error": "unauthorized"}, status_code=401)
-        key = request.headers.get("idempotency-key")
+        # /ledger is a server that ignores idempotency keys
+        key = None if request.url.path.startswith("/ledger") else \
+            request.headers.get("idempotency-key")
         mutating = request.method in ("POST", "PUT", "PATCH", "DELETE")
         if mutating and key and key in state.keys:
             status, body, headers = state.keys[key]
@@ -182,15 +195,24 @@ def create_app(token: str | None = None) -> FastAPI:
         with state.lock:
             items = state.collections.setdefault(coll, {})
             given = body.get("id") if isinstance(body, dict) else None
-            free = isinstance(given, int) and given not in items
+            # ?upsert=1: a POST naming an existing id replaces that item (Location names it)
+            upsert = bool(request.query_params.get("upsert"))
+            free = isinstance(given, int) and (given not in items or upsert) \
+                and coll != "ledger"
             nid = int(given) if free and given is not None else state.new_id(coll)
             item = {**body, "id": nid}
             if coll == "payments":
                 item["status"] = "captured"
+            item = _server_managed(coll, None, item)
             items[nid] = item
         if request.query_params.get("fail"):
             return _json(500, {"error": "stored, then failed"})
-        return _json(201, item, {"location": f"/{coll}/{nid}", "etag": etag_of(item)})
+        slow = float(request.headers.get("x-slow-create", 0) or 0) if coll == "ledger" else 0
+        if slow:
+            await asyncio.sleep(slow)  # stored; the answer is late
+        # ?location=URL: a server whose answer points somewhere else
+        location = request.query_params.get("location") or f"/{coll}/{nid}"
+        return _json(201, item, {"location": location, "etag": etag_of(item)})
 
     @app.put("/{coll}/{iid}")
     async def replace(coll: str, iid: int, request: Request) -> Response:
@@ -199,8 +221,10 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items.get(iid))
         if refused is not None:
             return refused
+        if coll in ("registry", "ledger") and iid not in items:
+            return _json(404, {"error": "PUT cannot create here; POST to /registry"})
         status = 200 if iid in items else 201
-        item = {**body, "id": iid}
+        item = _server_managed(coll, items.get(iid), {**body, "id": iid})
         items[iid] = item
         return _json(status, item, {"etag": etag_of(item)})
 
@@ -212,7 +236,8 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items[iid])
         if refused is not None:
             return refused
-        item = {**items[iid], **(await request.json()), "id": iid}
+        item = _server_managed(coll, items[iid], {**items[iid], **(await request.json()),
+                                                  "id": iid})
         items[iid] = item
         return _json(200, item, {"etag": etag_of(item)})
 
@@ -224,10 +249,25 @@ def create_app(token: str | None = None) -> FastAPI:
         refused = precondition(request, items[iid])
         if refused is not None:
             return refused
+        if coll == "tickets":
+            items[iid] = {**items[iid], "deleted": True}
+            return _json(204, None)
         del items[iid]
+        if coll == "users":
+            members = state.collections.get("memberships", {})
+            for mid in [m for m, item in members.items() if item.get("userId") == iid]:
+                del members[mid]
         return _json(204, None)
 
     return app
+
+
+def _server_managed(coll: str, old: dict[str, Any] | None, item: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Fields the server sets itself, whatever the client sent."""
+    if coll == "docs":
+        return {**item, "revision": int((old or {}).get("revision", 0)) + 1}
+    return item
 
 
 def free_port() -> int:

@@ -9,13 +9,15 @@ Each request is classified before it is sent:
 - ``compensable`` (declared): the compensating request is computed from the actual response
   and journaled in DONE; undo sends it.
 - ``reversible`` (POST/PUT/PATCH/DELETE on a plain JSON API): the pre-image of the URL (a GET,
-  journaled in INTENT before the request leaves) or, for POST, the ids of the collection; after
-  the call, the representation it left (see :mod:`http_inverse`).
+  journaled in INTENT before the request leaves; for POST also the ids of the collection, as
+  the target may be a singular resource the POST replaces) and of each declared cascade; after
+  the call, the representation it left (see :mod:`http_inverse`). Every restore is verified.
 
 Forward and compensating requests carry ``Idempotency-Key: revex-<episode>-<action>`` (``-undo``
-for the inverse), so a retry or a re-send after a crash does not apply twice where the server
-honours keys. Modes (episode option ``http_mode``): ``live``, ``record``, ``replay`` (no network),
-``dry_run`` (compensable and irreversible calls are not sent; a synthetic 200 comes back).
+for the inverse, ``-<n>-undo`` for the n-th further resource it restores), so a retry or a
+re-send after a crash does not apply twice where the server honours keys. Modes (episode
+option ``http_mode``): ``live``, ``record``, ``replay`` (no network), ``dry_run`` (compensable
+and irreversible calls are not sent; a synthetic 200 comes back).
 """
 
 from __future__ import annotations
@@ -28,25 +30,16 @@ from typing import Any
 
 import httpx
 
-from revex.errors import ActionFailed, ConflictError, PolicyViolation
+from revex.errors import ActionFailed, ConflictError
 from revex.runtime.effects.base import EffectContext, Plan, UndoItem
-from revex.runtime.effects.http_cassette import SAFE_METHODS, Cassette, WireRequest, WireResponse
-from revex.runtime.effects.http_compensations import (
-    CompensationContext,
-    Compensations,
-    Operation,
-)
-from revex.runtime.effects.http_inverse import (
-    ABSENT_STATUSES,
-    Representations,
-    Restorer,
-    absent,
-)
+from revex.runtime.effects.http_cassette import SAFE_METHODS, Cassette, WireRequest
+from revex.runtime.effects.http_compensations import Compensations, Operation
+from revex.runtime.effects.http_forward import KIND, Forward, undo_key
+from revex.runtime.effects.http_inverse import Representations, Restorer, resource_key
 from revex.runtime.effects.http_secrets import Secrets
-from revex.runtime.effects.http_wire import NotSent, Wire
-from revex.runtime.journal import Record
+from revex.runtime.effects.http_wire import Wire
+from revex.runtime.journal import Journal, Record, Status
 
-KIND = "http.request"
 _NOT_FORWARDED = frozenset({"host", "content-length", "connection", "accept-encoding",
                             "transfer-encoding"})
 # headers that belong to one request, not to the caller's identity (kept off probes and undo)
@@ -75,8 +68,12 @@ class HttpEffect:
     """Plans, undoes and probes HTTP requests for one episode."""
 
     def __init__(self, ctx: EffectContext, *, secrets: Secrets | None = None,
-                 compensations: Compensations | None = None) -> None:
+                 compensations: Compensations | None = None,
+                 journal: Journal | None = None) -> None:
+        """``journal``: where undo notes what its requests create (a re-create by POST
+        lands where the server says); without it those notes are not kept."""
         self.episode_id = ctx.episode_id
+        self.journal = journal
         self.opts = HttpOptions.from_config(ctx.config)
         self.secrets = secrets if secrets is not None else Secrets()
         if self.opts.credentials:
@@ -95,13 +92,28 @@ class HttpEffect:
         self.wire = Wire(self.opts.mode, self.secrets, timeout=self.opts.timeout,
                          cassette=cassette)
         self.reps = Representations(ctx.store)
-        self.restorer = Restorer(self.reps, self.wire.send)
+        self.restorer = Restorer(self.reps, self.wire.send, self.opts.id_field, self._note,
+                                 self._earlier)
         # identity headers as sent (placeholders, not values) by action, for probes and undo in
         # this process; the journal holds them redacted for other processes
         self._identity: dict[int, dict[str, str]] = {}
 
     def close(self) -> None:
         self.wire.close()
+
+    def _earlier(self, target: str) -> list[tuple[str, dict[str, Any]]]:
+        if self.journal is None:
+            return []
+        shown = self.secrets.redact(target)
+        return [(r.kind, r.params) for r in self.journal.records(self.episode_id)
+                if r.kind.startswith("http.undo.") and r.target == shown]
+
+    def _note(self, kind: str, target: str, params: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
+        self.journal.append(
+            episode_id=self.episode_id, kind=kind, target=self.secrets.redact(target),
+            status=Status.EVENT, params=self.secrets.redact_obj(params))
 
     # ---- forward -----------------------------------------------------------------------------
 
@@ -114,6 +126,8 @@ class HttpEffect:
         found = self.comp.find(method, host, port, url.path)
         op = found[0] if found else None
         klass = classify(method, op)
+        cascades = self.comp.cascades_for(method, host, port, url.path) \
+            if klass == "reversible" else []
         dry = self.opts.mode == "dry_run" and klass in ("irreversible", "compensable")
         key = f"revex-{self.episode_id}-{action_seq}"
         headers = {k.lower(): v for k, v in request.headers.items()
@@ -133,8 +147,8 @@ class HttpEffect:
                   "body_bytes": len(request.content), "class": klass, "mode": self.opts.mode,
                   "idempotency_key": headers.get("idempotency-key"),
                   **({"operation": op.name} if op else {}), **({"dry_run": True} if dry else {})}
-        forward = _Forward(self, wire, op, found[1] if found else {}, klass, dry, key,
-                           identity, timeout)
+        forward = Forward(self, wire, op, found[1] if found else {}, klass, dry, key,
+                           identity, timeout, cascades)
         return Plan(kind=KIND, target=target, attrs=attrs, params=params,
                     cost={"http_calls": 1}, prepare=forward.prepare, apply=forward.apply,
                     cleanup=forward.cleanup, read_only=klass == "read")
@@ -150,7 +164,8 @@ class HttpEffect:
         return {k: v for k, v in journaled.items() if v != "***"}
 
     def check_undo(self, items: Sequence[UndoItem]) -> list[str]:
-        """Drift lines, checking each URL once (against the newest action that touched it)."""
+        """Drift lines, checking each resource once (against the newest action that touched
+        it); a resource is its scheme, host and path (:func:`resource_key`), not the query."""
         lines: list[str] = []
         seen: set[str] = set()
         for item in items:
@@ -163,19 +178,21 @@ class HttpEffect:
                 continue
             headers = self._headers_for(item.intent)
             for url, target in post.get("targets", {}).items():
-                if url in seen:
+                if resource_key(url) in seen:
                     continue
-                seen.add(url)
+                seen.add(resource_key(url))
                 line = self.restorer.drift(url, target, headers)
                 if line:
                     lines.append(f"{item.describe()}: {line}")
         return lines
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
-        """Restore every URL the action touched, or send its compensation.
+        """Restore every URL the action touched, each verified by a GET, or send its
+        compensation (verified by its declared read-back, if any).
 
-        Raises ConflictError on drift (unless ``force``), ActionFailed when the server refuses
-        the inverse request.
+        Raises ConflictError on drift (unless ``force``) or when a re-read does not show the
+        pre-image (or the declared read-back), ActionFailed when the server refuses the
+        inverse request.
         """
         post = item.post
         if post.get("dry_run") or post.get("effect") is False:
@@ -194,15 +211,33 @@ class HttpEffect:
             if not 200 <= response.status < 300:
                 raise ActionFailed(f"{item.describe()}: compensation {comp['method']} "
                                    f"{comp['url']} got HTTP {response.status}")
+            if comp.get("read_back"):
+                self._read_back(item, comp, headers)
             return
         if post.get("effect") == "unknown":
             if force:
                 return
             raise ConflictError(f"{item.describe()}: what it did could not be determined; "
                                 "force=True skips it", [item.describe()])
-        for url, target in reversed(list(post.get("targets", {}).items())):
-            self.restorer.restore(url, target, headers, key, force=force,
+        targets = list(post.get("targets", {}).items())
+        for i, (url, target) in reversed(list(enumerate(targets))):
+            self.restorer.restore(url, target, headers, undo_key(key, i), force=force,
                                   label=item.describe())
+
+    def _read_back(self, item: UndoItem, comp: dict[str, Any], headers: dict[str, str]
+                   ) -> None:
+        """GET the declared read-back of a sent compensation: it must show the expected
+        fields. Raises ConflictError naming the URL and the fields that differ."""
+        back = comp["read_back"]
+        got = self.wire.send(WireRequest("GET", back["url"], dict(headers)))
+        missing = _unmet(back["expect"], got.json()) if 200 <= got.status < 300 else ["*"]
+        if missing:
+            what = (f"GET answered {got.status}" if missing == ["*"]
+                    else f"fields not as declared: {', '.join(missing[:20])}")
+            raise ConflictError(
+                f"{item.describe()}: compensation {comp['method']} {comp['url']!r} answered "
+                f"success, but its read-back GET {back['url']!r} does not show the declared "
+                f"result ({what}); it is not marked undone", [f"{item.describe()}"])
 
     def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
         """After a crash: probe what the request did. None when it left no trace."""
@@ -212,11 +247,24 @@ class HttpEffect:
         if undo.get("irreversible"):
             return {"effect": "unknown", "why": "irreversible call interrupted"}
         headers = self._headers_for(intent)
-        forward = _Forward.from_intent(self, intent, headers)
+        forward = Forward.from_intent(self, intent, headers)
         post = forward.probe(undo, None)
         if post.get("effect") is False:
             return None
         return post
+
+
+def _unmet(expect: Any, actual: Any, where: str = "") -> list[str]:
+    """The paths of ``expect``'s fields that ``actual`` does not show (names, not values)."""
+    if isinstance(expect, dict):
+        if not isinstance(actual, dict):
+            return [where or "*"]
+        out: list[str] = []
+        for key, value in expect.items():
+            path = f"{where}.{key}" if where else str(key)
+            out.extend(_unmet(value, actual[key], path) if key in actual else [path])
+        return out
+    return [] if expect == actual else [where or "*"]
 
 
 def classify(method: str, op: Operation | None) -> str:
@@ -227,217 +275,6 @@ def classify(method: str, op: Operation | None) -> str:
     if method in ("POST", "PUT", "PATCH", "DELETE"):
         return "reversible"
     return "irreversible"
-
-
-class _Forward:
-    """prepare / apply / cleanup of one request (the halves of its Plan)."""
-
-    def __init__(self, fx: HttpEffect, request: WireRequest, op: Operation | None,
-                 path_params: dict[str, str], klass: str, dry: bool, key: str,
-                 identity: dict[str, str], timeout: float | None) -> None:
-        self.fx = fx
-        self.request = request
-        self.op = op
-        self.path_params = path_params
-        self.klass = klass
-        self.dry = dry
-        self.key = key
-        self.identity = identity
-        self.timeout = timeout
-
-    @classmethod
-    def from_intent(cls, fx: HttpEffect, intent: Record, headers: dict[str, str]) -> _Forward:
-        undo = intent.undo
-        content = b""
-        if undo.get("body_sha"):
-            with fx.reps.store.path_of(undo["body_sha"]).open("rb") as fh:
-                content = fh.read()
-        request = WireRequest(undo["method"], undo["url"],
-                              {**headers, **undo.get("request_headers", {}),
-                               "idempotency-key": undo["key"]}, content)
-        url = httpx.URL(undo["url"])
-        found = fx.comp.find(undo["method"], url.host, url.port, url.path)
-        return cls(fx, request, found[0] if found else None, found[1] if found else {},
-                   undo["class"], False, undo["key"], headers, None)
-
-    @property
-    def keys_honoured(self) -> bool:
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.keys_honoured(url.host, url.port)
-
-    def prepare(self) -> dict[str, Any]:
-        """Undo info, durable before the request leaves. Raises PolicyViolation when a
-        reversible request's pre-image cannot be read, OSError when the server is down."""
-        method, url = self.request.method, self.request.url
-        undo: dict[str, Any] = {
-            "class": self.klass, "method": method, "url": self.fx.secrets.redact(url),
-            "key": self.key, "identity": self.fx.secrets.redact_headers(self.identity),
-            "request_headers": {k: v for k, v in self.request.headers.items()
-                                if k == "content-type"},
-        }
-        if self.request.content:
-            undo["body_sha"] = self.fx.reps.store.put_bytes(self.request.content)
-        if self.dry:
-            return {**undo, "dry_run": True}
-        if self.klass == "irreversible":
-            return {**undo, "irreversible": True}
-        if self.klass == "read":
-            return undo
-        if method == "POST":
-            if not (self.klass == "compensable" and self.keys_honoured):
-                undo["listing"] = self._listing(url)
-            return undo
-        if self.klass == "reversible":
-            pre = self.fx.restorer.get(url, self.identity)
-            if pre.status not in ABSENT_STATUSES and not 200 <= pre.status < 300:
-                raise PolicyViolation(
-                    f"{method} {undo['url']} refused: its pre-image GET returned HTTP "
-                    f"{pre.status}, so the request could not be undone; declare a compensation "
-                    "or mark the operation irreversible", rule="http-preimage",
-                    action_kind=KIND, target=undo["url"])
-            undo["pre"] = self.fx.reps.of(pre)
-        return undo
-
-    def _listing(self, url: str) -> list[Any] | None:
-        """The ids in the collection at ``url`` (to find what a POST created), if it lists."""
-        response = self.fx.restorer.get(url, self.identity)
-        body = response.json() if response.status == 200 else None
-        if not isinstance(body, list):
-            return None
-        field = self.fx.opts.id_field
-        return [item[field] for item in body if isinstance(item, dict) and field in item]
-
-    def apply(self, undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        if self.dry:
-            return (WireResponse(200, {"content-type": "application/json",
-                                       "x-revex-dry-run": "1"}, b'{"dry_run": true}'),
-                    {"status": 200, "dry_run": True})
-        response = self._send()
-        head = {"status": response.status, "etag": response.header("etag"),
-                "location": response.header("location")}
-        if self.klass == "read":
-            return response, head
-        if self.klass == "irreversible":
-            return response, head
-        return response, {**head, **self.probe(undo, response)}
-
-    def _send(self) -> WireResponse:
-        retry_any = self.request.method in ("PUT", "DELETE") or self.keys_honoured
-        attempts = 1 + max(0, self.fx.opts.retries)
-        for attempt in range(attempts):
-            try:
-                return self.fx.wire.send(self.request, timeout=self.timeout)
-            except NotSent:
-                if attempt + 1 >= attempts:
-                    raise
-            except (TimeoutError, ConnectionError):
-                # the request may have arrived: re-send only where that cannot apply twice
-                if attempt + 1 >= attempts or not retry_any:
-                    raise
-        raise AssertionError("unreachable")
-
-    def probe(self, undo: dict[str, Any], response: WireResponse | None) -> dict[str, Any]:
-        """What the request left, from its response (None after a crash or failure) and GETs."""
-        ok = response is not None and 200 <= response.status < 300
-        if self.klass == "compensable":
-            return self._compensation(undo, response)
-        if response is not None and 400 <= response.status < 500:
-            return {"effect": False}
-        method, url = self.request.method, self.request.url
-        if method != "POST":
-            pre = undo["pre"]
-            if method == "DELETE" and ok:
-                return {"effect": True, "targets": {url: {"pre": pre, "post": absent()}}}
-            current = self.fx.restorer.get(url, self.identity)
-            if not ok and self.fx.reps.same(pre, current):
-                return {"effect": False}
-            post = self.fx.reps.of(current)
-            return {"effect": True, "targets": {url: {"pre": pre, "post": post}}}
-        created = self._created(undo, response if ok else None)
-        if created is None:
-            return {"effect": "unknown", "why": "the response named no id or Location and "
-                    "the collection does not list ids"}
-        if not created:
-            return {"effect": False}
-        targets = {}
-        for one in created:
-            targets[one] = {"pre": absent(),
-                            "post": self.fx.reps.of(self.fx.restorer.get(one, self.identity))}
-        return {"effect": True, "targets": targets}
-
-    def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
-        url = self.request.url.split("?", 1)[0].rstrip("/")
-        if response is not None:
-            location = response.header("location")
-            if location:
-                return [str(httpx.URL(self.request.url).join(location))]
-            body = response.json()
-            if isinstance(body, dict) and self.fx.opts.id_field in body:
-                return [f"{url}/{body[self.fx.opts.id_field]}"]
-        before = undo.get("listing")
-        if before is None:
-            return None
-        now = self._listing(self.request.url)
-        if now is None:
-            return None
-        old = set(map(str, before))
-        return [f"{url}/{i}" for i in now if str(i) not in old]
-
-    def _compensation(self, undo: dict[str, Any], response: WireResponse | None
-                      ) -> dict[str, Any]:
-        assert self.op is not None and self.op.compensator is not None
-        if response is None and self.keys_honoured:
-            # after a crash: the server de-duplicates on the key, so this returns the original
-            response = self.fx.wire.send(self.request)
-        if response is None or not 200 <= response.status < 300:
-            if response is not None and response.status < 500:
-                return {"effect": False}
-            created = self._created(undo, None) if self.request.method == "POST" else None
-            if not created:
-                return {"effect": "unknown" if created is None else False,
-                        "why": "compensable call failed or was interrupted"}
-            got = self.fx.restorer.get(created[0], self.identity)
-            response = WireResponse(200, got.headers, got.content)
-        ctx = CompensationContext(
-            self.request.method, self.request.url, self.path_params,
-            _json(self.request.content), response.status, response.json(),
-            response.headers)
-        comp = self.op.compensator(ctx)
-        if comp is None:
-            return {"effect": False}
-        target = str(httpx.URL(self.request.url).join(comp.url))
-        return {"effect": True, "operation": self.op.name,
-                "compensation": {"method": comp.method.upper(), "url": target,
-                                 "json": comp.json, "headers": dict(comp.headers)}}
-
-    def cleanup(self, undo: dict[str, Any]) -> None:
-        """The request failed (timeout, connection): probe and undo what it may have done."""
-        if self.dry or self.klass in ("read", "irreversible"):
-            return
-        try:
-            post = self.probe(undo, None)
-            if post.get("effect") is True and "targets" in post:
-                for url, target in reversed(list(post["targets"].items())):
-                    self.fx.restorer.restore(url, target, self.identity, self.key + "-undo",
-                                             force=False, label=f"failed {self.request.method}")
-            elif post.get("effect") is True and "compensation" in post:
-                comp = post["compensation"]
-                self.fx.wire.send(WireRequest(comp["method"], comp["url"],
-                                              {**self.identity,
-                                               "idempotency-key": self.key + "-undo"}))
-        except (OSError, ConflictError):
-            # the server is unreachable or moved on: the FAILED record stands; nothing more can
-            # be learned now
-            return
-
-
-def _json(content: bytes) -> Any:
-    if not content:
-        return None
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def options(mode: str | None = None, cassette: str | Path | None = None,

@@ -22,15 +22,27 @@ policy)::
     [[services.payments.operations]]
     match = "POST /payments"
     compensate = "POST /payments/{response.id}/refund"
+    verify = "GET /payments/{response.id}"    # optional read-back: undo is verified
+    verify_json = { status = "refunded" }     # fields the compensated resource must show
 
     [[services.payments.operations]]
     match = "POST /emails"
     irreversible = true
     reason = "sends an email"
 
-The compensating request is computed from the forward call's actual response right after it
-returns and journaled in its DONE record, so undo after a commit or a crash needs neither the
-registry nor the code that declared it.
+    [[services.payments.operations]]
+    match = "DELETE /users/{id}"
+    cascades = ["/memberships?userId={id}"]   # what the server deletes along with it
+
+A *cascade* declares what the server changes on its own along with a request revex reverses
+itself (a DELETE of a user that deletes the user's memberships; HTTP cannot show that). Before
+the request, each declared URL is read (a listing: every item it lists, by id; else the document
+itself) and journaled as a pre-image; what changed is restored, and verified, on rollback.
+
+The compensating request (and its read-back) is computed from the forward call's actual response
+right after it returns and journaled in its DONE record, so undo after a commit or a crash needs
+neither the registry nor the code that declared it. A compensation without a read-back cannot be
+verified: its DONE record says ``undo_check: "none"`` and why.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from revex.errors import ConfigError
 from revex.policies.engine import glob_match
@@ -60,13 +73,24 @@ class CompensationContext:
 
 
 @dataclass(frozen=True)
+class ReadBack:
+    """How to check that a compensation worked: GET ``url`` (a path on the same origin) and
+    find ``expect`` in its JSON (every field of ``expect``, recursively; other fields free)."""
+
+    url: str
+    expect: Any
+
+
+@dataclass(frozen=True)
 class CompensationRequest:
-    """The request that compensates a forward call; ``url`` may be a path on the same origin."""
+    """The request that compensates a forward call; ``url`` may be a path on the same origin.
+    Without ``read_back`` its undo cannot be verified (only its 2xx status is checked)."""
 
     method: str
     url: str
     json: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    read_back: ReadBack | None = None
 
 
 Compensator = Callable[[CompensationContext], CompensationRequest | None]
@@ -83,6 +107,7 @@ class Operation:
     compensator: Compensator | None = None
     irreversible: bool = False
     reason: str = ""
+    cascades: tuple[str, ...] = ()
 
     def match(self, method: str, host: str, port: int | None, path: str
               ) -> dict[str, str] | None:
@@ -112,6 +137,15 @@ class Compensations:
             return fn
         return register
 
+    def cascade(self, method: str, path: str, *urls: str, host: str | None = None) -> None:
+        """Declare that ``method path`` makes the server change ``urls`` too (templates with
+        ``path``'s ``{var}`` segments, e.g. ``"/memberships?userId={id}"``): they are read
+        before the request and restored on rollback. Raises ConfigError for a template that
+        names a variable ``path`` does not have."""
+        _check_cascades(list(urls), path, f"cascade of {method.upper()} {path}")
+        self.operations.append(Operation(f"{method.upper()} {path} cascades", method.upper(),
+                                         path, host, cascades=tuple(urls)))
+
     def irreversible(self, method: str, path: str, *, host: str | None = None,
                      reason: str = "", name: str | None = None) -> None:
         """Declare ``method path`` as irreversible: denied unless a policy rule allows
@@ -129,11 +163,23 @@ class Compensations:
 
     def find(self, method: str, host: str, port: int | None, path: str
              ) -> tuple[Operation, dict[str, str]] | None:
+        """The first declared compensable or irreversible operation matching."""
         for op in self.operations:
+            if op.compensator is None and not op.irreversible:
+                continue
             found = op.match(method, host, port, path)
             if found is not None:
                 return op, found
         return None
+
+    def cascades_for(self, method: str, host: str, port: int | None, path: str) -> list[str]:
+        """The declared cascade URLs (relative, filled from the path) of a request."""
+        out: list[str] = []
+        for op in self.operations:
+            found = op.match(method, host, port, path) if op.cascades else None
+            if found is not None:
+                out.extend(_fill_path(t, found) for t in op.cascades)
+        return out
 
     def keys_honoured(self, host: str, port: int | None) -> bool:
         return any(_host_match(h, host, port) for h in self.keyed_hosts)
@@ -181,13 +227,25 @@ def _operation(op: Any, host: str | None, where: str) -> Operation:
     if not isinstance(op, dict) or not isinstance(op.get("match"), str):
         raise ConfigError(f"{where}: needs match = \"METHOD /path\"")
     unknown = set(op) - {"match", "compensate", "compensate_json", "irreversible", "reason",
-                         "name"}
+                         "name", "cascades", "verify", "verify_json"}
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     method, _, path = op["match"].strip().partition(" ")
     if not path.startswith("/"):
         raise ConfigError(f"{where}: match must look like \"POST /payments\"")
     name = str(op.get("name") or op["match"])
+    if "cascades" in op:
+        cascades = op["cascades"]
+        if not isinstance(cascades, list) or not all(isinstance(c, str) for c in cascades):
+            raise ConfigError(f"{where}: cascades must be a list of URL templates, e.g. "
+                              "cascades = [\"/memberships?userId={id}\"]")
+        if op.get("irreversible") or "compensate" in op:
+            raise ConfigError(f"{where}: cascades apply to requests revex reverses itself; "
+                              "remove compensate/irreversible (a compensation must undo what "
+                              "cascades itself)")
+        _check_cascades(cascades, path.strip(), where)
+        return Operation(name, method.upper(), path.strip(), host,
+                         cascades=tuple(cascades))
     if op.get("irreversible"):
         return Operation(name, method.upper(), path.strip(), host, None, True,
                          str(op.get("reason", "")))
@@ -197,8 +255,20 @@ def _operation(op: Any, host: str | None, where: str) -> Operation:
                           "or irreversible = true")
     cmethod, _, cpath = template.strip().partition(" ")
     body = op.get("compensate_json")
+    verify = op.get("verify")
+    if verify is not None:
+        vmethod, _, vpath = str(verify).strip().partition(" ")
+        if vmethod.upper() != "GET" or not vpath.strip().startswith("/") \
+                or vpath.strip().startswith("//") or "verify_json" not in op:
+            raise ConfigError(f"{where}: verify must look like \"GET /payments/{{response.id}}\" "
+                              "(a path on the same server) with verify_json = {...}, the "
+                              "fields the compensated resource must show")
+        verify = vpath.strip()
+    elif "verify_json" in op:
+        raise ConfigError(f"{where}: verify_json needs verify = \"GET /path\"")
     return Operation(name, method.upper(), path.strip(), host,
-                     TemplateCompensator(cmethod.upper(), cpath.strip(), body))
+                     TemplateCompensator(cmethod.upper(), cpath.strip(), body, verify,
+                                         op.get("verify_json")))
 
 
 @dataclass(frozen=True)
@@ -208,10 +278,14 @@ class TemplateCompensator:
     method: str
     url: str
     body: Any = None
+    verify: str | None = None
+    verify_json: Any = None
 
     def __call__(self, ctx: CompensationContext) -> CompensationRequest | None:
+        read_back = None if self.verify is None else \
+            ReadBack(_fill(self.verify, ctx), _fill_obj(self.verify_json, ctx))
         return CompensationRequest(self.method, _fill(self.url, ctx),
-                                   _fill_obj(self.body, ctx))
+                                   _fill_obj(self.body, ctx), read_back=read_back)
 
 
 _FIELD = re.compile(r"\{(response|request|path)\.([A-Za-z0-9_.\-]+)\}")
@@ -249,6 +323,22 @@ def _host_match(pattern: str, host: str, port: int | None) -> bool:
 
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _fill_path(template: str, params: Mapping[str, str]) -> str:
+    # a path segment of the request, quoted whole: it cannot add a query field or a segment
+    return _VAR.sub(lambda m: quote(params[m.group(1)], safe=""),
+                    template.replace("{path.", "{"))
+
+
+def _check_cascades(cascades: list[str], path: str, where: str) -> None:
+    have = set(_VAR.findall(path))
+    for template in cascades:
+        names = set(_VAR.findall(template.replace("{path.", "{")))
+        if names - have or not template.startswith("/") or template.startswith("//"):
+            raise ConfigError(
+                f"{where}: cascades entry {template!r} must be a path on the same server "
+                f"using only the variables of {path!r} ({', '.join(sorted(have)) or 'none'})")
 
 
 def _path_regex(template: str) -> re.Pattern[str]:

@@ -13,13 +13,23 @@ before (``pre``) and after (``post``) it. Undo of one URL is compare-and-set:
   (404/405). A 412 from the server is drift detected by the server.
 
 Servers that ignore ETags are covered by comparing bodies as JSON (bytes when not JSON).
+
+Every restore is verified: the URL is read again and must show ``pre`` (absent for a created
+resource). A server that answers 2xx and keeps, rewrites or moves the resource (a soft delete, a
+server-managed field, a re-create under a new id) gives a ConflictError naming the request, the
+URL and the fields that differ; a copy that a re-create put under another URL is deleted again
+and named. A resource is identified by :func:`resource_key`: scheme, host and path, not the query.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from revex.errors import ActionFailed, ConflictError
 from revex.runtime.effects.http_cassette import WireRequest, WireResponse
@@ -28,6 +38,48 @@ from revex.runtime.store import ContentStore
 ABSENT_STATUSES = (404, 410)
 Rep = dict[str, Any]
 Send = Callable[[WireRequest], WireResponse]
+# journals an event (kind, target, params) before and after an undo request that creates
+Note = Callable[[str, str, dict[str, Any]], None]
+# (kind, params) of the ``http.undo.*`` events journaled for a URL earlier in this episode
+Earlier = Callable[[str], list[tuple[str, dict[str, Any]]]]
+
+
+_UNRESERVED = re.compile(r"%(4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F|7E)",
+                         re.IGNORECASE)
+
+
+def resource_key(url: str) -> str:
+    """The identity of the resource at ``url``: lowercase scheme and host, no default port,
+    the path without query or fragment, percent-escapes of unreserved characters decoded and
+    the others upper-cased, one trailing slash dropped (``/`` stays)."""
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    path = parsed.raw_path.decode("ascii").split("?", 1)[0] or "/"
+    # RFC 3986 6.2.2: %7E and ~ are the same; %2F and / are not (only unreserved are decoded)
+    path = _UNRESERVED.sub(lambda m: chr(int(m.group(1), 16)), path)
+    path = re.sub(r"%[0-9a-fA-F]{2}", lambda m: m.group(0).upper(), path)
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    return f"{parsed.scheme.lower()}://{parsed.host.lower()}{port}{path}"
+
+
+def same_resource(a: str, b: str) -> bool:
+    return resource_key(a) == resource_key(b)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Same scheme, host and port: revex sends its own requests (probes, undo) only to the
+    origin a policy allowed, never where a server's answer points."""
+    return resource_key(a).split("/", 3)[:3] == resource_key(b).split("/", 3)[:3]
+
+
+def item_url(collection: str, ident: Any) -> str:
+    """The URL of the item ``ident`` (from a server's answer) in ``collection``: one path
+    segment, so an id such as ``../admin`` cannot name another resource."""
+    segment = quote(str(ident), safe=":@!$&'()*+,;=-._~")
+    if segment in ("", ".", ".."):
+        segment = quote(segment, safe="").replace(".", "%2E")
+    return f"{collection.split('?', 1)[0].rstrip('/')}/{segment}"
 
 
 def absent() -> Rep:
@@ -65,6 +117,33 @@ class Representations:
             raise ActionFailed(f"pre-image body {rep.get('sha')} is missing from the content "
                                f"store: {exc}") from exc
 
+    def of_json(self, value: Any) -> Rep:
+        """A representation of a JSON value read from elsewhere (an entry of a listing)."""
+        return {"status": 200, "etag": None, "ctype": "application/json",
+                "sha": self.store.put_bytes(json.dumps(value).encode())}
+
+    def json_of(self, rep: Rep | None) -> Any:
+        """The decoded JSON body of ``rep``; None when absent or not JSON."""
+        if is_absent(rep):
+            return None
+        assert rep is not None
+        kind, value = _decoded(self.body(rep))
+        return value if kind == "json" else None
+
+    def difference(self, rep: Rep | None, response: WireResponse) -> str:
+        """What differs between ``rep`` and ``response``, naming fields, never values (a body
+        may hold what the journal must not)."""
+        if is_absent(rep):
+            fields = _fields(_decoded(response.content))
+            return (f"it should be absent, but GET still answers {response.status}"
+                    + (f" (fields: {fields})" if fields else ""))
+        assert rep is not None
+        if response.status in ABSENT_STATUSES:
+            return f"it should be {describe(rep)}, but GET answers {response.status} (absent)"
+        if rep.get("status") != response.status:
+            return f"status {rep.get('status')} before, {response.status} now"
+        return _body_difference(_decoded(self.body(rep)), _decoded(response.content))
+
     def same(self, rep: Rep | None, response: WireResponse) -> bool:
         """Does ``response`` show the state ``rep`` describes?"""
         if is_absent(rep) or response.status in ABSENT_STATUSES:
@@ -80,6 +159,36 @@ def _decoded(content: bytes) -> Any:
         return ("json", json.loads(content))
     except (ValueError, UnicodeDecodeError):
         return ("bytes", content)
+
+
+def _fields(decoded: tuple[str, Any]) -> str:
+    kind, value = decoded
+    if kind == "json" and isinstance(value, dict):
+        return ", ".join(sorted(map(str, value))[:20])
+    return ""
+
+
+def _body_difference(before: tuple[str, Any], now: tuple[str, Any]) -> str:
+    (kind_b, b), (kind_n, n) = before, now
+    if kind_b == kind_n == "json" and isinstance(b, dict) and isinstance(n, dict):
+        changed = sorted(str(k) for k in b.keys() & n.keys() if b[k] != n[k])
+        added = sorted(str(k) for k in n.keys() - b.keys())
+        removed = sorted(str(k) for k in b.keys() - n.keys())
+        parts = [f"{label}: {', '.join(keys[:20])}" for label, keys in
+                 (("fields changed", changed), ("fields added", added),
+                  ("fields removed", removed)) if keys]
+        return "; ".join(parts) or "the bodies differ"
+    if kind_b == kind_n == "json" and isinstance(b, list) and isinstance(n, list):
+        return f"the list differs ({len(b)} entries before, {len(n)} now)"
+    size_b = len(b) if kind_b == "bytes" else len(json.dumps(b))
+    size_n = len(n) if kind_n == "bytes" else len(json.dumps(n))
+    return f"the body differs ({size_b} bytes before, {size_n} now)"
+
+
+def variant(key: str, what: str) -> str:
+    """The idempotency key of a fallback request of one undo step (``-undo`` stays last)."""
+    return f"{key.removesuffix('-undo')}-{what}-undo" if key.endswith("-undo") \
+        else f"{key}-{what}"
 
 
 def collection_of(url: str) -> str:
@@ -98,9 +207,13 @@ def describe(rep: Rep | None) -> str:
 class Restorer:
     """Compare-and-set checks and restores of single URLs."""
 
-    def __init__(self, reps: Representations, send: Send) -> None:
+    def __init__(self, reps: Representations, send: Send, id_field: str = "id",
+                 note: Note | None = None, earlier: Earlier | None = None) -> None:
+        from revex.runtime.effects.http_recreate import Recreator
+
         self.reps = reps
         self.send = send
+        self.recreator = Recreator(self, id_field, note, earlier)
 
     def get(self, url: str, headers: dict[str, str]) -> WireResponse:
         return self.send(WireRequest("GET", url, dict(headers)))
@@ -116,10 +229,11 @@ class Restorer:
 
     def restore(self, url: str, target: dict[str, Any], headers: dict[str, str], key: str,
                 *, force: bool, label: str) -> bool:
-        """Put ``url`` back to ``target['pre']``; False when it already was.
+        """Put ``url`` back to ``target['pre']`` and verify it by a GET; False when it
+        already was.
 
-        Raises ConflictError on drift (unless ``force``) or a 412, ActionFailed when the
-        server refuses the restoring request.
+        Raises ConflictError on drift (unless ``force``), a 412, or when the re-read does not
+        show the pre-image; ActionFailed when the server refuses the restoring request.
         """
         pre, post = target["pre"], target["post"]
         current = self.get(url, headers)
@@ -137,29 +251,47 @@ class Restorer:
             base["if-match"] = etag
         if is_absent(pre):
             response = self.send(WireRequest("DELETE", url, base))
-            self._check(response, "DELETE", url, label, ok_absent=True)
+            self.check_answer(response, "DELETE", url, label, ok_absent=True)
+            self.verify(url, pre, headers, "DELETE", label)
             return True
         body = self.reps.body(pre)
         put_headers = {**base, "content-type": pre.get("ctype") or "application/json"}
+        method = "PUT"
         response = self.send(WireRequest("PUT", url, put_headers, body))
         if response.status in (404, 405) and current.status in ABSENT_STATUSES:
-            # the server cannot create by PUT: recreate through its collection
+            # the server cannot create by PUT: recreate through its collection (another
+            # request, so another key: a server that honours keys would replay the PUT's 404)
             put_headers.pop("if-match", None)
-            response = self.send(WireRequest("POST", collection_of(url), put_headers, body))
+            put_headers["idempotency-key"] = variant(key, "post")
+            method = "POST"
+            response = self.recreator.recreate(url, pre, body, put_headers, headers,
+                                               label=label)
         elif response.status == 405:
+            method = "PATCH"
+            put_headers["idempotency-key"] = variant(key, "patch")
             response = self.send(WireRequest("PATCH", url, put_headers, body))
-        self._check(response, "restore", url, label)
-        after = self.get(url, headers)
-        if not self.reps.same(pre, after):
-            shows = describe(self.reps.of(after))
-            raise ActionFailed(
-                f"{label} {url!r}: restored, but the server now shows {shows}"
-                f" instead of the pre-image ({describe(pre)}); it may assign ids or "
-                "server-managed fields itself; declare a compensation for this endpoint")
+        self.check_answer(response, method, url, label)
+        self.verify(url, pre, headers, method, label)
         return True
 
-    def _check(self, response: WireResponse, what: str, url: str, label: str, *,
-               ok_absent: bool = False) -> None:
+    def verify(self, url: str, pre: Rep, headers: dict[str, str], method: str,
+               label: str) -> None:
+        """Re-read ``url`` after an undo request: it must show ``pre``.
+
+        Raises ConflictError naming the request, the URL and what differs.
+        """
+        after = self.get(url, headers)
+        if self.reps.same(pre, after):
+            return
+        raise ConflictError(
+            f"{label}: undo {method} {url!r} answered success, but a GET shows it does not "
+            f"hold its pre-image: {self.reps.difference(pre, after)}; it is not marked undone "
+            "(the server may keep, rewrite or move what it is sent: declare a compensation "
+            "for this endpoint)", [f"{label} {url}"])
+
+    def check_answer(self, response: WireResponse, what: str, url: str, label: str, *,
+                     ok_absent: bool = False) -> None:
+        """Raises ConflictError on a 412, ActionFailed on any other non-2xx answer."""
         if response.status == 412:
             raise ConflictError(f"{label} {url!r}: the server refused the undo with 412 "
                                 "(If-Match failed: changed since)", [f"{label} {url}"])

@@ -1,0 +1,369 @@
+"""The forward half of one HTTP request: prepare (pre-images, durable before it is sent),
+apply (send, with retries where a re-send cannot apply twice), probe (what it left, also after a
+crash) and cleanup (undo what a failed request may have done).
+
+What a reversible request journals before it leaves: the pre-image of its URL (for POST the
+representation of the target, which may be a singular resource the POST replaces, and the ids
+of the collection) and of each declared cascade. What its DONE record holds: per resource it
+touched, the representation before (``pre``) and after (``post``); for a compensable request
+the compensating request and ``undo_check``: ``read_back`` (a declared GET whose JSON must
+show declared fields) or ``none`` with ``why_unverified`` (its result cannot be re-read).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import httpx
+
+from revex.errors import ConfigError, ConflictError, PolicyViolation
+from revex.runtime.effects.http_cassette import WireRequest, WireResponse
+from revex.runtime.effects.http_compensations import CompensationContext, Operation
+from revex.runtime.effects.http_inverse import (
+    ABSENT_STATUSES,
+    absent,
+    is_absent,
+    item_url,
+    resource_key,
+    same_origin,
+    same_resource,
+)
+from revex.runtime.effects.http_wire import NotSent
+from revex.runtime.journal import Record
+
+if TYPE_CHECKING:
+    from revex.runtime.effects.http import HttpEffect
+
+KIND = "http.request"
+UNVERIFIED_COMPENSATION = (
+    "a declared compensation: its undo sends the compensating request and requires a 2xx "
+    "answer, but the compensated state cannot be re-read and compared with a pre-image")
+
+
+def undo_key(key: str, index: int) -> str:
+    """The idempotency key restoring the ``index``-th resource of an action: one key per
+    resource, so a server that de-duplicates keys does not answer the second restore with the
+    first one's response."""
+    return key if index == 0 else f"{key.removesuffix('-undo')}-{index}-undo"
+
+
+class Forward:
+    """prepare / apply / cleanup of one request (the halves of its Plan), and the probe of
+    what it did, also from its INTENT after a crash (:meth:`from_intent`)."""
+
+    def __init__(self, fx: HttpEffect, request: WireRequest, op: Operation | None,
+                 path_params: dict[str, str], klass: str, dry: bool, key: str,
+                 identity: dict[str, str], timeout: float | None,
+                 cascades: Sequence[str] = ()) -> None:
+        self.fx = fx
+        self.cascades = list(cascades)
+        self.request = request
+        self.op = op
+        self.path_params = path_params
+        self.klass = klass
+        self.dry = dry
+        self.key = key
+        self.identity = identity
+        self.timeout = timeout
+
+    @classmethod
+    def from_intent(cls, fx: HttpEffect, intent: Record, headers: dict[str, str]) -> Forward:
+        undo = intent.undo
+        content = b""
+        if undo.get("body_sha"):
+            with fx.reps.store.path_of(undo["body_sha"]).open("rb") as fh:
+                content = fh.read()
+        request = WireRequest(undo["method"], undo["url"],
+                              {**headers, **undo.get("request_headers", {}),
+                               "idempotency-key": undo["key"]}, content)
+        url = httpx.URL(undo["url"])
+        found = fx.comp.find(undo["method"], url.host, url.port, url.path)
+        return cls(fx, request, found[0] if found else None, found[1] if found else {},
+                   undo["class"], False, undo["key"], headers, None)
+
+    @property
+    def keys_honoured(self) -> bool:
+        url = httpx.URL(self.request.url)
+        return self.fx.comp.keys_honoured(url.host, url.port)
+
+    def prepare(self) -> dict[str, Any]:
+        """Undo info, durable before the request leaves. Raises PolicyViolation when a
+        reversible request's pre-image cannot be read, OSError when the server is down."""
+        method, url = self.request.method, self.request.url
+        undo: dict[str, Any] = {
+            "class": self.klass, "method": method, "url": self.fx.secrets.redact(url),
+            "key": self.key, "identity": self.fx.secrets.redact_headers(self.identity),
+            "request_headers": {k: v for k, v in self.request.headers.items()
+                                if k == "content-type"},
+        }
+        if self.request.content:
+            undo["body_sha"] = self.fx.reps.store.put_bytes(self.request.content)
+        if self.dry:
+            return {**undo, "dry_run": True}
+        if self.klass == "irreversible":
+            return {**undo, "irreversible": True}
+        if self.klass == "read":
+            return undo
+        if method == "POST":
+            if not (self.klass == "compensable" and self.keys_honoured):
+                target = self.fx.restorer.get(url, self.identity)
+                undo["listing"] = self._ids(target)
+                if self.klass == "reversible" and (target.status in ABSENT_STATUSES
+                                                   or 200 <= target.status < 300):
+                    # a POST may replace what is there (a singular resource): keep it
+                    undo["target_pre"] = self.fx.reps.of(target)
+        elif self.klass == "reversible":
+            pre = self.fx.restorer.get(url, self.identity)
+            if pre.status not in ABSENT_STATUSES and not 200 <= pre.status < 300:
+                raise PolicyViolation(
+                    f"{method} {undo['url']} refused: its pre-image GET returned HTTP "
+                    f"{pre.status}, so the request could not be undone; declare a compensation "
+                    "or mark the operation irreversible", rule="http-preimage",
+                    action_kind=KIND, target=undo["url"])
+            undo["pre"] = self.fx.reps.of(pre)
+        if self.cascades:
+            undo["cascades"] = self._capture_cascades(undo["url"])
+        return undo
+
+    def _capture_cascades(self, shown: str) -> dict[str, Any]:
+        """Pre-images of what the server is declared to change along with this request (a
+        DELETE of a user deleting its memberships): each item a declared listing names, or
+        the declared URL itself when it is one document. Raises PolicyViolation when one
+        cannot be read (then it could not be restored)."""
+        captured: dict[str, Any] = {}
+        field = self.fx.opts.id_field
+        for template in self.cascades:
+            url = str(httpx.URL(self.request.url).join(template))
+            if not same_origin(url, self.request.url):  # declared as a path: never elsewhere
+                raise PolicyViolation(f"{self.request.method} {shown} refused: its declared "
+                                      f"cascade {template!r} is not on the request's origin",
+                                      rule="http-cascade", action_kind=KIND, target=shown)
+            response = self._cascade_get(url, shown)
+            if response is None:
+                continue
+            body = response.json()
+            if not isinstance(body, list):
+                captured[url] = self.fx.reps.of(response)
+                continue
+            for entry in body:
+                if not isinstance(entry, dict) or field not in entry:
+                    raise PolicyViolation(
+                        f"{self.request.method} {shown} refused: its declared cascade {url} "
+                        f"lists an entry without {field!r}, so it could not be restored",
+                        rule="http-cascade", action_kind=KIND, target=shown)
+                one = item_url(url, entry[field])
+                got = self._cascade_get(one, shown)
+                if got is not None:
+                    captured[one] = self.fx.reps.of(got)
+        return captured
+
+    def _cascade_get(self, url: str, shown: str) -> WireResponse | None:
+        response = self.fx.restorer.get(url, self.identity)
+        if response.status in ABSENT_STATUSES:
+            return None
+        if not 200 <= response.status < 300:
+            raise PolicyViolation(
+                f"{self.request.method} {shown} refused: GET of its declared cascade "
+                f"{self.fx.secrets.redact(url)} returned HTTP {response.status}, so what the "
+                "server changes with it could not be restored", rule="http-cascade",
+                action_kind=KIND, target=shown)
+        return response
+
+    def _cascade_targets(self, undo: dict[str, Any]) -> dict[str, Any]:
+        """The captured cascade items that changed, as targets (pre, post)."""
+        out: dict[str, Any] = {}
+        for url, pre in undo.get("cascades", {}).items():
+            now = self.fx.restorer.get(url, self.identity)
+            if not self.fx.reps.same(pre, now):
+                out[url] = {"pre": pre, "post": self.fx.reps.of(now)}
+        return out
+
+    def _effect(self, undo: dict[str, Any], targets: dict[str, Any]) -> dict[str, Any]:
+        # cascaded items first: undo walks targets backwards, so the resource they depend on
+        # is restored before them
+        every = {**self._cascade_targets(undo), **targets}
+        return {"effect": True, "targets": every} if every else {"effect": False}
+
+    def _listing(self, url: str) -> list[Any] | None:
+        """The ids in the collection at ``url`` (to find what a POST created), if it lists."""
+        return self._ids(self.fx.restorer.get(url, self.identity))
+
+    def _ids(self, response: WireResponse) -> list[Any] | None:
+        body = response.json() if response.status == 200 else None
+        if not isinstance(body, list):
+            return None
+        field = self.fx.opts.id_field
+        return [item[field] for item in body if isinstance(item, dict) and field in item]
+
+    def apply(self, undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if self.dry:
+            return (WireResponse(200, {"content-type": "application/json",
+                                       "x-revex-dry-run": "1"}, b'{"dry_run": true}'),
+                    {"status": 200, "dry_run": True})
+        response = self._send()
+        head = {"status": response.status, "etag": response.header("etag"),
+                "location": response.header("location")}
+        if self.klass == "read":
+            return response, head
+        if self.klass == "irreversible":
+            return response, head
+        return response, {**head, **self.probe(undo, response)}
+
+    def _send(self) -> WireResponse:
+        retry_any = self.request.method in ("PUT", "DELETE") or self.keys_honoured
+        attempts = 1 + max(0, self.fx.opts.retries)
+        for attempt in range(attempts):
+            try:
+                return self.fx.wire.send(self.request, timeout=self.timeout)
+            except NotSent:
+                if attempt + 1 >= attempts:
+                    raise
+            except (TimeoutError, ConnectionError):
+                # the request may have arrived: re-send only where that cannot apply twice
+                if attempt + 1 >= attempts or not retry_any:
+                    raise
+        raise AssertionError("unreachable")
+
+    def probe(self, undo: dict[str, Any], response: WireResponse | None) -> dict[str, Any]:
+        """What the request left, from its response (None after a crash or failure) and GETs."""
+        ok = response is not None and 200 <= response.status < 300
+        if self.klass == "compensable":
+            return self._compensation(undo, response)
+        if response is not None and 400 <= response.status < 500:
+            return {"effect": False}
+        method, url = self.request.method, self.request.url
+        if method != "POST":
+            pre = undo["pre"]
+            if method == "DELETE" and ok:
+                return self._effect(undo, {url: {"pre": pre, "post": absent()}})
+            current = self.fx.restorer.get(url, self.identity)
+            if not ok and self.fx.reps.same(pre, current):
+                return self._effect(undo, {})
+            post = self.fx.reps.of(current)
+            return self._effect(undo, {url: {"pre": pre, "post": post}})
+        created = self._created(undo, response if ok else None)
+        if created is None:
+            return {"effect": "unknown", "why": "the response named no id or Location and "
+                    "the collection does not list ids"}
+        targets = {}
+        for one in created:
+            before = self._pre_of(undo, one)
+            if before is None:
+                return {"effect": "unknown", "why": f"it answered with {one}, which existed "
+                        "before, and that resource's pre-image is not known"}
+            targets[one] = {"pre": before,
+                            "post": self.fx.reps.of(self.fx.restorer.get(one, self.identity))}
+        return self._effect(undo, targets)
+
+    def _pre_of(self, undo: dict[str, Any], one: str) -> dict[str, Any] | None:
+        """What ``one``, named by a POST's answer, was before the POST: the POST target's
+        pre-image (a singular resource the POST replaced), the entry of the listing taken
+        before it (an id that existed), or absent (new). None when it existed but its
+        pre-image is not known."""
+        target_pre = undo.get("target_pre")
+        if same_resource(one, self.request.url):
+            return target_pre if target_pre is not None else absent()
+        known = {str(i) for i in undo.get("listing") or []}
+        collection, _, quoted = resource_key(one).rpartition("/")
+        ident = unquote(quoted)
+        if ident not in known or collection != resource_key(self.request.url):
+            return absent()
+        entries = self.fx.reps.json_of(target_pre) if not is_absent(target_pre) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and str(entry.get(self.fx.opts.id_field)) == ident:
+                return self.fx.reps.of_json(entry)
+        return None
+
+    def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
+        """The URLs a POST created (or replaced); None when that cannot be told, also when
+        its Location points to another origin (revex sends no request there)."""
+        url = self.request.url
+        if response is not None:
+            location = response.header("location")
+            if location:
+                where = str(httpx.URL(self.request.url).join(location))
+                return [where] if same_origin(where, url) else None
+            body = response.json()
+            if isinstance(body, dict) and self.fx.opts.id_field in body:
+                return [item_url(url, body[self.fx.opts.id_field])]
+        before = undo.get("listing")
+        if before is None:
+            return None
+        now = self._listing(self.request.url)
+        if now is None:
+            return None
+        old = set(map(str, before))
+        return [item_url(url, i) for i in now if str(i) not in old]
+
+    def _compensation(self, undo: dict[str, Any], response: WireResponse | None
+                      ) -> dict[str, Any]:
+        assert self.op is not None and self.op.compensator is not None
+        if response is None and self.keys_honoured:
+            # after a crash: the server de-duplicates on the key, so this returns the original
+            response = self.fx.wire.send(self.request)
+        if response is None or not 200 <= response.status < 300:
+            if response is not None and response.status < 500:
+                return {"effect": False}
+            created = self._created(undo, None) if self.request.method == "POST" else None
+            if not created:
+                return {"effect": "unknown" if created is None else False,
+                        "why": "compensable call failed or was interrupted"}
+            got = self.fx.restorer.get(created[0], self.identity)
+            response = WireResponse(200, got.headers, got.content)
+        ctx = CompensationContext(
+            self.request.method, self.request.url, self.path_params,
+            _json(self.request.content), response.status, response.json(),
+            response.headers)
+        comp = self.op.compensator(ctx)
+        if comp is None:
+            return {"effect": False}
+        target = str(httpx.URL(self.request.url).join(comp.url))
+        out: dict[str, Any] = {
+            "effect": True, "operation": self.op.name,
+            "compensation": {"method": comp.method.upper(), "url": target, "json": comp.json,
+                             "headers": dict(comp.headers)}}
+        back = comp.read_back
+        if back is None:
+            return {**out, "undo_check": "none", "why_unverified": UNVERIFIED_COMPENSATION}
+        where = str(httpx.URL(self.request.url).join(back.url))
+        if not same_origin(where, self.request.url):
+            raise ConfigError(f"compensation {self.op.name!r}: its read-back {back.url!r} is "
+                              "not on the request's origin")
+        out["compensation"]["read_back"] = {"url": where, "expect": back.expect}
+        return {**out, "undo_check": "read_back"}
+
+    def cleanup(self, undo: dict[str, Any]) -> None:
+        """The request failed (timeout, connection): probe and undo what it may have done."""
+        if self.dry or self.klass in ("read", "irreversible"):
+            return
+        try:
+            post = self.probe(undo, None)
+            if post.get("effect") is True and "targets" in post:
+                targets = list(post["targets"].items())
+                for i, (url, target) in reversed(list(enumerate(targets))):
+                    self.fx.restorer.restore(url, target, self.identity,
+                                             undo_key(self.key + "-undo", i), force=False,
+                                             label=f"failed {self.request.method}")
+            elif post.get("effect") is True and "compensation" in post:
+                comp = post["compensation"]
+                self.fx.wire.send(WireRequest(comp["method"], comp["url"],
+                                              {**self.identity,
+                                               "idempotency-key": self.key + "-undo"}))
+        except (OSError, ConflictError):
+            # the server is unreachable or moved on: the FAILED record stands; nothing more can
+            # be learned now
+            return
+
+
+def _json(content: bytes) -> Any:
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
