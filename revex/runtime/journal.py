@@ -351,11 +351,18 @@ class Journal:
         Returns a report naming the first broken record; never raises for a damaged chain.
         """
         with self._lock:
-            self._db.execute("BEGIN")
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                return VerifyReport(False, 0, 1, f"unreadable journal: {exc}")
             try:
                 return self._verify_locked()
             finally:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:  # a damaged file can fail to end the read: drop it
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
 
     def _verify_locked(self) -> VerifyReport:
         prev = GENESIS
