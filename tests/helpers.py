@@ -1,4 +1,5 @@
-"""Helpers shared by the runtime tests: exact tree snapshots and small runtime factories.
+"""Helpers shared by the runtime tests: exact tree snapshots, small runtime factories, and
+what a test needs to run revex as another (unprivileged) user.
 
 ``snapshot_tree`` is the yardstick of every rollback test: two snapshots are equal only when
 every entry (and the root) has the same type, permission bits, mtime in nanoseconds, size,
@@ -7,9 +8,13 @@ bytes and symlink target.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +158,49 @@ def random_fs_action(ep: Any, rng: Any, *, large: int = 1 << 20) -> str:
     else:
         ep.fs.copy(p, q)
     return name
+
+
+# ---- running revex as another user ------------------------------------------------------------
+
+def blocked_for_others(path: str | os.PathLike[str]) -> str | None:
+    """The first directory on the way to ``path`` (or ``path`` itself) that a user who holds only
+    the "other" permission bits cannot pass or read, or None when such a user reaches it."""
+    target = Path(os.path.abspath(path))
+    for directory in [*reversed(target.parents), target]:
+        try:
+            mode = directory.stat().st_mode
+        except OSError:
+            return str(directory)
+        need = stat.S_IXOTH if directory != target or directory.is_dir() else 0
+        if directory == target:
+            need |= stat.S_IROTH
+        if mode & need != need:
+            return str(directory)
+    return None
+
+
+@contextlib.contextmanager
+def package_for_other_users() -> Iterator[Path]:
+    """A copy of the ``revex`` package this process imports, in a fresh directory under the
+    system temp dir that every user can read (directories 0755, files 0644), removed on exit.
+
+    Put the yielded directory first on the other user's ``PYTHONPATH``: the checkout itself may
+    sit below a directory that user cannot enter (a clone under /root or in a ``mktemp -d``
+    folder), and then ``import revex`` would fail there or find another copy.
+    """
+    import revex
+
+    root = Path(tempfile.mkdtemp(prefix="revex-pkg-"))
+    try:
+        shutil.copytree(Path(revex.__file__).parent, root / "revex",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, _dirnames, filenames in os.walk(root):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        if blocked_for_others(root) is not None:
+            raise RuntimeError(f"{blocked_for_others(root)} is closed to other users: "
+                               "cannot share the package through the temp dir")
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
