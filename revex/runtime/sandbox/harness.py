@@ -14,11 +14,12 @@ How a verdict is made:
    ``abs(x - y) < 1e-6``, ``is True``) run trusted code; the solution's ``__eq__`` never runs.
 3. Each ``assert`` is rewritten to record one result; the verdict is computed here, never read
    from the solution's exit code, stdout or files.
-4. Only assertions that exercise the solution are tests: one that made a call into the solution,
-   or follows calls made since the previous assertion (``r = candidate(x)``, then
-   ``assert r == y``). An assertion that called nothing (HumanEval's closing ``assert True``)
-   is not a result at all, so it cannot earn credit. A solution none of whose calls returned a
-   value passes nothing: an assertion that holds after only raised (and caught) calls is failed.
+4. Only assertions that exercise the solution can pass: one that made a call into the
+   solution, or follows calls made since the previous assertion (``r = candidate(x)``, then
+   ``assert r == y``). An assertion that holds without calling anything (HumanEval's closing
+   ``assert True``) is not a result at all, so it cannot earn credit; a failing one always is.
+   A solution none of whose calls returned a value passes nothing: an assertion that holds
+   after only raised (and caught) calls is failed.
 
 The test source is trusted (it comes from the dataset, not the model), which is why it may run
 in this process. It runs with proxies only; it cannot be reached from the sandbox.
@@ -370,7 +371,9 @@ def run_tests(solution: str, tests: str | CompiledTests, entry_point: str, *,
                                     "" if ok else "assertion is false")
         exercised = session.calls > seen[0]
         seen[0] = session.calls
-        if exercised:  # an assertion that tested nothing of the solution is no result
+        # a pass that tested nothing of the solution is no result; a failure always counts
+        # (dropping one would raise the pass rate)
+        if exercised or result.status != "passed":
             results.append(result)
 
     try:

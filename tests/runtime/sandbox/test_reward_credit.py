@@ -59,6 +59,16 @@ def test_values_computed_before_an_assertion_count_for_it(warm: WarmPythonBacken
     assert (report.passed, report.total) == (0, 1)
 
 
+def test_a_failing_assertion_counts_even_when_it_reached_no_call(
+        warm: WarmPythonBackend) -> None:
+    # `double` is missing from the solution: that assertion fails with a NameError before any
+    # call, and leaving it out would raise the pass rate of a solution that lacks a function
+    tests = "assert inc(1) == 2\nassert double(2) == 4\nassert 2 + 2 == 5\n"
+    report = run_tests("def inc(x):\n    return x + 1\n", tests, "inc", backend=warm)
+    assert [r.status for r in report.results] == ["passed", "failed", "failed"]
+    assert report.results[1].message.startswith("NameError")
+
+
 def test_a_solution_that_never_returns_passes_nothing_even_when_its_exceptions_are_caught(
         warm: WarmPythonBackend) -> None:
     tests = ("def check(candidate):\n"
