@@ -158,7 +158,8 @@ def verify(state_dir: StateDir = None) -> None:
         if report.ok:
             console.print(f"[green]ok[/]: {report.checked} records, chain and HMACs intact")
             return
-        err.print(f"[red]broken[/] at record {report.first_bad_seq}: {escape(report.reason)} "
+        where = "" if report.first_bad_seq is None else f" at record {report.first_bad_seq}"
+        err.print(f"[red]broken[/]{where}: {escape(report.reason)} "
                   f"({report.checked} records verified before it)", soft_wrap=True)
         raise typer.Exit(1)
 

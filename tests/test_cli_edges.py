@@ -112,6 +112,24 @@ def test_verify_on_a_journal_file_with_garbage_bytes(tmp_path: Path) -> None:
     assert_one_line_error(proc, "broken", "malformed", code=1)
 
 
+def test_verify_reports_damaged_pages_the_chain_does_not_read(tmp_path: Path) -> None:
+    import sqlite3
+
+    state = tmp_path / "state"
+    _committed(state, tmp_path / "ws", n=3)
+    journal = state / "journal.db"
+    db = sqlite3.connect(journal)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name='records_episode'"
+                         ).fetchone()
+    db.close()
+    with open(journal, "r+b") as f:  # the episode index: the hash chain never reads it
+        f.seek((root - 1) * page_size)
+        f.write(bytes(range(256)) * (page_size // 256))
+    proc = cli("verify", "--state-dir", str(state))
+    assert_one_line_error(proc, "broken:", "damaged", code=1)
+
+
 def test_doctor_without_a_state_dir_creates_no_state(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
