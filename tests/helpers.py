@@ -179,28 +179,111 @@ def blocked_for_others(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def package_for_other_users() -> Iterator[Path]:
-    """A copy of the ``revex`` package this process imports, in a fresh directory under the
-    system temp dir that every user can read (directories 0755, files 0644), removed on exit.
+_PROBE = """
+import importlib, json, sys, sysconfig
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+stdlib = sysconfig.get_paths()["stdlib"]
+found = {}
+for name, module in list(sys.modules.items()):
+    top = name.split(".")[0]
+    path = getattr(sys.modules.get(top), "__file__", None)
+    if (top in found or top in ("revex", "_distutils_hack") or path is None
+            or top.startswith("__editable__")
+            or path.startswith(stdlib) or "-packages" not in path):
+        continue
+    found[top] = path
+print(json.dumps(found))
+"""
 
-    Put the yielded directory first on the other user's ``PYTHONPATH``: the checkout itself may
-    sit below a directory that user cannot enter (a clone under /root or in a ``mktemp -d``
-    folder), and then ``import revex`` would fail there or find another copy.
+
+def _share(src: Path, dst: Path) -> None:
+    """Make ``src`` (a file or a package directory) readable by everyone at ``dst``: files that
+    already are world-readable are hard-linked (cheap, and their modes are never touched), the
+    rest copied and opened up; directories are new and get 0755."""
+    def put(a: str, b: str) -> None:
+        if os.stat(a).st_mode & stat.S_IROTH:
+            try:
+                os.link(a, b)
+                return
+            except OSError:  # another file system, or links refused: copy instead
+                pass
+        shutil.copyfile(a, b)
+        os.chmod(b, 0o644)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=put, symlinks=False,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, _dirnames, _filenames in os.walk(dst):
+            os.chmod(dirpath, 0o755)
+    else:
+        put(str(src), str(dst))
+
+
+def _python_for_others() -> str | None:
+    """An interpreter of this Python version that every user can run, or None."""
+    import sys
+
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (sys.executable, f"/usr/bin/python{version}", "/usr/bin/python3",
+                      f"/usr/local/bin/python{version}"):
+        real = os.path.realpath(candidate)
+        if not os.path.isfile(real) or blocked_for_others(real) is not None:
+            continue
+        import subprocess
+
+        out = subprocess.run([real, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        if out.stdout.strip() == version:
+            return real
+    return None
+
+
+@contextlib.contextmanager
+def python_for_other_users(*modules: str) -> Iterator[tuple[str, str]]:
+    """``(python, pythonpath)`` with which a user holding only the "other" permission bits can
+    import ``modules`` from THIS checkout, wherever it lives (a clone under /root or in a 0700
+    ``mktemp -d`` folder, a virtualenv inside it).
+
+    The ``revex`` package this process imports and every third-party package that importing
+    ``modules`` loads are shared into a fresh world-readable directory under the system temp
+    dir (removed on exit); ``python`` is an interpreter of this version that user can run.
+    Skips the test, saying why, when there is none.
     """
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
     import revex
 
+    python = _python_for_others()
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} interpreter that "
+                    f"other users can run ({sys.executable} is below a closed directory)")
+    probe = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True,
+                           text=True, timeout=120, check=True)
     root = Path(tempfile.mkdtemp(prefix="revex-pkg-"))
     try:
-        shutil.copytree(Path(revex.__file__).parent, root / "revex",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        for dirpath, _dirnames, filenames in os.walk(root):
-            os.chmod(dirpath, 0o755)
-            for name in filenames:
-                os.chmod(os.path.join(dirpath, name), 0o644)
-        if blocked_for_others(root) is not None:
-            raise RuntimeError(f"{blocked_for_others(root)} is closed to other users: "
-                               "cannot share the package through the temp dir")
-        yield root
+        os.chmod(root, 0o755)
+        _share(Path(revex.__file__).parent, root / "revex")
+        sites = set()
+        for top, path in json.loads(probe.stdout).items():
+            src = Path(path)
+            if src.name == "__init__.py":
+                _share(src.parent, root / top)
+                sites.add(src.parent.parent)
+            else:  # a single-file module or an extension module
+                _share(src, root / src.name)
+                sites.add(src.parent)
+        for site in sites:  # shared libraries wheels bundle (auditwheel's <dist>.libs)
+            for libs in site.glob("*.libs"):
+                if not (root / libs.name).exists():
+                    _share(libs, root / libs.name)
+        blocked = blocked_for_others(root)
+        if blocked is not None:
+            pytest.skip(f"{blocked} is closed to other users: the temp dir cannot be shared")
+        yield python, str(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +14,7 @@ from revex.runtime.sandbox.base import ExecSpec, ExecStatus, Limits
 from revex.runtime.sandbox.nsjail import NsjailBackend
 from revex.runtime.sandbox.overlay import apply_changes
 from revex.runtime.sandbox.process import ProcessBackend
-from tests.helpers import blocked_for_others, package_for_other_users
+from tests.helpers import python_for_other_users
 
 EDIT = """
 import os, shutil
@@ -136,17 +135,6 @@ def test_run_many_keeps_order(nsjail: NsjailBackend) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
 def test_backend_works_as_non_root_user() -> None:
-    import nsjail as pkg
-
-    # `nobody` imports a world-readable copy of the package: the checkout may sit below a
-    # directory it cannot enter (a clone under /root or in a `mktemp -d` folder)
-    site = os.path.dirname(os.path.dirname(pkg.__file__))
-    python = "/usr/bin/python3" if sys.version_info[:2] == (3, 11) else sys.executable
-    for needed in (site, os.path.realpath(python)):
-        if blocked_for_others(needed) is not None:
-            pytest.skip(f"`nobody` cannot reach {needed} ({blocked_for_others(needed)} is "
-                        "closed to other users): install the interpreter and packages where "
-                        "every user can read them")
     code = ("import revex, sys\n"
             "from revex.runtime.sandbox.nsjail import NsjailBackend\n"
             "from revex.runtime.sandbox.base import ExecSpec, Limits\n"
@@ -155,10 +143,12 @@ def test_backend_works_as_non_root_user() -> None:
             "r = b.run(ExecSpec(code='import os; print(os.getuid())'))\n"
             "m = b.run(ExecSpec(code='b = bytearray(2 << 30)', limits=Limits(memory_mb=256)))\n"
             "print(r.status, r.stdout.strip(), m.status, 'rlimits only' in r.message)\n")
-    with package_for_other_users() as copy:
+    # `nobody` gets a world-readable copy of what it imports: the checkout (and a virtualenv in
+    # it) may sit below a directory it cannot enter, such as a clone in a `mktemp -d` folder
+    with python_for_other_users("revex.runtime.sandbox.nsjail") as (python, path):
         out = subprocess.run(
-            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", python, "-c",
-             code, str(copy)],
-            capture_output=True, text=True, timeout=60, cwd="/tmp",
-            env={"PYTHONPATH": f"{copy}:{site}", "PATH": "/usr/bin:/bin"}, check=False)
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", python, "-s",
+             "-c", code, path],
+            capture_output=True, text=True, timeout=60, cwd=path,
+            env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}, check=False)
     assert out.stdout.split() == ["ok", "65534", "memory", "True"], out.stderr
