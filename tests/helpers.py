@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,16 +225,12 @@ def _share(src: Path, dst: Path) -> None:
 
 def _python_for_others() -> str | None:
     """An interpreter of this Python version that every user can run, or None."""
-    import sys
-
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     for candidate in (sys.executable, f"/usr/bin/python{version}", "/usr/bin/python3",
                       f"/usr/local/bin/python{version}"):
         real = os.path.realpath(candidate)
         if not os.path.isfile(real) or blocked_for_others(real) is not None:
             continue
-        import subprocess
-
         out = subprocess.run([real, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, timeout=30, check=False)
         if out.stdout.strip() == version:
@@ -250,10 +249,6 @@ def python_for_other_users(*modules: str) -> Iterator[tuple[str, str]]:
     dir (removed on exit); ``python`` is an interpreter of this version that user can run.
     Skips the test, saying why, when there is none.
     """
-    import json
-    import subprocess
-    import sys
-
     import pytest
 
     import revex
