@@ -159,8 +159,8 @@ def verify(state_dir: StateDir = None) -> None:
             console.print(f"[green]ok[/]: {report.checked} records, chain and HMACs intact")
             return
         where = "" if report.first_bad_seq is None else f" at record {report.first_bad_seq}"
-        err.print(f"[red]broken[/]{where}: {escape(report.reason)} "
-                  f"({report.checked} records verified before it)", soft_wrap=True)
+        err.print(f"[red]broken[/]{where}: {escape(report.reason)} ({report.checked} records "
+                  f"verified{' before it' if where else ''})", soft_wrap=True)
         raise typer.Exit(1)
 
 
