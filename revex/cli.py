@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from revex.errors import ConflictError, RevexError
+from revex.errors import ConfigError, ConflictError, RevexError
 from revex.runtime.journal import Record, Status
 from revex.runtime.runtime import Runtime
 
@@ -34,6 +36,21 @@ StateDir = Annotated[
 
 def _runtime(state_dir: Path | None, *, recover: bool = True) -> Runtime:
     return Runtime(state_dir=state_dir, audit="file", recover=recover)
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The text of a file the user named. Raises ConfigError (one line) if it cannot be read."""
+    try:
+        return path.read_text()
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{what} {path} is a directory; give a file") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
 def _ts(value: float) -> str:
@@ -128,7 +145,7 @@ def undo(episode: Annotated[str, typer.Argument(help="Episode id (or a unique pr
         try:
             count = rt.undo(episode_id, force=force)
         except ConflictError as exc:
-            err.print(f"[red]conflict[/]: {exc}")
+            err.print(f"[red]conflict[/]: {escape(str(exc))}")
             raise typer.Exit(3) from exc
         console.print(f"undid {count} action(s) of {episode_id}")
 
@@ -141,8 +158,9 @@ def verify(state_dir: StateDir = None) -> None:
         if report.ok:
             console.print(f"[green]ok[/]: {report.checked} records, chain and HMACs intact")
             return
-        err.print(f"[red]broken[/] at record {report.first_bad_seq}: {report.reason} "
-                  f"({report.checked} records verified before it)")
+        where = "" if report.first_bad_seq is None else f" at record {report.first_bad_seq}"
+        err.print(f"[red]broken[/]{where}: {escape(report.reason)} ({report.checked} records "
+                  f"verified{' before it' if where else ''})", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -196,7 +214,9 @@ def run_code(
     """Run code in the sandbox inside an episode; print the result and the file changes."""
     from revex.runtime.sandbox.base import Limits
 
-    code = sys.stdin.read() if file == "-" else Path(file).read_text()
+    if not math.isfinite(wall_s):  # Limits rejects <= 0; nan and inf pass that comparison
+        raise ConfigError(f"--wall-s must be a finite number of seconds, got {wall_s}")
+    code = sys.stdin.read() if file == "-" else _read_text(Path(file), "source file")
     rt = Runtime(state_dir=state_dir, policy=policy, sandbox=sandbox)
     with rt, rt.episode(workspace=workspace,
                         on_exit="commit" if commit else "rollback") as ep:
@@ -378,7 +398,7 @@ def eval_humaneval(
         out = out or Path("humaneval_canonical_results.jsonl")
     else:
         rows = []
-        for n, line in enumerate(samples.read_text().splitlines(), 1):
+        for n, line in enumerate(_read_text(samples, "samples file").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -386,8 +406,8 @@ def eval_humaneval(
                 if row["task_id"] not in problems or not isinstance(row["completion"], str):
                     raise KeyError(row["task_id"])
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                err.print(f"{samples}:{n}: not a {{task_id, completion}} row for a known "
-                          f"HumanEval task ({exc})")
+                err.print(escape(f"{samples}:{n}: not a {{task_id, completion}} row for a "
+                                 f"known HumanEval task ({exc})"), soft_wrap=True)
                 raise typer.Exit(2) from exc
             rows.append(row)
         out = out or samples.with_name(samples.stem + "_results.jsonl")
@@ -515,7 +535,8 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv)
     except RevexError as exc:
-        err.print(f"[red]error[/]: {exc}")
+        # one line, never re-wrapped, and the message's brackets are text, not rich markup
+        err.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

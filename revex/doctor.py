@@ -14,8 +14,11 @@ Check = tuple[str, bool, str]
 
 
 def _state_dir(state_dir: Path | None) -> Check:
-    from revex.runtime.runtime import Runtime
+    from revex.runtime.runtime import Runtime, default_state_dir
 
+    path = state_dir or default_state_dir()
+    if not (path / "journal.db").exists():  # a diagnostic creates no state: say what would be
+        return _absent_state_dir(path)
     try:
         with Runtime(state_dir=state_dir, audit=None, recover=False) as rt:
             report = rt.verify()
@@ -24,6 +27,20 @@ def _state_dir(state_dir: Path | None) -> Check:
                     + ("" if report.ok else f", BROKEN at {report.first_bad_seq}: {report.reason}"))
     except RevexError as exc:
         return ("state dir + journal", False, str(exc))
+
+
+def _absent_state_dir(path: Path) -> Check:
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if path.exists() and not path.is_dir():
+        return ("state dir + journal", False, f"{path} exists and is not a directory")
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        return ("state dir + journal", False,
+                f"{path} does not exist and cannot be created: {ancestor} is not a writable "
+                "directory; choose another with --state-dir or REVEX_STATE_DIR")
+    return ("state dir + journal", True,
+            f"{path}: no journal yet (the first episode creates it)")
 
 
 def _sqlite() -> Check:

@@ -1,4 +1,5 @@
-"""Helpers shared by the runtime tests: exact tree snapshots and small runtime factories.
+"""Helpers shared by the runtime tests: exact tree snapshots, small runtime factories, and
+what a test needs to run revex as another (unprivileged) user.
 
 ``snapshot_tree`` is the yardstick of every rollback test: two snapshots are equal only when
 every entry (and the root) has the same type, permission bits, mtime in nanoseconds, size,
@@ -7,9 +8,16 @@ bytes and symlink target.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +161,124 @@ def random_fs_action(ep: Any, rng: Any, *, large: int = 1 << 20) -> str:
     else:
         ep.fs.copy(p, q)
     return name
+
+
+# ---- running revex as another user ------------------------------------------------------------
+
+def blocked_for_others(path: str | os.PathLike[str]) -> str | None:
+    """The first directory on the way to ``path`` (or ``path`` itself) that a user who holds only
+    the "other" permission bits cannot pass or read, or None when such a user reaches it."""
+    target = Path(os.path.abspath(path))
+    for directory in [*reversed(target.parents), target]:
+        try:
+            mode = directory.stat().st_mode
+        except OSError:
+            return str(directory)
+        need = stat.S_IXOTH if directory != target or directory.is_dir() else 0
+        if directory == target:
+            need |= stat.S_IROTH
+        if mode & need != need:
+            return str(directory)
+    return None
+
+
+_PROBE = """
+import importlib, json, sys, sysconfig
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+stdlib = sysconfig.get_paths()["stdlib"]
+found = {}
+for name, module in list(sys.modules.items()):
+    top = name.split(".")[0]
+    path = getattr(sys.modules.get(top), "__file__", None)
+    if (top in found or top in ("revex", "_distutils_hack") or path is None
+            or top.startswith("__editable__")
+            or path.startswith(stdlib) or "-packages" not in path):
+        continue
+    found[top] = path
+print(json.dumps(found))
+"""
+
+
+def _share(src: Path, dst: Path) -> None:
+    """Make ``src`` (a file or a package directory) readable by everyone at ``dst``: files that
+    already are world-readable are hard-linked (cheap, and their modes are never touched), the
+    rest copied and opened up; directories are new and get 0755."""
+    def put(a: str, b: str) -> None:
+        if os.stat(a).st_mode & stat.S_IROTH:
+            try:
+                os.link(a, b)
+                return
+            except OSError:  # another file system, or links refused: copy instead
+                pass
+        shutil.copyfile(a, b)
+        os.chmod(b, 0o644)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=put, symlinks=False,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, _dirnames, _filenames in os.walk(dst):
+            os.chmod(dirpath, 0o755)
+    else:
+        put(str(src), str(dst))
+
+
+def _python_for_others() -> str | None:
+    """An interpreter of this Python version that every user can run, or None."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (sys.executable, f"/usr/bin/python{version}", "/usr/bin/python3",
+                      f"/usr/local/bin/python{version}"):
+        real = os.path.realpath(candidate)
+        if not os.path.isfile(real) or blocked_for_others(real) is not None:
+            continue
+        out = subprocess.run([real, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        if out.stdout.strip() == version:
+            return real
+    return None
+
+
+@contextlib.contextmanager
+def python_for_other_users(*modules: str) -> Iterator[tuple[str, str]]:
+    """``(python, pythonpath)`` with which a user holding only the "other" permission bits can
+    import ``modules`` from THIS checkout, wherever it lives (a clone under /root or in a 0700
+    ``mktemp -d`` folder, a virtualenv inside it).
+
+    The ``revex`` package this process imports and every third-party package that importing
+    ``modules`` loads are shared into a fresh world-readable directory under the system temp
+    dir (removed on exit); ``python`` is an interpreter of this version that user can run.
+    Skips the test, saying why, when there is none.
+    """
+    import pytest
+
+    import revex
+
+    python = _python_for_others()
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} interpreter that "
+                    f"other users can run ({sys.executable} is below a closed directory)")
+    probe = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True,
+                           text=True, timeout=120, check=True)
+    root = Path(tempfile.mkdtemp(prefix="revex-pkg-"))
+    try:
+        os.chmod(root, 0o755)
+        _share(Path(revex.__file__).parent, root / "revex")
+        sites = set()
+        for top, path in json.loads(probe.stdout).items():
+            src = Path(path)
+            if src.name == "__init__.py":
+                _share(src.parent, root / top)
+                sites.add(src.parent.parent)
+            else:  # a single-file module or an extension module
+                _share(src, root / src.name)
+                sites.add(src.parent)
+        for site in sites:  # shared libraries wheels bundle (auditwheel's <dist>.libs)
+            for libs in site.glob("*.libs"):
+                if not (root / libs.name).exists():
+                    _share(libs, root / libs.name)
+        blocked = blocked_for_others(root)
+        if blocked is not None:
+            pytest.skip(f"{blocked} is closed to other users: the temp dir cannot be shared")
+        yield python, str(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -351,11 +351,18 @@ class Journal:
         Returns a report naming the first broken record; never raises for a damaged chain.
         """
         with self._lock:
-            self._db.execute("BEGIN")
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                return VerifyReport(False, 0, 1, f"unreadable journal: {exc}")
             try:
                 return self._verify_locked()
             finally:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:  # a damaged file can fail to end the read: drop it
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
 
     def _verify_locked(self) -> VerifyReport:
         prev = GENESIS
@@ -396,7 +403,17 @@ class Journal:
                 False, checked, checked + 1,
                 f"records after {checked} are missing (the head says {head['seq']})",
             )
+        damage = self._integrity_problem()
+        if damage is not None:  # pages the chain does not read (indexes, episodes) are damaged
+            return VerifyReport(False, checked, None, f"the journal file is damaged: {damage}")
         return VerifyReport(True, checked)
+
+    def _integrity_problem(self) -> str | None:
+        try:
+            rows = self._db.execute("PRAGMA integrity_check(5)").fetchall()
+        except sqlite3.Error as exc:
+            return str(exc)
+        return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows)
 
 
 def _episode_row(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the effects it knows. Opening one recovers the episodes of processes that died."
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from revex.runtime.sandbox.base import ExecResult, Limits, SandboxBackend, TestR
 from revex.runtime.store import ContentStore
 
 ACTIVE = ("active", "rolling_back")
+# What an episode id (or a prefix of one) may hold: ids are ep-YYYYmmdd-HHMMSS-<hex>.
+_ID_PREFIX = re.compile(r"[A-Za-z0-9-]{1,100}")
 
 
 def default_state_dir() -> Path:
@@ -234,14 +237,27 @@ class Runtime:
                 for e in self.journal.episodes(status)]
 
     def resolve_id(self, prefix: str) -> str:
-        """The full id of the episode whose id starts with ``prefix``; ConfigError if none or
-        several match."""
-        matches = self.journal.find_episode(prefix)
+        """The full id of the episode whose id starts with ``prefix``.
+
+        Raises ConfigError when ``prefix`` is empty, longer than an id or holds a character no
+        id has (so ``''`` or ``%`` never stand for every episode), when nothing matches, and
+        when several episodes match (they are listed).
+        """
+        if not _ID_PREFIX.fullmatch(prefix):
+            shown = (repr(prefix) if len(prefix) <= 60
+                     else f"{prefix[:40]!r}... ({len(prefix)} chars)")
+            raise ConfigError(f"{shown} is not an episode id or a prefix of one (letters, digits "
+                              "and '-', like ep-20260101-120000-0a1b2c); `revex episodes` "
+                              "lists them")
+        matches = [m for m in self.journal.find_episode(prefix) if m.startswith(prefix)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise ConfigError(f"no episode matches {prefix!r}; `revex episodes` lists them")
-        raise ConfigError(f"{prefix!r} matches {len(matches)} episodes; give more of the id")
+        listed = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more"
+                                            if len(matches) > 10 else "")
+        raise ConfigError(f"{prefix!r} matches {len(matches)} episodes ({listed}); "
+                          "give more of the id")
 
     def undo(self, episode_id: str, *, force: bool = False) -> int:
         """Undo a committed episode (from any process), newest action first.

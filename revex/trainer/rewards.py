@@ -14,7 +14,10 @@ signature ``(prompts, completions, **kwargs) -> list[float | None]``; dataset co
 - :class:`EfficiencyReward`: sandbox CPU time of the row's ``reference`` over the completion's.
 
 Rewards that execute share an :class:`ExecutionCache`, so scoring one completion with several
-of them runs its tests once. Every reward reports safety metrics through TRL's ``log_metric``
+of them runs its tests once. They need no arguments: ``reward_funcs=[TestPassReward()]`` creates
+(on first use) a :class:`revex.Runtime` with the ``training`` policy whose state lives under
+the user cache dir (:func:`default_reward_state_dir`); pass ``runtime=`` to choose your own (or
+to share one between rewards). Every reward reports safety metrics through TRL's ``log_metric``
 (``safety/*``) and keeps them in ``history``.
 """
 
@@ -24,6 +27,7 @@ import ast
 import asyncio
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -193,10 +197,21 @@ def _columns(name: str, values: Any, n: int) -> list[Any]:
     return values
 
 
-class _ExecutingReward(_Reward):
-    """Scores completions' tests in fresh, rolled-back episodes (shared cache)."""
+def default_reward_state_dir() -> Path:
+    """Where a reward's own runtime keeps its journal: ``$XDG_CACHE_HOME/revex/rewards``, else
+    ``~/.cache/revex/rewards``. A cache, not state: every episode in it is rolled back."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "revex" / "rewards"
 
-    def __init__(self, runtime: TestRunner, *, limits: Limits = DEFAULT_LIMITS,
+
+class _ExecutingReward(_Reward):
+    """Scores completions' tests in fresh, rolled-back episodes (shared cache).
+
+    Without a ``runtime`` one is created on first use (policy ``training``, state under
+    :func:`default_reward_state_dir`) and closed by :meth:`close`.
+    """
+
+    def __init__(self, runtime: TestRunner | None = None, *, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 2, reward_mode: str = "pass_rate",
                  cache: ExecutionCache | None = None) -> None:
         if concurrency < 1:
@@ -204,13 +219,39 @@ class _ExecutingReward(_Reward):
         if reward_mode not in ("pass_rate", "all_pass"):
             raise ConfigError(f"reward_mode must be 'pass_rate' or 'all_pass', "
                               f"got {reward_mode!r}")
-        self.runtime = runtime
+        self._runtime = runtime
+        self._owns_runtime = False
+        self._runtime_lock = threading.Lock()
         self.limits = limits
         self.concurrency = concurrency
         self.reward_mode = reward_mode
         self.cache = cache if cache is not None else ExecutionCache()
         self.history = []
         self.last_new_episodes = 0
+
+    @property
+    def runtime(self) -> TestRunner:
+        """The runtime that executes completions (created here on first use if none was given).
+
+        Raises StateError if the default state dir cannot be used (see
+        :func:`default_reward_state_dir`; set ``XDG_CACHE_HOME`` or pass ``runtime=``).
+        """
+        with self._runtime_lock:  # rewards run in threads; exactly one runtime is created
+            if self._runtime is None:
+                from revex.runtime.runtime import Runtime
+
+                self._runtime = Runtime(state_dir=default_reward_state_dir(), policy="training")
+                self._owns_runtime = True
+            return self._runtime
+
+    def close(self) -> None:
+        """Close the runtime this reward created (one passed in is the caller's to close)."""
+        with self._runtime_lock:
+            if self._owns_runtime and self._runtime is not None:
+                close = getattr(self._runtime, "close", None)
+                if close is not None:
+                    close()
+                self._runtime, self._owns_runtime = None, False
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any],
               tests: Sequence[str], entry_points: Sequence[str], *,
@@ -284,7 +325,9 @@ class TestPassReward(_ExecutingReward):
     """Fraction of the row's tests the completion passes, run in the revex runtime.
 
     Args:
-        runtime: a :class:`revex.Runtime` (policy ``training`` for training).
+        runtime: a :class:`revex.Runtime` (policy ``training`` for training); default: one
+            created on first use with the ``training`` policy and its state under the user
+            cache dir (see :func:`default_reward_state_dir`).
         limits: resource limits for one completion's test session.
         concurrency: completions scored in parallel (threads, one episode each).
         reward_mode: ``"pass_rate"`` (partial credit) or ``"all_pass"`` (1 or 0).
@@ -298,7 +341,7 @@ class TestPassReward(_ExecutingReward):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, runtime: TestRunner, *, limits: Limits = DEFAULT_LIMITS,
+    def __init__(self, runtime: TestRunner | None = None, *, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 2, reward_mode: str = "pass_rate",
                  cache: ExecutionCache | None = None, name: str = "test_pass") -> None:
         super().__init__(runtime, limits=limits, concurrency=concurrency,
@@ -341,7 +384,7 @@ class ExecutionFeedbackReward(_ExecutingReward):
         name: the name TRL logs the reward under.
     """
 
-    def __init__(self, runtime: TestRunner, *, limits: Limits = DEFAULT_LIMITS,
+    def __init__(self, runtime: TestRunner | None = None, *, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 2, cache: ExecutionCache | None = None,
                  penalties: Penalties = Penalties(), name: str = "exec_feedback") -> None:
         super().__init__(runtime, limits=limits, concurrency=concurrency, cache=cache)
@@ -515,7 +558,7 @@ class EfficiencyReward(_ExecutingReward):
         name: the name TRL logs the reward under.
     """
 
-    def __init__(self, runtime: TestRunner, *, limits: Limits = DEFAULT_LIMITS,
+    def __init__(self, runtime: TestRunner | None = None, *, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 2, cache: ExecutionCache | None = None, repeat: int = 20,
                  name: str = "efficiency") -> None:
         super().__init__(runtime, limits=limits, concurrency=concurrency, cache=cache)

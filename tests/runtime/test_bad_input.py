@@ -7,7 +7,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ import pytest
 from revex import PolicyError, Runtime, StateError
 from revex.errors import InvalidPath, JournalCorrupt, JournalFormatError
 from revex.runtime.journal import Status
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import python_for_other_users
 
 
 @pytest.fixture
@@ -99,18 +97,20 @@ def test_unwritable_state_dir_raises_state_error_for_an_unprivileged_user(
     state = base / "state"
     state.mkdir()
     os.chmod(state, 0o555)
-    script = ("import sys\nfrom revex import Runtime, StateError\n"
+    script = ("import sys, revex\nfrom revex import Runtime, StateError\n"
+              "assert revex.__file__.startswith(sys.argv[2]), revex.__file__\n"
               "try:\n    Runtime(sys.argv[1], audit=None)\n"
               "except StateError as e:\n    print('StateError:', e)\n")
-    cmd = [sys.executable, "-c", script, str(state)]
-    if os.geteuid() == 0:
-        if not Path("/usr/bin/setpriv").exists():
-            pytest.skip("running as root without setpriv: permissions do not bind for root")
-        cmd = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    if "Permission denied" in out.stderr and "StateError" not in out.stdout:
-        pytest.skip(f"`nobody` cannot run the interpreter here: {out.stderr[-200:]}")
+    # `nobody` gets a world-readable copy of what it imports: the checkout (and a virtualenv in
+    # it) may sit below a directory it cannot enter, such as a clone in a `mktemp -d` folder
+    with python_for_other_users("revex", "revex.runtime.runtime") as (python, path):
+        cmd = [python, "-s", "-c", script, str(state), path]
+        if os.geteuid() == 0:
+            if not Path("/usr/bin/setpriv").exists():
+                pytest.skip("running as root without setpriv: permissions do not bind for root")
+            cmd = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        env = {"PYTHONPATH": path, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=path)
     assert "StateError:" in out.stdout, out.stderr
     assert "not writable" in out.stdout
     shutil.rmtree(base)

@@ -14,6 +14,12 @@ How a verdict is made:
    ``abs(x - y) < 1e-6``, ``is True``) run trusted code; the solution's ``__eq__`` never runs.
 3. Each ``assert`` is rewritten to record one result; the verdict is computed here, never read
    from the solution's exit code, stdout or files.
+4. Only assertions that exercise the solution can pass: one that made a call into the
+   solution, or follows calls made since the previous assertion (``r = candidate(x)``, then
+   ``assert r == y``). An assertion that holds without calling anything (HumanEval's closing
+   ``assert True``) is not a result at all, so it cannot earn credit; a failing one always is.
+   A solution none of whose calls returned a value passes nothing: an assertion that holds
+   after only raised (and caught) calls is failed.
 
 The test source is trusted (it comes from the dataset, not the model), which is why it may run
 in this process. It runs with proxies only; it cannot be reached from the sandbox.
@@ -138,6 +144,9 @@ class _Session:
                  call_timeout_s: float) -> None:
         self.call_timeout_s = call_timeout_s
         self.gone: str | None = None
+        # What the verdict counting reads (see run_tests): calls attempted, calls that returned.
+        self.calls = 0
+        self.returned = 0
         self._buf = bytearray()
         self._sp = backend.spawn(ExecSpec(code=SERVER_SOURCE, limits=limits))
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -205,6 +214,7 @@ class _Session:
         Raises the built-in exception the solution raised (or :class:`SolutionRaised`),
         :class:`CallTimeout`, or :class:`SolutionGone`.
         """
+        self.calls += 1
         if self.gone is not None:
             raise SolutionGone(self.gone)
         rid = secrets.token_hex(8)
@@ -216,9 +226,11 @@ class _Session:
                 raise SolutionGone("reply for another request (protocol violation)")
             if "ok" in reply:
                 try:
-                    return decode(reply["ok"])
+                    value = decode(reply["ok"])
                 except (ValueError, TypeError, RecursionError) as exc:
                     raise SolutionGone(f"reply is not plain data: {exc}") from exc
+                self.returned += 1
+                return value
         except CallTimeout as exc:
             self._end(f"a call timed out: {exc}")
             raise
@@ -226,8 +238,26 @@ class _Session:
             self._end(str(exc))
             raise
         exc_name, msg = str(reply.get("exc", "?"))[:100], str(reply.get("msg", ""))[:500]
-        exc_type = _EXC_TYPES.get(exc_name, SolutionRaised)
-        raise exc_type(f"{exc_name}: {msg}")
+        raise _solution_exception(exc_name, msg)
+
+
+def _solution_exception(name: str, msg: str) -> Exception:
+    """The exception to raise in the tests for one the solution raised: the built-in type of
+    that name (so ``pytest.raises``-style tests work) carrying only the message, else
+    :class:`SolutionRaised` whose message names the type."""
+    exc_type = _EXC_TYPES.get(name)
+    if exc_type is not None:
+        try:
+            return exc_type(msg)
+        except TypeError:  # a built-in with a richer constructor (UnicodeDecodeError, ...)
+            pass
+    return SolutionRaised(f"{name}: {msg}")
+
+
+def _failure_text(exc: Exception) -> str:
+    if isinstance(exc, SolutionRaised):  # its message already starts with the type's name
+        return str(exc)[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 class _Proxy:
@@ -308,7 +338,8 @@ class CompiledTests:
 def run_tests(solution: str, tests: str | CompiledTests, entry_point: str, *,
               backend: InteractiveBackend | None = None, limits: Limits = DEFAULT_LIMITS,
               call_timeout_s: float = 3.0) -> TestReport:
-    """Run ``tests`` against ``solution``; one :class:`TestCaseResult` per executed assert.
+    """Run ``tests`` against ``solution``; one :class:`TestCaseResult` per executed assert
+    that exercised the solution (see the module docstring, point 4).
 
     ``tests`` is a HumanEval-style ``def check(candidate): ...`` or top-level asserts that
     name ``entry_point`` (and possibly other names the solution defines).
@@ -321,23 +352,30 @@ def run_tests(solution: str, tests: str | CompiledTests, entry_point: str, *,
                              call_timeout_s=call_timeout_s)
     be = backend
     results: list[TestCaseResult] = []
+    session = _Session(be, solution, limits, call_timeout_s)
+    message = session.gone or ""
+    seen = [0]  # session.calls when the previous assertion ended
 
     def record(fn: Any, line: int, text: str) -> None:
         name = f"line {line}: {text}"
         try:
             ok = fn()
         except CallTimeout as exc:
-            results.append(TestCaseResult(name, "timeout", str(exc)))
+            result = TestCaseResult(name, "timeout", str(exc))
         except SolutionGone as exc:
-            results.append(TestCaseResult(name, "error", str(exc)))
+            result = TestCaseResult(name, "error", str(exc))
         except Exception as exc:  # the test's own expression failed: that is this test's verdict
-            results.append(TestCaseResult(name, "failed", f"{type(exc).__name__}: {exc}"[:500]))
+            result = TestCaseResult(name, "failed", _failure_text(exc))
         else:
-            results.append(TestCaseResult(name, "passed" if ok else "failed",
-                                          "" if ok else "assertion is false"))
+            result = TestCaseResult(name, "passed" if ok else "failed",
+                                    "" if ok else "assertion is false")
+        exercised = session.calls > seen[0]
+        seen[0] = session.calls
+        # a pass that tested nothing of the solution is no result; a failure always counts
+        # (dropping one would raise the pass rate)
+        if exercised or result.status != "passed":
+            results.append(result)
 
-    session = _Session(be, solution, limits, call_timeout_s)
-    message = session.gone or ""
     try:
         ns: dict[str, Any] = {"__name__": "__revex_tests__", "__revex_assert__": record}
         for name in compiled.remote_names(solution):
@@ -347,10 +385,12 @@ def run_tests(solution: str, tests: str | CompiledTests, entry_point: str, *,
             if compiled.has_check:
                 ns["check"](_Proxy(session, compiled.entry_point))
         except Exception as exc:  # test code outside an assert failed: one failed result
-            results.append(TestCaseResult("test code", "error",
-                                          f"{type(exc).__name__}: {exc}"[:500]))
+            results.append(TestCaseResult("test code", "error", _failure_text(exc)))
     finally:
         session.close()
+    if session.returned == 0:  # it never returned a value: whatever held did not test it
+        results = [TestCaseResult(r.name, "failed", "no call into the solution returned a value")
+                   if r.status == "passed" else r for r in results]
     passed = sum(r.status == "passed" for r in results)
     return TestReport(passed=passed, total=len(results), results=results, message=message)
 

