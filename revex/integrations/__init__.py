@@ -8,9 +8,7 @@ runtime per process, opened on first use with the ``training`` policy (see
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 from typing import Any
 
 _lock = threading.Lock()
@@ -18,16 +16,14 @@ _runtime: Any = None
 
 
 def default_runtime() -> Any:
-    """This process's runtime for the adapters: ``training`` policy, state dir
-    ``$REVEX_STATE_DIR`` or ``$XDG_CACHE_HOME/revex/state`` (``~/.cache/revex/state``)."""
+    """This process's runtime for the adapters: ``training`` policy, state in the same cache
+    dir as the trainer's rewards (:func:`revex.trainer.rewards.default_reward_state_dir`)."""
     global _runtime
     with _lock:
         if _runtime is None:
             from revex.runtime.runtime import Runtime
+            from revex.trainer.rewards import default_reward_state_dir
 
-            state = os.environ.get("REVEX_STATE_DIR")
-            if not state:
-                cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-                state = str(Path(cache) / "revex" / "state")
-            _runtime = Runtime(state_dir=state, policy="training", audit=None)
+            _runtime = Runtime(state_dir=default_reward_state_dir(), policy="training",
+                               audit=None)
         return _runtime

@@ -52,12 +52,11 @@ def test_default_runtime_lives_in_the_cache_dir(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import revex.integrations as integ
 
-    monkeypatch.delenv("REVEX_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(integ, "_runtime", None)
     rt = integ.default_runtime()
     try:
-        assert rt.state_dir == tmp_path / "revex" / "state"
+        assert rt.state_dir == tmp_path / "revex" / "rewards"  # shared with the rewards
         assert rt.policy.name == "training" and integ.default_runtime() is rt
     finally:
         rt.close()
