@@ -1,0 +1,264 @@
+"""Every language runs with Python's isolation: real toolchains in real nsjail runs.
+
+Each isolation test is parametrized over the languages whose toolchain is installed; a language
+without one is skipped with the reason ``revex doctor`` gives (never silently)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import pytest
+
+from revex.errors import ConfigError
+from revex.runtime.sandbox import compile_cache, languages
+from revex.runtime.sandbox.base import ExecResult, ExecStatus, Limits, make_spec
+from revex.runtime.sandbox.nsjail import NsjailBackend
+
+LANGS = ["c", "cpp", "java", "javascript", "bash", "go", "rust"]
+
+
+def lang_param(name: str) -> object:
+    if name in languages.NATIVE:
+        return pytest.param(name, id=name)
+    tc = languages.toolchain(name)
+    return pytest.param(name, id=name, marks=() if tc.ok else pytest.mark.skip(
+        reason=f"{name} toolchain missing: {tc.missing}"))
+
+
+ALL = [lang_param(n) for n in LANGS]
+COMPILED = [lang_param(n) for n in LANGS if n in languages.LANGUAGE_TABLE
+            and languages.LANGUAGE_TABLE[n].compiled]
+
+ADD = {
+    "c": '#include <stdio.h>\nint main(){long a,b;scanf("%ld %ld",&a,&b);'
+         'printf("%ld\\n",a+b);return 0;}',
+    "cpp": '#include <bits/stdc++.h>\nint main(){long long a,b;std::cin>>a>>b;'
+           'std::cout<<a+b<<"\\n";}',
+    "java": 'import java.util.*;\npublic class Adder { public static void main(String[] x) {'
+            ' Scanner s = new Scanner(System.in);'
+            ' System.out.println(s.nextLong() + s.nextLong()); } }',
+    "javascript": 'const v = require("fs").readFileSync(0, "utf8").trim().split(/\\s+/)'
+                  '.map(Number); console.log(v[0] + v[1]);',
+    "bash": "read a b; echo $((a+b))",
+    "go": 'package main\nimport "fmt"\nfunc main(){var a,b int64;fmt.Scan(&a,&b);'
+          'fmt.Println(a+b)}',
+    "rust": 'use std::io::*;\nfn main(){let mut s=String::new();stdin().read_to_string(&mut s)'
+            '.unwrap();let v:Vec<i64>=s.split_whitespace().map(|x|x.parse().unwrap()).collect();'
+            'println!("{}",v[0]+v[1]);}',
+}
+FORK_BOMB = {
+    "c": "#include <unistd.h>\nint main(){for(;;)fork();}",
+    "cpp": "#include <unistd.h>\nint main(){for(;;)fork();}",
+    "java": "public class Main { public static void main(String[] a) throws Exception {"
+            " for (;;) { try { new ProcessBuilder(\"/bin/sleep\", \"100\").start(); }"
+            " catch (Exception e) {} new Thread(() -> { try { Thread.sleep(100000); }"
+            " catch (Exception e) {} }).start(); } } }",
+    "javascript": "const cp = require('child_process');"
+                  " for (;;) { try { cp.spawn('/bin/sleep', ['100']); } catch (e) {} }",
+    "bash": "f() { f | f & }; f; sleep 100",
+    "go": 'package main\nimport "os/exec"\nfunc main(){for{exec.Command("/bin/sleep","100")'
+          '.Start()}}',
+    "rust": 'fn main(){loop{let _=std::process::Command::new("/bin/sleep").arg("100").spawn();}}',
+}
+MEMORY_BOMB = {
+    "c": "#include <stdlib.h>\n#include <string.h>\nint main(){for(;;){char*p=malloc(1<<24);"
+         "if(!p)return 3;memset(p,1,1<<24);}}",
+    "cpp": "#include <vector>\n#include <cstring>\nint main(){std::vector<char*> v;for(;;){"
+           "char*p=new char[1<<24];std::memset(p,1,1<<24);v.push_back(p);}}",
+    "java": "import java.util.*;\npublic class Main { public static void main(String[] a) {"
+            " List<long[]> l = new ArrayList<>(); for (;;) l.add(new long[1 << 20]); } }",
+    "javascript": "const a = []; for (;;) a.push(new Array(1 << 20).fill(1.5));",
+    "bash": "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done",
+    "go": 'package main\nfunc main(){var l [][]byte;for{b:=make([]byte,1<<24);for i:=range b'
+          '{b[i]=1};l=append(l,b)}}',
+    "rust": "fn main(){let mut v=Vec::new();loop{v.push(vec![1u8;1<<24]);}}",
+}
+BUSY = {
+    "c": "int main(){volatile unsigned long i=0;for(;;)i++;}",
+    "cpp": "int main(){volatile unsigned long i=0;for(;;)i++;}",
+    "java": "public class Main { public static void main(String[] a) {"
+            " long i = 0; while (true) { i++; if (i == -1) System.out.println(i); } } }",
+    "javascript": "let i = 0; for (;;) { i++; }",
+    "bash": "while :; do :; done",
+    "go": "package main\nfunc main(){i:=0;for{i++}}",
+    "rust": "fn main(){let mut i:u64=0;loop{i=std::hint::black_box(i+1);}}",
+}
+
+
+def write_attempt(lang: str, paths: list[str]) -> str:
+    """A program that tries to create each path and prints ``wrote P`` for each success."""
+    quoted = ", ".join(f'"{p}"' for p in paths)
+    template = {
+        "c": "#include <stdio.h>\nint main(){const char*p[]={QUOTED};for(int i=0;i<COUNT;i++){"
+             "FILE*f=fopen(p[i],\"w\");if(f&&fputs(\"x\",f)>=0&&fclose(f)==0)"
+             "printf(\"wrote %s\\n\",p[i]);}return 0;}",
+        "cpp": "#include <cstdio>\nint main(){const char*p[]={QUOTED};for(int i=0;i<COUNT;i++){"
+               "FILE*f=std::fopen(p[i],\"w\");if(f&&std::fputs(\"x\",f)>=0&&std::fclose(f)==0)"
+               "std::printf(\"wrote %s\\n\",p[i]);}}",
+        "java": "import java.nio.file.*;\npublic class Main { public static void main(String[] a)"
+                " { for (String p : new String[]{QUOTED}) { try { Files.writeString(Path.of(p), "
+                "\"x\"); System.out.println(\"wrote \" + p); } catch (Exception e) {} } } }",
+        "javascript": "for (const p of [QUOTED]) { try { require('fs').writeFileSync(p, 'x');"
+                      " console.log('wrote ' + p); } catch (e) {} }",
+        "bash": "for p in SPACED; do echo x 2>/dev/null > \"$p\" && echo \"wrote $p\"; done",
+        "go": 'package main\nimport ("fmt";"os")\nfunc main(){for _,p:=range []string{QUOTED}{'
+              'if os.WriteFile(p,[]byte("x"),0644)==nil{fmt.Println("wrote",p)}}}',
+        "rust": 'fn main(){for p in [QUOTED]{if std::fs::write(p,"x").is_ok(){'
+                'println!("wrote {}",p);}}}',
+    }[lang]
+    return (template.replace("QUOTED", quoted).replace("COUNT", str(len(paths)))
+            .replace("SPACED", " ".join(paths)))
+
+
+@pytest.fixture(scope="module")
+def be() -> NsjailBackend:
+    return NsjailBackend()
+
+
+def descendants() -> set[int]:
+    """Processes below this test process (nsjail runs are its children)."""
+    out: set[int] = set()
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+def run(be: NsjailBackend, lang: str, code: str, **kw: object) -> ExecResult:
+    return be.run(make_spec(code, language=lang, **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_language_reads_stdin_and_prints(be: NsjailBackend, lang: str) -> None:
+    r = run(be, lang, ADD[lang], stdin="40 2\n", limits=languages.default_limits(lang))
+    assert r.status is ExecStatus.OK, (r.status, r.stderr, r.message)
+    assert r.stdout == "42\n" and r.backend == "nsjail"
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_fork_bomb_is_contained_and_reaped(be: NsjailBackend, lang: str) -> None:
+    before = descendants()
+    start = time.monotonic()
+    r = run(be, lang, FORK_BOMB[lang], limits=Limits(wall_s=3, cpu_s=3, pids=16,
+                                                    memory_mb=1024 if lang == "java" else 256))
+    assert r.status is not ExecStatus.OK and r.status is not ExecStatus.SANDBOX_ERROR, r
+    assert time.monotonic() - start < 20  # wall_s plus the compile, not a hung host
+    assert descendants() <= before  # nothing of the run survives it
+    again = run(be, lang, ADD[lang], stdin="1 2", limits=languages.default_limits(lang))
+    assert again.status is ExecStatus.OK and again.stdout == "3\n"
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_memory_bomb_is_reported_as_memory(be: NsjailBackend, lang: str) -> None:
+    r = run(be, lang, MEMORY_BOMB[lang], limits=Limits(wall_s=10, cpu_s=10, memory_mb=192))
+    assert r.status is ExecStatus.MEMORY, (r.status, r.exit_code, r.signal, r.stderr[-500:])
+    assert r.peak_memory_mb <= 192 + 16
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_busy_loop_times_out(be: NsjailBackend, lang: str) -> None:
+    start = time.monotonic()
+    r = run(be, lang, BUSY[lang], limits=Limits(wall_s=2, cpu_s=1,
+                                               memory_mb=1024 if lang == "java" else 512))
+    assert r.status is ExecStatus.TIMEOUT, (r.status, r.stderr[-500:])
+    assert r.wall_s < 4 and time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_writes_outside_the_workspace_fail_and_leave_the_host_untouched(
+        be: NsjailBackend, lang: str, tmp_path: object) -> None:
+    token = secrets.token_hex(6)
+    outside = [f"/usr/revex-{token}", f"/etc/revex-{token}", f"/revex-{token}",
+               f"/input/revex-{token}", f"/build/revex-{token}", f"/workspace/../revex-{token}"]
+    r = run(be, lang, write_attempt(lang, [*outside, f"/tmp/ok-{token}"]),
+            limits=languages.default_limits(lang))
+    assert r.status is ExecStatus.OK, (r.status, r.stderr[-500:])
+    assert r.stdout.splitlines() == [f"wrote /tmp/ok-{token}"]  # only its private /tmp
+    for path in (f"/usr/revex-{token}", f"/etc/revex-{token}", f"/revex-{token}",
+                 f"/tmp/ok-{token}"):
+        assert not os.path.exists(path)  # the host never sees it
+    for entry in os.listdir(compile_cache.cache_root()):  # nor does the compile cache
+        assert not os.path.exists(os.path.join(compile_cache.cache_root(), entry,
+                                               f"revex-{token}"))
+
+
+@pytest.mark.parametrize("lang", COMPILED)
+def test_compile_error_reports_the_compilers_message_and_is_cached(
+        be: NsjailBackend, lang: str) -> None:
+    bad = ADD[lang].replace("(", "((", 1) + f"\n// {secrets.token_hex(4)}"
+    if lang == "rust" or lang == "go":
+        bad = bad.replace("// ", "/* ") + " */"
+    first = run(be, lang, bad)
+    assert first.status is ExecStatus.COMPILE_ERROR and first.stderr.strip(), first
+    assert "compilation failed" in first.message
+    second = run(be, lang, bad)
+    assert second.status is ExecStatus.COMPILE_ERROR and second.stderr == first.stderr
+    assert "cached" in second.message
+
+
+@pytest.mark.parametrize("lang", COMPILED)
+def test_source_compiles_once_for_many_runs(be: NsjailBackend, lang: str) -> None:
+    src = ADD[lang] + f"\n// {secrets.token_hex(4)}"
+    lang_obj, tc = languages.require(lang)
+    key = compile_cache.cache_key(src, lang_obj, tc, make_spec(src, language=lang))
+    entry = os.path.join(compile_cache.cache_root(), key)
+    assert not os.path.exists(entry)
+    results = [run(be, lang, src, stdin=f"{i} 1", limits=languages.default_limits(lang))
+               for i in range(3)]
+    assert [r.stdout for r in results] == ["1\n", "2\n", "3\n"]
+    built = os.stat(entry).st_mtime_ns
+    run(be, lang, src, stdin="5 5", limits=languages.default_limits(lang))
+    assert os.stat(entry).st_mtime_ns == built  # reused, not rebuilt
+    for base, _, files in os.walk(entry):  # output the host keeps: never setuid, ours
+        for name in files:
+            st = os.lstat(os.path.join(base, name))
+            assert st.st_uid == os.geteuid() and not st.st_mode & 0o7000
+
+
+def test_compile_cannot_read_host_files(be: NsjailBackend) -> None:
+    r = run(be, "c", '#include "/etc/passwd"\nint main(){return 0;}')
+    assert r.status is ExecStatus.COMPILE_ERROR and "No such file" in r.stderr
+
+
+def test_compile_runs_under_compile_limits(be: NsjailBackend) -> None:
+    # The preprocessor reading an endless file: the compile sandbox, not the host, pays.
+    start = time.monotonic()
+    r = run(be, "c", f'#include "/dev/zero"\n// {secrets.token_hex(4)}',
+            compile_limits=Limits(wall_s=3, cpu_s=3, memory_mb=128))
+    assert r.status is ExecStatus.COMPILE_ERROR, (r.status, r.message)
+    assert "ran out of" in r.message and time.monotonic() - start < 15
+
+
+def test_missing_toolchain_is_a_config_error_naming_why() -> None:
+    missing = [n for n in languages.LANGUAGE_TABLE if not languages.toolchain(n).ok]
+    if not missing:
+        pytest.skip("every toolchain is installed here")
+    with pytest.raises(ConfigError, match="not available here"):
+        NsjailBackend().run(make_spec("x", language=missing[0]))
+
+
+def test_unknown_language_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown language 'cobol'"):
+        make_spec("x", language="cobol")
+
+
+def test_python_is_not_routed_through_the_language_layer() -> None:
+    assert not languages.needs_build(make_spec("print(1)"))
+    assert not languages.needs_build(make_spec("echo 1", language="bash"))
+    assert languages.needs_build(make_spec("int main(){}", language="c"))
