@@ -268,13 +268,16 @@ class Episode:
         limits: Limits | None = None,
         network: bool = False,
         apply_changes: bool = True,
+        compile_limits: Limits | None = None,
     ) -> ExecResult:
         """Run code in the sandbox over this episode's workspace.
 
         What the code did to the workspace comes back as a change set; when ``apply_changes``
         it is checked against the policy as a whole and applied as journaled file actions
         (undone by a rollback like any ``ep.fs`` action), otherwise discarded. The result says
-        which (``changes_applied``, ``changes_refused``). What the code does (a timeout, a
+        which (``changes_applied``, ``changes_refused``). ``language`` is python, bash, c,
+        cpp, java, javascript (go, rust where installed); compiled languages compile first
+        under ``compile_limits`` (status ``compile_error``). What the code does (a timeout, a
         crash) is a status, never an exception. Raises PolicyViolation when the policy refuses
         the run itself, ConfigError for a malformed request, SandboxError when no sandbox can
         run it, ActionFailed when applying the changes failed (none are then kept).
@@ -284,7 +287,7 @@ class Episode:
 
         spec = make_spec(code, argv=argv, language=language, stdin=stdin, env=env,
                          files=files, limits=limits, network=network,
-                         workspace=str(self.workspace))
+                         workspace=str(self.workspace), compile_limits=compile_limits)
         backend = self._rt.backend
         result: ExecResult = self._act(lambda: run_plan(spec, backend), "exec.run",
                                        language)

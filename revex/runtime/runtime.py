@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revex.errors import ActionFailed, ConfigError, ConflictError, SandboxError, StateError
 from revex.policies.engine import Approver, PolicyEngine
@@ -35,6 +35,9 @@ from revex.runtime.rollback import (
 )
 from revex.runtime.sandbox.base import ExecResult, Limits, SandboxBackend, TestReport
 from revex.runtime.store import ContentStore
+
+if TYPE_CHECKING:
+    from revex.judge import JudgeResult
 
 ACTIVE = ("active", "rolling_back")
 
@@ -414,6 +417,16 @@ class Runtime:
         return run_tests_many(list(solutions), tests, entry_point,
                               backend=self.backend,  # type: ignore[arg-type]
                               limits=limits or DEFAULT_LIMITS, concurrency=concurrency)
+
+    def judge_many(self, solutions: Sequence[str], cases: Any,
+                   **options: Any) -> list[JudgeResult]:
+        """Judge N solutions against their test cases on this runtime's sandbox backend (see
+        :func:`revex.judge.judge_many` for ``cases``, ``language``, ``concurrency``,
+        ``stop_on_first_failure``, limits). Not journaled. Returns plain ``JudgeResult``
+        dataclasses. Raises ConfigError (bad cases, missing toolchain), SandboxError."""
+        from revex.judge import judge_many
+
+        return judge_many(solutions, cases, backend=self.backend, **options)
 
     # ---- audit and maintenance ---------------------------------------------------------------
 
