@@ -291,3 +291,45 @@ def compile_spec(source: str, lang: Language, tc: Toolchain, limits: Limits,
     return ExecSpec(argv=tuple(lang.compile(tc.paths, src)), language=lang.name,
                     files={src: source.encode()}, env=dict(lang.compile_env), limits=limits,
                     workspace=out_dir, ro_mounts=tuple((p, p) for p in tc.extra_ro))
+
+
+_HELLO = {
+    "c": '#include <stdio.h>\nint main(){puts("hello");return 0;}',
+    "cpp": '#include <iostream>\nint main(){std::cout<<"hello"<<std::endl;}',
+    "java": 'public class Main { public static void main(String[] a) {'
+            ' System.out.println("hello"); } }',
+    "javascript": 'console.log("hello")',
+    "go": 'package main\nimport "fmt"\nfunc main(){fmt.Println("hello")}',
+    "rust": 'fn main(){println!("hello");}',
+}
+
+
+def doctor_rows(run: Callable[[ExecSpec], ExecResult] | None = None) -> list[tuple[str, bool,
+                                                                               str]]:
+    """One row per language: (``language NAME``, works, toolchain and version, or why not).
+    With ``run`` (a backend's ``run``), each available language also compiles and runs a
+    hello-world in the sandbox. Never raises for a missing toolchain; it reports it."""
+    rows: list[tuple[str, bool, str]] = [
+        ("language python", True, "the sandbox's Python (warm path)"),
+        ("language bash", os.path.exists("/bin/bash"), "/bin/bash"),
+    ]
+    for name in LANGUAGE_TABLE:
+        tc = toolchain(name)
+        if not tc.ok:
+            rows.append((f"language {name}", False, tc.missing))
+            continue
+        where = ", ".join(tc.paths.values())
+        ok, why = True, f"{tc.version} ({where})"
+        if run is not None:
+            from revex.errors import RevexError
+
+            try:
+                res = run(ExecSpec(code=_HELLO[name], language=name,
+                                   limits=default_limits(name)))
+                ok = res.status is ExecStatus.OK and res.stdout.strip() == "hello"
+                if not ok:
+                    why += f"; sandbox probe: {res.status} {res.message} {res.stderr[-300:]}"
+            except RevexError as exc:
+                ok, why = False, f"{why}; sandbox probe failed: {exc}"
+        rows.append((f"language {name}", ok, why))
+    return rows

@@ -262,3 +262,16 @@ def test_python_is_not_routed_through_the_language_layer() -> None:
     assert not languages.needs_build(make_spec("print(1)"))
     assert not languages.needs_build(make_spec("echo 1", language="bash"))
     assert languages.needs_build(make_spec("int main(){}", language="c"))
+
+
+def test_doctor_lists_every_language_with_version_or_reason(be: NsjailBackend) -> None:
+    from revex.doctor import _language_checks
+
+    rows = {name: (ok, why) for name, ok, why in _language_checks()}
+    for lang in languages.supported():
+        assert f"language {lang}" in rows
+    for name in languages.LANGUAGE_TABLE:
+        ok, why = rows[f"language {name}"]
+        tc = languages.toolchain(name)
+        assert ok == tc.ok, why  # installed toolchains also pass the sandbox probe
+        assert (tc.version in why) if tc.ok else (why == tc.missing)
