@@ -36,6 +36,8 @@ MAX_FILES = 1000
 MAX_BYTES = 256 << 20
 MAX_DEPTH = 8
 MAX_MESSAGE = 16_000
+#: Entries kept in the cache; the least recently used beyond this are removed.
+MAX_ENTRIES = 2000
 _NAME = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_$.+-]{0,200}$")
 _ERROR_FILE = ".compile_error.json"  # a name compiler output can never have (see _NAME)
 _locks: dict[str, threading.Lock] = {}
@@ -93,6 +95,8 @@ def _lookup(entry: str, lang: Language) -> tuple[str | None, ExecResult | None] 
         return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise SandboxError(f"compile cache entry {entry} is not a directory owned by revex")
+    with contextlib.suppress(OSError):  # recently used: kept longest by prune()
+        os.utime(entry)
     err = os.path.join(entry, _ERROR_FILE)
     if os.path.exists(err):
         with open(err) as f:
@@ -160,13 +164,31 @@ def _compile(spec: ExecSpec, lang: Language, tc: Toolchain, backend: SandboxBack
 
 
 def _publish(stage: str, entry: str) -> None:
-    """Atomically move ``stage`` to ``entry``; another process that got there first wins."""
+    """Atomically move ``stage`` to ``entry``; another process that got there first wins.
+    Then keep the cache to :data:`MAX_ENTRIES` entries."""
     try:
         os.rename(stage, entry)
-    except OSError as exc:
+    except OSError:
         if not os.path.isdir(entry):
             raise
-        del exc
+    prune(os.path.dirname(entry), MAX_ENTRIES)
+
+
+def prune(root: str, keep: int) -> int:
+    """Remove all but the ``keep`` most recently used entries (hits refresh an entry's mtime);
+    returns how many were removed. A run that already bound a removed entry is unaffected."""
+    entries = []
+    for d in os.scandir(root):
+        if len(d.name) == 64 and d.is_dir(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                entries.append((d.stat(follow_symlinks=False).st_mtime, d.path))
+    if len(entries) <= keep:
+        return 0
+    entries.sort()
+    old = entries[:len(entries) - keep]
+    for _, path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(old)
 
 
 def _copy_output(result: ExecResult, stage: str) -> None:

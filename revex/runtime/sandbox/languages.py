@@ -47,7 +47,8 @@ _JAVA_PUBLIC = re.compile(r"^\s*public\s+(?:(?:final|abstract|strictfp)\s+)*clas
                           r"([A-Za-z_$][\w$]*)", re.MULTILINE)
 _JAVA_CLASS = re.compile(r"\bclass\s+([A-Za-z_$][\w$]*)")
 _JAVA_MAIN = re.compile(r"\bstatic\s+(?:final\s+)?void\s+main\s*\(")
-_JAVA_PACKAGE = re.compile(r"^\s*package\s+([\w.]+)\s*;", re.MULTILINE)
+_JAVA_PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*;",
+                           re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ LANGUAGE_TABLE: dict[str, Language] = {
                  run=lambda t, main, lim: [f"{BUILD_DIR}/main"],
                  compile_limits=_BIG_COMPILE,
                  compile_env=(("GOCACHE", "/tmp/gocache"), ("GOPATH", "/tmp/go"),
-                              ("GOFLAGS", "-mod=mod"), ("CGO_ENABLED", "0")),
+                              ("CGO_ENABLED", "0")),
                  version_argv=("version",)),
         Language("rust", ("rustc",), lambda s: "main.rs",
                  compile=lambda t, src: [t["rustc"], "-O", "--edition", "2021", "-o",

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from revex.errors import ConfigError
 from revex.runtime.sandbox import compile_cache, languages
-from revex.runtime.sandbox.base import ExecResult, ExecStatus, Limits, make_spec
+from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, Limits, make_spec
 from revex.runtime.sandbox.nsjail import NsjailBackend
 
 LANGS = ["c", "cpp", "java", "javascript", "bash", "go", "rust"]
@@ -212,19 +214,36 @@ def test_compile_error_reports_the_compilers_message_and_is_cached(
     assert "cached" in second.message
 
 
+class CountingBackend(NsjailBackend):
+    """The real nsjail backend, counting the compile runs it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compiles = 0
+        self._count_lock = threading.Lock()
+
+    def run(self, spec: ExecSpec) -> ExecResult:
+        if spec.argv is not None and spec.workspace is not None:
+            with self._count_lock:
+                self.compiles += 1
+        return super().run(spec)
+
+
 @pytest.mark.parametrize("lang", COMPILED)
-def test_source_compiles_once_for_many_runs(be: NsjailBackend, lang: str) -> None:
+def test_source_compiles_once_for_many_concurrent_runs(lang: str) -> None:
+    be = CountingBackend()
     src = ADD[lang] + f"\n// {secrets.token_hex(4)}"
     lang_obj, tc = languages.require(lang)
     key = compile_cache.cache_key(src, lang_obj, tc, make_spec(src, language=lang))
     entry = os.path.join(compile_cache.cache_root(), key)
     assert not os.path.exists(entry)
-    results = [run(be, lang, src, stdin=f"{i} 1", limits=languages.default_limits(lang))
-               for i in range(3)]
-    assert [r.stdout for r in results] == ["1\n", "2\n", "3\n"]
-    built = os.stat(entry).st_mtime_ns
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: run(be, lang, src, stdin=f"{i} 1",
+                                              limits=languages.default_limits(lang)), range(4)))
+    assert [r.stdout for r in results] == ["1\n", "2\n", "3\n", "4\n"], [
+        (r.status, r.exit_code, r.signal, r.stderr[-300:], r.message) for r in results]
     run(be, lang, src, stdin="5 5", limits=languages.default_limits(lang))
-    assert os.stat(entry).st_mtime_ns == built  # reused, not rebuilt
+    assert be.compiles == 1
     for base, _, files in os.walk(entry):  # output the host keeps: never setuid, ours
         for name in files:
             st = os.lstat(os.path.join(base, name))
@@ -275,3 +294,28 @@ def test_doctor_lists_every_language_with_version_or_reason(be: NsjailBackend) -
         tc = languages.toolchain(name)
         assert ok == tc.ok, why  # installed toolchains also pass the sandbox probe
         assert (tc.version in why) if tc.ok else (why == tc.missing)
+
+
+def test_java_finds_the_main_class_with_a_package_or_without_public(be: NsjailBackend) -> None:
+    tag = secrets.token_hex(3)
+    pkg = (f"package judge.t{tag};\nimport java.util.*;\npublic final class Solver {{"
+           " public static void main(String[] a) { System.out.println(\"pkg\"); } }")
+    hidden = (f"class Helper{tag} {{ static int two() {{ return 2; }} }}\n"
+              "class Entry { public static void main(String[] a) {"
+              f" System.out.println(Helper{tag}.two()); }} }}")
+    lim = languages.default_limits("java")
+    if not languages.toolchain("java").ok:
+        pytest.skip(f"java toolchain missing: {languages.toolchain('java').missing}")
+    assert run(be, "java", pkg, limits=lim).stdout == "pkg\n"
+    assert run(be, "java", hidden, limits=lim).stdout == "2\n"
+
+
+def test_prune_keeps_the_most_recently_used_entries(tmp_path: object) -> None:
+    root = str(tmp_path)
+    for i in range(5):
+        path = os.path.join(root, f"{i:064x}")
+        os.mkdir(path)
+        os.utime(path, (1000 + i, 1000 + i))
+    os.mkdir(os.path.join(root, ".stage-x"))  # not an entry: left alone
+    assert compile_cache.prune(root, 2) == 3
+    assert sorted(os.listdir(root)) == [".stage-x", f"{3:064x}", f"{4:064x}"]
