@@ -130,8 +130,10 @@ def _compile(spec: ExecSpec, lang: Language, tc: Toolchain, backend: SandboxBack
             if result.status is ExecStatus.FAILED and (
                     result.peak_memory_mb >= limits.memory_mb * 0.95
                     or "Killed signal terminated program" in result.stderr):
-                # gcc's driver survives the OOM kill of cc1 and just exits 1: not definite.
-                result.status = ExecStatus.MEMORY
+                # gcc's driver survives the kill of cc1 (OOM or RLIMIT_CPU) and just exits 1:
+                # a limit was hit, the failure is not definite.
+                result.status = (ExecStatus.TIMEOUT if result.cpu_s >= 0.75 * limits.cpu_s
+                                 else ExecStatus.MEMORY)
             if result.status is not ExecStatus.OK:
                 why = {ExecStatus.TIMEOUT: f"the compiler ran out of time ({limits.wall_s:g} s "
                                            "wall / cpu; see compile_limits)",
