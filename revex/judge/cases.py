@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from revex.errors import ConfigError
-from revex.runtime.sandbox.base import Limits
+from revex.runtime.sandbox.base import LANGUAGES, Limits
 
 KINDS = ("stdio", "call", "asserts", "check")
 COMPARE_MODES = ("exact", "lines", "tokens")
@@ -48,8 +48,20 @@ class Compare:
     mode: str = "tokens"
     abs_tol: float | None = None
     rel_tol: float | None = None
+    #: A special judge: trusted checker source (from the dataset) that is itself run
+    #: sandboxed with ``/input/input.txt``, ``/input/output.txt`` (the solution's stdout) and
+    #: ``/input/answer.txt``; exit 0 accepts, 1 or 2 reject (testlib's WA/PE), anything else
+    #: is a checker failure (``sandbox_error``). Replaces ``mode``.
+    checker: str | None = None
+    checker_language: str = "python"
 
     def __post_init__(self) -> None:
+        if self.checker is not None and (not isinstance(self.checker, str)
+                                         or not self.checker.strip()):
+            raise CasesError("compare.checker must be checker source text")
+        if self.checker_language not in LANGUAGES:
+            raise CasesError(f"compare.checker_language must be one of {', '.join(LANGUAGES)}, "
+                             f"got {self.checker_language!r}")
         if self.mode not in COMPARE_MODES:
             raise CasesError(f"compare.mode must be one of {COMPARE_MODES}, got {self.mode!r}")
         for name in ("abs_tol", "rel_tol"):

@@ -127,11 +127,13 @@ def _stdio_case(backend: SandboxBackend, solution: str, language: str, index: in
     result: ExecResult = backend.run(spec)
     with result:
         status = _FROM_EXEC.get(result.status)
-        if status is None:
+        message = result.message
+        if status is None and cases.compare.checker is not None:
+            status, message = _check(backend, case, result.stdout, cases)
+        elif status is None:
             status = (CaseStatus.PASSED if output_matches(result.stdout, str(case.expected),
                                                           cases.compare)
                       else CaseStatus.WRONG_ANSWER)
-        message = result.message
         if status is CaseStatus.COMPILE_ERROR:
             message = f"{result.message}\n{result.stderr}".strip()
         elif status is CaseStatus.RUNTIME_ERROR:
@@ -139,6 +141,29 @@ def _stdio_case(backend: SandboxBackend, solution: str, language: str, index: in
                        else f"signal {result.signal}") + (f": {result.stderr[-300:]}"
                                                           if result.stderr else "")
         return CaseResult(index, status, result.wall_s, result.peak_memory_mb, message[:2000])
+
+
+_CHECKER_LIMITS = Limits(wall_s=30, cpu_s=30, memory_mb=1024, pids=128)
+
+
+def _check(backend: SandboxBackend, case: Case, stdout: str,
+           cases: TestCases) -> tuple[CaseStatus, str]:
+    """Run the special judge in a sandbox of its own: the solution's output is hostile input
+    to it, so it never runs on the host. Only its exit status is read."""
+    cmp = cases.compare
+    assert cmp.checker is not None
+    res = backend.run(ExecSpec(
+        code=cmp.checker, language=cmp.checker_language,
+        files={"input.txt": str(case.input).encode(), "output.txt": stdout.encode(),
+               "answer.txt": str(case.expected).encode()},
+        limits=_CHECKER_LIMITS))
+    with res:
+        if res.status is ExecStatus.OK:
+            return CaseStatus.PASSED, ""
+        if res.status is ExecStatus.FAILED and res.exit_code in (1, 2):
+            return CaseStatus.WRONG_ANSWER, f"checker: {res.stderr[-300:]}".strip()
+        return CaseStatus.SANDBOX_ERROR, (f"checker failed ({res.status}, exit "
+                                          f"{res.exit_code}): {res.stderr[-300:]}")
 
 
 def _call_cases(backend: InteractiveBackend, solution: str, cases: TestCases,

@@ -74,6 +74,10 @@ def test_compare_modes() -> None:
         Compare("fuzzy")
     with pytest.raises(CasesError, match=r"compare\.abs_tol"):
         Compare(abs_tol=-1)
+    with pytest.raises(CasesError, match=r"compare\.checker_language"):
+        Compare(checker="x", checker_language="cobol")
+    with pytest.raises(CasesError, match=r"compare\.checker must"):
+        Compare(checker="  ")
 
 
 def test_float_tolerance_is_absolute_or_relative_and_numbers_only() -> None:

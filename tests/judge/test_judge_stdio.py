@@ -201,3 +201,38 @@ def test_per_case_limits_override_the_sets(be: WarmPythonBackend) -> None:
     r = judge("import time\nn = int(input())\ntime.sleep(n - 1)\nprint(n)", tc, backend=be,
               limits=Limits(wall_s=5))
     assert [c.status for c in r.cases] == [CaseStatus.PASSED, CaseStatus.TIMEOUT]
+
+
+CHECKER = """
+import sys
+want = sorted(open('/input/answer.txt').read().split())
+got = sorted(open('/input/output.txt').read().split())
+n = int(open('/input/input.txt').read())
+sys.exit(0 if got == want and len(got) == n else 1)
+"""
+
+
+@pytest.mark.parametrize("lang", [p for p in LANGS
+                                  if p.values[0] in ("python", "cpp")])  # type: ignore[attr-defined]
+def test_special_judge_accepts_any_valid_answer_and_runs_sandboxed(
+        be: WarmPythonBackend, lang: str) -> None:
+    from revex.judge import Compare
+
+    tc = TestCases.from_io({"inputs": ["3\n"], "outputs": ["1 2 3\n"]},
+                           compare=Compare(checker=CHECKER))
+    any_order = {"python": "n = int(input())\nprint(*range(n, 0, -1))",
+                 "cpp": "#include <cstdio>\nint main(){int n;scanf(\"%d\",&n);"
+                        "for(int i=n;i>0;i--)printf(\"%d \",i);}"}
+    assert judge(any_order[lang], tc, language=lang, backend=be).all_passed
+    for bad in (PROGRAMS[lang]["FORGE"], PROGRAMS[lang]["EARLY"], PROGRAMS[lang]["FILES"]):
+        r = judge(bad, tc, language=lang, backend=be)
+        assert r.status is CaseStatus.WRONG_ANSWER, r
+
+
+def test_a_broken_checker_is_not_the_solutions_fault(be: WarmPythonBackend) -> None:
+    from revex.judge import Compare
+
+    tc = TestCases.from_io({"inputs": ["3\n"], "outputs": ["3\n"]},
+                           compare=Compare(checker="raise SystemExit(7)"))
+    r = judge("print(3)", tc, backend=be)
+    assert r.status is CaseStatus.SANDBOX_ERROR and "checker failed" in r.message
