@@ -210,7 +210,8 @@ def _copy_output(result: ExecResult, stage: str) -> None:
         count += 1
         if count > MAX_FILES:
             raise SandboxError(f"compiler output has more than {MAX_FILES} files")
-        fd = os.open(result.change_path(change), os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted in the output must not block the host on open.
+        fd = os.open(result.change_path(change), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with contextlib.closing(os.fdopen(fd, "rb")) as src:
             st = os.fstat(src.fileno())
             if not stat.S_ISREG(st.st_mode):

@@ -319,3 +319,44 @@ def test_prune_keeps_the_most_recently_used_entries(tmp_path: object) -> None:
     os.mkdir(os.path.join(root, ".stage-x"))  # not an entry: left alone
     assert compile_cache.prune(root, 2) == 3
     assert sorted(os.listdir(root)) == [".stage-x", f"{3:064x}", f"{4:064x}"]
+
+
+def _output(tmp: str, entries: dict[str, str]) -> ExecResult:
+    """A compile result whose upper dir holds ``entries`` (name -> kind), as hostile output."""
+    from revex.runtime.sandbox.base import FileChange
+
+    upper = os.path.join(tmp, "upper")
+    os.makedirs(upper, exist_ok=True)
+    changes = []
+    for name, kind in entries.items():
+        path = os.path.join(upper, name)
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "symlink":
+            os.symlink("/etc/passwd", path)
+        elif kind == "setuid":
+            with open(path, "wb") as f:
+                f.write(b"\x7fELF")
+            os.chmod(path, 0o4755)
+        else:
+            with open(path, "wb") as f:
+                f.write(b"data")
+        changes.append(FileChange(name, "symlink" if kind == "symlink" else "file"))
+    return ExecResult(status=ExecStatus.OK, changes=changes, upper_dir=upper)
+
+
+def test_hostile_compile_output_is_copied_safely(tmp_path: object) -> None:
+    from revex.errors import SandboxError
+
+    tmp = str(tmp_path)
+    stage = os.path.join(tmp, "stage")
+    os.mkdir(stage)
+    result = _output(tmp, {"main": "setuid", "pipe": "fifo", "link": "symlink",
+                           "Data.class": "file"})
+    compile_cache._copy_output(result, stage)  # a FIFO must not block the host
+    assert sorted(os.listdir(stage)) == ["Data.class", "main"]
+    assert os.stat(os.path.join(stage, "main")).st_mode & 0o7777 == 0o755  # setuid dropped
+    bad = _output(os.path.join(tmp, "b"), {"..evil": "file"})
+    bad.changes[0] = type(bad.changes[0])("../evil", "file")
+    with pytest.raises(SandboxError, match="unsafe name"):
+        compile_cache._copy_output(bad, stage)
