@@ -187,7 +187,8 @@ def run_code(
     commit: Annotated[bool, typer.Option("--commit/--rollback",
                                          help="Keep the changes, or roll them back.")] = False,
     policy: Annotated[str, typer.Option(help="Policy preset or TOML path.")] = "default",
-    language: Annotated[str, typer.Option(help="python or bash.")] = "python",
+    language: Annotated[str, typer.Option(
+        help="python, bash, c, cpp, java, javascript (go, rust where installed).")] = "python",
     wall_s: Annotated[float, typer.Option(help="Wall-clock limit in seconds.")] = 10.0,
     memory_mb: Annotated[int, typer.Option(help="Memory limit in MiB.")] = 512,
     sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,

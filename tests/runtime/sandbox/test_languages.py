@@ -360,3 +360,17 @@ def test_hostile_compile_output_is_copied_safely(tmp_path: object) -> None:
     bad.changes[0] = type(bad.changes[0])("../evil", "file")
     with pytest.raises(SandboxError, match="unsafe name"):
         compile_cache._copy_output(bad, stage)
+
+
+def test_run_many_and_runtime_run_take_language(tmp_path: object) -> None:
+    from revex import Runtime
+    from revex.runtime.sandbox import run_many
+
+    specs = [make_spec(ADD[lang], language=lang, stdin="2 2", limits=languages.default_limits(
+        lang)) for lang in ("c", "javascript", "bash")
+        if lang in languages.NATIVE or languages.toolchain(lang).ok]
+    results = run_many(specs, concurrency=2, backend=NsjailBackend())
+    assert [r.stdout for r in results] == ["4\n"] * len(specs)
+    with Runtime(state_dir=os.path.join(str(tmp_path), "state"), audit=None) as rt:
+        r = rt.run(ADD["c"], language="c", stdin="20 22")
+        assert r.status is ExecStatus.OK and r.stdout == "42\n"
