@@ -167,7 +167,7 @@ def _check(backend: SandboxBackend, case: Case, stdout: str,
 
 
 def _call_cases(backend: InteractiveBackend, solution: str, cases: TestCases,
-                limits: Limits | None, stop: Callable[[], bool]) -> list[CaseResult]:
+                limits: Limits | None, stop_first: bool) -> list[CaseResult]:
     """Call-style cases through the harness's call server; a session that dies is replaced
     for the next case, so one crash costs one case."""
     from revex.runtime.sandbox.harness import (
@@ -190,7 +190,7 @@ def _call_cases(backend: InteractiveBackend, solution: str, cases: TestCases,
     session: Any = None
     try:
         for i, case in enumerate(cases.cases):
-            if stop():
+            if stop_first and any(not r.passed for r in out):
                 out.append(CaseResult(i, CaseStatus.SKIPPED))
                 continue
             if session is None or session.gone is not None:
@@ -254,7 +254,8 @@ def judge_many(solutions: Sequence[str], cases: TestCases | Sequence[TestCases] 
     solutions, or a sequence with one per solution; ``language`` likewise. ``concurrency``
     runs at a time (0: one per CPU); stdio cases run case-major so each solution compiles once
     while others compile in parallel. ``stop_on_first_failure`` skips (``skipped``) the cases
-    of a solution not yet started once one of its cases failed. ``limits`` apply to cases
+    of a solution not yet started once one of its cases failed (stdio and call-style; assert
+    and HumanEval tests always run whole). ``limits`` apply to cases
     without their own (default: the language's, see ``languages.default_limits``).
     ``progress(done, total)`` is called after each unit of work.
 
@@ -334,7 +335,7 @@ class _Batch:
             raise ConfigError(f"backend {be.name} cannot run a test server (no spawn())")
         if tc.kind == "call":
             self._record(i, _call_cases(be, self.solutions[i], tc, self.limits,
-                                        lambda: self.stop_first and self.failed[i]))
+                                        self.stop_first))
         else:
             self._record(i, *_assert_cases(be, self.solutions[i], tc, self.limits))
 

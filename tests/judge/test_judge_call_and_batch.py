@@ -45,6 +45,12 @@ def test_call_style_statuses_and_a_crash_costs_one_case(be: WarmPythonBackend) -
     assert "boom" in r.cases[2].message and r.status is CaseStatus.WRONG_ANSWER
 
 
+def test_call_style_stop_on_first_failure(be: WarmPythonBackend) -> None:
+    r = judge("def add(a, b):\n    return 3", CALL, backend=be, stop_on_first_failure=True)
+    assert [c.status for c in r.cases] == [CaseStatus.PASSED, CaseStatus.WRONG_ANSWER,
+                                           CaseStatus.SKIPPED]
+
+
 def test_call_style_forgeries_earn_nothing(be: WarmPythonBackend) -> None:
     # An object that claims to equal anything cannot cross the boundary; printing a verdict
     # or exiting 0 during the call is no answer either.
