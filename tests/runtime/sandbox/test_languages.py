@@ -17,16 +17,9 @@ from revex.errors import ConfigError
 from revex.runtime.sandbox import compile_cache, languages
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, Limits, make_spec
 from revex.runtime.sandbox.nsjail import NsjailBackend
+from tests.judge.conftest import lang_param
 
 LANGS = ["c", "cpp", "java", "javascript", "bash", "go", "rust"]
-
-
-def lang_param(name: str) -> object:
-    if name in languages.NATIVE:
-        return pytest.param(name, id=name)
-    tc = languages.toolchain(name)
-    return pytest.param(name, id=name, marks=() if tc.ok else pytest.mark.skip(
-        reason=f"{name} toolchain missing: {tc.missing}"))
 
 
 ALL = [lang_param(n) for n in LANGS]
