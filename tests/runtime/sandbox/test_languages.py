@@ -193,6 +193,43 @@ def test_writes_outside_the_workspace_fail_and_leave_the_host_untouched(
                                                f"revex-{token}"))
 
 
+CONNECT = {
+    "c": "#include <stdio.h>\n#include <sys/socket.h>\n#include <netinet/in.h>\n"
+         "#include <arpa/inet.h>\nint main(){int s=socket(AF_INET,SOCK_STREAM,0);"
+         "struct sockaddr_in a={0};a.sin_family=AF_INET;a.sin_port=htons(PORT);"
+         "a.sin_addr.s_addr=inet_addr(\"127.0.0.1\");"
+         "if(connect(s,(struct sockaddr*)&a,sizeof a)==0)puts(\"connected\");return 0;}",
+    "java": "public class Main { public static void main(String[] a) { try {"
+            " new java.net.Socket(\"127.0.0.1\", PORT); System.out.println(\"connected\");"
+            " } catch (Exception e) {} } }",
+    "javascript": "const s = require('net').connect(PORT, '127.0.0.1', () => {"
+                  " console.log('connected'); s.end(); }); s.on('error', () => {});",
+    "bash": "(exec 3<>/dev/tcp/127.0.0.1/PORT) 2>/dev/null && echo connected; true",
+    "go": 'package main\nimport ("fmt";"net")\nfunc main(){if _,e:=net.Dial("tcp",'
+          '"127.0.0.1:PORT");e==nil{fmt.Println("connected")}}',
+    "rust": 'fn main(){if std::net::TcpStream::connect("127.0.0.1:PORT").is_ok(){'
+            'println!("connected");}}',
+}
+CONNECT["cpp"] = CONNECT["c"]
+
+
+@pytest.mark.parametrize("lang", ALL)
+def test_no_network_reaches_the_host(be: NsjailBackend, lang: str) -> None:
+    import socket
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.settimeout(0.1)
+        port = srv.getsockname()[1]
+        r = run(be, lang, CONNECT[lang].replace("PORT", str(port)),
+                limits=languages.default_limits(lang))
+        assert r.status is ExecStatus.OK, (r.status, r.stderr[-500:])
+        assert "connected" not in r.stdout
+        with pytest.raises(OSError):  # socket.timeout: nothing ever connected
+            srv.accept()
+
+
 @pytest.mark.parametrize("lang", COMPILED)
 def test_compile_error_reports_the_compilers_message_and_is_cached(
         be: NsjailBackend, lang: str) -> None:
