@@ -16,7 +16,8 @@ Per-language defaults (documented in SECURITY.md, "Judging"):
   limit it needs) small. Compile limits 60 s, 2 GiB, 128 threads (javac is a JVM too).
   :func:`default_limits` gives Java runs 1 GiB and 128 pids.
 * ``javascript``: ``node`` with ``--max-old-space-size=<3/4 of memory_mb>`` and
-  ``--stack-size`` raised, no compile step.
+  ``--stack-size=7600`` (KiB: deep recursion, yet inside the jail's 8 MiB stack rlimit so it
+  ends in a RangeError, not a crash), no compile step.
 * ``go``/``rust``: ``go build`` / ``rustc -O``, compile limits 60 s, 2 GiB, when the toolchain
   is installed where the sandbox user can reach it.
 * ``python``/``bash``: unchanged, handled by the backend itself (warm path for Python).
@@ -130,7 +131,7 @@ LANGUAGE_TABLE: dict[str, Language] = {
                  version_argv=("-version",)),
         Language("javascript", ("node",), lambda s: "main.js",
                  run=lambda t, main, lim: [t["node"], f"--max-old-space-size={_heap(lim)}",
-                                           "--stack-size=65500", f"{SRC_DIR}/main.js"]),
+                                           "--stack-size=7600", f"{SRC_DIR}/main.js"]),
         Language("go", ("go",), lambda s: "main.go",
                  compile=lambda t, src: [t["go"], "build", "-o", f"{OUT_DIR}/main",
                                          f"{SRC_DIR}/{src}"],

@@ -404,3 +404,13 @@ def test_run_many_and_runtime_run_take_language(tmp_path: object) -> None:
     with Runtime(state_dir=os.path.join(str(tmp_path), "state"), audit=None) as rt:
         r = rt.run(ADD["c"], language="c", stdin="20 22")
         assert r.status is ExecStatus.OK and r.stdout == "42\n"
+
+
+def test_javascript_recursion_is_deep_and_overflow_is_a_clean_error(be: NsjailBackend) -> None:
+    if not languages.toolchain("javascript").ok:
+        pytest.skip(f"javascript toolchain missing: {languages.toolchain('javascript').missing}")
+    rec = "function f(n){return n==0?0:1+f(n-1);} console.log(f(%d));"
+    deep = run(be, "javascript", rec % 50_000)
+    assert deep.status is ExecStatus.OK and deep.stdout == "50000\n"
+    over = run(be, "javascript", rec % 10_000_000)
+    assert over.status is ExecStatus.FAILED and "RangeError" in over.stderr  # not a SIGSEGV
