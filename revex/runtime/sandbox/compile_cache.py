@@ -27,6 +27,8 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, SandboxBackend
@@ -40,7 +42,7 @@ MAX_MESSAGE = 16_000
 MAX_ENTRIES = 2000
 _NAME = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_$.+-]{0,200}$")
 _ERROR_FILE = ".compile_error.json"  # a name compiler output can never have (see _NAME)
-_locks: dict[str, threading.Lock] = {}
+_locks: dict[str, list[Any]] = {}  # key -> [lock, users]
 _locks_guard = threading.Lock()
 
 
@@ -66,9 +68,21 @@ def cache_key(source: str, lang: Language, tc: Toolchain, spec: ExecSpec) -> str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _lock(key: str) -> threading.Lock:
+@contextlib.contextmanager
+def _lock(key: str) -> Iterator[None]:
+    """Serialize builders of one key; the entry is dropped when its last user leaves, so a
+    long run over millions of distinct sources does not accumulate locks."""
     with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
+        entry = _locks.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _locks_guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _locks[key]
 
 
 def build(spec: ExecSpec, lang: Language, tc: Toolchain,

@@ -274,6 +274,7 @@ def test_source_compiles_once_for_many_concurrent_runs(lang: str) -> None:
         (r.status, r.exit_code, r.signal, r.stderr[-300:], r.message) for r in results]
     run(be, lang, src, stdin="5 5", limits=languages.default_limits(lang))
     assert be.compiles == 1
+    assert key not in compile_cache._locks  # no lock left behind per source
     for base, _, files in os.walk(entry):  # output the host keeps: never setuid, ours
         for name in files:
             st = os.lstat(os.path.join(base, name))
