@@ -300,7 +300,8 @@ def eval_file(
              "default: each problem's first reference solution.")] = None,
     language: Annotated[str | None, typer.Option(
         help="Language of samples without one (and of the reference to pick).")] = None,
-    k: Annotated[list[int] | None, typer.Option(help="pass@k to report (repeatable).")] = None,
+    k: Annotated[list[int] | None, typer.Option(
+        "--k", "-k", help="pass@k to report (repeatable: -k 1 -k 10).")] = None,
     concurrency: Annotated[int, typer.Option(help="Cases judged at once.")] = 0,
     out: Annotated[Path | None, typer.Option(
         help="Per-problem results JSONL; default: FILE_results.jsonl.")] = None,

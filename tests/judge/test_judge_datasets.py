@@ -158,7 +158,8 @@ def test_revex_eval_file_prints_pass_at_1_and_writes_results(tmp_path: Path) -> 
     out = tmp_path / "res.jsonl"
     proc = subprocess.run([sys.executable, "-m", "revex.cli", "eval", "file", str(path),
                            "--format", "codecontests", "--language", "python", "--out",
-                           str(out)], capture_output=True, text=True, timeout=300,
+                           str(out), "-k", "1", "-k", "1"], capture_output=True, text=True,
+                          timeout=300,
                           env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "pass@1 = 1.0000" in proc.stdout
