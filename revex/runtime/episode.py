@@ -40,6 +40,7 @@ from revex.runtime.sandbox.base import ExecResult, Limits, TestReport, make_spec
 if TYPE_CHECKING:
     import httpx
 
+    from revex.judge import JudgeResult
     from revex.runtime.runtime import Runtime
 
 OnExit = Literal["rollback", "commit"]
@@ -306,6 +307,16 @@ class Episode:
         journaled as one ``exec.tests`` action. Raises like :meth:`run`."""
         return self._act(lambda: self._rt.tests_plan(solution, tests, entry_point, limits),
                          "exec.tests", entry_point)
+
+    def judge(self, solution: str, cases: Any, *, language: str = "python",
+              limits: Limits | None = None, compile_limits: Limits | None = None,
+              stop_on_first_failure: bool = False) -> JudgeResult:
+        """Judge ``solution`` against ``cases`` (anything ``revex.judge.load_cases`` takes:
+        stdin/stdout, call-style, asserts, HumanEval) in ``language``, with unforgeable
+        verdicts, journaled as one ``exec.tests`` action. Raises like :meth:`run`."""
+        return self._act(lambda: self._rt.judge_plan(solution, cases, language, limits,
+                                                     compile_limits, stop_on_first_failure),
+                         "exec.tests", language)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

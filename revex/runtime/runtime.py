@@ -418,6 +418,35 @@ class Runtime:
                               backend=self.backend,  # type: ignore[arg-type]
                               limits=limits or DEFAULT_LIMITS, concurrency=concurrency)
 
+    def judge_plan(self, solution: str, cases: Any, language: str, limits: Limits | None,
+                   compile_limits: Limits | None = None,
+                   stop_on_first_failure: bool = False) -> Plan:
+        """The ``exec.tests`` action of ``Episode.judge``: read-only for the journal.
+        Raises ConfigError for malformed cases."""
+        import hashlib
+
+        from revex.judge import judge_many, load_cases
+        from revex.runtime.sandbox.languages import default_limits
+
+        tc = load_cases(cases)
+        lim = limits or tc.limits or default_limits(language)
+        backend = self.backend
+
+        def apply(_: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            [res] = judge_many([solution], tc, language=language, backend=backend,
+                               limits=limits, compile_limits=compile_limits,
+                               stop_on_first_failure=stop_on_first_failure,
+                               # in order, so a failure really saves the later cases
+                               concurrency=1 if stop_on_first_failure else 0)
+            return res, {"status": str(res.status), "passed": res.passed, "total": res.total}
+
+        return Plan(kind="exec.tests", target=language,
+                    attrs={"language": language, "network": False, "wall_s": lim.wall_s,
+                           "cpu_s": lim.cpu_s, "memory_mb": lim.memory_mb, "pids": lim.pids},
+                    params={"language": language, "cases": tc.kind, "n_cases": len(tc.cases),
+                            "solution_sha256": hashlib.sha256(solution.encode()).hexdigest()},
+                    cost={"exec_runs": 1}, apply=apply, read_only=True)
+
     def judge_many(self, solutions: Sequence[str], cases: Any,
                    **options: Any) -> list[JudgeResult]:
         """Judge N solutions against their test cases on this runtime's sandbox backend (see
