@@ -205,7 +205,8 @@ def run_code(
     commit: Annotated[bool, typer.Option("--commit/--rollback",
                                          help="Keep the changes, or roll them back.")] = False,
     policy: Annotated[str, typer.Option(help="Policy preset or TOML path.")] = "default",
-    language: Annotated[str, typer.Option(help="python or bash.")] = "python",
+    language: Annotated[str, typer.Option(
+        help="python, bash, c, cpp, java, javascript (go, rust where installed).")] = "python",
     wall_s: Annotated[float, typer.Option(help="Wall-clock limit in seconds.")] = 10.0,
     memory_mb: Annotated[int, typer.Option(help="Memory limit in MiB.")] = 512,
     sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,
@@ -470,6 +471,45 @@ def eval_model(
                           temperature=temperature)
     typer.echo(f"{result.tasks} tasks: pass@1 {result.pass_at_1:.4f}, "
                f"pass@{result.k} {result.pass_at_k:.4f}")
+
+
+@eval_app.command("file")
+def eval_file(
+    file: Annotated[Path, typer.Argument(help="Dataset file: .jsonl or .parquet.")],
+    format: Annotated[str, typer.Option(
+        "--format", help="apps, taco, codecontests, livecodebench, mbpp, humaneval or verl.")],
+    samples: Annotated[Path | None, typer.Option(
+        help="JSONL of {task_id|problem_id|..., completion|solution|code[, language]}; "
+             "default: each problem's first reference solution.")] = None,
+    language: Annotated[str | None, typer.Option(
+        help="Language of samples without one (and of the reference to pick).")] = None,
+    k: Annotated[list[int] | None, typer.Option(
+        "--k", "-k", help="pass@k to report (repeatable: -k 1 -k 10).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Cases judged at once.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Per-problem results JSONL; default: FILE_results.jsonl.")] = None,
+) -> None:
+    """Judge samples against a local dataset file; print pass@k, write per-problem JSONL."""
+    from rich.progress import Progress
+
+    from revex.judge.evaluate import evaluate_file
+
+    ks = sorted(set(k or [1]))
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"judging {file.name}", total=None)
+        try:
+            ev = evaluate_file(file, format, samples=samples, language=language, ks=ks,
+                               concurrency=concurrency,
+                               progress=lambda d, t: progress.update(task, completed=d,
+                                                                     total=t))
+        except RevexError as exc:
+            err.print(f"error: {exc}")
+            raise typer.Exit(2) from exc
+    out = out or file.with_name(file.stem + "_results.jsonl")
+    ev.write_jsonl(out)
+    scores = "; ".join(f"pass@{key} = {value:.4f}" for key, value in ev.pass_at.items())
+    console.print(f"{len(ev.rows)} problems, {ev.samples} samples ({ev.skipped} problems with "
+                  f"nothing to judge); {scores}; results in {out}")
 
 
 @app.command()

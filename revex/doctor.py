@@ -88,4 +88,18 @@ def _sandbox_checks() -> list[Check]:
         chosen = ("backend in use", fallback.name != "process",
                   f"{fallback.name} (warm path unavailable: {exc})"
                   + (": WEAK isolation, no namespaces" if fallback.name == "process" else ""))
-    return [*rows, chosen]
+    return [*rows, chosen, *_language_checks()]
+
+
+def _language_checks() -> list[Check]:
+    """Each language with its toolchain and version (or why it is missing), probed by a
+    hello-world compiled and run in the nsjail sandbox."""
+    from revex.errors import SandboxError
+    from revex.runtime.sandbox.languages import doctor_rows
+
+    try:
+        from revex.runtime.sandbox.nsjail import NsjailBackend
+
+        return doctor_rows(NsjailBackend().run)
+    except (SandboxError, ImportError) as exc:
+        return [*doctor_rows(None), ("language sandbox probe", False, str(exc))]

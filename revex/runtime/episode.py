@@ -40,6 +40,7 @@ from revex.runtime.sandbox.base import ExecResult, Limits, TestReport, make_spec
 if TYPE_CHECKING:
     import httpx
 
+    from revex.judge import JudgeResult
     from revex.runtime.runtime import Runtime
 
 OnExit = Literal["rollback", "commit"]
@@ -268,13 +269,16 @@ class Episode:
         limits: Limits | None = None,
         network: bool = False,
         apply_changes: bool = True,
+        compile_limits: Limits | None = None,
     ) -> ExecResult:
         """Run code in the sandbox over this episode's workspace.
 
         What the code did to the workspace comes back as a change set; when ``apply_changes``
         it is checked against the policy as a whole and applied as journaled file actions
         (undone by a rollback like any ``ep.fs`` action), otherwise discarded. The result says
-        which (``changes_applied``, ``changes_refused``). What the code does (a timeout, a
+        which (``changes_applied``, ``changes_refused``). ``language`` is python, bash, c,
+        cpp, java, javascript (go, rust where installed); compiled languages compile first
+        under ``compile_limits`` (status ``compile_error``). What the code does (a timeout, a
         crash) is a status, never an exception. Raises PolicyViolation when the policy refuses
         the run itself, ConfigError for a malformed request, SandboxError when no sandbox can
         run it, ActionFailed when applying the changes failed (none are then kept).
@@ -284,7 +288,7 @@ class Episode:
 
         spec = make_spec(code, argv=argv, language=language, stdin=stdin, env=env,
                          files=files, limits=limits, network=network,
-                         workspace=str(self.workspace))
+                         workspace=str(self.workspace), compile_limits=compile_limits)
         backend = self._rt.backend
         result: ExecResult = self._act(lambda: run_plan(spec, backend), "exec.run",
                                        language)
@@ -303,6 +307,16 @@ class Episode:
         journaled as one ``exec.tests`` action. Raises like :meth:`run`."""
         return self._act(lambda: self._rt.tests_plan(solution, tests, entry_point, limits),
                          "exec.tests", entry_point)
+
+    def judge(self, solution: str, cases: Any, *, language: str = "python",
+              limits: Limits | None = None, compile_limits: Limits | None = None,
+              stop_on_first_failure: bool = False) -> JudgeResult:
+        """Judge ``solution`` against ``cases`` (anything ``revex.judge.load_cases`` takes:
+        stdin/stdout, call-style, asserts, HumanEval) in ``language``, with unforgeable
+        verdicts, journaled as one ``exec.tests`` action. Raises like :meth:`run`."""
+        return self._act(lambda: self._rt.judge_plan(solution, cases, language, limits,
+                                                     compile_limits, stop_on_first_failure),
+                         "exec.tests", language)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

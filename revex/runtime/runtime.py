@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revex.errors import ActionFailed, ConfigError, ConflictError, SandboxError, StateError
 from revex.policies.engine import Approver, PolicyEngine
@@ -36,6 +36,9 @@ from revex.runtime.rollback import (
 )
 from revex.runtime.sandbox.base import ExecResult, Limits, SandboxBackend, TestReport
 from revex.runtime.store import ContentStore
+
+if TYPE_CHECKING:
+    from revex.judge import JudgeResult
 
 ACTIVE = ("active", "rolling_back")
 # What an episode id (or a prefix of one) may hold: ids are ep-YYYYmmdd-HHMMSS-<hex>.
@@ -430,6 +433,45 @@ class Runtime:
         return run_tests_many(list(solutions), tests, entry_point,
                               backend=self.backend,  # type: ignore[arg-type]
                               limits=limits or DEFAULT_LIMITS, concurrency=concurrency)
+
+    def judge_plan(self, solution: str, cases: Any, language: str, limits: Limits | None,
+                   compile_limits: Limits | None = None,
+                   stop_on_first_failure: bool = False) -> Plan:
+        """The ``exec.tests`` action of ``Episode.judge``: read-only for the journal.
+        Raises ConfigError for malformed cases."""
+        import hashlib
+
+        from revex.judge import judge_many, load_cases
+        from revex.runtime.sandbox.languages import default_limits
+
+        tc = load_cases(cases)
+        lim = limits or tc.limits or default_limits(language)
+        backend = self.backend
+
+        def apply(_: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            [res] = judge_many([solution], tc, language=language, backend=backend,
+                               limits=limits, compile_limits=compile_limits,
+                               stop_on_first_failure=stop_on_first_failure,
+                               # in order, so a failure really saves the later cases
+                               concurrency=1 if stop_on_first_failure else 0)
+            return res, {"status": str(res.status), "passed": res.passed, "total": res.total}
+
+        return Plan(kind="exec.tests", target=language,
+                    attrs={"language": language, "network": False, "wall_s": lim.wall_s,
+                           "cpu_s": lim.cpu_s, "memory_mb": lim.memory_mb, "pids": lim.pids},
+                    params={"language": language, "cases": tc.kind, "n_cases": len(tc.cases),
+                            "solution_sha256": hashlib.sha256(solution.encode()).hexdigest()},
+                    cost={"exec_runs": 1}, apply=apply, read_only=True)
+
+    def judge_many(self, solutions: Sequence[str], cases: Any,
+                   **options: Any) -> list[JudgeResult]:
+        """Judge N solutions against their test cases on this runtime's sandbox backend (see
+        :func:`revex.judge.judge_many` for ``cases``, ``language``, ``concurrency``,
+        ``stop_on_first_failure``, limits). Not journaled. Returns plain ``JudgeResult``
+        dataclasses. Raises ConfigError (bad cases, missing toolchain), SandboxError."""
+        from revex.judge import judge_many
+
+        return judge_many(solutions, cases, backend=self.backend, **options)
 
     # ---- audit and maintenance ---------------------------------------------------------------
 

