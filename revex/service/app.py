@@ -7,6 +7,8 @@ Routes (each a thin translation; no second pipeline, no second judge):
 - ``POST /get_reward``: OpenRLHF's remote reward contract, see :mod:`revex.service.openrlhf`.
 - ``POST /v1/run_tests``: function-style tests (``check(candidate)`` or ``assert`` lines) with
   revex's unforgeable verdicts.
+- ``POST /v1/judge``: N solutions x test cases in any supported format and language
+  (:meth:`revex.Runtime.judge_many`).
 - ``GET /v1/ping`` (``"pong"``, as SandboxFusion), ``GET /healthz``, ``GET /readyz``,
   ``GET /metrics`` (Prometheus text).
 
@@ -188,6 +190,15 @@ class _RateLimiter:
             return True
 
 
+class JudgeRequest(BaseModel):
+    """N solutions x the same test cases (any shape ``revex.judge.load_cases`` accepts)."""
+
+    solutions: list[str] = Field(min_length=1, max_length=256)
+    cases: Any
+    language: str = "python"
+    stop_on_first_failure: bool = False
+
+
 class RunTestsRequest(BaseModel):
     solution: str = Field(max_length=4 * 1024 * 1024)
     tests: str = Field(max_length=4 * 1024 * 1024)
@@ -332,6 +343,16 @@ def create_app(runtime: Any, config: ServiceConfig | None = None, *,
                     route="/v1/run_tests", status="passed" if report.all_passed else "failed")
         return {"passed": report.passed, "total": report.total, "pass_rate": report.pass_rate,
                 "message": report.message, "results": [asdict(r) for r in report.results]}
+
+    @app.post("/v1/judge")
+    async def judge(req: JudgeRequest) -> dict[str, Any]:
+        results = await in_pool(lambda: runtime.judge_many(
+            req.solutions, req.cases, language=req.language,
+            stop_on_first_failure=req.stop_on_first_failure))
+        for r in results:
+            metrics.inc("revex_runs_total", "Sandbox runs by route and outcome.",
+                        route="/v1/judge", status=str(r.status))
+        return {"results": [asdict(r) for r in results]}
 
     @app.post("/get_reward", response_model=openrlhf.RewardResponse)
     async def get_reward(req: openrlhf.RewardRequest) -> openrlhf.RewardResponse:

@@ -7,8 +7,8 @@ A label is a JSON object (or its text) in one of these shapes:
   in HumanEval rows): function-style tests with revex's unforgeable verdicts;
 - ``{"test_list": ["assert f(1) == 2", ...], "entry_point": "f"}`` (MBPP; also
   ``"assert_case"``, as in verl): assert lines;
-- ``{"inputs": [...], "outputs": [...]}`` (APPS, CodeContests, TACO, verl): stdin/stdout cases,
-  judged by :meth:`revex.Runtime.judge_many` where this revex has it.
+- ``{"inputs": [...], "outputs": [...]}`` (APPS, CodeContests, TACO, verl; optional ``fn_name``
+  for call-style cases and ``language``): judged by :meth:`revex.Runtime.judge_many`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Label:
     tests: str = ""
     entry_point: str = ""
     cases: dict[str, Any] | None = None
+    language: str = "python"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,11 @@ def parse_label(label: Any) -> Label:
             entry = _called_name(asserts)
         return Label("function", tests="\n".join(asserts), entry_point=entry)
     if "inputs" in label and "outputs" in label:
-        return Label("io", cases=label)
+        language = label.get("language", "python")
+        if not isinstance(language, str):
+            raise ConfigError("label 'language' must be a string, e.g. \"cpp\"")
+        cases = {k: v for k, v in label.items() if k != "language"}
+        return Label("io", cases=cases, language=language)
     raise ConfigError("label must have 'tests' + 'entry_point', 'test_list', or "
                       "'inputs' + 'outputs'")
 
@@ -98,8 +103,5 @@ def judge_label(runtime: Any, code: str, label: Label) -> Verdict:
     if label.kind == "function":
         report = runtime.run_tests(code, label.tests, label.entry_point)
         return Verdict(report.passed, report.total)
-    judge = getattr(runtime, "judge_many", None)
-    if judge is None:
-        raise ConfigError("stdin/stdout labels need revex's judge (Runtime.judge_many)")
-    result = judge([code], label.cases)[0]
+    [result] = runtime.judge_many([code], label.cases, language=label.language)
     return Verdict(int(result.passed), int(result.total))

@@ -31,9 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from revex.errors import ConfigError, RevexError
 from revex.runtime.sandbox.base import ExecResult, ExecStatus, Limits
 
-#: SandboxFusion language names revex runs, mapped to revex's own. Names SandboxFusion knows
-#: but revex does not run get a 422 that lists these.
-LANGUAGES: dict[str, str] = {"python": "python", "bash": "bash"}
+#: SandboxFusion language names revex runs, mapped to revex's own (``c`` is revex's addition).
+#: Other names get a 422 that lists these; a language whose toolchain is missing on this host
+#: gets a 422 saying why (see ``revex doctor``).
+LANGUAGES: dict[str, str] = {"python": "python", "bash": "bash", "cpp": "cpp", "c": "c",
+                             "java": "java", "nodejs": "javascript", "go": "go", "rust": "rust"}
 
 #: Upper bounds the service puts on what a request may ask for.
 MAX_TIMEOUT_S = 60.0
@@ -84,12 +86,24 @@ def check_language(language: str) -> str:
                           f"supported: {', '.join(sorted(LANGUAGES))}") from None
 
 
-def limits_for(req: RunCodeRequest) -> Limits:
-    """The run's limits: the request's, clamped to what the service allows."""
+def limits_for(req: RunCodeRequest, language: str) -> tuple[Limits, Limits | None]:
+    """The run's and the compile's limits: the request's, clamped to what the service allows
+    (the language's own defaults for everything a request cannot say)."""
+    import dataclasses
+
+    from revex.runtime.sandbox import languages
+
     memory = DEFAULT_MEMORY_MB if req.memory_limit_MB <= 0 else req.memory_limit_MB
     wall = min(float(req.run_timeout), MAX_TIMEOUT_S)
-    return Limits(wall_s=wall, cpu_s=wall, memory_mb=min(memory, MAX_MEMORY_MB),
-                  output_bytes=OUTPUT_BYTES)
+    base = languages.default_limits(language)
+    run = dataclasses.replace(base, wall_s=wall, cpu_s=wall,
+                              memory_mb=min(memory, MAX_MEMORY_MB), output_bytes=OUTPUT_BYTES)
+    lang = languages.LANGUAGE_TABLE.get(language)
+    if lang is None or not lang.compiled:
+        return run, None
+    compile_wall = min(float(req.compile_timeout), MAX_TIMEOUT_S)
+    return run, dataclasses.replace(lang.compile_limits, wall_s=compile_wall,
+                                    cpu_s=compile_wall)
 
 
 def _safe_rel(name: str) -> list[str]:
@@ -159,9 +173,20 @@ def fetch(result: ExecResult, workspace: str, names: list[str]) -> dict[str, str
     return out
 
 
-def to_response(result: ExecResult, files: dict[str, str] | None = None) -> RunCodeResponse:
+def to_response(result: ExecResult, files: dict[str, str] | None = None, *,
+                compiled: bool = False) -> RunCodeResponse:
     """Map an ExecResult onto SandboxFusion's response (see the module docstring)."""
     status = result.status
+    if status is ExecStatus.COMPILE_ERROR:
+        # revex's own message (compile_cache), not the compiler's output
+        timed_out = "ran out of time" in (result.message or "")
+        return RunCodeResponse(
+            status="Failed", message=result.message or "compile error",
+            compile_result=CommandRunResult(
+                status="TimeLimitExceeded" if timed_out else "Finished",
+                execution_time=round(result.wall_s, 6),
+                return_code=None if timed_out else (result.exit_code or 1),
+                stdout=result.stdout, stderr=result.stderr or result.message))
     if status is ExecStatus.SANDBOX_ERROR:
         return RunCodeResponse(
             status="SandboxError", message=result.message or "sandbox error",
@@ -173,10 +198,12 @@ def to_response(result: ExecResult, files: dict[str, str] | None = None) -> RunC
         status="TimeLimitExceeded" if timed_out else "Finished",
         execution_time=round(result.wall_s, 6), return_code=code,
         stdout=result.stdout, stderr=result.stderr)
-    ok = status is ExecStatus.OK and code == 0
+    ok = status is ExecStatus.OK and code == 0  # never Success on a crash: verl grades stdout
     message = "" if ok else (result.message or str(status))
+    compile_result = (CommandRunResult(status="Finished", execution_time=0.0, return_code=0,
+                                       stdout="", stderr="") if compiled else None)
     return RunCodeResponse(status="Success" if ok else "Failed", message=message,
-                           run_result=run, files=files or {})
+                           compile_result=compile_result, run_result=run, files=files or {})
 
 
 def _return_code(result: ExecResult) -> int:
@@ -195,8 +222,9 @@ def run_code(runtime: Any, req: RunCodeRequest) -> RunCodeResponse:
     Raises ConfigError for a request revex refuses (HTTP 422). Every run outcome, including
     revex's own sandbox faults, is a response.
     """
+
     language = check_language(req.language)
-    limits = limits_for(req)
+    limits, compile_limits = limits_for(req, language)
     for name in req.fetch_files:
         _safe_rel(name)
     workspace = tempfile.mkdtemp(prefix="revex-serve-")
@@ -206,7 +234,8 @@ def run_code(runtime: Any, req: RunCodeRequest) -> RunCodeResponse:
         needs_workspace = bool(req.files or req.fetch_files)
         try:
             result = runtime.run(req.code, language=language, stdin=req.stdin or "",
-                                 limits=limits, workspace=workspace if needs_workspace else None)
+                                 limits=limits, compile_limits=compile_limits,
+                                 workspace=workspace if needs_workspace else None)
         except ConfigError:
             raise
         except RevexError as exc:
@@ -215,6 +244,6 @@ def run_code(runtime: Any, req: RunCodeRequest) -> RunCodeResponse:
             files = fetch(result, workspace, req.fetch_files) if req.fetch_files else {}
         finally:
             result.discard()
-        return to_response(result, files)
+        return to_response(result, files, compiled=compile_limits is not None)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)

@@ -33,6 +33,15 @@ def test_verl_compute_score(runtime: Runtime) -> None:
     assert verl.compute_score("x", "", LABEL, runtime=runtime) == 0.0
     mbpp = {"test_list": ["assert inc(1) == 2", "assert inc(0) == 1"]}
     assert verl.compute_score("mbpp", good, mbpp, runtime=runtime) == 1.0
+    stdio = {"inputs": ["2\n", "9\n"], "outputs": ["3\n", "10\n"]}
+    reader = "```python\nprint(int(input()) + 1)\n```"
+    assert verl.compute_score("codecontests", reader, stdio, runtime=runtime) == 1.0
+    cpp = "```cpp\n#include <cstdio>\nint main(){int x;scanf(\"%d\",&x);printf(\"%d\\n\",x+1);}\n```"
+    from revex.runtime.sandbox import languages
+
+    if languages.toolchain("cpp").ok:
+        assert verl.compute_score("codecontests", cpp, {**stdio, "language": "cpp"},
+                                  runtime=runtime) == 1.0
 
 
 def test_openrlhf_reward_func_returns_tensors(runtime: Runtime) -> None:

@@ -250,3 +250,41 @@ def test_verls_own_client_scores_against_revex(base: str) -> None:
     score, meta = sf.compute_score(url, sem, 1024, slow, {"inputs": ["1\n"], "outputs": ["1\n"]},
                                    timeout=1)
     assert score == 0.0
+
+
+def test_compiled_languages_report_compile_and_run_results(base: str) -> None:
+    from revex.runtime.sandbox import languages
+
+    if not languages.toolchain("cpp").ok:
+        pytest.skip(f"cpp toolchain: {languages.toolchain('cpp').missing}")
+    src = "#include <iostream>\nint main(){int a,b;std::cin>>a>>b;std::cout<<a*b<<'\\n';}\n"
+    out = run_code(base, code=src, language="cpp", stdin="6 7")
+    assert out["status"] == "Success", out
+    assert out["compile_result"]["status"] == "Finished"
+    assert out["run_result"]["stdout"] == "42\n"
+    broken = run_code(base, code="int main( { return 0; }", language="cpp")
+    assert broken["status"] == "Failed" and broken["run_result"] is None
+    assert broken["compile_result"]["return_code"] != 0
+    assert "error" in broken["compile_result"]["stderr"]
+    if languages.toolchain("javascript").ok:
+        js = run_code(base, code="console.log(require('fs').readFileSync(0,'utf8').trim())",
+                      language="nodejs", stdin="hi")
+        assert js["status"] == "Success" and js["run_result"]["stdout"] == "hi\n"
+
+
+def test_judge_route_and_stdio_labels(base: str) -> None:
+    cases = {"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]}
+    good = "a, b = map(int, input().split())\nprint(a + b)\n"
+    forged = "print('3')\nprint('PASSED')\n"
+    resp = httpx.post(f"{base}/v1/judge", timeout=60,
+                      json={"solutions": [good, forged], "cases": cases})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [(r["passed"], r["total"]) for r in results] == [(2, 2), (0, 2)]
+    assert results[1]["cases"][0]["status"] == "wrong_answer"
+    bad = httpx.post(f"{base}/v1/judge", json={"solutions": [good], "cases": {"inputs": [1]}})
+    assert bad.status_code == 422 and "test_cases.output" in bad.text
+    reward = httpx.post(f"{base}/get_reward", timeout=60, json={
+        "query": [f"```python\n{good}```", f"```python\n{forged}```"],
+        "labels": [json.dumps(cases)] * 2}).json()
+    assert reward["rewards"] == [1.0, 0.0]
