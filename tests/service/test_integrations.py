@@ -36,7 +36,8 @@ def test_verl_compute_score(runtime: Runtime) -> None:
     stdio = {"inputs": ["2\n", "9\n"], "outputs": ["3\n", "10\n"]}
     reader = "```python\nprint(int(input()) + 1)\n```"
     assert verl.compute_score("codecontests", reader, stdio, runtime=runtime) == 1.0
-    cpp = "```cpp\n#include <cstdio>\nint main(){int x;scanf(\"%d\",&x);printf(\"%d\\n\",x+1);}\n```"
+    cpp = ("```cpp\n#include <cstdio>\n"
+           "int main(){int x;scanf(\"%d\",&x);printf(\"%d\\n\",x+1);}\n```")
     from revex.runtime.sandbox import languages
 
     if languages.toolchain("cpp").ok:
