@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import stat
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from revex.errors import ConfigError, SandboxError
+from revex.runtime.sandbox._lifetime import owner_tag, remove_tree, tag_owner_alive
 from revex.runtime.sandbox._supervise import Supervised
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
@@ -34,6 +36,8 @@ BASE_ENV = {
 }
 #: Code longer than this goes to a file instead of ``python -c`` (MAX_ARG_STRLEN is 128 KiB).
 MAX_INLINE_CODE = 100_000
+#: Run directories are ``revex-<owner tag>-<random>``: the owner's pid is recoverable.
+_RUN_DIR = re.compile(r"revex-(\d+\.\d+)-[0-9a-f]+")
 
 
 def runs_root() -> str:
@@ -53,11 +57,35 @@ def runs_root() -> str:
 
 
 def make_run_dir() -> str:
-    """Create a fresh per-run directory (mode 0755, random name) and return its path."""
-    path = os.path.join(runs_root(), secrets.token_hex(16))
+    """Create a fresh per-run directory (mode 0755, named after this process plus a random
+    part) and return its path."""
+    path = os.path.join(runs_root(), f"revex-{owner_tag()}-{secrets.token_hex(12)}")
     os.mkdir(path, 0o755)
     os.chmod(path, 0o755)
     return path
+
+
+def run_dir_owner(name: str) -> str | None:
+    """The owner tag in a run directory's name, ``None`` for a name revex did not give."""
+    m = _RUN_DIR.fullmatch(name)
+    return m.group(1) if m else None
+
+
+def cleanup_dead_run_dirs() -> list[str]:
+    """Remove the run directories (under this user's :func:`runs_root`) whose owner process is
+    dead; returns them. Directories of live owners, and names revex did not give, stay."""
+    removed: list[str] = []
+    root = runs_root()
+    with contextlib.suppress(OSError), os.scandir(root) as it:
+        for entry in list(it):
+            tag = run_dir_owner(entry.name)
+            if tag is not None and not tag_owner_alive(tag):
+                try:
+                    remove_tree(entry.path)
+                except OSError:
+                    continue
+                removed.append(entry.path)
+    return removed
 
 
 def build_env(spec: ExecSpec) -> dict[str, str]:
@@ -156,21 +184,36 @@ def sandbox_python() -> tuple[str, str | None]:
 
 def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = False,
               peak_mb: float | None = None, message: str = "",
-              weak: bool = False) -> ExecResult:
-    """Turn a supervised run into a result, choosing the status."""
+              weak: bool = False, infer_memory_from_stderr: bool = True,
+              exit_fact: tuple[int | None, int | None] | None = None,
+              run_cpu_s: float | None = None) -> ExecResult:
+    """Turn a supervised run into a result, choosing the status.
+
+    ``exit_fact``: (exit code, signal) of the sandboxed process as its supervisor saw it; when
+    absent they are read from ``sup.returncode`` (where an exit code above 128 reads as a
+    signal). ``run_cpu_s``: CPU seconds of the whole run (a cgroup), else rusage is used.
+    ``infer_memory_from_stderr`` reads a ``MemoryError`` in the code's own stderr as status
+    ``memory``: forgeable by the code, so backends with a kernel fact pass ``False``.
+    """
     code = sup.returncode
-    sig = -code if code < 0 else (code - 128 if code > 128 else None)
+    if exit_fact is not None:
+        exit_code, sig = exit_fact
+        code = exit_code if exit_code is not None else 128 + (sig or 0)
+    else:
+        sig = -code if code < 0 else (code - 128 if code > 128 else None)
     err_tail = sup.stderr[-400:]
     ru = sup.rusage
     cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+    if run_cpu_s is not None:
+        cpu = run_cpu_s
     # RLIMIT_CPU with soft == hard ends in SIGKILL (not SIGXCPU) once the CPU time is used up.
-    cpu_out = sig == signal.SIGXCPU or (
+    cpu_out = sup.cpu_limited or sig == signal.SIGXCPU or (
         sig == signal.SIGKILL and cpu >= 0.75 * max(1, math.ceil(spec.limits.cpu_s)))
     if sup.timed_out:
         status = ExecStatus.TIMEOUT
     elif sup.output_limited:
         status = ExecStatus.OUTPUT_LIMIT
-    elif oom or (code != 0 and b"MemoryError" in err_tail):
+    elif oom or (infer_memory_from_stderr and code != 0 and b"MemoryError" in err_tail):
         status = ExecStatus.MEMORY
     elif cpu_out:
         status = ExecStatus.TIMEOUT

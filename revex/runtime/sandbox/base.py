@@ -8,9 +8,9 @@ the code raises :class:`revex.errors.SandboxError`.
 
 from __future__ import annotations
 
-import shutil
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -49,15 +49,53 @@ class Limits:
     tmpfs_mb: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("wall_s", "cpu_s", "memory_mb", "pids", "fsize_mb", "output_bytes", "nofile",
-                     "tmpfs_mb"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                from revex.errors import ConfigError
+        # Every field by its declared type, so fields added later are covered too: ``float``
+        # fields take finite numbers, ``int`` fields whole numbers (2.0 becomes 2, 2.5 is
+        # refused); all must be positive and at most the cap below.
+        from revex.errors import ConfigError
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            if kind not in ("int", "float"):
+                continue
+            cap = _LIMIT_CAPS.get(f.name, _MAX_FLOAT if kind == "float" else _MAX_INT)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"Limits.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"Limits.{f.name} must be a finite number, got {value!r}")
+            if kind == "int" and value != int(value):
+                raise ConfigError(f"Limits.{f.name} must be a whole number, got {value!r}")
+            if value <= 0 or value > cap:
                 raise ConfigError(
-                    f"Limits.{name} must be a positive number, got {value!r}"
-                )
+                    f"Limits.{f.name} must be greater than 0 and at most {cap}, got {value!r}")
+            if kind == "int" and not isinstance(value, int):
+                object.__setattr__(self, f.name, int(value))
+
+
+#: Upper bounds: large enough for any real run, small enough that every value still fits the
+#: kernel and nsjail interfaces it ends up in (seconds, MiB, counts).
+_MAX_FLOAT = 1e6
+_MAX_INT = 1 << 40
+_LIMIT_CAPS: dict[str, float] = {"memory_mb": 1 << 30, "pids": 1 << 22, "fsize_mb": 1 << 30,
+                                 "nofile": 1 << 20, "tmpfs_mb": 1 << 30}
+
+
+def _check_text(value: object, name: str) -> None:
+    """Text that goes to the kernel (argv, environment, paths) must be a str that encodes to
+    UTF-8 without NUL bytes. Raises ConfigError naming the field otherwise."""
+    from revex.errors import ConfigError
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a str, got {type(value).__name__}")
+    if "\0" in value:
+        raise ConfigError(f"{name} contains a NUL byte; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{name} is not valid UTF-8 text ({exc.reason} at position {exc.start}: "
+            f"{value[exc.start:exc.end]!r}); pass text that encodes to UTF-8") from None
 
 
 @dataclass(frozen=True)
@@ -89,6 +127,22 @@ class ExecSpec:
     limits: Limits = field(default_factory=Limits)
     network: bool = False
     workspace: str | None = None  # host directory mounted (as an overlay lower) at /workspace
+
+    def __post_init__(self) -> None:
+        # Everything here reaches argv, the environment or a path: refuse what the kernel
+        # would reject (NUL) or what has no UTF-8 form (lone surrogates, undecodable names).
+        if self.code is not None:
+            _check_text(self.code, "ExecSpec.code")
+        for i, arg in enumerate(self.argv or ()):
+            _check_text(arg, f"ExecSpec.argv[{i}]")
+        _check_text(self.language, "ExecSpec.language")
+        for key, value in self.env.items():
+            _check_text(key, "ExecSpec.env name")
+            _check_text(value, f"ExecSpec.env[{key!r}]")
+        for name in self.files:
+            _check_text(name, "ExecSpec.files name")
+        if self.workspace is not None:
+            _check_text(self.workspace, "ExecSpec.workspace")
 
 
 @dataclass
@@ -137,9 +191,11 @@ class ExecResult:
     def discard(self) -> None:
         """Delete the change directory. Idempotent; call it once the changes were applied or
         rejected. Raises ``OSError`` only if the directory exists and cannot be removed."""
+        from revex.runtime.sandbox._lifetime import remove_tree
+
         root, self._run_dir, self.upper_dir = self._run_dir, None, None
-        if root is not None:
-            shutil.rmtree(root)
+        # remove_tree also removes what overlayfs leaves unreadable (a mode-000 work/work).
+        remove_tree(root)
 
     def __enter__(self) -> ExecResult:
         return self

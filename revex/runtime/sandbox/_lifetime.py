@@ -1,0 +1,158 @@
+"""Sandboxes die with their owner, and what a dead owner left behind is removed later.
+
+* Owner tags: every run directory and per-run cgroup is named after the process that made it
+  (``<pid>.<start time in clock ticks>``), so a later process can tell whether the owner still
+  lives. The start time guards against pid reuse: a reused pid has another start time, so the
+  owner counts as dead, while a live owner is never mistaken for a dead one.
+* :func:`popen_tied` starts a sandbox process with ``PR_SET_PDEATHSIG=SIGKILL``. The kernel
+  sends that signal when the *thread* that forked the child ends, so every tied process is
+  forked by one long-lived launcher thread per process: the signal then fires exactly when the
+  owning process ends, however it ends (SIGKILL included).
+* :func:`remove_tree` removes a directory the sandbox user or overlayfs left unreadable (an
+  overlay ``work/work`` is mode 000 when mounted without root): it adds owner permissions and
+  retries instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_TAG = re.compile(r"(\d+)\.(\d+)")
+_launchers: dict[int, ThreadPoolExecutor] = {}
+_launch_lock = threading.Lock()
+_libc: Any = None
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, ``None`` when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = data.rsplit(b")", 1)[-1].split()
+    try:
+        return int(fields[19])  # field 22 overall
+    except (IndexError, ValueError):
+        return None
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """The tag naming resources owned by ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid) or 0}"
+
+
+def tag_owner_alive(tag: str) -> bool:
+    """Whether the process a tag names still runs. Unparsable tags count as alive, so that
+    nothing whose owner cannot be told is ever removed."""
+    m = _TAG.fullmatch(tag)
+    if m is None:
+        return True
+    pid, start = int(m.group(1)), int(m.group(2))
+    now = _start_time(pid)
+    return now is not None and now == start
+
+
+def tag_pid(tag: str) -> int | None:
+    """The pid in an owner tag, or ``None`` when it is not one."""
+    m = _TAG.fullmatch(tag)
+    return int(m.group(1)) if m else None
+
+
+def _launcher() -> ThreadPoolExecutor:
+    # One per process: after a fork the parent's launcher thread does not exist in the child.
+    pid = os.getpid()
+    with _launch_lock:
+        ex = _launchers.get(pid)
+        if ex is None:
+            _launchers.clear()
+            ex = _launchers[pid] = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix="revex-launcher")
+        return ex
+
+
+def popen_tied(argv: Sequence[str], *, join_cgroups: Sequence[str] = (),
+               then: Callable[[], None] | None = None,
+               **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **kwargs)`` whose child gets SIGKILL when this process ends.
+
+    ``join_cgroups``: ``cgroup.procs`` files the child moves itself into before it executes
+    (its descendants inherit them), so a per-run cgroup sees everything the run starts.
+    ``then``: more work for the child before it executes (e.g. setting rlimits).
+    Raises ``OSError``/``subprocess.SubprocessError`` like ``Popen``.
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    libc, parent, procs = _libc, os.getpid(), tuple(join_cgroups)
+
+    def tie() -> None:
+        # Runs in the forked child before exec: no allocation-heavy work, no locks.
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the owner died before the signal was armed
+            os._exit(70)
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")  # "0" moves the writing process
+            finally:
+                os.close(fd)
+        if then is not None:
+            then()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), preexec_fn=tie, **kwargs)
+
+    return _launcher().submit(start).result()
+
+
+def remove_tree(path: str | None) -> None:
+    """Remove ``path`` (a directory tree, or a file) even where entries are unreadable.
+
+    Missing paths are fine. Raises ``OSError`` if something stays that cannot be removed.
+    """
+    if path is None:
+        return
+
+    def fix(func: Any, name: str, excinfo: Any) -> None:
+        exc = excinfo[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        if not (isinstance(exc, PermissionError) or getattr(exc, "errno", 0) == errno.EACCES):
+            raise exc
+        # Give the owner rwx on the entry and its parent, then retry once.
+        for p in (os.path.dirname(name), name):
+            with contextlib.suppress(OSError):
+                st = os.lstat(p)
+                if stat.S_ISDIR(st.st_mode):
+                    os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        if func in (os.rmdir, os.unlink, os.remove):
+            func(name)
+        else:  # scandir/open of a directory failed: remove it as a tree now that it is readable
+            shutil.rmtree(name, onerror=_raise_unless_missing)
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, onerror=fix)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _raise_unless_missing(func: Any, name: str, excinfo: Any) -> None:
+    if not isinstance(excinfo[1], FileNotFoundError):
+        raise excinfo[1]
