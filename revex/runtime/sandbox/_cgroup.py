@@ -246,22 +246,47 @@ def _parents() -> list[str]:
 
 
 def _remove_dead_children(parent: str) -> None:
-    """Remove ``NSJAIL.<pid>`` dirs under ``parent`` whose jailed child no longer exists.
+    """Remove ``NSJAIL.<pid>`` dirs under ``parent`` whose jail is dead or orphaned.
 
-    The jailed child is pid 1 of its pid namespace, so once it is gone nothing can run inside;
-    a directory of a live child (another run, another process) is never touched.
+    The jailed child is pid 1 of its pid namespace, so once it is gone nothing can run inside.
+    Its parent is nsjail for as long as that lives; a child whose nsjail died (killed hard: the
+    kernel cleared the child's own parent-death signal when nsjail changed its uid) is an
+    orphaned jail, and removing its dir kills what runs in it. Jails with a live nsjail (other
+    runs, other processes) are never touched.
     """
     with contextlib.suppress(OSError), os.scandir(parent) as it:
         for entry in it:
             m = _NSJAIL_CHILD.fullmatch(entry.name)
-            if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            if m and not _jailed_by_nsjail(int(m.group(1))):
                 with contextlib.suppress(OSError):
                     remove_tree(entry.path)
 
 
+def _jailed_by_nsjail(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie) and its parent is an nsjail process."""
+    stat = _stat(pid)
+    if stat is None or stat[0] in (b"Z", b"X"):
+        return False
+    try:
+        with open(f"/proc/{int(stat[1])}/comm", "rb") as f:
+            return f.read().strip() == b"nsjail"
+    except (OSError, ValueError):
+        return False
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state, ppid, ...), ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def remove_leftovers(nsjail_pid: int) -> None:
     """Remove what an nsjail that was killed hard left: ``NSJAIL.<child pid>`` directories
-    (named after its jailed child, which died with it) in the shared ``NSJAIL`` parents."""
+    (named after its jailed child, not after nsjail) in the shared ``NSJAIL`` parents, killing
+    the jail if it outlived nsjail. Call it after ``nsjail_pid`` exited."""
     for parent in _parents():
         with contextlib.suppress(OSError):
             remove_tree(f"{parent}/NSJAIL.{nsjail_pid}")  # never nsjail's own, but harmless

@@ -4,7 +4,7 @@
   (``<pid>.<start time in clock ticks>``), so a later process can tell whether the owner still
   lives. The start time guards against pid reuse: a reused pid has another start time, so the
   owner counts as dead, while a live owner is never mistaken for a dead one.
-* :func:`popen_tied` starts a sandbox process with ``PR_SET_PDEATHSIG=SIGKILL``. The kernel
+* :func:`popen_tied` starts a sandbox process with ``PR_SET_PDEATHSIG``. The kernel
   sends that signal when the *thread* that forked the child ends, so every tied process is
   forked by one long-lived launcher thread per process: the signal then fires exactly when the
   owning process ends, however it ends (SIGKILL included).
@@ -87,9 +87,12 @@ def _launcher() -> ThreadPoolExecutor:
 
 
 def popen_tied(argv: Sequence[str], *, join_cgroups: Sequence[str] = (),
-               then: Callable[[], None] | None = None,
+               then: Callable[[], None] | None = None, death_signal: int = signal.SIGKILL,
                **kwargs: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen(argv, **kwargs)`` whose child gets SIGKILL when this process ends.
+    """``subprocess.Popen(argv, **kwargs)`` whose child gets ``death_signal`` when this process
+    ends. (nsjail takes SIGTERM: it then kills its jail and removes its cgroups itself; a
+    SIGKILLed nsjail can leave a jailed child alive, whose own parent-death signal the kernel
+    cleared when nsjail changed its uid.)
 
     ``join_cgroups``: ``cgroup.procs`` files the child moves itself into before it executes
     (its descendants inherit them), so a per-run cgroup sees everything the run starts.
@@ -103,7 +106,7 @@ def popen_tied(argv: Sequence[str], *, join_cgroups: Sequence[str] = (),
 
     def tie() -> None:
         # Runs in the forked child before exec: no allocation-heavy work, no locks.
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
         if os.getppid() != parent:  # the owner died before the signal was armed
             os._exit(70)
         for path in procs:

@@ -11,8 +11,9 @@ user may write them (memory, pids and CPU time are then limits of the whole run,
 ``_cgroup``), rlimits (as, cpu, fsize, nofile, nproc) always. The network namespace has only a
 down loopback, so the host's 127.0.0.1 is unreachable. When pid 1 of the jail exits the kernel
 kills everything left in its pid namespace, so daemons never outlive a run; nsjail itself gets
-SIGKILL when the owning process ends (``_lifetime.popen_tied``), and what a dead owner left is
-removed by :func:`revex.runtime.sandbox.cleanup_leftovers` when a backend starts.
+SIGTERM (and then kills the jail) when the owning process ends (``_lifetime.popen_tied``), and
+what a dead owner left is removed by :func:`revex.runtime.sandbox.cleanup_leftovers` when a
+backend starts.
 
 Statuses come from facts the sandboxed code cannot write: nsjail logs to a private memfd (not
 to the stderr the code shares), and that log says how the jailed process ended (exit status or
@@ -293,6 +294,7 @@ class NsjailBackend:
     def _popen(prep: _Prepared) -> subprocess.Popen[bytes]:
         try:
             return popen_tied(prep.argv, join_cgroups=prep.cgroup.join if prep.cgroup else (),
+                              death_signal=signal.SIGTERM,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, close_fds=True, env={},
                               pass_fds=() if prep.log_fd is None else (prep.log_fd,))
@@ -310,7 +312,10 @@ class NsjailBackend:
         run_cpu = cg.cpu_s() if cg else None
         log = _read_log(prep.log_fd)
         end = _NSJAIL_END.search(log)
-        if end is None and not sup.timed_out and _NSJAIL_FATAL.search(log):
+        stopped = sup.timed_out or sup.output_limited or sup.cpu_limited
+        # nsjail logs errors ([E]/[F]) only when it could not set up or start the code (the
+        # code cannot write to this log); an exit status of the child may follow them.
+        if not stopped and _NSJAIL_FATAL.search(log):
             res = _common.to_result(sup, spec, self.name, message="nsjail failed: "
                                     + log.decode("utf-8", "replace")[-2000:])
             res.status = ExecStatus.SANDBOX_ERROR
@@ -324,6 +329,9 @@ class NsjailBackend:
         notes = [] if self.cgroups else [f"cgroups unavailable ({self.cgroup_note}); "
                                          "memory, pids and CPU time limited per process by "
                                          "rlimits only"]
+        if sup.cpu_limited:
+            notes.append(f"stopped: the run's processes together used its CPU time "
+                         f"(cpu_s={spec.limits.cpu_s:g})")
         return _common.to_result(
             sup, spec, self.name, oom=fact is not None and fact[1] == signal.SIGKILL and (
                 ooms > 0 or peak >= (spec.limits.memory_mb << 20) - (2 << 20)),
