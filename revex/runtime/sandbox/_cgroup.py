@@ -25,7 +25,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from revex.runtime.sandbox._lifetime import owner_tag, tag_owner_alive
+from revex.runtime.sandbox._lifetime import own_cgroup, owner_tag, tag_owner_alive
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "NSJAIL"
@@ -177,9 +177,14 @@ class RunCgroup:
         return run
 
     @property
-    def join(self) -> list[str]:
-        """``cgroup.procs`` files nsjail must join before it executes."""
-        return [f"{self.acct}/cgroup.procs"] if self.acct else []
+    def join(self) -> list[tuple[str, str]]:
+        """(``tasks`` file of the run, ``tasks`` file of this thread's own cgroup) for the
+        accounting hierarchy: nsjail is started from inside the run's cpuacct cgroup."""
+        base = accounting_base()
+        home = own_cgroup(ACCOUNTING) if base is not None else None
+        if self.acct is None or base is None or home is None:
+            return []
+        return [(f"{self.acct}/tasks", f"{base}{home.rstrip('/')}/tasks")]
 
     def read(self) -> tuple[int, int]:
         """Return (peak bytes, OOM kills or limit hits) of the whole run."""
@@ -231,6 +236,8 @@ def remove_tree(path: str) -> None:
         except OSError:
             pids = []
         for pid in pids:
+            if pid == os.getpid():  # never this process (a launcher thread that did not leave)
+                continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)

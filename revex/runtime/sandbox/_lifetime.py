@@ -7,7 +7,9 @@
 * :func:`popen_tied` starts a sandbox process with ``PR_SET_PDEATHSIG``. The kernel
   sends that signal when the *thread* that forked the child ends, so every tied process is
   forked by one long-lived launcher thread per process: the signal then fires exactly when the
-  owning process ends, however it ends (SIGKILL included).
+  owning process ends, however it ends (SIGKILL included). (Between the fork and the moment the
+  signal is armed there is a window of about a millisecond; a child orphaned in it is killed
+  with its run's cgroup by the next ``cleanup_leftovers``.)
 * :func:`remove_tree` removes a directory the sandbox user or overlayfs left unreadable (an
   overlay ``work/work`` is mode 000 when mounted without root): it adds owner permissions and
   retries instead of failing.
@@ -86,7 +88,26 @@ def _launcher() -> ThreadPoolExecutor:
         return ex
 
 
-def popen_tied(argv: Sequence[str], *, join_cgroups: Sequence[str] = (),
+def _setpriv() -> str | None:
+    """util-linux ``setpriv`` when it supports ``--pdeathsig`` (checked once)."""
+    global _setpriv_path
+    if _setpriv_path is None:
+        path = shutil.which("setpriv") or ""
+        if path:
+            try:
+                out = subprocess.run([path, "--help"], capture_output=True, text=True,
+                                     timeout=10, check=False).stdout
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            path = path if "--pdeathsig" in out else ""
+        _setpriv_path = path
+    return _setpriv_path or None
+
+
+_setpriv_path: str | None = None
+
+
+def popen_tied(argv: Sequence[str], *, join_tasks: Sequence[tuple[str, str]] = (),
                then: Callable[[], None] | None = None, death_signal: int = signal.SIGKILL,
                **kwargs: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, **kwargs)`` whose child gets ``death_signal`` when this process
@@ -94,34 +115,68 @@ def popen_tied(argv: Sequence[str], *, join_cgroups: Sequence[str] = (),
     SIGKILLed nsjail can leave a jailed child alive, whose own parent-death signal the kernel
     cleared when nsjail changed its uid.)
 
-    ``join_cgroups``: ``cgroup.procs`` files the child moves itself into before it executes
-    (its descendants inherit them), so a per-run cgroup sees everything the run starts.
-    ``then``: more work for the child before it executes (e.g. setting rlimits).
-    Raises ``OSError``/``subprocess.SubprocessError`` like ``Popen``.
+    The signal is armed by ``setpriv --pdeathsig`` exec'ing ``argv`` (a ``preexec_fn`` would make
+    Python fork instead of vfork, ~10 ms a start); without such a setpriv, or with ``then``
+    (more work for the child before it executes, e.g. rlimits), by a ``preexec_fn``.
+    ``join_tasks``: (cgroup v1 ``tasks`` file to join, ``tasks`` file to return to) pairs: the
+    launcher thread joins those cgroups while it starts the child, which inherits them, so a
+    per-run cgroup sees everything the run starts. Raises ``OSError``/``SubprocessError`` like
+    ``Popen``.
     """
     global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    libc, parent, procs = _libc, os.getpid(), tuple(join_cgroups)
+    setpriv = _setpriv() if then is None else None
+    preexec: Callable[[], None] | None = None
+    if setpriv is not None:
+        argv = [setpriv, f"--pdeathsig={signal.Signals(death_signal).name}", "--", *argv]
+    else:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        libc, parent = _libc, os.getpid()
 
-    def tie() -> None:
-        # Runs in the forked child before exec: no allocation-heavy work, no locks.
-        libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-        if os.getppid() != parent:  # the owner died before the signal was armed
-            os._exit(70)
-        for path in procs:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")  # "0" moves the writing process
-            finally:
-                os.close(fd)
-        if then is not None:
-            then()
+        def tie() -> None:
+            # Runs in the forked child before exec: no allocation-heavy work, no locks.
+            libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+            if os.getppid() != parent:  # the owner died before the signal was armed
+                os._exit(70)
+            if then is not None:
+                then()
+
+        preexec = tie
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(list(argv), preexec_fn=tie, **kwargs)
+        tid = str(threading.get_native_id()).encode()
+        back: list[str] = []
+        try:
+            for join, home in join_tasks:
+                _write(join, tid)
+                back.append(home)
+            return subprocess.Popen(list(argv), preexec_fn=preexec, **kwargs)
+        finally:
+            for home in back:
+                _write(home, tid)
 
     return _launcher().submit(start).result()
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def own_cgroup(controller: str) -> str | None:
+    """This thread's cgroup (path below the hierarchy's mount) for a v1 ``controller``."""
+    try:
+        with open("/proc/thread-self/cgroup") as f:
+            for line in f:
+                _, ctls, path = line.rstrip("\n").split(":", 2)
+                if controller in ctls.split(","):
+                    return path
+    except OSError:
+        pass
+    return None
 
 
 def remove_tree(path: str | None) -> None:

@@ -8,6 +8,7 @@ the code raises :class:`revex.errors.SandboxError`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -201,7 +202,11 @@ class ExecResult:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.discard()
+        # Leaving the block never raises: the changes may already be applied and journaled, and
+        # the result must reach the caller. A directory that cannot be removed now is removed
+        # once this process has ended (``cleanup_leftovers``).
+        with contextlib.suppress(OSError):
+            self.discard()
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,7 @@ class NsjailBackend:
     @staticmethod
     def _popen(prep: _Prepared) -> subprocess.Popen[bytes]:
         try:
-            return popen_tied(prep.argv, join_cgroups=prep.cgroup.join if prep.cgroup else (),
+            return popen_tied(prep.argv, join_tasks=prep.cgroup.join if prep.cgroup else (),
                               death_signal=signal.SIGTERM,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, close_fds=True, env={},
