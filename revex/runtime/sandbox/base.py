@@ -57,7 +57,13 @@ class Limits:
 
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            declared = f.type if isinstance(f.type, str) else str(f.type)
+            kinds = {k.strip() for k in declared.split("|")}
+            if "None" in kinds and value is None:
+                continue  # an optional limit that is not set
+            kinds.discard("None")
+            kind = kinds.pop() if len(kinds) == 1 else ""
+            kind = {"<class 'int'>": "int", "<class 'float'>": "float"}.get(kind, kind)
             if kind not in ("int", "float"):
                 continue
             cap = _LIMIT_CAPS.get(f.name, _MAX_FLOAT if kind == "float" else _MAX_INT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from dataclasses import dataclass
 
 import pytest
 
@@ -185,3 +186,25 @@ def test_overlay_mountinfo_shows_neither_workspace_nor_its_name(nsjail: NsjailBa
     finally:
         r.discard()
     shutil.rmtree(ws)
+
+
+@dataclass(frozen=True)
+class _MoreLimits(Limits):
+    """A Limits with fields added later (as another change may add): covered by type."""
+
+    max_files: int = 100
+    max_bytes: int | None = None
+    grace_s: float = 1.0
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"max_files": 2.5}, "max_files"),
+    ({"max_bytes": math.nan}, "max_bytes"),
+    ({"max_bytes": 0}, "max_bytes"),
+    ({"grace_s": math.inf}, "grace_s"),
+])
+def test_limits_fields_added_later_are_checked_by_type(kwargs: dict[str, object],
+                                                       field: str) -> None:
+    with pytest.raises(ConfigError, match=f"Limits.{field}"):
+        _MoreLimits(**kwargs)  # type: ignore[arg-type]
+    assert _MoreLimits().max_bytes is None and _MoreLimits(max_bytes=5).max_bytes == 5
