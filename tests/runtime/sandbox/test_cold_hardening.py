@@ -34,6 +34,12 @@ def test_memory_error_text_is_not_a_memory_status(nsjail: NsjailBackend) -> None
     assert r.status is ExecStatus.FAILED and r.exit_code == 1
 
 
+def test_code_cannot_reach_nsjails_log(nsjail: NsjailBackend) -> None:
+    # The log that statuses come from is on an fd nsjail closes before the code starts.
+    r = nsjail.run(ExecSpec(code="import os; print(sorted(os.listdir('/proc/self/fd')))"))
+    assert r.ok and r.stdout.strip() == "['0', '1', '2', '3']"  # 3: listdir's own fd
+
+
 def test_exit_code_above_128_is_not_read_as_a_signal(nsjail: NsjailBackend) -> None:
     r = nsjail.run(ExecSpec(code="raise SystemExit(137)"))
     assert r.status is ExecStatus.FAILED and r.exit_code == 137 and r.signal is None
