@@ -283,12 +283,24 @@ def make_spec(
     for name, content in (files or {}).items():
         if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
             raise ConfigError(f"file name {name!r} must be relative without '..'")
-        encoded[name] = content.encode() if isinstance(content, str) else bytes(content)
+        encoded[name] = _to_bytes(content, f"files[{name!r}]")
     return ExecSpec(
         code=code, argv=tuple(argv) if argv is not None else None, language=language,
-        stdin=stdin.encode() if isinstance(stdin, str) else bytes(stdin), env=env,
+        stdin=_to_bytes(stdin, "stdin"), env=env,
         files=encoded, limits=limits or Limits(), network=bool(network), workspace=workspace,
     )
+
+
+def _to_bytes(value: str | bytes, name: str) -> bytes:
+    """Text as UTF-8, bytes as they are; ConfigError naming ``name`` for anything else."""
+    from revex.errors import ConfigError
+
+    if isinstance(value, str):
+        _check_text(value.replace("\0", ""), name)  # NUL is fine in data, surrogates are not
+        return value.encode()
+    if not isinstance(value, bytes | bytearray | memoryview):  # bytes(5) would be 5 NULs
+        raise ConfigError(f"{name} must be str or bytes, got {type(value).__name__}")
+    return bytes(value)
 
 
 LANGUAGES = ("python", "bash")

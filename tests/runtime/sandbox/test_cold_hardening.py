@@ -167,6 +167,18 @@ def test_text_the_kernel_cannot_take_is_a_config_error(kwargs: dict[str, object]
         ExecSpec(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"stdin": "a\udc80"}, "stdin"),
+    ({"files": {"a.txt": "\ud800"}}, "files"),
+    ({"stdin": 3.5}, "stdin"),
+    ({"stdin": 5}, "stdin"),
+])
+def test_bad_stdin_and_file_content_are_config_errors(kwargs: dict[str, object],
+                                                      field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        make_spec("print(1)", **kwargs)  # type: ignore[arg-type]
+
+
 def test_non_utf8_workspace_through_the_api_is_a_config_error(tmp_path: object) -> None:
     ws = os.path.join(os.fsencode(str(tmp_path)), b"ws-\xff")
     os.mkdir(ws)
