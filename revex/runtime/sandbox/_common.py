@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ BASE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONIOENCODING": "utf-8",
 }
+_CPU_TICK_S = 0.05  # between reads of a spawned run's CPU counter
 #: Code longer than this goes to a file instead of ``python -c`` (MAX_ARG_STRLEN is 128 KiB).
 MAX_INLINE_CODE = 100_000
 #: Run directories are ``revex-<owner tag>-<random>``: the owner's pid is recoverable.
@@ -248,24 +250,43 @@ def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = Fals
 class SpawnedProcess:
     """A sandboxed process handed to a caller that drives its pipes (see ``Spawned`` in base).
 
-    A timer ends it after ``wall_s`` even if the caller forgets; :meth:`close` kills, reaps and
-    cleans up (idempotent, thread-safe).
+    A watcher ends it after ``wall_s`` even if the caller forgets, and (given ``cpu_used``, a
+    reader of the whole run's CPU seconds) once the run used ``cpu_s`` (``cpu_limited`` says
+    so); :meth:`close` kills, reaps and cleans up (idempotent, thread-safe).
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], *, stop: Callable[[], None],
-                 cleanup: Callable[[], None], wall_s: float) -> None:
+                 cleanup: Callable[[], None], wall_s: float,
+                 cpu_used: Callable[[], float | None] | None = None,
+                 cpu_s: float = math.inf) -> None:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.proc = proc
         self.stdin = proc.stdin.fileno()
         self.stdout = proc.stdout.fileno()
         self.stderr = proc.stderr.fileno()
+        self.cpu_limited = False
         self._stop = stop
         self._cleanup = cleanup
         self._lock = threading.Lock()
         self._closed = False
-        self._timer = threading.Timer(wall_s, self._stop_now)
-        self._timer.daemon = True
-        self._timer.start()
+        self._done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(wall_s, cpu_used, cpu_s),
+                                   daemon=True, name="revex-spawn-watch")
+        watcher.start()
+
+    def _watch(self, wall_s: float, cpu_used: Callable[[], float | None] | None,
+               cpu_s: float) -> None:
+        deadline = time.monotonic() + wall_s
+        tick = _CPU_TICK_S if cpu_used is not None else wall_s
+        while not self._done.wait(max(0.0, min(tick, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+            if cpu_used is not None and (cpu_used() or 0.0) > cpu_s:
+                self.cpu_limited = True
+                break
+        else:
+            return  # closed
+        self._stop_now()
 
     def _stop_now(self) -> None:
         with self._lock:
@@ -278,7 +299,7 @@ class SpawnedProcess:
             if self._closed:
                 return
             self._closed = True
-        self._timer.cancel()
+        self._done.set()
         try:
             self._stop()
             try:

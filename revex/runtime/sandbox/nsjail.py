@@ -287,8 +287,11 @@ class NsjailBackend:
         def cleanup() -> None:
             _release(prep.cgroup, prep.run_dir, None)
 
+        cg = prep.cgroup
         return _common.SpawnedProcess(proc, stop=_terminator(proc), cleanup=cleanup,
-                                      wall_s=spec.limits.wall_s)
+                                      wall_s=spec.limits.wall_s,
+                                      cpu_used=cg.cpu_s if cg and cg.acct else None,
+                                      cpu_s=spec.limits.cpu_s)
 
     @staticmethod
     def _popen(prep: _Prepared) -> subprocess.Popen[bytes]:

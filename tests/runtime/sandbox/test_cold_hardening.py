@@ -88,6 +88,19 @@ def test_cpu_limit_holds_for_the_whole_run(nsjail: NsjailBackend) -> None:
     assert 0.6 <= r.cpu_s < 1.1, r.cpu_s
 
 
+def test_cpu_limit_holds_for_a_spawned_run(nsjail: NsjailBackend) -> None:
+    if nsjail.cgroups is False:
+        pytest.skip("per-run CPU needs cgroups")
+    sp = nsjail.spawn(ExecSpec(code=BUSY_CHILDREN, limits=Limits(cpu_s=0.6, wall_s=120)))
+    try:
+        out = b""
+        while chunk := os.read(sp.stdout, 4096):  # EOF once the jail is gone
+            out += chunk
+    finally:
+        sp.close()
+    assert b"all done" not in out and sp.cpu_limited
+
+
 def test_cpu_of_all_processes_is_reported(nsjail: NsjailBackend) -> None:
     if nsjail.cgroups is False:
         pytest.skip("per-run CPU needs cgroups")
