@@ -31,7 +31,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "NSJAIL"
 CONTROLLERS = ("memory", "pids", "cpu")
 ACCOUNTING = "cpuacct"
-_RUN_NAME = re.compile(r"revex-(\d+\.\d+)-[0-9a-f]+")
+_RUN_NAME = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
 _NSJAIL_CHILD = re.compile(r"NSJAIL\.(\d+)")
 
 
@@ -236,7 +236,9 @@ def remove_tree(path: str) -> None:
         except OSError:
             pids = []
         for pid in pids:
-            if pid == os.getpid():  # never this process (a launcher thread that did not leave)
+            # Never this process (a launcher thread that did not leave), and never pid 0, which
+            # cgroup.procs shows for processes of another pid namespace (kill(0) is our group).
+            if pid <= 0 or pid == os.getpid():
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

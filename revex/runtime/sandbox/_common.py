@@ -39,7 +39,7 @@ _CPU_TICK_S = 0.05  # between reads of a spawned run's CPU counter
 #: Code longer than this goes to a file instead of ``python -c`` (MAX_ARG_STRLEN is 128 KiB).
 MAX_INLINE_CODE = 100_000
 #: Run directories are ``revex-<owner tag>-<random>``: the owner's pid is recoverable.
-_RUN_DIR = re.compile(r"revex-(\d+\.\d+)-[0-9a-f]+")
+_RUN_DIR = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
 
 
 def runs_root() -> str:

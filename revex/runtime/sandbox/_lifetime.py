@@ -1,9 +1,10 @@
 """Sandboxes die with their owner, and what a dead owner left behind is removed later.
 
 * Owner tags: every run directory and per-run cgroup is named after the process that made it
-  (``<pid>.<start time in clock ticks>``), so a later process can tell whether the owner still
-  lives. The start time guards against pid reuse: a reused pid has another start time, so the
-  owner counts as dead, while a live owner is never mistaken for a dead one.
+  (``<pid>.<start time in clock ticks>.<pid namespace>``), so a later process in the same pid
+  namespace can tell whether the owner still lives. The start time guards against pid reuse:
+  a reused pid has another start time, so the owner counts as dead, while a live owner is never
+  mistaken for a dead one.
 * :func:`popen_tied` starts a sandbox process with ``PR_SET_PDEATHSIG``. The kernel
   sends that signal when the *thread* that forked the child ends, so every tied process is
   forked by one long-lived launcher thread per process: the signal then fires exactly when the
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
-_TAG = re.compile(r"(\d+)\.(\d+)")
+_TAG = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 _launchers: dict[int, ThreadPoolExecutor] = {}
 _launch_lock = threading.Lock()
 _libc: Any = None
@@ -53,17 +54,26 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def owner_tag(pid: int | None = None) -> str:
-    """The tag naming resources owned by ``pid`` (default: this process)."""
+    """The tag naming resources owned by ``pid`` (default: this process):
+    ``<pid>.<start time>.<pid namespace inode>``."""
     pid = os.getpid() if pid is None else pid
-    return f"{pid}.{_start_time(pid) or 0}"
+    return f"{pid}.{_start_time(pid) or 0}.{_pid_namespace()}"
 
 
 def tag_owner_alive(tag: str) -> bool:
-    """Whether the process a tag names still runs. Unparsable tags count as alive, so that
-    nothing whose owner cannot be told is ever removed."""
+    """Whether the process a tag names still runs. Tags that do not parse, and tags of another
+    pid namespace (whose pids mean nothing here), count as alive, so that nothing whose owner
+    cannot be told is ever removed."""
     m = _TAG.fullmatch(tag)
-    if m is None:
+    if m is None or int(m.group(3)) != _pid_namespace():
         return True
     pid, start = int(m.group(1)), int(m.group(2))
     now = _start_time(pid)

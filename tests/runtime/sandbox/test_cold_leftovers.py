@@ -96,18 +96,25 @@ def test_sandbox_dies_with_its_owner_and_next_start_removes_leftovers(open_dir: 
 def test_cleanup_never_touches_live_owners() -> None:
     run_dir = _common.make_run_dir()
     cg = _cgroup.RunCgroup.create(64 << 20, 8)
+    # A dead pid of another pid namespace: its pids mean nothing here, so it is left alone.
+    pid, start, ns = owner_tag().split(".")
+    foreign = os.path.join(_common.runs_root(),
+                           f"revex-{pid}.{int(start) + 1}.{int(ns) + 1}-{secrets.token_hex(8)}")
+    os.mkdir(foreign)
     try:
         cleanup_leftovers()
         assert os.path.isdir(run_dir) and all(os.path.isdir(p) for p in cg.paths)
+        assert os.path.isdir(foreign)
     finally:
         cg.remove()
         os.rmdir(run_dir)
+        os.rmdir(foreign)
 
 
 def test_cleanup_removes_a_reused_pid_with_another_start_time() -> None:
     # Same pid as this live process, another start time: a dead owner whose pid was reused.
-    pid, start = owner_tag().split(".")
-    stale = f"revex-{pid}.{int(start) + 1}-{secrets.token_hex(8)}"
+    pid, start, ns = owner_tag().split(".")
+    stale = f"revex-{pid}.{int(start) + 1}.{ns}-{secrets.token_hex(8)}"
     run_dir = os.path.join(_common.runs_root(), stale)
     os.mkdir(run_dir)
     os.mkdir(os.path.join(run_dir, "work"))

@@ -30,8 +30,8 @@ def _descends_from_me(pid: str) -> bool:
 
 def _snapshot() -> dict[str, int]:
     """What this process owns; other processes run sandboxes at the same time, so nothing
-    machine-wide is counted: cgroup parents and run dirs named for this process, and nsjail's
-    ``NSJAIL.<pid>`` dirs of jailed children that descend from it."""
+    machine-wide is counted: cgroup parents, run dirs and mounts named for this process (or
+    nsjail), and nsjail's ``NSJAIL.<pid>`` dirs of jailed children that descend from it."""
     gc.collect()  # backends other tests dropped without closing end their jails first
     me = os.getpid()
     children = 0
@@ -43,9 +43,9 @@ def _snapshot() -> dict[str, int]:
                         children += 1
             except OSError:
                 continue
-    with open("/proc/self/mountinfo") as f:
-        mounts = sum(1 for _ in f)
     mine = f"revex-{owner_tag()}-"
+    with open("/proc/self/mountinfo") as f:  # other processes mount in this namespace too
+        mounts = sum(1 for line in f if mine in line or "nsjail" in line)
     cgroups = 0
     for ctl in (*_cgroup.CONTROLLERS, _cgroup.ACCOUNTING):
         parent = f"{_cgroup.CGROUP_ROOT}/{ctl}/{_cgroup.PARENT}"
