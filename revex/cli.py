@@ -180,9 +180,12 @@ def export(episode: Annotated[str, typer.Argument(help="Episode id (or a unique 
 @app.command()
 def gc(state_dir: StateDir = None) -> None:
     """Delete pre-images that no undoable action needs any more."""
+    from revex.runtime.sandbox import cleanup_leftovers
+
     with _runtime(state_dir) as rt:
         blobs, size = rt.gc()
         console.print(f"removed {blobs} blob(s), {size} bytes")
+    console.print(f"sandbox leftovers of dead processes removed: {cleanup_leftovers()}")
 
 
 @app.command()

@@ -5,6 +5,8 @@
   nsjail with pre-started zygotes that fork a child per Python run (see ``warm.py``); close it.
 * :func:`doctor` says which isolation features work on this machine and why.
 * :func:`run_many` / :func:`arun_many` run many specs with bounded concurrency.
+* :func:`cleanup_leftovers` removes what sandboxes of dead owner processes left behind (run
+  directories, cgroups); backends call it when they start, ``revex gc`` too.
 """
 
 from __future__ import annotations
@@ -37,12 +39,27 @@ __all__ = [
     "TestCaseResult",
     "TestReport",
     "arun_many",
+    "cleanup_leftovers",
     "doctor",
     "run_many",
     "select_backend",
 ]
 
 BACKENDS = ("nsjail", "warm", "process")
+
+
+def cleanup_leftovers() -> dict[str, int]:
+    """Remove run directories (this user's) and cgroup parents whose owner process is dead,
+    and cgroup directories nsjail left for jailed children that no longer exist.
+
+    Resources are named after their owner's pid and start time, so those of live processes
+    (other runtimes running sandboxes right now) are never touched. Returns how many of each
+    were removed; what stays busy is skipped. Never raises for a missing cgroup hierarchy.
+    """
+    from revex.runtime.sandbox import _cgroup, _common
+
+    return {"run_dirs": len(_common.cleanup_dead_run_dirs()),
+            "cgroups": len(_cgroup.cleanup_dead_owners())}
 
 
 def select_backend(name: str | None = None) -> SandboxBackend:

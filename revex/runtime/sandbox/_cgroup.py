@@ -1,32 +1,45 @@
 """cgroup v1 bookkeeping around nsjail's own cgroup handling.
 
-nsjail puts each jailed process into ``<controller>/<parent>/NSJAIL.<nsjail pid>`` and removes that
-directory when the process ends. For memory, revex gives every run its own parent,
-``memory/NSJAIL/revex-<token>``, with the run's limit set on it (nsjail's own limit is a little
-higher). The parent outlives nsjail's child directory, so after the run revex reads the peak usage
-(``memory.max_usage_in_bytes``) and whether the kernel OOM-killed inside the run
-(``memory.oom_control``'s ``oom_kill`` counts kills triggered by that cgroup's own limit), then
-removes it.
+nsjail puts each jailed process into ``<controller>/<parent>/NSJAIL.<child pid>`` (named after
+the jailed child, not after nsjail) and removes that directory when the child ends; when nsjail
+itself is killed hard the directory stays. revex gives every cold run its own parent in each
+controller, ``NSJAIL/revex-<owner tag>-<token>`` (see ``_lifetime.owner_tag``), so that
+
+* memory is limited and measured for the whole run: every process of the run is charged to the
+  parent, whose ``memory.max_usage_in_bytes`` is the run's peak and whose ``failcnt`` and
+  ``oom_control``'s ``oom_kill`` say (as kernel facts the code cannot write) that the run hit its
+  limit;
+* CPU time is measured for the whole run: nsjail (and so everything it starts) joins the run's
+  ``cpuacct`` parent before it executes, and ``cpuacct.usage`` sums all of it;
+* whatever nsjail leaves behind sits inside the run's parents and goes with them, and parents of
+  owners that died are found by name and removed (:func:`cleanup_dead_owners`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from revex.runtime.sandbox._lifetime import own_cgroup, owner_tag, tag_owner_alive
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "NSJAIL"
 CONTROLLERS = ("memory", "pids", "cpu")
+ACCOUNTING = "cpuacct"
+_RUN_NAME = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
+_NSJAIL_CHILD = re.compile(r"NSJAIL\.(\d+)")
 
 
 def v1_usable() -> tuple[bool, str]:
     """Whether cgroup v1 memory/pids/cpu can be used by this process, and why not.
 
-    Creates the ``NSJAIL`` parent folders when possible (nsjail refuses to start without them).
+    Creates the ``NSJAIL`` parent folders when possible (nsjail refuses to start without them),
+    and the ``cpuacct`` one when that controller is mounted (per-run CPU accounting).
     """
     for ctl in CONTROLLERS:
         base = f"{CGROUP_ROOT}/{ctl}"
@@ -39,7 +52,20 @@ def v1_usable() -> tuple[bool, str]:
             return False, f"cannot create {parent}: {exc.strerror}"
         if not os.access(parent, os.W_OK):
             return False, f"{parent} is not writable by uid {os.geteuid()}"
+    acct = accounting_base()
+    if acct is not None:
+        with contextlib.suppress(OSError):
+            os.makedirs(f"{acct}/{PARENT}", exist_ok=True)
     return True, "cgroup v1 memory, pids and cpu are writable"
+
+
+def accounting_base() -> str | None:
+    """The mounted cgroup v1 hierarchy holding ``cpuacct.usage`` (alone or with cpu)."""
+    for ctl in (ACCOUNTING, "cpu"):
+        base = f"{CGROUP_ROOT}/{ctl}"
+        if os.path.isfile(f"{base}/cpuacct.usage"):
+            return os.path.realpath(base)
+    return None
 
 
 def v2_present() -> bool:
@@ -48,9 +74,43 @@ def v2_present() -> bool:
         f"{CGROUP_ROOT}/unified/cgroup.controllers")
 
 
+def _run_name() -> str:
+    return f"{PARENT}/revex-{owner_tag()}-{secrets.token_hex(8)}"
+
+
+def _read_memory(path: str) -> tuple[int, int]:
+    """(peak bytes, limit hits and OOM kills) of a memory cgroup; zeros where unreadable.
+
+    On some v1 kernels ``oom_kill`` stays 0 in the parent, so a non-zero ``failcnt`` (the
+    parent's limit was hit) counts too.
+    """
+    peak = oom = 0
+    try:
+        with open(f"{path}/memory.max_usage_in_bytes") as f:
+            peak = int(f.read())
+        for name in ("memory.failcnt", "memory.memsw.failcnt"):
+            if os.path.exists(f"{path}/{name}"):
+                with open(f"{path}/{name}") as f:
+                    oom += int(f.read())
+        with open(f"{path}/memory.oom_control") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    oom += int(value)
+    except OSError:
+        pass  # measurement is best-effort; the status falls back to the exit signal
+    return peak, oom
+
+
+def _limit_memory(path: str, limit_bytes: int) -> None:
+    _write(f"{path}/memory.limit_in_bytes", limit_bytes)
+    if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
+        _write(f"{path}/memory.memsw.limit_in_bytes", limit_bytes)
+
+
 @dataclass
 class MemoryCgroup:
-    """A per-run memory cgroup parent (relative name ``NSJAIL/revex-<token>``)."""
+    """A memory cgroup parent (relative name ``NSJAIL/revex-<owner tag>-<token>``)."""
 
     name: str
     path: str
@@ -61,45 +121,90 @@ class MemoryCgroup:
 
         Raises ``OSError`` if the cgroup cannot be created or configured.
         """
-        name = f"{PARENT}/revex-{secrets.token_hex(8)}"
+        name = _run_name()
         path = f"{CGROUP_ROOT}/memory/{name}"
         os.mkdir(path)
         try:
-            _write(f"{path}/memory.limit_in_bytes", limit_bytes)
-            if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
-                _write(f"{path}/memory.memsw.limit_in_bytes", limit_bytes)
+            _limit_memory(path, limit_bytes)
         except OSError:
             remove_tree(path)
             raise
         return cls(name, path)
 
     def read(self) -> tuple[int, int]:
-        """Return (peak bytes, OOM kills or limit hits); zeros where a file cannot be read.
-
-        On some v1 kernels ``oom_kill`` stays 0 in the parent, so a non-zero ``failcnt`` (the
-        parent's limit was hit) counts too.
-        """
-        peak = oom = 0
-        try:
-            with open(f"{self.path}/memory.max_usage_in_bytes") as f:
-                peak = int(f.read())
-            for name in ("memory.failcnt", "memory.memsw.failcnt"):
-                if os.path.exists(f"{self.path}/{name}"):
-                    with open(f"{self.path}/{name}") as f:
-                        oom += int(f.read())
-            with open(f"{self.path}/memory.oom_control") as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        oom += int(value)
-        except OSError:
-            pass  # measurement is best-effort; the status falls back to the exit signal
-        return peak, oom
+        """Return (peak bytes, OOM kills or limit hits); zeros where a file cannot be read."""
+        return _read_memory(self.path)
 
     def remove(self) -> None:
         """Kill anything still inside and remove the cgroup tree. Raises ``OSError`` if it
         cannot be removed."""
         remove_tree(self.path)
+
+
+@dataclass
+class RunCgroup:
+    """One run's parents: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and cpu (given
+    to nsjail as its parents) and in cpuacct (joined by nsjail itself, when mounted)."""
+
+    name: str
+    paths: list[str] = field(default_factory=list)
+    acct: str | None = None
+
+    @classmethod
+    def create(cls, memory_bytes: int, pids: int) -> RunCgroup:
+        """Create the parents with the run's memory and pids limits.
+
+        Raises ``OSError`` if one cannot be created or configured (nothing is left then).
+        """
+        run = cls(_run_name())
+        try:
+            for ctl in CONTROLLERS:
+                path = f"{CGROUP_ROOT}/{ctl}/{run.name}"
+                os.mkdir(path)
+                run.paths.append(path)
+            _limit_memory(run.paths[0], memory_bytes)
+            _write(f"{run.paths[1]}/pids.max", pids)
+            base = accounting_base()
+            if base is not None:
+                acct = f"{base}/{run.name}"
+                if acct not in (os.path.realpath(p) for p in run.paths):
+                    os.mkdir(acct)
+                    run.paths.append(acct)
+                run.acct = acct
+        except OSError:
+            run.remove()
+            raise
+        return run
+
+    @property
+    def join(self) -> list[tuple[str, str]]:
+        """(``tasks`` file of the run, ``tasks`` file of this thread's own cgroup) for the
+        accounting hierarchy: nsjail is started from inside the run's cpuacct cgroup."""
+        base = accounting_base()
+        home = own_cgroup(ACCOUNTING) if base is not None else None
+        if self.acct is None or base is None or home is None:
+            return []
+        return [(f"{self.acct}/tasks", f"{base}{home.rstrip('/')}/tasks")]
+
+    def read(self) -> tuple[int, int]:
+        """Return (peak bytes, OOM kills or limit hits) of the whole run."""
+        return _read_memory(self.paths[0])
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds used by every process of the run so far (``None``: not measured)."""
+        if self.acct is None:
+            return None
+        try:
+            with open(f"{self.acct}/cpuacct.usage") as f:
+                return int(f.read()) / 1e9
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        """Kill anything still inside and remove every parent. Raises ``OSError`` if one
+        stays busy."""
+        for path in self.paths:
+            remove_tree(path)
 
 
 def _write(path: str, value: int | str) -> None:
@@ -131,13 +236,85 @@ def remove_tree(path: str) -> None:
         except OSError:
             pids = []
         for pid in pids:
+            # Never this process (a launcher thread that did not leave), and never pid 0, which
+            # cgroup.procs shows for processes of another pid namespace (kill(0) is our group).
+            if pid <= 0 or pid == os.getpid():
+                continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
     raise err
 
 
+def _parents() -> list[str]:
+    bases = [f"{CGROUP_ROOT}/{ctl}" for ctl in CONTROLLERS]
+    acct = accounting_base()
+    if acct is not None and acct not in (os.path.realpath(b) for b in bases):
+        bases.append(acct)
+    return [f"{b}/{PARENT}" for b in bases if os.path.isdir(f"{b}/{PARENT}")]
+
+
+def _remove_dead_children(parent: str) -> None:
+    """Remove ``NSJAIL.<pid>`` dirs under ``parent`` whose jail is dead or orphaned.
+
+    The jailed child is pid 1 of its pid namespace, so once it is gone nothing can run inside.
+    Its parent is nsjail for as long as that lives; a child whose nsjail died (killed hard: the
+    kernel cleared the child's own parent-death signal when nsjail changed its uid) is an
+    orphaned jail, and removing its dir kills what runs in it. Jails with a live nsjail (other
+    runs, other processes) are never touched.
+    """
+    with contextlib.suppress(OSError), os.scandir(parent) as it:
+        for entry in it:
+            m = _NSJAIL_CHILD.fullmatch(entry.name)
+            if m and not _jailed_by_nsjail(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    remove_tree(entry.path)
+
+
+def _jailed_by_nsjail(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie) and its parent is an nsjail process."""
+    stat = _stat(pid)
+    if stat is None or stat[0] in (b"Z", b"X"):
+        return False
+    try:
+        with open(f"/proc/{int(stat[1])}/comm", "rb") as f:
+            return f.read().strip() == b"nsjail"
+    except (OSError, ValueError):
+        return False
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state, ppid, ...), ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def remove_leftovers(nsjail_pid: int) -> None:
-    """Remove the ``NSJAIL.<pid>`` directories nsjail leaves behind when it was killed hard."""
-    for ctl in CONTROLLERS:
-        remove_tree(f"{CGROUP_ROOT}/{ctl}/{PARENT}/NSJAIL.{nsjail_pid}")
+    """Remove what an nsjail that was killed hard left: ``NSJAIL.<child pid>`` directories
+    (named after its jailed child, not after nsjail) in the shared ``NSJAIL`` parents, killing
+    the jail if it outlived nsjail. Call it after ``nsjail_pid`` exited."""
+    for parent in _parents():
+        with contextlib.suppress(OSError):
+            remove_tree(f"{parent}/NSJAIL.{nsjail_pid}")  # never nsjail's own, but harmless
+        _remove_dead_children(parent)
+
+
+def cleanup_dead_owners() -> list[str]:
+    """Remove every ``revex-<owner tag>-*`` parent whose owner process is dead, and nsjail's
+    leftovers of dead children. Returns the removed paths; skips what stays busy."""
+    removed: list[str] = []
+    for parent in _parents():
+        with contextlib.suppress(OSError), os.scandir(parent) as it:
+            for entry in list(it):
+                m = _RUN_NAME.fullmatch(entry.name)
+                if m and not tag_owner_alive(m.group(1)):
+                    try:
+                        remove_tree(entry.path)
+                    except OSError:
+                        continue
+                    removed.append(entry.path)
+        _remove_dead_children(parent)
+    return removed

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import stat
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from revex.errors import ConfigError, SandboxError
+from revex.runtime.sandbox._lifetime import owner_tag, remove_tree, tag_owner_alive
 from revex.runtime.sandbox._supervise import Supervised
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
@@ -32,8 +35,11 @@ BASE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONIOENCODING": "utf-8",
 }
+_CPU_TICK_S = 0.05  # between reads of a spawned run's CPU counter
 #: Code longer than this goes to a file instead of ``python -c`` (MAX_ARG_STRLEN is 128 KiB).
 MAX_INLINE_CODE = 100_000
+#: Run directories are ``revex-<owner tag>-<random>``: the owner's pid is recoverable.
+_RUN_DIR = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
 
 
 def runs_root() -> str:
@@ -53,11 +59,38 @@ def runs_root() -> str:
 
 
 def make_run_dir() -> str:
-    """Create a fresh per-run directory (mode 0755, random name) and return its path."""
-    path = os.path.join(runs_root(), secrets.token_hex(16))
+    """Create a fresh per-run directory (mode 0755, named after this process plus a random
+    part) and return its path."""
+    path = os.path.join(runs_root(), f"revex-{owner_tag()}-{secrets.token_hex(12)}")
     os.mkdir(path, 0o755)
     os.chmod(path, 0o755)
     return path
+
+
+def run_dir_owner(name: str) -> str | None:
+    """The owner tag in a run directory's name, ``None`` for a name revex did not give."""
+    m = _RUN_DIR.fullmatch(name)
+    return m.group(1) if m else None
+
+
+def cleanup_dead_run_dirs() -> list[str]:
+    """Remove the run directories (under this user's :func:`runs_root`) whose owner process is
+    dead; returns them. Directories of live owners, and names revex did not give, stay."""
+    removed: list[str] = []
+    try:
+        root = runs_root()
+    except SandboxError:
+        return removed  # no run root: nothing can have been left there
+    with contextlib.suppress(OSError), os.scandir(root) as it:
+        for entry in list(it):
+            tag = run_dir_owner(entry.name)
+            if tag is not None and not tag_owner_alive(tag):
+                try:
+                    remove_tree(entry.path)
+                except OSError:
+                    continue
+                removed.append(entry.path)
+    return removed
 
 
 def build_env(spec: ExecSpec) -> dict[str, str]:
@@ -156,21 +189,36 @@ def sandbox_python() -> tuple[str, str | None]:
 
 def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = False,
               peak_mb: float | None = None, message: str = "",
-              weak: bool = False) -> ExecResult:
-    """Turn a supervised run into a result, choosing the status."""
+              weak: bool = False, infer_memory_from_stderr: bool = True,
+              exit_fact: tuple[int | None, int | None] | None = None,
+              run_cpu_s: float | None = None) -> ExecResult:
+    """Turn a supervised run into a result, choosing the status.
+
+    ``exit_fact``: (exit code, signal) of the sandboxed process as its supervisor saw it; when
+    absent they are read from ``sup.returncode`` (where an exit code above 128 reads as a
+    signal). ``run_cpu_s``: CPU seconds of the whole run (a cgroup), else rusage is used.
+    ``infer_memory_from_stderr`` reads a ``MemoryError`` in the code's own stderr as status
+    ``memory``: forgeable by the code, so backends with a kernel fact pass ``False``.
+    """
     code = sup.returncode
-    sig = -code if code < 0 else (code - 128 if code > 128 else None)
+    if exit_fact is not None:
+        exit_code, sig = exit_fact
+        code = exit_code if exit_code is not None else 128 + (sig or 0)
+    else:
+        sig = -code if code < 0 else (code - 128 if code > 128 else None)
     err_tail = sup.stderr[-400:]
     ru = sup.rusage
     cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+    if run_cpu_s is not None:
+        cpu = run_cpu_s
     # RLIMIT_CPU with soft == hard ends in SIGKILL (not SIGXCPU) once the CPU time is used up.
-    cpu_out = sig == signal.SIGXCPU or (
+    cpu_out = sup.cpu_limited or sig == signal.SIGXCPU or (
         sig == signal.SIGKILL and cpu >= 0.75 * max(1, math.ceil(spec.limits.cpu_s)))
     if sup.timed_out:
         status = ExecStatus.TIMEOUT
     elif sup.output_limited:
         status = ExecStatus.OUTPUT_LIMIT
-    elif oom or (code != 0 and b"MemoryError" in err_tail):
+    elif oom or (infer_memory_from_stderr and code != 0 and b"MemoryError" in err_tail):
         status = ExecStatus.MEMORY
     elif cpu_out:
         status = ExecStatus.TIMEOUT
@@ -202,24 +250,43 @@ def to_result(sup: Supervised, spec: ExecSpec, backend: str, *, oom: bool = Fals
 class SpawnedProcess:
     """A sandboxed process handed to a caller that drives its pipes (see ``Spawned`` in base).
 
-    A timer ends it after ``wall_s`` even if the caller forgets; :meth:`close` kills, reaps and
-    cleans up (idempotent, thread-safe).
+    A watcher ends it after ``wall_s`` even if the caller forgets, and (given ``cpu_used``, a
+    reader of the whole run's CPU seconds) once the run used ``cpu_s`` (``cpu_limited`` says
+    so); :meth:`close` kills, reaps and cleans up (idempotent, thread-safe).
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], *, stop: Callable[[], None],
-                 cleanup: Callable[[], None], wall_s: float) -> None:
+                 cleanup: Callable[[], None], wall_s: float,
+                 cpu_used: Callable[[], float | None] | None = None,
+                 cpu_s: float = math.inf) -> None:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.proc = proc
         self.stdin = proc.stdin.fileno()
         self.stdout = proc.stdout.fileno()
         self.stderr = proc.stderr.fileno()
+        self.cpu_limited = False
         self._stop = stop
         self._cleanup = cleanup
         self._lock = threading.Lock()
         self._closed = False
-        self._timer = threading.Timer(wall_s, self._stop_now)
-        self._timer.daemon = True
-        self._timer.start()
+        self._done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(wall_s, cpu_used, cpu_s),
+                                   daemon=True, name="revex-spawn-watch")
+        watcher.start()
+
+    def _watch(self, wall_s: float, cpu_used: Callable[[], float | None] | None,
+               cpu_s: float) -> None:
+        deadline = time.monotonic() + wall_s
+        tick = _CPU_TICK_S if cpu_used is not None else wall_s
+        while not self._done.wait(max(0.0, min(tick, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+            if cpu_used is not None and (cpu_used() or 0.0) > cpu_s:
+                self.cpu_limited = True
+                break
+        else:
+            return  # closed
+        self._stop_now()
 
     def _stop_now(self) -> None:
         with self._lock:
@@ -232,7 +299,7 @@ class SpawnedProcess:
             if self._closed:
                 return
             self._closed = True
-        self._timer.cancel()
+        self._done.set()
         try:
             self._stop()
             try:

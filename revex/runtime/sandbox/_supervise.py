@@ -3,13 +3,16 @@
 Shared by the nsjail and process backends. Output is read through pipes in 64 KiB chunks and
 at most ``output_bytes`` per stream is kept; past that the run is stopped (status
 ``output_limit``), so a flood never grows our memory. The child is always reaped with
-``wait4`` (which also gives the CPU time and peak RSS of the waited-for tree).
+``wait4`` (which also gives the CPU time and peak RSS of the waited-for tree). Given a reader of
+the whole run's CPU time (a cgroup counter), the run is also stopped once it used ``cpu_s``
+across all of its processes (``cpu_limited``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import resource
 import selectors
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 _CHUNK = 65536
 _TICK_S = 0.5  # upper bound between checks; exits wake us via the pidfd
+_CPU_TICK_S = 0.05  # between reads of the run's CPU counter: bounds the overshoot
 _DRAIN_S = 1.0
 
 
@@ -36,6 +40,7 @@ class Supervised:
     output_limited: bool
     wall_s: float
     rusage: resource.struct_rusage | None
+    cpu_limited: bool = False  # stopped because the whole run used up its CPU time
 
 
 def feed(fd: int, pending: memoryview) -> memoryview:
@@ -57,11 +62,15 @@ def supervise(
     output_bytes: int,
     stop: Callable[[], None],
     after_exit: Callable[[], None] | None = None,
+    cpu_used: Callable[[], float | None] | None = None,
+    cpu_s: float = math.inf,
 ) -> Supervised:
-    """Run ``proc`` to completion under a wall-time and output limit.
+    """Run ``proc`` to completion under a wall-time, output and (with ``cpu_used``, a reader of
+    the whole run's CPU seconds) a per-run CPU limit of ``cpu_s``.
 
-    ``stop`` is called (possibly more than once) to kill the whole run on a timeout or output
-    overflow; ``after_exit`` is called once the main child exited, to end what it left behind.
+    ``stop`` is called (possibly more than once) to kill the whole run on a timeout, output
+    overflow or CPU overrun; ``after_exit`` is called once the main child exited, to end what
+    it left behind.
     The child is always reaped before this returns. Raises ``OSError`` only for errors of our
     own pipes other than a closed reader.
     """
@@ -85,7 +94,8 @@ def supervise(
         sel.register(in_fd, selectors.EVENT_WRITE)
     else:
         proc.stdin.close()
-    timed_out = output_limited = False
+    timed_out = output_limited = cpu_limited = False
+    tick = _TICK_S if cpu_used is None else _CPU_TICK_S
     status: int | None = None
     rusage: resource.struct_rusage | None = None
     stop_at: float | None = None
@@ -103,13 +113,18 @@ def supervise(
                 timed_out = True
                 stop()
                 stop_at = now + _DRAIN_S
+            if (status is None and cpu_used is not None and stop_at is None
+                    and (cpu_used() or 0.0) > cpu_s):
+                cpu_limited = True
+                stop()
+                stop_at = now + _DRAIN_S
             if status is not None and pidfd in sel.get_map():
                 sel.unregister(pidfd)
             if not sel.get_map() and status is not None:
                 break
             if stop_at is not None and now > stop_at and status is not None:
                 break
-            timeout = _TICK_S if status is None else max(0.0, (stop_at or now) - now)
+            timeout = tick if status is None else max(0.0, (stop_at or now) - now)
             if status is None:
                 timeout = min(timeout, max(0.0, deadline - now))
             for key, _ in sel.select(timeout):
@@ -134,7 +149,7 @@ def supervise(
                 if len(data) > room:
                     buf += data[:max(room, 0)]
                     trunc[fd] = True
-                    if not output_limited and not timed_out:
+                    if not output_limited and not timed_out and not cpu_limited:
                         output_limited = True
                         stop()
                         stop_at = time.monotonic() + _DRAIN_S
@@ -160,6 +175,7 @@ def supervise(
         output_limited=output_limited,
         wall_s=time.monotonic() - start,
         rusage=rusage,
+        cpu_limited=cpu_limited,
     )
 
 

@@ -8,9 +8,10 @@ the code raises :class:`revex.errors.SandboxError`.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -51,15 +52,59 @@ class Limits:
     tmpfs_mb: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("wall_s", "cpu_s", "memory_mb", "pids", "fsize_mb", "output_bytes", "nofile",
-                     "tmpfs_mb"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                from revex.errors import ConfigError
+        # Every field by its declared type, so fields added later are covered too: ``float``
+        # fields take finite numbers, ``int`` fields whole numbers (2.0 becomes 2, 2.5 is
+        # refused); all must be positive and at most the cap below.
+        from revex.errors import ConfigError
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            declared = f.type if isinstance(f.type, str) else str(f.type)
+            kinds = {k.strip() for k in declared.split("|")}
+            if "None" in kinds and value is None:
+                continue  # an optional limit that is not set
+            kinds.discard("None")
+            kind = kinds.pop() if len(kinds) == 1 else ""
+            kind = {"<class 'int'>": "int", "<class 'float'>": "float"}.get(kind, kind)
+            if kind not in ("int", "float"):
+                continue
+            cap = _LIMIT_CAPS.get(f.name, _MAX_FLOAT if kind == "float" else _MAX_INT)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"Limits.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"Limits.{f.name} must be a finite number, got {value!r}")
+            if kind == "int" and value != int(value):
+                raise ConfigError(f"Limits.{f.name} must be a whole number, got {value!r}")
+            if value <= 0 or value > cap:
                 raise ConfigError(
-                    f"Limits.{name} must be a positive number, got {value!r}"
-                )
+                    f"Limits.{f.name} must be greater than 0 and at most {cap}, got {value!r}")
+            if kind == "int" and not isinstance(value, int):
+                object.__setattr__(self, f.name, int(value))
+
+
+#: Upper bounds: large enough for any real run, small enough that every value still fits the
+#: kernel and nsjail interfaces it ends up in (seconds, MiB, counts).
+_MAX_FLOAT = 1e6
+_MAX_INT = 1 << 40
+_LIMIT_CAPS: dict[str, float] = {"memory_mb": 1 << 30, "pids": 1 << 22, "fsize_mb": 1 << 30,
+                                 "nofile": 1 << 20, "tmpfs_mb": 1 << 30}
+
+
+def _check_text(value: object, name: str) -> None:
+    """Text that goes to the kernel (argv, environment, paths) must be a str that encodes to
+    UTF-8 without NUL bytes. Raises ConfigError naming the field otherwise."""
+    from revex.errors import ConfigError
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a str, got {type(value).__name__}")
+    if "\0" in value:
+        raise ConfigError(f"{name} contains a NUL byte; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{name} is not valid UTF-8 text ({exc.reason} at position {exc.start}: "
+            f"{value[exc.start:exc.end]!r}); pass text that encodes to UTF-8") from None
 
 
 @dataclass(frozen=True)
@@ -96,6 +141,22 @@ class ExecSpec:
     #: (host path, jail path) pairs bound read-only; set by revex (compiled languages'
     #: build output, toolchain config), never from user input.
     ro_mounts: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Everything here reaches argv, the environment or a path: refuse what the kernel
+        # would reject (NUL) or what has no UTF-8 form (lone surrogates, undecodable names).
+        if self.code is not None:
+            _check_text(self.code, "ExecSpec.code")
+        for i, arg in enumerate(self.argv or ()):
+            _check_text(arg, f"ExecSpec.argv[{i}]")
+        _check_text(self.language, "ExecSpec.language")
+        for key, value in self.env.items():
+            _check_text(key, "ExecSpec.env name")
+            _check_text(value, f"ExecSpec.env[{key!r}]")
+        for name in self.files:
+            _check_text(name, "ExecSpec.files name")
+        if self.workspace is not None:
+            _check_text(self.workspace, "ExecSpec.workspace")
 
 
 @dataclass
@@ -144,15 +205,21 @@ class ExecResult:
     def discard(self) -> None:
         """Delete the change directory. Idempotent; call it once the changes were applied or
         rejected. Raises ``OSError`` only if the directory exists and cannot be removed."""
+        from revex.runtime.sandbox._lifetime import remove_tree
+
         root, self._run_dir, self.upper_dir = self._run_dir, None, None
-        if root is not None:
-            shutil.rmtree(root)
+        # remove_tree also removes what overlayfs leaves unreadable (a mode-000 work/work).
+        remove_tree(root)
 
     def __enter__(self) -> ExecResult:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.discard()
+        # Leaving the block never raises: the changes may already be applied and journaled, and
+        # the result must reach the caller. A directory that cannot be removed now is removed
+        # once this process has ended (``cleanup_leftovers``).
+        with contextlib.suppress(OSError):
+            self.discard()
 
 
 @dataclass(frozen=True)
@@ -226,13 +293,25 @@ def make_spec(
     for name, content in (files or {}).items():
         if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
             raise ConfigError(f"file name {name!r} must be relative without '..'")
-        encoded[name] = content.encode() if isinstance(content, str) else bytes(content)
+        encoded[name] = _to_bytes(content, f"files[{name!r}]")
     return ExecSpec(
         code=code, argv=tuple(argv) if argv is not None else None, language=language,
-        stdin=stdin.encode() if isinstance(stdin, str) else bytes(stdin), env=env,
+        stdin=_to_bytes(stdin, "stdin"), env=env,
         files=encoded, limits=limits or Limits(), network=bool(network), workspace=workspace,
         compile_limits=compile_limits,
     )
+
+
+def _to_bytes(value: str | bytes, name: str) -> bytes:
+    """Text as UTF-8, bytes as they are; ConfigError naming ``name`` for anything else."""
+    from revex.errors import ConfigError
+
+    if isinstance(value, str):
+        _check_text(value.replace("\0", ""), name)  # NUL is fine in data, surrogates are not
+        return value.encode()
+    if not isinstance(value, bytes | bytearray | memoryview):  # bytes(5) would be 5 NULs
+        raise ConfigError(f"{name} must be str or bytes, got {type(value).__name__}")
+    return bytes(value)
 
 
 #: Every ``language=`` accepted; see ``languages.py`` for all but python and bash.

@@ -249,22 +249,6 @@ def require(language: str) -> tuple[Language, Toolchain]:
     return lang, tc
 
 
-#: What a runtime prints when it gives up for lack of memory (Java's OutOfMemoryError is
-#: already caught by the generic "MemoryError" check).
-_OOM_MARKERS = {"javascript": b"JavaScript heap out of memory", "go": b"out of memory",
-                "rust": b"memory allocation of"}
-
-
-def classify(spec: ExecSpec, result: ExecResult) -> ExecResult:
-    """Mark a run that died from its runtime's own out-of-memory handling as ``memory``.
-    Forging the marker gains nothing: both statuses are failures."""
-    marker = _OOM_MARKERS.get(spec.language)
-    if (marker is not None and result.status in (ExecStatus.KILLED, ExecStatus.FAILED)
-            and marker in result.stderr[-4000:].encode("utf-8", "replace")):
-        result.status = ExecStatus.MEMORY
-    return result
-
-
 def main_name(lang: Language, source: str) -> str:
     return _java_main(source) if lang.name == "java" else "main"
 

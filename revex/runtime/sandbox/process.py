@@ -14,13 +14,13 @@ import contextlib
 import math
 import os
 import resource
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox import _common, overlay
+from revex.runtime.sandbox._lifetime import popen_tied, remove_tree
 from revex.runtime.sandbox._supervise import supervise
 from revex.runtime.sandbox.base import ExecResult, ExecSpec
 
@@ -80,11 +80,11 @@ class ProcessBackend:
             cmd = _common.command(spec, self.python, input_dir)
             proc = self._popen(cmd, spec, env, tmp)
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove(run_dir)
             raise
         kill = _group_killer(proc.pid)
         return _common.SpawnedProcess(
-            proc, stop=kill, cleanup=lambda: shutil.rmtree(run_dir, ignore_errors=True),
+            proc, stop=kill, cleanup=lambda: _remove(run_dir),
             wall_s=spec.limits.wall_s)
 
     @staticmethod
@@ -97,10 +97,11 @@ class ProcessBackend:
                 resource.setrlimit(which, (value, value))
 
         try:
-            return subprocess.Popen(
+            # Tied to this process: the code gets SIGKILL when its owner dies.
+            return popen_tied(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=cwd, env=env, close_fds=True, start_new_session=True, preexec_fn=preexec)
-        except OSError as exc:
+                cwd=cwd, env=env, close_fds=True, start_new_session=True, then=preexec)
+        except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
 
     def run(self, spec: ExecSpec) -> ExecResult:
@@ -140,4 +141,9 @@ class ProcessBackend:
             return result
         finally:
             if not keep:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                _remove(run_dir)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        remove_tree(path)

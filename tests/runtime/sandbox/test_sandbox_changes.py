@@ -151,4 +151,6 @@ def test_backend_works_as_non_root_user() -> None:
              "-c", code, path],
             capture_output=True, text=True, timeout=60, cwd=path,
             env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}, check=False)
-    assert out.stdout.split() == ["ok", "65534", "memory", "True"], out.stderr
+    # Without cgroups nothing the code cannot write says "memory": the rlimit makes the
+    # allocation fail inside the code, which is then a plain failure (statuses are facts).
+    assert out.stdout.split() == ["ok", "65534", "failed", "True"], out.stderr

@@ -8,13 +8,30 @@ import os
 import pytest
 
 from revex.runtime.sandbox import _cgroup, _common, run_many
+from revex.runtime.sandbox._lifetime import owner_tag
 from revex.runtime.sandbox.base import ExecSpec, Limits, SandboxBackend
 from revex.runtime.sandbox.harness import run_tests
 from revex.runtime.sandbox.nsjail import NsjailBackend
 from revex.runtime.sandbox.warm import WarmPythonBackend
 
 
+def _descends_from_me(pid: str) -> bool:
+    me = str(os.getpid())
+    while pid not in ("0", "1"):
+        if pid == me:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = f.read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            return False
+    return False
+
+
 def _snapshot() -> dict[str, int]:
+    """What this process owns; other processes run sandboxes at the same time, so nothing
+    machine-wide is counted: cgroup parents, run dirs and mounts named for this process (or
+    nsjail), and nsjail's ``NSJAIL.<pid>`` dirs of jailed children that descend from it."""
     gc.collect()  # backends other tests dropped without closing end their jails first
     me = os.getpid()
     children = 0
@@ -26,13 +43,19 @@ def _snapshot() -> dict[str, int]:
                         children += 1
             except OSError:
                 continue
-    with open("/proc/self/mountinfo") as f:
-        mounts = sum(1 for _ in f)
-    cgroups = sum(len(os.listdir(f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}"))
-                  for c in _cgroup.CONTROLLERS)
+    mine = f"revex-{owner_tag()}-"
+    with open("/proc/self/mountinfo") as f:  # other processes mount in this namespace too
+        mounts = sum(1 for line in f if mine in line or "nsjail" in line)
+    cgroups = 0
+    for ctl in (*_cgroup.CONTROLLERS, _cgroup.ACCOUNTING):
+        parent = f"{_cgroup.CGROUP_ROOT}/{ctl}/{_cgroup.PARENT}"
+        for name in os.listdir(parent) if os.path.isdir(parent) else []:
+            if name.startswith(mine) or (name.startswith("NSJAIL.")
+                                         and _descends_from_me(name.split(".", 1)[1])):
+                cgroups += 1
+    run_dirs = sum(1 for name in os.listdir(_common.runs_root()) if name.startswith(mine))
     return {"children": children, "mounts": mounts, "cgroup_entries": cgroups,
-            "run_dirs": len(os.listdir(_common.runs_root())),
-            "fds": len(os.listdir("/proc/self/fd"))}
+            "run_dirs": run_dirs, "fds": len(os.listdir("/proc/self/fd"))}
 
 
 def _churn(be: SandboxBackend, n: int) -> None:
