@@ -98,7 +98,10 @@ def _java_main(source: str) -> str:
 
 
 def _heap(lim: Limits) -> int:
-    return max(16, lim.memory_mb * 3 // 4)
+    """The JVM's and V8's own heap ceiling: above the run's memory limit, so that filling the
+    memory is stopped by the kernel (a counted cgroup OOM kill: status ``memory``, a fact)
+    rather than by the runtime's own error, whose text the code could print too."""
+    return max(64, lim.memory_mb * 2)
 
 
 _BIG_COMPILE = Limits(wall_s=60, cpu_s=60, memory_mb=2048, pids=128, fsize_mb=256,
