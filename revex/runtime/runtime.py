@@ -3,6 +3,7 @@ the effects it knows. Opening one recovers the episodes of processes that died."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -12,7 +13,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from revex.errors import ActionFailed, ConfigError, ConflictError, SandboxError, StateError
+from revex.errors import (
+    ActionFailed,
+    ConfigError,
+    ConflictError,
+    JournalCorrupt,
+    JournalError,
+    SandboxError,
+    StateError,
+)
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
 from revex.runtime.audit import AuditLog, AuditSink
@@ -24,7 +33,9 @@ from revex.runtime.effects.http_compensations import Compensations
 from revex.runtime.effects.http_secrets import Credentials, Secrets
 from revex.runtime.effects.sql import SqlEffect, check_databases, redact_config
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
-from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
+from revex.runtime.integrity import chain_status
+from revex.runtime.journal import Journal, Record, VerifyReport, config_digest
+from revex.runtime.keyfile import load_or_create_key
 from revex.runtime.rollback import (
     CLR_BATCH,
     OwnerLock,
@@ -113,11 +124,7 @@ class Runtime:
         self.engine = PolicyEngine(self.policy)
         self.approver = approver
         self.store = ContentStore(self.state_dir / "store")
-        try:
-            key = load_or_create_key(self.state_dir / "hmac.key")
-        except OSError as exc:
-            raise StateError(f"cannot read or create the journal key in {self.state_dir}: "
-                             f"{exc}") from exc
+        key = load_or_create_key(self.state_dir / "hmac.key", self.state_dir / "journal.db")
         self.audit = AuditLog(audit, self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
         self._credentials = credentials
@@ -196,20 +203,35 @@ class Runtime:
             raise StateError(f"workspace {real} and state dir {state} overlap; the journal "
                              "must live outside every workspace")
         episode_id = new_episode_id()
+        # the owner lock is taken before the episode becomes visible: a Runtime opened by
+        # another process in between must find it owned, never "recover" a live episode
+        owner = OwnerLock(self.lock_path(episode_id))
+        if not owner.acquire():
+            raise StateError(f"the owner lock of new episode {episode_id} is already held; "
+                             "two processes generated the same id, start it again")
         config: dict[str, Any] = {"workspace": str(real), "policy": self.policy.name,
                                   "pid": os.getpid(), "on_exit": on_exit}
         if http:
             config["http"] = http
-        if databases:
-            config.update(sql_config)
-            if sql_fork:  # act on copies, dropped when the episode ends
-                forks = {n: self.fork_database(u) for n, u in sql_config["databases"].items()}
-                config.update(databases=forks, sql_forks=sorted(forks.values()))
-        self.journal.put_episode(episode_id, "active", config)
-        episode = Episode(self, episode_id, config, on_exit, on_error)
-        self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
-                            status=Status.EVENT, params=redact_config(config))
-        return episode
+        try:
+            if databases:
+                config.update(sql_config)
+                if sql_fork:  # act on copies, dropped when the episode ends
+                    forks: dict[str, str] = {}
+                    config["sql_forks"] = []
+                    for name, url in sql_config["databases"].items():
+                        forks[name] = self.fork_database(url)
+                        config["sql_forks"].append(forks[name])
+                    config.update(databases=forks, sql_forks=sorted(forks.values()))
+            self.journal.begin_episode(episode_id, config, target=str(real),
+                                       params=redact_config(config))
+        except BaseException:
+            # nothing half-registered: no row, no lock file, no database copies
+            owner.release(remove=True)
+            with contextlib.suppress(Exception):  # the error to report is the one above
+                self.drop_forks(config)
+            raise
+        return Episode(self, episode_id, config, on_exit, on_error, owner=owner)
 
     def fork_database(self, url: str) -> str:
         """A copy of the database at ``url`` (SQLite backup API, PostgreSQL TEMPLATE, MariaDB
@@ -246,8 +268,12 @@ class Runtime:
     def undo(self, episode_id: str, *, force: bool = False) -> int:
         """Undo a committed episode (from any process), newest action first.
 
-        Returns the number of actions undone. Raises ConflictError, changing nothing, when a
-        target changed since (unless ``force``); ConfigError for an unknown or running episode.
+        Returns the number of actions undone; every one of them was verified by its effect to
+        hold its pre-state again. Raises ConflictError when a target changed since (nothing
+        is changed then, unless ``force``) or an undo could not be verified (the episode is
+        then ``conflict``, never ``undone``); JournalCorrupt when the episode's records are
+        incomplete or damaged (nothing is undone); ConfigError for an unknown or running
+        episode.
         """
         info = self.journal.episode(episode_id)
         if info is None:
@@ -261,8 +287,23 @@ class Runtime:
         finally:
             lock.release(remove=True)
 
+    def _checked_records(self, episode_id: str, config: dict[str, Any]) -> list[Record]:
+        """The episode's records checked against the chain, and its config (from the episodes
+        table, which only indexes the chain) against the digest in its begin record."""
+        records = self.journal.episode_records(episode_id)
+        if not records:
+            raise JournalCorrupt(f"episode {episode_id} has no records in the journal at "
+                                 f"{self.journal.path}; run `revex verify`")
+        want = records[0].params.get("config_sha256")
+        if want is not None and want != config_digest(config):
+            raise JournalCorrupt(
+                f"the config of episode {episode_id} in the episodes table does not match its "
+                "hash-chained begin record (the table was edited); nothing was undone. Run "
+                "`revex verify`")
+        return records
+
     def _undo_locked(self, episode_id: str, config: dict[str, Any], *, force: bool,
-                     resume_window: int = 0) -> int:
+                     resume_window: int = 0, final: str = "undone") -> int:
         effects: dict[str, Effect] = {}
 
         def effect_for(prefix: str) -> Effect:
@@ -272,21 +313,21 @@ class Runtime:
             return effects[prefix]
 
         try:
-            records = self.journal.records(episode_id)
-            resolve_intents(self.journal, episode_id, records, effect_for)
-            records = self.journal.records(episode_id)
+            records = self._checked_records(episode_id, config)
+            if resolve_intents(self.journal, episode_id, records, effect_for):
+                records = self._checked_records(episode_id, config)
             items = pending_items(records)
             if resume_window == 0 and interrupted_rollback(records):
                 resume_window = CLR_BATCH
             self.journal.set_episode_status(episode_id, "rolling_back")
             report = rollback(self.journal, episode_id, items, effect_for, force=force,
                               resume_window=resume_window)
-            self.journal.append(episode_id=episode_id, kind="episode.undo", target="",
-                                status=Status.EVENT, params={"undone": report.undone})
-            self.journal.set_episode_status(episode_id, "undone")
+            self.journal.set_episode_status(episode_id, final, kind="episode.undo",
+                                            params={"undone": report.undone})
             return report.undone
-        except ConflictError:
-            self.journal.set_episode_status(episode_id, "conflict")
+        except ConflictError as exc:
+            self.journal.set_episode_status(episode_id, "conflict",
+                                            params={"reason": str(exc)[:2000]})
             raise
         finally:
             for effect in effects.values():
@@ -295,30 +336,43 @@ class Runtime:
     def recover(self) -> list[str]:
         """Roll back every episode whose owning process died; returns their ids.
 
-        An episode whose rollback meets drift is left with status ``conflict`` (see
-        ``revex undo --force``) and a warning is issued.
+        Which episodes those are is read from the episodes table and confirmed against the
+        hash-chained records: an episode the table calls active but whose records say
+        otherwise (the table was edited) is left alone with a warning. An episode whose owner
+        holds its lock is never touched. An episode whose rollback meets drift is left with
+        status ``conflict`` (see ``revex undo --force``) and a warning is issued.
         """
         recovered = []
         for info in self.journal.episodes():
             if info["status"] not in ACTIVE:
                 continue
             lock = OwnerLock(self.lock_path(info["id"]))
-            if not lock.acquire():
+            try:
+                if not lock.acquire():
+                    continue  # its owner lives: its status is the owner's to change
+            except StateError as exc:
+                warnings.warn(f"recovery of episode {info['id']} skipped: {exc}", stacklevel=2)
                 continue
             try:
                 current = self.journal.episode(info["id"])
                 if current is None or current["status"] not in ACTIVE:
                     continue
                 try:
-                    self._undo_locked(info["id"], info["config"], force=False)
-                except (ConflictError, ConfigError, ActionFailed) as exc:
-                    # drift, or a database that is down: the episode stays pending and is
-                    # retried on the next open; one dead server must not block the runtime
+                    chained = chain_status(self._checked_records(info["id"], current["config"]))
+                    if chained not in ACTIVE:
+                        raise JournalCorrupt(
+                            f"the episodes table says {current['status']!r} but its "
+                            f"hash-chained records say {chained!r} (the table was edited); "
+                            "nothing was rolled back. Run `revex verify`")
+                    self._undo_locked(info["id"], current["config"], force=False,
+                                      final="recovered")
+                except (ConflictError, ConfigError, ActionFailed, JournalError) as exc:
+                    # drift, a database that is down, a damaged journal: the episode stays
+                    # pending; one bad episode must not block the runtime
                     warnings.warn(f"recovery of episode {info['id']} stopped: {exc}",
                                   stacklevel=2)
                     continue
-                self.journal.set_episode_status(info["id"], "recovered")
-                self.drop_forks(info["config"])
+                self.drop_forks(current["config"])
                 recovered.append(info["id"])
             finally:
                 lock.release(remove=True)
