@@ -11,7 +11,12 @@ where the key lives in the state directory (mode 0600) and never enters a sandbo
 ``(seq, hash)`` is also kept, HMAC'd, in the ``meta`` table in the same transaction, so deleting
 records from the end is caught as well as editing or rewriting the chain.
 
-The ``episodes`` table is an index for listing (status, config); the records are the truth.
+The ``episodes`` table is an index for listing (status, config); the records are the truth:
+every status change is written as an EVENT record in the same transaction as the table update,
+and the ``episode.begin`` record carries the sha256 of the config. Rollback reads an episode
+through :meth:`Journal.episode_records`, which checks the chain (see
+:mod:`revex.runtime.integrity`). A SQLite error never escapes raw: it becomes a JournalError
+naming the cause (a full disk, a read-only file, a damaged page).
 """
 
 from __future__ import annotations

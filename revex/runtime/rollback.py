@@ -14,7 +14,12 @@ and settles again, on recovery.
 
 Recovery (on opening a Runtime): an episode that is active or rolling back and whose owner lock
 is free has lost its process. Its INTENTs without an outcome are resolved by probing the real
-state, then it is rolled back to its start.
+state, then it is rolled back to its start. A live rollback and close resolve such INTENTs the
+same way first (a DONE that could not be written, e.g. on a full disk).
+
+An effect's ``undo`` returns only after it has verified that the target holds its pre-state
+again; a ConflictError from it stops the rollback (the CLRs of what was undone before it are
+kept) and the episode is not marked rolled back or undone.
 """
 
 from __future__ import annotations
