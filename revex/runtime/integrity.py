@@ -121,7 +121,7 @@ def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
                 if rec.episode_id == episode_id:
                     out.append(rec)
                 prev, expected = rec.hash, expected + 1
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: text that is not UTF-8
         raise damaged(f"cannot read it ({describe_sqlite_error(exc)})") from exc
     if head is None or head != (expected - 1, prev):
         raise damaged(f"records after {expected - 1} are missing (the head marker says "
@@ -146,7 +146,7 @@ def verify_journal(journal: Journal) -> VerifyReport:
     try:
         with journal.snapshot() as db:
             return _verify(journal, db)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: text that is not UTF-8
         return VerifyReport(False, 0, None,
                             f"the journal file is damaged: {describe_sqlite_error(exc)}")
 

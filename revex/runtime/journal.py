@@ -153,7 +153,11 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=60000")
             self._check_format()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: undecodable text
+            if getattr(exc, "sqlite_errorname", "").startswith(_NOT_DAMAGE):
+                # the file may be fine: the disk is full, read-only or busy
+                raise JournalError(f"cannot open the journal at {self.path}: "
+                                   f"{describe_sqlite_error(exc)}") from exc
             raise JournalCorrupt(
                 f"the journal at {self.path} cannot be opened as a revex journal ({exc}); "
                 "move it aside to start a fresh state directory, keeping the old one for audit"
@@ -190,7 +194,9 @@ class Journal:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
 
     def close(self) -> None:
@@ -356,7 +362,7 @@ class Journal:
         try:
             with self._lock:
                 return self._db.execute(query, args).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: undecodable text
             raise JournalCorrupt(f"cannot read the journal at {self.path}: "
                                  f"{describe_sqlite_error(exc)}; run `revex verify`") from exc
 
@@ -432,13 +438,16 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()
 
 
-def describe_sqlite_error(exc: sqlite3.Error) -> str:
+def describe_sqlite_error(exc: Exception) -> str:
     """The SQLite error with its code, and what to do for the causes a user can fix."""
     name = getattr(exc, "sqlite_errorname", "") or type(exc).__name__
     base = "_".join(name.split("_")[:2])  # SQLITE_READONLY_DBMOVED -> SQLITE_READONLY
     hint = _HINTS.get(base, "")
     return f"{exc} ({name})" + (f"; {hint}" if hint else "")
 
+
+_NOT_DAMAGE = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR",
+               "SQLITE_BUSY", "SQLITE_PERM", "SQLITE_LOCKED")
 
 _HINTS = {
     "SQLITE_FULL": "the disk holding the state dir is full: free space and retry",

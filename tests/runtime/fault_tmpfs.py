@@ -52,3 +52,9 @@ def fill(mount: Path, leave_pages: int = 0) -> Path:
         size = filler.stat().st_size
         os.truncate(filler, max(0, size - leave_pages * PAGE))
     return filler
+
+
+def remount(path: Path, *options: str) -> None:
+    """Remount the tmpfs at ``path`` (e.g. ``"ro"``); nothing on it may be open for writing."""
+    subprocess.run(["mount", "-o", ",".join(("remount", *options)), str(path)], check=True,
+                   capture_output=True)
