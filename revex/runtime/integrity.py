@@ -57,10 +57,24 @@ def lifecycle_status(rec: Record) -> str | None:
 
 def chain_status(records: Iterable[Record]) -> str | None:
     """The status of an episode as its hash-chained records state it (the last one wins)."""
-    status = None
+    status, explicit = None, False
     for rec in records:
+        explicit = explicit or ("status" in rec.params and rec.kind in _LIFECYCLE)
+        if (not explicit and status == "committed" and rec.kind == "episode.rollback.begin"
+                and rec.status is Status.EVENT):
+            status = "rolling_back"  # a journal from before status records: an undo began
         status = lifecycle_status(rec) or status
     return status
+
+
+def _legacy_equal(table: str, chained: str) -> bool:
+    """Statuses a journal written before status records could hold for the same episode:
+    those versions changed ``recovered``, ``conflict`` and ``rolling_back`` in the table only.
+    Never equal: an episode the table calls active that its records call finished."""
+    if table in ("active", "rolling_back"):
+        return chained in ("active", "rolling_back")
+    return (table, chained) in {("recovered", "undone"), ("conflict", "active"),
+                                ("conflict", "rolling_back"), ("conflict", "committed")}
 
 
 def hash_ok(rec: Record) -> bool:
@@ -158,6 +172,7 @@ def _verify(journal: Journal, db: sqlite3.Connection) -> VerifyReport:
                             "SQLite integrity check failed: " + "; ".join(problems[:5]))
     prev, expected, checked = GENESIS, 1, 0
     statuses: dict[str, str] = {}
+    explicit: set[str] = set()  # episodes whose records state every status change
     configs: dict[str, str] = {}
     counts: dict[str, int] = {}
     try:
@@ -178,6 +193,11 @@ def _verify(journal: Journal, db: sqlite3.Connection) -> VerifyReport:
             status = lifecycle_status(rec)
             if status is not None:
                 statuses[rec.episode_id] = status
+                if "status" in rec.params:
+                    explicit.add(rec.episode_id)
+            elif rec.kind == "episode.rollback.begin" and rec.episode_id not in explicit \
+                    and statuses.get(rec.episode_id) == "committed":
+                statuses[rec.episode_id] = "rolling_back"
             if rec.kind == "episode.begin" and "config_sha256" in rec.params:
                 configs[rec.episode_id] = rec.params["config_sha256"]
             counts[rec.episode_id] = counts.get(rec.episode_id, 0) + 1
@@ -191,7 +211,7 @@ def _verify(journal: Journal, db: sqlite3.Connection) -> VerifyReport:
     elif head != (checked, prev):
         return VerifyReport(False, checked, checked + 1,
                             f"records after {checked} are missing (the head says {head[0]})")
-    reason = _check_index(db, counts) or _check_episodes(db, statuses, configs)
+    reason = _check_index(db, counts) or _check_episodes(db, statuses, explicit, configs)
     if reason:
         return VerifyReport(False, checked, None, reason)
     return VerifyReport(True, checked)
@@ -208,7 +228,7 @@ def _check_index(db: sqlite3.Connection, counts: dict[str, int]) -> str:
     return ""
 
 
-def _check_episodes(db: sqlite3.Connection, statuses: dict[str, str],
+def _check_episodes(db: sqlite3.Connection, statuses: dict[str, str], explicit: set[str],
                     configs: dict[str, str]) -> str:
     """The episodes table (what recovery and `revex episodes` read) against the chain."""
     rows = db.execute("SELECT id, status, config FROM episodes ORDER BY id").fetchall()
@@ -218,7 +238,8 @@ def _check_episodes(db: sqlite3.Connection, statuses: dict[str, str],
         chained = statuses.get(episode_id)
         if chained is None:
             return f"episode {episode_id} is in the episodes table but has no records"
-        if status != chained:
+        if status != chained and (episode_id in explicit
+                                  or not _legacy_equal(status, chained)):
             return (f"episode {episode_id} is '{status}' in the episodes table but its records "
                     f"say '{chained}' (the table was edited)")
         want = configs.get(episode_id)
