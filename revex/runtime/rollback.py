@@ -195,7 +195,7 @@ def resolve_intents(journal: Journal, episode_id: str, records: Sequence[Record]
                       target=intent.target, refers_to=intent.seq)
         if post is None:
             journal.append(**common, status=Status.FAILED,
-                           error="interrupted before it took effect (probed after a crash)")
+                           error="it had not taken effect (probed: the journal held no outcome)")
         else:
             journal.append(**common, status=Status.DONE, result=post,
                            params={"probed": True})

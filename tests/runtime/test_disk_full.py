@@ -63,6 +63,11 @@ def test_an_action_whose_done_cannot_be_journaled_is_undone_and_close_restores_e
                 assert "full" in str(error), error
             filler.unlink()
             ep.close()
+            # close gave every INTENT an outcome (probing those the full disk left without)
+            records = rt.journal.records(ep.id)
+            outcomes = {r.refers_to for r in records if r.status in (Status.DONE,
+                                                                       Status.FAILED)}
+            assert all(r.seq in outcomes for r in records if r.status is Status.INTENT)
             info = rt.journal.episode(ep.id)
             assert info is not None and info["status"] == "rolled_back"
             assert _tree(ws) == before
