@@ -171,8 +171,14 @@ class Runtime:
         ``http_retries``, ``http_id_field``, ``credentials`` (TOML path) and
         ``compensations`` (TOML path).
 
+        The episode is registered (its row and ``episode.begin`` record, in one transaction)
+        only after this process holds its owner lock, so no other process can take it for
+        the episode of a dead process.
+
         Raises ConfigError for a bad argument, StateError when the workspace and the state
-        directory overlap.
+        directory overlap or the owner lock cannot be created (e.g. a read-only state dir),
+        JournalError when the journal cannot register it (e.g. a full disk); in those cases
+        nothing is registered.
         """
         http = http_options(
             mode=options.pop("http_mode", None), cassette=options.pop("http_cassette", None),
