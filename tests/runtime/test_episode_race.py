@@ -75,6 +75,7 @@ def test_runtimes_opened_while_episodes_start_never_recover_or_refuse_a_live_epi
     result = json.loads(out.read_text())
     started, refused = result["started"], result["refused"]
     assert started and min(opens) > 0  # the race really ran on both sides
+    print(f"{len(started)} episodes started, {opens} Runtime opens")
 
     rt = Runtime(state, audit=None, recover=False)
     try:
