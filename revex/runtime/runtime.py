@@ -14,16 +14,13 @@ from types import TracebackType
 from typing import Any
 
 from revex.errors import (
-    ActionFailed,
     ConfigError,
-    ConflictError,
-    JournalCorrupt,
-    JournalError,
     SandboxError,
     StateError,
 )
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
+from revex.runtime import recovery
 from revex.runtime.audit import AuditLog, AuditSink
 from revex.runtime.effects.base import Effect, EffectContext, EffectFactory, Plan
 from revex.runtime.effects.files import FileEffect
@@ -33,21 +30,16 @@ from revex.runtime.effects.http_compensations import Compensations
 from revex.runtime.effects.http_secrets import Credentials, Secrets
 from revex.runtime.effects.sql import SqlEffect, check_databases, redact_config
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
-from revex.runtime.integrity import chain_status
-from revex.runtime.journal import Journal, Record, VerifyReport, config_digest
+from revex.runtime.journal import Journal, VerifyReport
 from revex.runtime.keyfile import load_or_create_key
 from revex.runtime.rollback import (
-    CLR_BATCH,
     OwnerLock,
-    interrupted_rollback,
     pending_items,
-    resolve_intents,
-    rollback,
 )
 from revex.runtime.sandbox.base import ExecResult, Limits, SandboxBackend, TestReport
 from revex.runtime.store import ContentStore
 
-ACTIVE = ("active", "rolling_back")
+ACTIVE = recovery.ACTIVE  # statuses whose episode recovery may roll back
 
 
 def default_state_dir() -> Path:
@@ -281,63 +273,7 @@ class Runtime:
         incomplete or damaged (nothing is undone); ConfigError for an unknown or running
         episode.
         """
-        info = self.journal.episode(episode_id)
-        if info is None:
-            raise ConfigError(f"no episode {episode_id!r}; `revex episodes` lists them")
-        lock = OwnerLock(self.lock_path(episode_id))
-        if not lock.acquire():
-            raise ConfigError(f"episode {episode_id} is still running in process "
-                              f"{lock.owner_pid()}; roll it back there")
-        try:
-            return self._undo_locked(episode_id, info["config"], force=force)
-        finally:
-            lock.release(remove=True)
-
-    def _checked_records(self, episode_id: str, config: dict[str, Any]) -> list[Record]:
-        """The episode's records checked against the chain, and its config (from the episodes
-        table, which only indexes the chain) against the digest in its begin record."""
-        records = self.journal.episode_records(episode_id)
-        if not records:
-            raise JournalCorrupt(f"episode {episode_id} has no records in the journal at "
-                                 f"{self.journal.path}; run `revex verify`")
-        want = records[0].params.get("config_sha256")
-        if want is not None and want != config_digest(config):
-            raise JournalCorrupt(
-                f"the config of episode {episode_id} in the episodes table does not match its "
-                "hash-chained begin record (the table was edited); nothing was undone. Run "
-                "`revex verify`")
-        return records
-
-    def _undo_locked(self, episode_id: str, config: dict[str, Any], *, force: bool,
-                     resume_window: int = 0, final: str = "undone") -> int:
-        effects: dict[str, Effect] = {}
-
-        def effect_for(prefix: str) -> Effect:
-            if prefix not in effects:
-                effects[prefix] = self.make_effect(
-                    prefix, EffectContext(episode_id, config, self.store))
-            return effects[prefix]
-
-        try:
-            records = self._checked_records(episode_id, config)
-            if resolve_intents(self.journal, episode_id, records, effect_for):
-                records = self._checked_records(episode_id, config)
-            items = pending_items(records)
-            if resume_window == 0 and interrupted_rollback(records):
-                resume_window = CLR_BATCH
-            self.journal.set_episode_status(episode_id, "rolling_back")
-            report = rollback(self.journal, episode_id, items, effect_for, force=force,
-                              resume_window=resume_window)
-            self.journal.set_episode_status(episode_id, final, kind="episode.undo",
-                                            params={"undone": report.undone})
-            return report.undone
-        except ConflictError as exc:
-            self.journal.set_episode_status(episode_id, "conflict",
-                                            params={"reason": str(exc)[:2000]})
-            raise
-        finally:
-            for effect in effects.values():
-                effect.close()
+        return recovery.undo(self, episode_id, force=force)
 
     def recover(self) -> list[str]:
         """Roll back every episode whose owning process died; returns their ids.
@@ -348,41 +284,7 @@ class Runtime:
         holds its lock is never touched. An episode whose rollback meets drift is left with
         status ``conflict`` (see ``revex undo --force``) and a warning is issued.
         """
-        recovered = []
-        for info in self.journal.episodes():
-            if info["status"] not in ACTIVE:
-                continue
-            lock = OwnerLock(self.lock_path(info["id"]))
-            try:
-                if not lock.acquire():
-                    continue  # its owner lives: its status is the owner's to change
-            except StateError as exc:
-                warnings.warn(f"recovery of episode {info['id']} skipped: {exc}", stacklevel=2)
-                continue
-            try:
-                current = self.journal.episode(info["id"])
-                if current is None or current["status"] not in ACTIVE:
-                    continue
-                try:
-                    chained = chain_status(self._checked_records(info["id"], current["config"]))
-                    if chained not in ACTIVE:
-                        raise JournalCorrupt(
-                            f"the episodes table says {current['status']!r} but its "
-                            f"hash-chained records say {chained!r} (the table was edited); "
-                            "nothing was rolled back. Run `revex verify`")
-                    self._undo_locked(info["id"], current["config"], force=False,
-                                      final="recovered")
-                except (ConflictError, ConfigError, ActionFailed, JournalError) as exc:
-                    # drift, a database that is down, a damaged journal: the episode stays
-                    # pending; one bad episode must not block the runtime
-                    warnings.warn(f"recovery of episode {info['id']} stopped: {exc}",
-                                  stacklevel=2)
-                    continue
-                self.drop_forks(current["config"])
-                recovered.append(info["id"])
-            finally:
-                lock.release(remove=True)
-        return recovered
+        return recovery.recover(self)
 
     # ---- code execution ----------------------------------------------------------------------
 
