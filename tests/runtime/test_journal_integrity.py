@@ -182,3 +182,30 @@ def test_a_missing_key_is_created_while_the_journal_is_empty(tmp_path: Path) -> 
     Runtime(state, audit=None).close()
     key = state / "hmac.key"
     assert len(key.read_bytes()) == 32 and key.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("page", [2, 3, 4, 5, 6])
+def test_a_damaged_page_is_reported_by_verify_and_refused_by_undo_never_a_raw_sqlite_error(
+        tmp_path: Path, page: int) -> None:
+    state, ws, episode_id, _ = _committed_episode(tmp_path)
+    after = _tree(ws)
+    size = (state / "journal.db").stat().st_size
+    page_size = 4096
+    assert size >= page * page_size
+    with open(state / "journal.db", "r+b") as f:
+        f.seek((page - 1) * page_size)
+        f.write(bytes(random.Random(page).randrange(256) for _ in range(page_size)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rt = Runtime(state, audit=None)
+    except RevexError:
+        return  # refused to open, naming the damage: nothing can be undone wrongly
+    try:
+        report = rt.verify()
+        assert not report.ok and report.reason
+        with pytest.raises(RevexError):
+            rt.undo(episode_id)
+        assert _tree(ws) == after
+    finally:
+        rt.close()
