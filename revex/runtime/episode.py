@@ -10,6 +10,7 @@ Every action an episode takes goes through one pipeline (:meth:`Episode._act`)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -18,23 +19,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from revex.errors import (
     ActionFailed,
     ConfigError,
     EpisodeClosed,
     InvalidPath,
+    JournalError,
     PolicyViolation,
 )
 from revex.policies.engine import ApprovalRequest
 from revex.policies.model import Decision
-from revex.runtime.effects.base import Effect, EffectContext, Plan
+from revex.runtime.effects.base import Effect, EffectContext, Plan, UndoItem
 from revex.runtime.effects.files import FileEffect
 from revex.runtime.effects.sql import SqlDatabase, SqlEffect
 from revex.runtime.fs import FileSystem
-from revex.runtime.journal import Status
-from revex.runtime.rollback import OwnerLock, pending_items, rollback
+from revex.runtime.journal import Record, Status
+from revex.runtime.rollback import (
+    OwnerLock,
+    pending_items,
+    prefix_of,
+    resolve_intents,
+    rollback,
+)
 from revex.runtime.sandbox.base import ExecResult, Limits, TestReport, make_spec
 
 if TYPE_CHECKING:
@@ -69,7 +77,7 @@ class Episode:
     """
 
     def __init__(self, runtime: Runtime, episode_id: str, config: dict[str, Any],
-                 on_exit: OnExit, on_error: OnError) -> None:
+                 on_exit: OnExit, on_error: OnError, *, owner: OwnerLock | None = None) -> None:
         self._rt = runtime
         self.id = episode_id
         self.config = config
@@ -85,8 +93,9 @@ class Episode:
         self._http: Any = None
         self._ahttp: Any = None
         self._sql: dict[str, SqlDatabase] = {}
-        self._owner = OwnerLock(runtime.lock_path(episode_id))
-        if not self._owner.acquire():
+        # Runtime.episode takes the lock before the episode is visible and hands it over
+        self._owner = owner or OwnerLock(runtime.lock_path(episode_id))
+        if owner is None and not self._owner.acquire():
             raise ConfigError(f"episode {episode_id} is already owned by another process")
 
     @property
@@ -243,10 +252,41 @@ class Episode:
                 raise ActionFailed(
                     f"{plan.kind} {plan.target!r} failed and was undone: {exc}") from exc
             raise
-        self._journal(**{**common, "params": {}}, status=Status.DONE, refers_to=intent.seq,
-                      result=post)
+        try:
+            self._journal(**{**common, "params": {}}, status=Status.DONE,
+                          refers_to=intent.seq, result=post)
+        except JournalError as exc:
+            self._unrecorded(plan, intent, post, exc)
         self._charge(plan)
         return value
+
+    def _unrecorded(self, plan: Plan, intent: Record, post: dict[str, Any],
+                    exc: JournalError) -> NoReturn:
+        """The effect happened but its DONE could not be journaled (e.g. a full disk): undo
+        it now, the way a rollback would, and raise. If that undo fails too, the INTENT stays
+        without an outcome, and the next rollback, close or recovery probes and undoes it."""
+        done = Record(seq=0, episode_id=self.id, action_seq=intent.action_seq,
+                      kind=intent.kind, target=intent.target, status=Status.DONE,
+                      refers_to=intent.seq, result=post)
+        item = UndoItem(intent=intent, done=done)
+        effect = self._effect(prefix_of(plan.kind))
+        try:
+            effect.undo(item, force=False)
+            settle = getattr(effect, "settle", None)
+            if settle is not None:
+                settle([item])
+        except Exception as undo_exc:
+            raise JournalError(
+                f"{plan.kind} {plan.target!r} took effect but the journal could not record it "
+                f"({exc}); undoing it failed too ({type(undo_exc).__name__}: {undo_exc}). "
+                "The episode's next rollback or close undoes it once the journal is writable"
+            ) from exc
+        with contextlib.suppress(JournalError):  # the disk may still be full: probed later
+            self._journal(action_seq=intent.action_seq, kind=intent.kind,
+                          target=intent.target, status=Status.FAILED, refers_to=intent.seq,
+                          error=f"undone: the journal could not record it ({exc})")
+        raise JournalError(f"{plan.kind} {plan.target!r} was undone because the journal "
+                           f"could not record it: {exc}") from exc
 
     def _note_denied(self, kind: str, target: str, rule: str, reason: str,
                      params: dict[str, Any]) -> None:
@@ -331,16 +371,23 @@ class Episode:
     def rollback(self, to: Checkpoint | None = None, *, force: bool = False) -> int:
         """Undo every action after ``to`` (all of them when None), newest first.
 
-        Returns the number of actions undone. Raises ConflictError, changing nothing, when a
-        target was changed by someone else since (unless ``force``). The episode stays open.
+        Actions whose outcome the journal lacks (a DONE that could not be written) are first
+        probed and resolved, as after a crash. Returns the number of actions undone, each
+        verified by its effect. Raises ConflictError when a target was changed by someone else
+        since (nothing is changed then, unless ``force``) or an undo could not be verified;
+        JournalError when the journal cannot be read or written. The episode stays open.
         """
         with self._lock:
             self._ensure_open()
             if to is not None and to.episode_id != self.id:
                 raise ConfigError(f"checkpoint belongs to episode {to.episode_id}, not {self.id}")
             after = to.action_seq if to is not None else 0
-            items = pending_items(self._rt.journal.records(self.id), after)
-            report = rollback(self._rt.journal, self.id, items, self._effect, force=force,
+            journal = self._rt.journal
+            records = journal.episode_records(self.id)
+            if resolve_intents(journal, self.id, records, self._effect):
+                records = journal.episode_records(self.id)
+            items = pending_items(records, after)
+            report = rollback(journal, self.id, items, self._effect, force=force,
                               note={"to": after})
             return report.undone
 
@@ -361,8 +408,8 @@ class Episode:
             self._finish("rolled_back", "episode.close")
 
     def _finish(self, status: str, event: str) -> None:
-        self._journal(action_seq=self._action_seq, kind=event, target="", status=Status.EVENT)
-        self._rt.journal.set_episode_status(self.id, status)
+        self._rt.journal.set_episode_status(self.id, status, kind=event,
+                                            action_seq=self._action_seq, target="")
         self.status = status
         if self._http is not None:
             self._http.close()

@@ -11,19 +11,24 @@ where the key lives in the state directory (mode 0600) and never enters a sandbo
 ``(seq, hash)`` is also kept, HMAC'd, in the ``meta`` table in the same transaction, so deleting
 records from the end is caught as well as editing or rewriting the chain.
 
-The ``episodes`` table is an index for listing (status, config); the records are the truth.
+The ``episodes`` table is an index for listing (status, config); the records are the truth:
+every status change is written as an EVENT record in the same transaction as the table update,
+and the ``episode.begin`` record carries the sha256 of the config. Rollback reads an episode
+through :meth:`Journal.episode_records`, which checks the chain (see
+:mod:`revex.runtime.integrity`). A SQLite error never escapes raw: it becomes a JournalError
+naming the cause (a full disk, a read-only file, a damaged page).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -148,7 +153,11 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=60000")
             self._check_format()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: undecodable text
+            if getattr(exc, "sqlite_errorname", "").startswith(_NOT_DAMAGE):
+                # the file may be fine: the disk is full, read-only or busy
+                raise JournalError(f"cannot open the journal at {self.path}: "
+                                   f"{describe_sqlite_error(exc)}") from exc
             raise JournalCorrupt(
                 f"the journal at {self.path} cannot be opened as a revex journal ({exc}); "
                 "move it aside to start a fresh state directory, keeping the old one for audit"
@@ -185,7 +194,9 @@ class Journal:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
 
     def close(self) -> None:
@@ -194,39 +205,60 @@ class Journal:
 
     # ---- appending -------------------------------------------------------------------------
 
-    def append(self, **fields: Any) -> Record:
-        """Append one record durably and return it (with its seq and hash)."""
-        return self.append_many([fields])[0]
-
-    def append_many(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
-        """Append several records in one durable transaction (one fsync)."""
-        out: list[Record] = []
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """One write transaction; any SQLite error becomes a JournalError naming ``what`` and
+        the real cause (SQLite rolls a transaction back by itself on a full disk, so a second
+        ROLLBACK must not replace that cause with "no transaction is active")."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    head = self._db.execute(
-                        "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
-                    ).fetchone()
-                    seq, prev = (head[0], head[1]) if head else (0, GENESIS)
-                    for fields in batch:
-                        seq += 1
-                        rec = self._make(seq, prev, fields)
-                        self._insert(rec)
-                        out.append(rec)
-                        prev = rec.hash
-                    if out:
-                        self._write_head(out[-1])
+                    yield
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise JournalError(f"cannot append to the journal at {self.path}: {exc}") from exc
-        if self._on_record is not None:
-            for rec in out:
-                self._on_record(rec)
+                raise JournalError(f"cannot {what} in the journal at {self.path}: "
+                                   f"{describe_sqlite_error(exc)}") from exc
+
+    def append(self, **fields: Any) -> Record:
+        """Append one record durably and return it (with its seq and hash).
+
+        Raises JournalError (disk full, read-only, damaged file), saying which.
+        """
+        return self.append_many([fields])[0]
+
+    def append_many(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
+        """Append several records in one durable transaction (one fsync). Raises JournalError."""
+        with self._writing("append records"):
+            out = self._append_locked(batch)
+        self._emit(out)
         return out
+
+    def _append_locked(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
+        out: list[Record] = []
+        head = self._db.execute(
+            "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        seq, prev = (head[0], head[1]) if head else (0, GENESIS)
+        for fields in batch:
+            seq += 1
+            rec = self._make(seq, prev, fields)
+            self._insert(rec)
+            out.append(rec)
+            prev = rec.hash
+        if out:
+            self._write_head(out[-1])
+        return out
+
+    def _emit(self, records: list[Record]) -> None:
+        if self._on_record is not None:
+            for rec in records:
+                self._on_record(rec)
 
     def _make(self, seq: int, prev: str, fields: dict[str, Any]) -> Record:
         content = {
@@ -290,30 +322,55 @@ class Journal:
 
     # ---- episodes index --------------------------------------------------------------------
 
-    def put_episode(self, episode_id: str, status: str, config: dict[str, Any]) -> None:
+    def begin_episode(self, episode_id: str, config: dict[str, Any],
+                      **fields: Any) -> Record:
+        """Register an episode as ``active`` and append its ``episode.begin`` record in one
+        transaction, so an episode is never half-registered. The record carries the status and
+        the sha256 of the config: recovery and ``verify`` check the episodes table against it.
+
+        Raises JournalError (nothing is registered then).
+        """
         now = time.time()
-        with self._lock:
+        params = {**(fields.pop("params", None) or {}), "status": "active",
+                  "config_sha256": config_digest(config)}
+        with self._writing(f"register episode {episode_id}"):
             self._db.execute(
                 "INSERT INTO episodes (id, created_at, updated_at, status, config) "
-                "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
-                "updated_at=excluded.updated_at",
-                (episode_id, now, now, status, canonical(config)),
-            )
+                "VALUES (?,?,?,?,?)", (episode_id, now, now, "active", canonical(config)))
+            out = self._append_locked([dict(episode_id=episode_id, kind="episode.begin",
+                                            status=Status.EVENT, params=params, **fields)])
+        self._emit(out)
+        return out[0]
 
-    def set_episode_status(self, episode_id: str, status: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE episodes SET status=?, updated_at=? WHERE id=?",
-                (status, time.time(), episode_id),
-            )
+    def set_episode_status(self, episode_id: str, status: str, *, kind: str = "episode.status",
+                           **fields: Any) -> Record:
+        """Change an episode's status and append the EVENT record ``kind`` that states it, in
+        one transaction: the status in the table is always the one the hash chain records.
+
+        Raises JournalError (the status is then unchanged).
+        """
+        params = {**(fields.pop("params", None) or {}), "status": status}
+        with self._writing(f"set the status of episode {episode_id}"):
+            out = self._append_locked([dict(episode_id=episode_id, kind=kind,
+                                            status=Status.EVENT, params=params, **fields)])
+            self._db.execute("UPDATE episodes SET status=?, updated_at=? WHERE id=?",
+                             (status, time.time(), episode_id))
+        self._emit(out)
+        return out[0]
+
+    def _read(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._lock:
+                return self._db.execute(query, args).fetchall()
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: undecodable text
+            raise JournalCorrupt(f"cannot read the journal at {self.path}: "
+                                 f"{describe_sqlite_error(exc)}; run `revex verify`") from exc
 
     def episode(self, episode_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, created_at, updated_at, status, config FROM episodes WHERE id=?",
-                (episode_id,),
-            ).fetchone()
-        return _episode_row(row) if row else None
+        rows = self._read(
+            "SELECT id, created_at, updated_at, status, config FROM episodes WHERE id=?",
+            (episode_id,))
+        return _episode_row(rows[0], self.path) if rows else None
 
     def episodes(self, status: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT id, created_at, updated_at, status, config FROM episodes"
@@ -321,113 +378,109 @@ class Journal:
         if status is not None:
             query += " WHERE status=?"
             args = (status,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at", args).fetchall()
-        return [_episode_row(r) for r in rows]
+        return [_episode_row(r, self.path) for r in self._read(query + " ORDER BY created_at",
+                                                               args)]
 
     def find_episode(self, prefix: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM episodes WHERE id LIKE ? ORDER BY created_at",
-                (prefix.replace("%", "").replace("_", "\\_") + "%",),
-            ).fetchall()
+        rows = self._read("SELECT id FROM episodes WHERE id LIKE ? ORDER BY created_at",
+                          (prefix.replace("%", "").replace("_", "\\_") + "%",))
         return [r[0] for r in rows]
 
     # ---- reading ---------------------------------------------------------------------------
 
     def records(self, episode_id: str | None = None) -> list[Record]:
+        """Records as stored, for display (not checked: rollback reads :meth:`episode_records`).
+
+        Raises JournalCorrupt when the file cannot be read.
+        """
+        if episode_id is None:
+            rows = self._read("SELECT * FROM records ORDER BY seq")
+        else:
+            rows = self._read("SELECT * FROM records WHERE episode_id=? ORDER BY seq",
+                              (episode_id,))
+        return [record_from_row(r, self.path) for r in rows]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one read transaction: a consistent view of the whole file."""
         with self._lock:
-            if episode_id is None:
-                rows = self._db.execute("SELECT * FROM records ORDER BY seq").fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT * FROM records WHERE episode_id=? ORDER BY seq", (episode_id,)
-                ).fetchall()
-        return [_record_row(r) for r in rows]
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("COMMIT")
+
+    def mac(self, text: str) -> str:
+        return self._mac(text)
+
+    def episode_records(self, episode_id: str) -> list[Record]:
+        """The records of one episode, checked against the hash chain: what rollback, undo and
+        recovery act on. Raises JournalCorrupt when any of them is missing, edited or
+        unreadable (an undo then refuses rather than undo only some actions)."""
+        from revex.runtime.integrity import episode_slice
+
+        return episode_slice(self, episode_id)
 
     def verify(self) -> VerifyReport:
-        """Recompute the hash chain and HMACs over one consistent snapshot of the journal.
+        """Check the whole journal: SQLite's integrity check, the hash chain and HMACs, the head
+        marker, the index rollback reads against the table, and the episodes table against the
+        chain (see :mod:`revex.runtime.integrity`).
 
-        Returns a report naming the first broken record; never raises for a damaged chain.
+        Returns a report naming the first problem; never raises for a damaged journal.
         """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN")
-            except sqlite3.Error as exc:
-                return VerifyReport(False, 0, 1, f"unreadable journal: {exc}")
-            try:
-                return self._verify_locked()
-            finally:
-                try:
-                    self._db.execute("COMMIT")
-                except sqlite3.Error:  # a damaged file can fail to end the read: drop it
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
+        from revex.runtime.integrity import verify_journal
 
-    def _verify_locked(self) -> VerifyReport:
-        prev = GENESIS
-        expected_seq = 1
-        checked = 0
-        try:
-            for row in self._db.execute("SELECT * FROM records ORDER BY seq"):
-                rec, mac = _record_row(row), row[16]
-                if rec.seq != expected_seq:
-                    return VerifyReport(False, checked, expected_seq,
-                                        f"record {expected_seq} is missing (next is {rec.seq})")
-                if rec.prev_hash != prev:
-                    return VerifyReport(False, checked, rec.seq,
-                                        "prev_hash does not match the previous record's hash")
-                content = {name: getattr(rec, name) for name in _HASHED_FIELDS}
-                content["status"] = str(rec.status)
-                if record_hash(prev, content) != rec.hash:
-                    return VerifyReport(False, checked, rec.seq,
-                                        "content does not match its hash (record edited)")
-                if not hmac.compare_digest(self._mac(rec.hash), mac):
-                    return VerifyReport(False, checked, rec.seq,
-                                        "HMAC does not match (chain rewritten without the key)")
-                prev = rec.hash
-                expected_seq += 1
-                checked += 1
-            row = self._db.execute("SELECT value FROM meta WHERE key='head'").fetchone()
-        except (sqlite3.Error, json.JSONDecodeError, ValueError) as exc:
-            return VerifyReport(False, checked, expected_seq, f"unreadable record: {exc}")
-        if row is None:
-            if checked:
-                return VerifyReport(False, checked, None, "the head marker is missing")
-            return VerifyReport(True, 0)
-        head = json.loads(row[0])
-        if not hmac.compare_digest(self._mac(f"{head['seq']}:{head['hash']}"), head["hmac"]):
-            return VerifyReport(False, checked, None, "the head marker's HMAC does not match")
-        if head["seq"] != checked or head["hash"] != prev:
-            return VerifyReport(
-                False, checked, checked + 1,
-                f"records after {checked} are missing (the head says {head['seq']})",
-            )
-        damage = self._integrity_problem()
-        if damage is not None:  # pages the chain does not read (indexes, episodes) are damaged
-            return VerifyReport(False, checked, None, f"the journal file is damaged: {damage}")
-        return VerifyReport(True, checked)
-
-    def _integrity_problem(self) -> str | None:
-        try:
-            rows = self._db.execute("PRAGMA integrity_check(5)").fetchall()
-        except sqlite3.Error as exc:
-            return str(exc)
-        return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows)
+        return verify_journal(self)
 
 
-def _episode_row(row: tuple[Any, ...]) -> dict[str, Any]:
+def config_digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(config).encode()).hexdigest()
+
+
+def describe_sqlite_error(exc: Exception) -> str:
+    """The SQLite error with its code, and what to do for the causes a user can fix."""
+    name = getattr(exc, "sqlite_errorname", "") or type(exc).__name__
+    base = "_".join(name.split("_")[:2])  # SQLITE_READONLY_DBMOVED -> SQLITE_READONLY
+    hint = _HINTS.get(base, "")
+    return f"{exc} ({name})" + (f"; {hint}" if hint else "")
+
+
+_NOT_DAMAGE = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR",
+               "SQLITE_BUSY", "SQLITE_PERM", "SQLITE_LOCKED")
+
+_HINTS = {
+    "SQLITE_FULL": "the disk holding the state dir is full: free space and retry",
+    "SQLITE_IOERR": "the disk holding the state dir failed a read or write (full or failing?)",
+    "SQLITE_READONLY": "the state dir or journal file is read-only: fix its permissions",
+    "SQLITE_CORRUPT": "the journal file is damaged: run `revex verify`",
+    "SQLITE_NOTADB": "the journal file is damaged: run `revex verify`",
+    "SQLITE_CANTOPEN": "the journal file cannot be opened: check the state dir",
+}
+
+
+def _episode_row(row: tuple[Any, ...], path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(row[4])
+    except (TypeError, ValueError) as exc:
+        raise JournalCorrupt(f"the episodes table of {path} is damaged (config of {row[0]!r} "
+                             f"is not JSON: {exc}); run `revex verify`") from exc
     return {"id": row[0], "created_at": row[1], "updated_at": row[2], "status": row[3],
-            "config": json.loads(row[4])}
+            "config": config}
 
 
-def _record_row(row: tuple[Any, ...]) -> Record:
-    return Record(
-        seq=row[0], episode_id=row[1], action_seq=row[2], kind=row[3], target=row[4],
-        status=_STATUS.get(row[5]) or Status(row[5]), decision=row[6], rule=row[7],
-        params=_obj(row[8]), undo=_obj(row[9]), result=_obj(row[10]), error=row[11],
-        refers_to=row[12], ts=row[13], prev_hash=row[14], hash=row[15],
-    )
+def record_from_row(row: tuple[Any, ...], path: Path) -> Record:
+    """A Record from a ``SELECT *`` row; JournalCorrupt when the row cannot be decoded."""
+    try:
+        return Record(
+            seq=row[0], episode_id=row[1], action_seq=row[2], kind=row[3], target=row[4],
+            status=_STATUS.get(row[5]) or Status(row[5]), decision=row[6], rule=row[7],
+            params=_obj(row[8]), undo=_obj(row[9]), result=_obj(row[10]), error=row[11],
+            refers_to=row[12], ts=row[13], prev_hash=row[14], hash=row[15],
+        )
+    except (TypeError, ValueError) as exc:
+        raise JournalCorrupt(f"record {row[0]} of the journal at {path} cannot be decoded "
+                             f"({exc}); run `revex verify`") from exc
 
 
 _STATUS = {str(s): s for s in Status}
@@ -437,20 +490,7 @@ def _obj(text: str) -> dict[str, Any]:
     # most records leave two of params/undo/result empty: skip the JSON parser for those
     if text == "{}":
         return {}
-    value: dict[str, Any] = json.loads(text)
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, found {type(value).__name__}")
     return value
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """The HMAC key, created once with mode 0600."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    try:
-        key = os.urandom(32)
-        os.write(fd, key)
-        os.fsync(fd)
-        return key
-    finally:
-        os.close(fd)

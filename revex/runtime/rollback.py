@@ -14,7 +14,12 @@ and settles again, on recovery.
 
 Recovery (on opening a Runtime): an episode that is active or rolling back and whose owner lock
 is free has lost its process. Its INTENTs without an outcome are resolved by probing the real
-state, then it is rolled back to its start.
+state, then it is rolled back to its start. A live rollback and close resolve such INTENTs the
+same way first (a DONE that could not be written, e.g. on a full disk).
+
+An effect's ``undo`` returns only after it has verified that the target holds its pre-state
+again; a ConflictError from it stops the rollback (the CLRs of what was undone before it are
+kept) and the episode is not marked rolled back or undone.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revex.errors import ConflictError
+from revex.errors import ConflictError, StateError
 from revex.runtime.effects.base import Effect, UndoItem
 from revex.runtime.journal import Journal, Record, Status
 
@@ -138,7 +143,16 @@ def _undo_items(journal: Journal, episode_id: str, items: Sequence[UndoItem],
     undone = 0
     try:
         for i, item in enumerate(items):
-            effect_for(prefix_of(item.intent.kind)).undo(item, force=force)
+            try:
+                effect_for(prefix_of(item.intent.kind)).undo(item, force=force)
+            except ConflictError as exc:
+                # drift found late, or an undo whose result the effect could not verify: a
+                # conflict, never a success; say how far the rollback got
+                raise ConflictError(
+                    f"episode {episode_id}: undo of {item.describe()} is not verified: {exc} "
+                    f"({undone} later action(s) were undone before it; it and "
+                    f"{len(items) - i - 1} earlier one(s) are still pending, and the episode "
+                    "is not marked rolled back)", exc.conflicts or [str(exc)]) from exc
             batch.append(dict(episode_id=episode_id, action_seq=item.intent.action_seq,
                               kind=item.intent.kind, target=item.intent.target,
                               status=Status.UNDONE, refers_to=item.seq,
@@ -181,7 +195,7 @@ def resolve_intents(journal: Journal, episode_id: str, records: Sequence[Record]
                       target=intent.target, refers_to=intent.seq)
         if post is None:
             journal.append(**common, status=Status.FAILED,
-                           error="interrupted before it took effect (probed after a crash)")
+                           error="it had not taken effect (probed: the journal held no outcome)")
         else:
             journal.append(**common, status=Status.DONE, result=post,
                            params={"probed": True})
@@ -197,14 +211,25 @@ class OwnerLock:
         self.fd: int | None = None
 
     def acquire(self, *, block: bool = False) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Take the lock; False if another process holds it.
+
+        Raises StateError when the lock file cannot be created (read-only or full state dir).
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot create the episode lock {self.path}: {exc}; the state "
+                             "dir must be writable") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        # the pid is only informative (for messages): the flock is what owns the episode, so
+        # a full disk that refuses these few bytes must not lose the lock
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         self.fd = fd
         return True
 
@@ -212,7 +237,7 @@ class OwnerLock:
         if self.fd is None:
             return
         if remove:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or a read-only dir: the flock ends below
                 os.unlink(self.path)
         os.close(self.fd)
         self.fd = None

@@ -3,6 +3,7 @@ the effects it knows. Opening one recovers the episodes of processes that died."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -13,9 +14,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from revex.errors import ActionFailed, ConfigError, ConflictError, SandboxError, StateError
+from revex.errors import (
+    ConfigError,
+    SandboxError,
+    StateError,
+)
 from revex.policies.engine import Approver, PolicyEngine
 from revex.policies.model import Policy
+from revex.runtime import recovery
 from revex.runtime.audit import AuditLog, AuditSink
 from revex.runtime.effects.base import Effect, EffectContext, EffectFactory, Plan
 from revex.runtime.effects.files import FileEffect
@@ -25,14 +31,11 @@ from revex.runtime.effects.http_compensations import Compensations
 from revex.runtime.effects.http_secrets import Credentials, Secrets
 from revex.runtime.effects.sql import SqlEffect, check_databases, redact_config
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
-from revex.runtime.journal import Journal, Status, VerifyReport, load_or_create_key
+from revex.runtime.journal import Journal, VerifyReport
+from revex.runtime.keyfile import load_or_create_key
 from revex.runtime.rollback import (
-    CLR_BATCH,
     OwnerLock,
-    interrupted_rollback,
     pending_items,
-    resolve_intents,
-    rollback,
 )
 from revex.runtime.sandbox.base import ExecResult, Limits, SandboxBackend, TestReport
 from revex.runtime.store import ContentStore
@@ -40,7 +43,7 @@ from revex.runtime.store import ContentStore
 if TYPE_CHECKING:
     from revex.judge import JudgeResult
 
-ACTIVE = ("active", "rolling_back")
+ACTIVE = recovery.ACTIVE  # statuses whose episode recovery may roll back
 # What an episode id (or a prefix of one) may hold: ids are ep-YYYYmmdd-HHMMSS-<hex>.
 _ID_PREFIX = re.compile(r"[A-Za-z0-9-]{1,100}")
 
@@ -119,11 +122,7 @@ class Runtime:
         self.engine = PolicyEngine(self.policy)
         self.approver = approver
         self.store = ContentStore(self.state_dir / "store")
-        try:
-            key = load_or_create_key(self.state_dir / "hmac.key")
-        except OSError as exc:
-            raise StateError(f"cannot read or create the journal key in {self.state_dir}: "
-                             f"{exc}") from exc
+        key = load_or_create_key(self.state_dir / "hmac.key", self.state_dir / "journal.db")
         self.audit = AuditLog(audit, self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
         self._credentials = credentials
@@ -170,8 +169,14 @@ class Runtime:
         ``http_retries``, ``http_id_field``, ``credentials`` (TOML path) and
         ``compensations`` (TOML path).
 
+        The episode is registered (its row and ``episode.begin`` record, in one transaction)
+        only after this process holds its owner lock, so no other process can take it for
+        the episode of a dead process.
+
         Raises ConfigError for a bad argument, StateError when the workspace and the state
-        directory overlap.
+        directory overlap or the owner lock cannot be created (e.g. a read-only state dir),
+        JournalError when the journal cannot register it (e.g. a full disk); in those cases
+        nothing is registered.
         """
         http = http_options(
             mode=options.pop("http_mode", None), cassette=options.pop("http_cassette", None),
@@ -202,20 +207,35 @@ class Runtime:
             raise StateError(f"workspace {real} and state dir {state} overlap; the journal "
                              "must live outside every workspace")
         episode_id = new_episode_id()
+        # the owner lock is taken before the episode becomes visible: a Runtime opened by
+        # another process in between must find it owned, never "recover" a live episode
+        owner = OwnerLock(self.lock_path(episode_id))
+        if not owner.acquire():
+            raise StateError(f"the owner lock of new episode {episode_id} is already held; "
+                             "two processes generated the same id, start it again")
         config: dict[str, Any] = {"workspace": str(real), "policy": self.policy.name,
                                   "pid": os.getpid(), "on_exit": on_exit}
         if http:
             config["http"] = http
-        if databases:
-            config.update(sql_config)
-            if sql_fork:  # act on copies, dropped when the episode ends
-                forks = {n: self.fork_database(u) for n, u in sql_config["databases"].items()}
-                config.update(databases=forks, sql_forks=sorted(forks.values()))
-        self.journal.put_episode(episode_id, "active", config)
-        episode = Episode(self, episode_id, config, on_exit, on_error)
-        self.journal.append(episode_id=episode_id, kind="episode.begin", target=str(real),
-                            status=Status.EVENT, params=redact_config(config))
-        return episode
+        try:
+            if databases:
+                config.update(sql_config)
+                if sql_fork:  # act on copies, dropped when the episode ends
+                    forks: dict[str, str] = {}
+                    config["sql_forks"] = []
+                    for name, url in sql_config["databases"].items():
+                        forks[name] = self.fork_database(url)
+                        config["sql_forks"].append(forks[name])
+                    config.update(databases=forks, sql_forks=sorted(forks.values()))
+            self.journal.begin_episode(episode_id, config, target=str(real),
+                                       params=redact_config(config))
+        except BaseException:
+            # nothing half-registered: no row, no lock file, no database copies
+            owner.release(remove=True)
+            with contextlib.suppress(Exception):  # the error to report is the one above
+                self.drop_forks(config)
+            raise
+        return Episode(self, episode_id, config, on_exit, on_error, owner=owner)
 
     def fork_database(self, url: str) -> str:
         """A copy of the database at ``url`` (SQLite backup API, PostgreSQL TEMPLATE, MariaDB
@@ -265,83 +285,25 @@ class Runtime:
     def undo(self, episode_id: str, *, force: bool = False) -> int:
         """Undo a committed episode (from any process), newest action first.
 
-        Returns the number of actions undone. Raises ConflictError, changing nothing, when a
-        target changed since (unless ``force``); ConfigError for an unknown or running episode.
+        Returns the number of actions undone; every one of them was verified by its effect to
+        hold its pre-state again. Raises ConflictError when a target changed since (nothing
+        is changed then, unless ``force``) or an undo could not be verified (the episode is
+        then ``conflict``, never ``undone``); JournalCorrupt when the episode's records are
+        incomplete or damaged (nothing is undone); ConfigError for an unknown or running
+        episode.
         """
-        info = self.journal.episode(episode_id)
-        if info is None:
-            raise ConfigError(f"no episode {episode_id!r}; `revex episodes` lists them")
-        lock = OwnerLock(self.lock_path(episode_id))
-        if not lock.acquire():
-            raise ConfigError(f"episode {episode_id} is still running in process "
-                              f"{lock.owner_pid()}; roll it back there")
-        try:
-            return self._undo_locked(episode_id, info["config"], force=force)
-        finally:
-            lock.release(remove=True)
-
-    def _undo_locked(self, episode_id: str, config: dict[str, Any], *, force: bool,
-                     resume_window: int = 0) -> int:
-        effects: dict[str, Effect] = {}
-
-        def effect_for(prefix: str) -> Effect:
-            if prefix not in effects:
-                effects[prefix] = self.make_effect(
-                    prefix, EffectContext(episode_id, config, self.store))
-            return effects[prefix]
-
-        try:
-            records = self.journal.records(episode_id)
-            resolve_intents(self.journal, episode_id, records, effect_for)
-            records = self.journal.records(episode_id)
-            items = pending_items(records)
-            if resume_window == 0 and interrupted_rollback(records):
-                resume_window = CLR_BATCH
-            self.journal.set_episode_status(episode_id, "rolling_back")
-            report = rollback(self.journal, episode_id, items, effect_for, force=force,
-                              resume_window=resume_window)
-            self.journal.append(episode_id=episode_id, kind="episode.undo", target="",
-                                status=Status.EVENT, params={"undone": report.undone})
-            self.journal.set_episode_status(episode_id, "undone")
-            return report.undone
-        except ConflictError:
-            self.journal.set_episode_status(episode_id, "conflict")
-            raise
-        finally:
-            for effect in effects.values():
-                effect.close()
+        return recovery.undo(self, episode_id, force=force)
 
     def recover(self) -> list[str]:
         """Roll back every episode whose owning process died; returns their ids.
 
-        An episode whose rollback meets drift is left with status ``conflict`` (see
-        ``revex undo --force``) and a warning is issued.
+        Which episodes those are is read from the episodes table and confirmed against the
+        hash-chained records: an episode the table calls active but whose records say
+        otherwise (the table was edited) is left alone with a warning. An episode whose owner
+        holds its lock is never touched. An episode whose rollback meets drift is left with
+        status ``conflict`` (see ``revex undo --force``) and a warning is issued.
         """
-        recovered = []
-        for info in self.journal.episodes():
-            if info["status"] not in ACTIVE:
-                continue
-            lock = OwnerLock(self.lock_path(info["id"]))
-            if not lock.acquire():
-                continue
-            try:
-                current = self.journal.episode(info["id"])
-                if current is None or current["status"] not in ACTIVE:
-                    continue
-                try:
-                    self._undo_locked(info["id"], info["config"], force=False)
-                except (ConflictError, ConfigError, ActionFailed) as exc:
-                    # drift, or a database that is down: the episode stays pending and is
-                    # retried on the next open; one dead server must not block the runtime
-                    warnings.warn(f"recovery of episode {info['id']} stopped: {exc}",
-                                  stacklevel=2)
-                    continue
-                self.journal.set_episode_status(info["id"], "recovered")
-                self.drop_forks(info["config"])
-                recovered.append(info["id"])
-            finally:
-                lock.release(remove=True)
-        return recovered
+        return recovery.recover(self)
 
     # ---- code execution ----------------------------------------------------------------------
 

@@ -74,9 +74,15 @@ class Effect(Protocol):
         ...
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
-        """Put the target back as it was before ``item``. Idempotent: undoing an action whose
-        target already holds the pre-state does nothing. Raises ConflictError on drift unless
-        ``force``."""
+        """Put the target back as it was before ``item``, then check that it is.
+
+        The verify-after-undo rule: return normally only after re-reading the target (the
+        file, the rows, the resource) and finding its pre-state; rollback journals UNDONE only
+        then. An undo that cannot be verified (the target still differs, or cannot be read
+        back) raises ConflictError naming the action, the target and what differs: rollback,
+        close, ``rt.undo`` and recovery then stop, and the episode is never marked rolled
+        back or undone. Idempotent: undoing an action whose target already holds the
+        pre-state only verifies it. Raises ConflictError on drift unless ``force``."""
         ...
 
     def resolve_intent(self, intent: Record) -> dict[str, Any] | None:

@@ -1,0 +1,211 @@
+"""What rollback reads is what the hash chain vouches for.
+
+- Byte flips anywhere in the journal file: either `verify` reports damage (or the journal
+  refuses to open), or an undo restores everything; an undo never reports success having undone
+  only some actions, and `verify` never crashes with a raw SQLite error.
+- Records missing from an episode make undo refuse (nothing undone), not undo the rest.
+- The episodes table is covered by `verify`, and recovery trusts only the chain: a committed
+  episode edited back to `active` is not rolled back.
+- The HMAC key: a short key is refused, a deleted key is not silently replaced once the
+  journal has records.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+import warnings
+from pathlib import Path
+
+import pytest
+
+from revex import RevexError, Runtime
+from revex.errors import JournalCorrupt, StateError
+
+FLIPS = 100
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _committed_episode(tmp_path: Path) -> tuple[Path, Path, str, dict[str, bytes]]:
+    """A state dir holding one committed episode of five file actions, and the workspace as
+    it was before them."""
+    state, ws = tmp_path / "state", tmp_path / "ws"
+    ws.mkdir()
+    (ws / "keep.txt").write_text("keep")
+    (ws / "edit.txt").write_text("before")
+    before = _tree(ws)
+    rt = Runtime(state, audit=None)
+    with rt.episode(ws, on_exit="commit") as ep:
+        ep.fs.write_text("a.txt", "a")
+        ep.fs.write_text("edit.txt", "after")
+        ep.fs.mkdir("d")
+        ep.fs.write_text("d/b.txt", "b")
+        ep.fs.append("keep.txt", "+1")
+    rt.close()  # checkpoints the WAL into journal.db
+    assert not (state / "journal.db-wal").exists()
+    return state, ws, ep.id, before
+
+
+def _db(state: Path) -> sqlite3.Connection:
+    return sqlite3.connect(state / "journal.db", isolation_level=None)
+
+
+def test_byte_flips_are_reported_by_verify_or_undo_restores_everything(tmp_path: Path) -> None:
+    state0, ws, episode_id, before = _committed_episode(tmp_path)
+    after = _tree(ws)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(ws, pristine)
+    size = (state0 / "journal.db").stat().st_size
+    rng = random.Random(20261129)
+    outcomes = {"refused to open": 0, "verify reported": 0, "undone": 0}
+    for flip in range(FLIPS):
+        state = tmp_path / f"s{flip}"
+        shutil.copytree(state0, state)
+        shutil.rmtree(ws)  # the episode's config names this path: restore it in place
+        shutil.copytree(pristine, ws)
+        pos = rng.randrange(size)
+        with open(state / "journal.db", "r+b") as f:
+            f.seek(pos)
+            byte = f.read(1)[0]
+            f.seek(pos)
+            f.write(bytes([byte ^ rng.randrange(1, 256)]))
+        where = f"flip {flip} at byte {pos}"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rt = Runtime(state, audit=None)
+        except RevexError:
+            outcomes["refused to open"] += 1
+            continue
+        try:
+            report = rt.verify()  # never raises, even on damaged pages
+            assert _tree(ws) == after, f"{where}: opening changed the workspace"
+            try:
+                undone = rt.undo(episode_id)
+            except RevexError as exc:
+                assert not report.ok, f"{where}: verify said intact but undo failed: {exc}"
+                # a refused undo changes nothing
+                assert _tree(ws) == after, f"{where}: undo refused after a partial undo: {exc}"
+                outcomes["verify reported"] += 1
+                continue
+            assert undone == 5 and _tree(ws) == before, (
+                f"{where}: undo reported success with {undone} actions undone but the "
+                f"workspace is not restored (verify: {report})")
+            outcomes["undone"] += 1
+        finally:
+            rt.close()
+            shutil.rmtree(state)
+    print(outcomes)
+    assert outcomes["undone"] > 0 and outcomes["verify reported"] > 0
+
+
+def test_undo_refuses_when_records_of_the_episode_are_missing(tmp_path: Path) -> None:
+    state, ws, episode_id, _ = _committed_episode(tmp_path)
+    after = _tree(ws)
+    db = _db(state)
+    # the INTENT and DONE of the third action (mkdir d): the other four could still be undone
+    db.execute("DELETE FROM records WHERE episode_id=? AND action_seq=3", (episode_id,))
+    db.close()
+    rt = Runtime(state, audit=None)
+    try:
+        assert not rt.verify().ok
+        with pytest.raises(JournalCorrupt) as info:
+            rt.undo(episode_id)
+        assert "missing" in str(info.value) and "nothing was undone" in str(info.value)
+        assert _tree(ws) == after
+        assert rt.journal.episode(episode_id)["status"] == "committed"  # type: ignore[index]
+    finally:
+        rt.close()
+
+
+def test_a_committed_episode_edited_back_to_active_is_reported_and_not_rolled_back(
+        tmp_path: Path) -> None:
+    state, ws, episode_id, _ = _committed_episode(tmp_path)
+    after = _tree(ws)
+    db = _db(state)
+    db.execute("UPDATE episodes SET status='active' WHERE id=?", (episode_id,))
+    db.close()
+    rt = Runtime(state, audit=None, recover=False)
+    report = rt.verify()
+    rt.close()
+    assert not report.ok and "episodes table" in report.reason and episode_id in report.reason
+    with pytest.warns(UserWarning, match="hash-chained records say 'committed'"):
+        rt = Runtime(state, audit=None)  # recovery runs here
+    rt.close()
+    assert _tree(ws) == after
+
+
+def test_an_edited_episode_config_is_reported_and_refused_by_undo(tmp_path: Path) -> None:
+    state, ws, episode_id, _ = _committed_episode(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(ws, elsewhere)
+    db = _db(state)
+    db.execute("UPDATE episodes SET config=replace(config, ?, ?) WHERE id=?",
+               (str(ws), str(elsewhere), episode_id))
+    db.close()
+    rt = Runtime(state, audit=None)
+    try:
+        report = rt.verify()
+        assert not report.ok and "config" in report.reason
+        with pytest.raises(JournalCorrupt, match="config"):
+            rt.undo(episode_id)
+        assert _tree(elsewhere) == _tree(ws)
+    finally:
+        rt.close()
+
+
+@pytest.mark.parametrize("length", [0, 31, 33])
+def test_a_key_of_the_wrong_length_is_refused(tmp_path: Path, length: int) -> None:
+    state, _, _, _ = _committed_episode(tmp_path)
+    (state / "hmac.key").write_bytes(b"k" * length)
+    with pytest.raises(StateError, match=f"has {length} bytes"):
+        Runtime(state, audit=None)
+
+
+def test_a_deleted_key_is_not_replaced_once_the_journal_has_records(tmp_path: Path) -> None:
+    state, _, _, _ = _committed_episode(tmp_path)
+    (state / "hmac.key").unlink()
+    with pytest.raises(StateError, match=r"key .* is missing"):
+        Runtime(state, audit=None)
+    assert not (state / "hmac.key").exists()
+
+
+def test_a_missing_key_is_created_while_the_journal_is_empty(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Runtime(state, audit=None).close()
+    (state / "hmac.key").unlink()
+    Runtime(state, audit=None).close()
+    key = state / "hmac.key"
+    assert len(key.read_bytes()) == 32 and key.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("page", [2, 3, 4, 5, 6])
+def test_a_damaged_page_is_reported_by_verify_and_refused_by_undo_never_a_raw_sqlite_error(
+        tmp_path: Path, page: int) -> None:
+    state, ws, episode_id, _ = _committed_episode(tmp_path)
+    after = _tree(ws)
+    size = (state / "journal.db").stat().st_size
+    page_size = 4096
+    assert size >= page * page_size
+    with open(state / "journal.db", "r+b") as f:
+        f.seek((page - 1) * page_size)
+        f.write(bytes(random.Random(page).randrange(256) for _ in range(page_size)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rt = Runtime(state, audit=None)
+    except RevexError:
+        return  # refused to open, naming the damage: nothing can be undone wrongly
+    try:
+        report = rt.verify()
+        assert not report.ok and report.reason
+        with pytest.raises(RevexError):
+            rt.undo(episode_id)
+        assert _tree(ws) == after
+    finally:
+        rt.close()
