@@ -2,35 +2,48 @@
 
 Each zygote is one nsjail sandbox built exactly like a cold run's (same namespaces, unprivileged
 uid/gid 65534, read-only system binds, private size-capped /tmp, no network, environment from
-scratch, cgroup v1 memory/pids/cpu limits where writable) with the cold seccomp policy plus SysV
-IPC and POSIX message queues denied (the only kernel objects that outlive a process inside a
-jail and cannot be enumerated and removed from inside it). Inside, ``_zygote.py`` (trusted code;
-it never runs user code) forks one fresh child per run. The child, before any user code:
-starts a new session, gets fresh stdin/stdout/stderr pipes from the host (passed over a unix
-socket), closes every other fd, sets rlimits (address space, CPU, file size, open files,
-processes, no core), chdirs to an empty /tmp and builds its environment from scratch.
+scratch, cgroup v1 memory/pids/cpu limits for the jail where writable) with the cold seccomp
+policy plus SysV IPC and POSIX message queues denied (the only kernel objects that outlive a
+process inside a jail and cannot be enumerated and removed from inside it). Inside,
+``_zygote.py`` (trusted code; it never runs user code) forks one fresh child per run. The
+child, before any user code: starts a new session, gets fresh stdin/stdout/stderr pipes from
+the host (passed over a unix socket), reads its request from a pipe of its own, closes every
+other fd, sets rlimits (address space, CPU, file size, open files, processes, no core), chdirs
+to the empty /tmp and builds its environment from scratch.
 
-Why runs cannot see each other: a zygote runs one child at a time; after it, the zygote (pid 1
-of the jail's pid namespace) kills and reaps every other process in the jail (daemons too) and
-empties /tmp, so the next child starts from the zygote's pristine memory (fork) and an empty
-/tmp. A child cannot change the zygote: it is not dumpable (no /proc/1/mem), ptrace and
-process_vm_* are denied by seccomp, init ignores SIGKILL/SIGSTOP from inside its namespace and
-installs no handlers. A run that still manages to kill or wedge its zygote (e.g. by exhausting
-the pool cgroup's memory) only ends that zygote: the host sees it, reports the run, and starts a
-new zygote for the next one. Concurrent runs use different zygotes (a pool).
+Why runs cannot see each other (a warm run starts from a state indistinguishable from a fresh
+one): a zygote runs one child at a time and never holds a run's data (the child reads its code,
+environment and limits itself from a pipe after the fork; stdin and output go over pipes between
+the child and the host). After a run the zygote (pid 1 of the jail's pid namespace) kills and
+reaps every other process in the jail (daemons too), a throwaway process empties /tmp (any
+depth, any path length, any modes) and restores its mode, and the zygote checks that /tmp holds
+no inode and no block and that its own inheritable attributes (nice, scheduler, CPU affinity,
+I/O priority, rlimits), which a same-uid process could change, are as they were. If it cannot
+prove that, the run's result still stands and the zygote is replaced. A child cannot change the
+zygote otherwise: it is not dumpable (no /proc/1/mem), ptrace and process_vm_* are denied by
+seccomp, and init drops signals from inside its namespace (the zygote installs no handler). A
+run that still ends or wedges its zygote only ends that zygote: the host reports the run and
+starts a new zygote for the next one. Concurrent runs use different zygotes (a pool). What
+stays shared is numbers, not content: pids count up across runs, and the interpreter start-up
+state below.
 
-Limits, and how they differ from a cold run:
-* memory: RLIMIT_AS per child (``memory_mb`` on top of the address space inherited from the
-  zygote) plus the zygote's cgroup (``pool_limits.memory_mb`` + a small overhead) for the
-  child's whole process tree; a cold run's cgroup is exactly ``memory_mb``.
-* pids: RLIMIT_NPROC per child (``pids`` + 1, the zygote) and the pool's cgroup.
-* cpu, fsize, nofile: rlimits per child, as in a cold run; wall time is enforced by the zygote
-  (SIGKILL of the child's group, then of everything) with a host-side backstop that ends the
-  whole jail.
-* Interpreter start-up state is the zygote's: the ``str`` hash seed is shared by all runs of a
-  zygote, ``PYTHON*`` variables in ``spec.env`` cannot take effect (such specs run cold), and
-  modules the zygote preloaded (json, re, typing, ...) are already imported (``random`` is
-  reseeded in every child).
+Limits hold for the run as a whole where cgroup v1 is writable (root): the child is moved,
+before its code runs, into per-run memory, pids and cpuacct cgroups (``_runcgroup.py``) that
+every process of the run inherits. ``memory_mb`` is the run cgroup's limit (an OOM kill in it
+gives ``memory``; ``peak_memory_mb`` is the run's peak), ``pids`` its process limit, and the
+host reads the run's CPU time while it runs and stops it at ``cpu_s`` (``timeout``; read every
+50 ms, so a run may overshoot by that much per core). RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NOFILE
+also apply per process as in a cold run; wall time is enforced by the zygote (SIGKILL of the
+child's group, then of everything) with a host-side backstop that ends the whole jail. Without
+writable cgroups, memory (RLIMIT_AS) and pids (RLIMIT_NPROC) hold per process only and the
+run's CPU time (all its processes) is checked after it ends; the result's ``message`` says so.
+Statuses come only from facts the code cannot write: the wait status the zygote reports over
+its own channel, cgroup counters and the host's timers, never from the code's output.
+
+Interpreter start-up state is the zygote's: the ``str`` hash seed is shared by all runs of a
+zygote, ``PYTHON*`` variables in ``spec.env`` cannot take effect (such specs run cold), and
+modules the zygote preloaded (json, re, typing, ...) are already imported (``random`` is
+reseeded in every child).
 
 Specs that are not plain Python code within the pool limits (argv, a workspace, input files,
 network, ``PYTHON*`` env, limits above the pool's) run on the cold :class:`NsjailBackend`.
@@ -55,10 +68,10 @@ from pathlib import Path
 from typing import Any
 
 from revex.errors import SandboxError
-from revex.runtime.sandbox import _cgroup, _common
+from revex.runtime.sandbox import _common, _runcgroup
 from revex.runtime.sandbox._supervise import Supervised, feed
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, Limits
-from revex.runtime.sandbox.nsjail import SECCOMP_POLICY, NsjailBackend, _strip_nsjail_log
+from revex.runtime.sandbox.nsjail import SECCOMP_POLICY, NsjailBackend
 
 ZYGOTE_SOURCE = (Path(__file__).parent / "_zygote.py").read_text()
 #: The cold policy plus SysV IPC and POSIX message queues (objects that would outlive a run).
@@ -73,6 +86,7 @@ _START_TIMEOUT_S = 15.0
 _BACKSTOP_S = 2.0
 _DRAIN_S = 1.0
 _CHUNK = 65536
+_CPU_POLL_S = 0.05
 
 
 class _ZygoteGone(Exception):
@@ -85,21 +99,23 @@ def _set_opt(argv: list[str], opt: str, value: str) -> None:
 
 
 class _Zygote:
-    """One jailed zygote and its control socket. Used by one run at a time."""
+    """One jailed zygote, its control socket and its per-run cgroups. One run at a time."""
 
     def __init__(self, cold: NsjailBackend, pool: Limits) -> None:
-        self.mem: _cgroup.MemoryCgroup | None = None
+        self.mem_parent: str | None = None
+        self.cg: _runcgroup.RunCgroups | None = None
+        self.zygote_pid = 0
         jail = replace(pool, memory_mb=pool.memory_mb + _ZYGOTE_MEM_OVERHEAD_MB,
-                       pids=pool.pids + 1, wall_s=10.0, cpu_s=10.0)
+                       pids=pool.pids + 2, wall_s=10.0, cpu_s=10.0)  # + zygote and its cleaner
         if cold.cgroups:
             try:
-                self.mem = _cgroup.MemoryCgroup.create(jail.memory_mb << 20)
+                self.mem_parent = _runcgroup.new_memory_parent(jail.memory_mb << 20)
             except OSError as exc:
                 raise SandboxError(f"cannot create the zygote's memory cgroup: {exc}") from exc
         spec = ExecSpec(code=ZYGOTE_SOURCE, limits=jail)
         argv = cold._argv(spec, _common.command(spec, cold.python, None),
-                          _common.build_env(spec), "/tmp", [],
-                          self.mem.name if self.mem else None, seccomp=WARM_SECCOMP_POLICY)
+                          _common.build_env(spec), "/tmp", [], self.mem_parent,
+                          seccomp=WARM_SECCOMP_POLICY)
         _set_opt(argv, "-t", "0")  # lives until closed
         _set_opt(argv, "--rlimit_cpu", "inf")  # each child sets its own limits
         _set_opt(argv, "--rlimit_as", "inf")
@@ -110,13 +126,17 @@ class _Zygote:
                                          stderr=subprocess.PIPE, close_fds=True, env={})
         except OSError as exc:
             self.sock.close()
-            self._remove_cgroup()
+            self._remove_cgroups()
             raise SandboxError(f"cannot start nsjail: {exc}") from exc
         finally:
             theirs.close()
         try:
             hello = self.recv(_START_TIMEOUT_S)
-        except _ZygoteGone as exc:
+            self.zygote_pid = _only_child(self.proc.pid)
+            if self.mem_parent is not None:
+                self.cg = _runcgroup.RunCgroups(self.mem_parent, self.zygote_pid)
+                self.cg.create()
+        except (_ZygoteGone, OSError) as exc:
             err = self._stderr_tail()
             self.close()
             raise SandboxError(f"the warm zygote did not start: {exc}: {err}") from exc
@@ -149,30 +169,51 @@ class _Zygote:
         return b"\n" in self._buf
 
     def start(self, spec: ExecSpec, vsz: int) -> tuple[int, int, int]:
-        """Send ``spec``; return the host ends (stdin writer, stdout reader, stderr reader)."""
+        """Start ``spec``: the zygote forks a child, the host moves it into the run's cgroups
+        and only then hands it its request (code, env, limits) over a pipe the zygote never
+        reads. Return the host ends (stdin writer, stdout reader, stderr reader)."""
         lim = spec.limits
         assert spec.code is not None
-        req = {
-            "code": spec.code, "env": _common.build_env(spec), "wall_s": lim.wall_s,
-            "cpu_s": max(1, int(-(-lim.cpu_s // 1))), "as_bytes": vsz + (lim.memory_mb << 20),
+        # With per-run cgroups the address space only stops absurd requests (as in a cold
+        # run); the run's memory is the cgroup's to limit and to report.
+        as_mb = lim.memory_mb * 4 + 1024 if self.cg else lim.memory_mb
+        body = json.dumps({
+            "code": spec.code, "env": _common.build_env(spec),
+            "cpu_s": max(1, int(-(-lim.cpu_s // 1))), "as_bytes": vsz + (as_mb << 20),
             "fsize": lim.fsize_mb << 20, "nofile": lim.nofile, "nproc": lim.pids + 1,
-        }
-        body = json.dumps(req).encode()
+        }).encode()
+        try:
+            if self.cg is not None:
+                self.cg.prepare(lim.memory_mb << 20, lim.pids)
+        except OSError as exc:
+            raise _ZygoteGone(f"cannot set the run's cgroup limits: {exc}") from exc
+        req_r, req_w = os.pipe()
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        mine = (in_w, out_r, err_r)
         try:
-            self.sock.settimeout(None)
-            socket.send_fds(self.sock, [b"R"], [in_r, out_w, err_w])
-            self.sock.sendall(struct.pack(">I", len(body)) + body)
-        except OSError as exc:
-            for fd in (in_w, out_r, err_r):
+            try:
+                self.sock.settimeout(None)
+                socket.send_fds(self.sock, [b"R" + struct.pack(">d", lim.wall_s)],
+                                [req_r, in_r, out_w, err_w])
+            finally:
+                for fd in (req_r, in_r, out_w, err_w):
+                    os.close(fd)
+            if self.recv(_START_TIMEOUT_S).get("forked") is not True:
+                raise _ZygoteGone("protocol violation")
+            if self.cg is not None:
+                self.cg.adopt(_only_child(self.zygote_pid))
+            view = memoryview(body)
+            while view:
+                view = view[os.write(req_w, view):]
+        except (_ZygoteGone, OSError) as exc:
+            for fd in mine:
                 os.close(fd)
             raise _ZygoteGone(f"cannot start the run: {exc}") from exc
         finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-        return in_w, out_r, err_r
+            os.close(req_w)
+        return mine
 
     def stop_run(self) -> None:
         with contextlib.suppress(OSError):
@@ -190,7 +231,8 @@ class _Zygote:
         return ""
 
     def close(self) -> None:
-        """End the jail (nsjail kills everything in it on SIGTERM) and remove its cgroup."""
+        """End the jail (nsjail kills everything in it on SIGTERM) and remove its cgroups,
+        also those nsjail could not remove (they are named after the zygote's pid)."""
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.proc.poll() is None:
@@ -203,13 +245,30 @@ class _Zygote:
                 self.proc.wait()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
-        _cgroup.remove_leftovers(self.proc.pid)
-        self._remove_cgroup()
+        self._remove_cgroups()
 
-    def _remove_cgroup(self) -> None:
-        if self.mem is not None:
-            self.mem.remove()
-            self.mem = None
+    def _remove_cgroups(self) -> None:
+        if self.mem_parent is not None or self.zygote_pid:
+            _runcgroup.RunCgroups(self.mem_parent, self.zygote_pid).remove()
+        self.mem_parent = None
+        self.cg = None
+
+
+def _only_child(pid: int) -> int:
+    """The host pid of the one child of ``pid`` (nsjail's zygote, a zygote's run child).
+    Raises ``OSError`` if there is not exactly one."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = f.read().split()
+    if len(kids) != 1:
+        raise OSError(f"expected one child of pid {pid}, found {len(kids)}")
+    return int(kids[0])
+
+
+def remove_orphaned_cgroups() -> int:
+    """Remove cgroups of warm pools whose owner (or zygote) died without closing them; return
+    how many directories were removed. For start-up and ``revex gc``; never raises for a busy
+    directory. Live pools are never touched."""
+    return _runcgroup.remove_orphaned()
 
 
 @dataclass
@@ -217,13 +276,14 @@ class _Done:
     status: int | None
     rusage: resource.struct_rusage | None
     timed_out: bool
-    zygote_ok: bool
+    zygote_ok: bool  # the zygote reported the run
+    clean: bool = False  # ... and proved the jail as fresh as before it
 
 
 def _done_from(msg: dict[str, Any]) -> _Done:
     ru = resource.struct_rusage((float(msg["utime"]), float(msg["stime"]), int(msg["maxrss_kb"]),
                                  *([0] * 13)))
-    return _Done(int(msg["done"]), ru, bool(msg.get("timed_out")), True)
+    return _Done(int(msg["done"]), ru, bool(msg.get("timed_out")), True, msg.get("clean") is True)
 
 
 class WarmSpawned:
@@ -247,7 +307,7 @@ class WarmSpawned:
         try:
             self._zygote.stop_run()
             msg = self._zygote.recv(_BACKSTOP_S + 3.0)
-            healthy = "done" in msg
+            healthy = "done" in msg and msg.get("clean") is True
         except _ZygoteGone:
             healthy = False
         finally:
@@ -383,23 +443,74 @@ class WarmPythonBackend:
         _common.build_env(spec)
         z = self._acquire()
         healthy = False
-        before = z.mem.read()[1] if z.mem else 0
         try:
             try:
                 fds = z.start(spec, z.vsz)
             except _ZygoteGone as exc:
                 raise SandboxError(f"warm zygote failed: {exc}") from exc
-            sup, done = _supervise(z, fds, spec)
-            healthy = done.zygote_ok
-            ooms = (z.mem.read()[1] - before) if z.mem else 0
+            sup, done, cpu_stopped = _supervise(z, fds, spec)
+            healthy = done.zygote_ok and done.clean
+            usage = _usage(z, done)
         finally:
             self._release(z, healthy)
-        res = _common.to_result(
-            sup, spec, self.name,
-            oom=sup.returncode == -signal.SIGKILL and ooms > 0 and not sup.timed_out)
-        if not done.zygote_ok and not sup.timed_out and res.status is not ExecStatus.OK:
-            res.message = "the run ended its zygote; a fresh one serves the next run"
-        return res
+        return _result(sup, done, spec, usage, cpu_stopped, self.name)
+
+
+@dataclass
+class _Usage:
+    cpu_s: float
+    peak_mb: float
+    oom_kills: int
+    per_run: bool  # measured (and limited) by the run's cgroups
+
+
+def _usage(z: _Zygote, done: _Done) -> _Usage:
+    """The run's CPU time, peak memory and OOM kills: from its cgroups (all its processes)
+    when it has them, else from the zygote's accounting of every process it reaped."""
+    ru = done.rusage
+    fallback = _Usage((ru.ru_utime + ru.ru_stime) if ru else 0.0,
+                      ru.ru_maxrss / 1024 if ru else 0.0, 0, False)
+    if z.cg is None:
+        return fallback
+    try:
+        peak, ooms = z.cg.memory()
+        return _Usage(z.cg.cpu_s(), peak / (1 << 20), ooms, True)
+    except OSError:
+        return fallback
+
+
+def _result(sup: Supervised, done: _Done, spec: ExecSpec, usage: _Usage, cpu_stopped: bool,
+            backend: str) -> ExecResult:
+    """The run's result; its status from facts the code cannot write (its wait status as the
+    zygote reported it, cgroup counters, the host's and the zygote's timers), never from its
+    output."""
+    code = sup.returncode
+    if sup.timed_out:
+        status = ExecStatus.TIMEOUT
+    elif sup.output_limited:
+        status = ExecStatus.OUTPUT_LIMIT
+    elif usage.oom_kills > 0:
+        status = ExecStatus.MEMORY
+    elif cpu_stopped or usage.cpu_s >= spec.limits.cpu_s or code == -signal.SIGXCPU:
+        status = ExecStatus.TIMEOUT
+    elif code == 0:
+        status = ExecStatus.OK
+    elif code < 0:
+        status = ExecStatus.KILLED
+    else:
+        status = ExecStatus.FAILED
+    res = _common.to_result(sup, spec, backend, peak_mb=usage.peak_mb)
+    res.status = status
+    res.exit_code, res.signal = (code, None) if code >= 0 else (None, -code)
+    res.cpu_s = usage.cpu_s
+    notes = []
+    if not usage.per_run:
+        notes.append("no per-run cgroups here: memory_mb and pids held per process, cpu_s "
+                     "was checked for the whole run after it ended")
+    if not done.zygote_ok and not sup.timed_out and status is not ExecStatus.OK:
+        notes.append("the run ended its zygote; a fresh one serves the next run")
+    res.message = "; ".join(notes)
+    return res
 
 
 def _read_done(z: _Zygote) -> _Done:
@@ -413,8 +524,10 @@ def _read_done(z: _Zygote) -> _Done:
 
 
 def _supervise(z: _Zygote, fds: tuple[int, int, int],
-               spec: ExecSpec) -> tuple[Supervised, _Done]:
-    """Feed stdin, collect bounded output and wait for the zygote's report of the run."""
+               spec: ExecSpec) -> tuple[Supervised, _Done, bool]:
+    """Feed stdin, collect bounded output, stop the run when all its processes together used
+    ``cpu_s`` (read from its cgroup), and wait for the zygote's report of the run. Returns the
+    run, the report and whether the CPU limit stopped it."""
     in_w, out_r, err_r = fds
     lim = spec.limits
     start = time.monotonic()
@@ -434,11 +547,17 @@ def _supervise(z: _Zygote, fds: tuple[int, int, int],
         os.close(in_w)
         in_w = -1
     done: _Done | None = None
-    output_limited = timed_out = False
+    output_limited = timed_out = cpu_stopped = False
     drain_until: float | None = None
+    next_poll = start + _CPU_POLL_S if z.cg is not None else float("inf")
     try:
         while True:
             now = time.monotonic()
+            if done is None and now >= next_poll:
+                next_poll = now + _CPU_POLL_S
+                if not cpu_stopped and z.cg is not None and _cpu_used(z) >= lim.cpu_s:
+                    cpu_stopped = True
+                    z.stop_run()
             if done is not None and (not (set(sel.get_map()) & set(bufs))
                                      or (drain_until is not None and now > drain_until)):
                 break
@@ -455,7 +574,8 @@ def _supervise(z: _Zygote, fds: tuple[int, int, int],
                 done = _Done(None, None, True, False)
                 drain_until = time.monotonic() + _DRAIN_S
                 continue
-            timeout = (backstop - now) if done is None else max(0.0, (drain_until or now) - now)
+            timeout = (min(backstop, next_poll) - now if done is None
+                       else max(0.0, (drain_until or now) - now))
             for key, _ in sel.select(timeout):
                 fd = key.fd
                 if key.fileobj is z.sock:
@@ -496,8 +616,16 @@ def _supervise(z: _Zygote, fds: tuple[int, int, int],
     code = -signal.SIGKILL if done.status is None else os.waitstatus_to_exitcode(done.status)
     sup = Supervised(
         returncode=code, stdout=bytes(bufs[out_r]),
-        stderr=_strip_nsjail_log(bytes(bufs[err_r])),
+        stderr=bytes(bufs[err_r]),  # the child's own pipe: nsjail's log never mixes in
         stdout_truncated=trunc[out_r], stderr_truncated=trunc[err_r],
         timed_out=timed_out or (done.timed_out and not output_limited),
         output_limited=output_limited, wall_s=time.monotonic() - start, rusage=done.rusage)
-    return sup, done
+    return sup, done, cpu_stopped
+
+
+def _cpu_used(z: _Zygote) -> float:
+    assert z.cg is not None
+    try:
+        return z.cg.cpu_s()
+    except OSError:
+        return 0.0
