@@ -2,11 +2,13 @@
 
 A warm zygote's jail lives in cgroups nsjail makes, ``<ctl>/NSJAIL/NSJAIL.<zygote pid>`` (memory
 under a parent revex makes, ``memory/NSJAIL/revex-w<owner pid>-<token>``, sized for the pool).
-Each run's child is moved, before it reads its request (so before any of its code runs), into
-``run`` cgroups below the zygote's: memory (the run's ``memory_mb``), pids (the run's ``pids``)
-and cpuacct (the run's CPU time, read while it runs). Every process the run creates stays in
-them, so memory, process count and CPU are limited and measured for the run as a whole. The
-counters are reset before each run; OOM kills are counted as a difference.
+The zygote is moved once, when it starts, into ``run`` cgroups below its own: memory (set to the
+run's ``memory_mb`` before each run), pids (the run's ``pids`` + 1, the zygote) and cpuacct (the
+run's CPU time, read while it runs). Every child it forks, and every process that child creates,
+starts in them, so memory, process count and CPU are limited and measured for the run as a
+whole, without moving a process per run. Counters are reset before each run (usage the zygote
+or page cache left is subtracted from the peak); OOM kills are counted as a difference. An OOM
+kill may pick the zygote itself: the run is then reported ``memory`` and the zygote replaced.
 
 Names carry the owning process's pid (the memory parent) or the zygote's pid (``NSJAIL.<pid>``,
 nsjail's convention), so :func:`remove_orphaned` can remove what owners that died hard left.
@@ -23,6 +25,7 @@ from revex.runtime.sandbox._cgroup import CGROUP_ROOT, PARENT, remove_tree
 #: Controllers with a per-run cgroup below the zygote's, and where nsjail puts the zygote.
 RUN_CONTROLLERS = ("memory", "pids", "cpuacct")
 _OWNER_PREFIX = "revex-w"
+_FORCE_EMPTY_ABOVE = 16 << 20
 
 
 def _write(path: str, value: int | str) -> None:
@@ -78,6 +81,7 @@ class RunCgroups:
         }
         self._limit = 0
         self._ooms = 0
+        self._baseline = 0
 
     def create(self) -> None:
         """Make the run cgroups. Raises ``OSError`` (the caller removes what was made)."""
@@ -89,6 +93,12 @@ class RunCgroups:
     def prepare(self, memory_bytes: int, pids: int) -> None:
         """Set the next run's limits and reset its counters. Raises ``OSError``."""
         mem = self.paths["memory"]
+        # Page cache earlier runs left charged here (reclaimable, so it never takes memory from
+        # this run) is subtracted from the peak; much of it is dropped first (the cgroup has no
+        # task now), which costs a few hundred ms, so only when it is large.
+        if _read_int(f"{mem}/memory.usage_in_bytes") > _FORCE_EMPTY_ABOVE:
+            with contextlib.suppress(OSError):
+                _write(f"{mem}/memory.force_empty", 0)
         memsw = f"{mem}/memory.memsw.limit_in_bytes"
         has_sw = os.path.exists(memsw)
         if memory_bytes != self._limit:
@@ -100,6 +110,7 @@ class RunCgroups:
                 _write(path, memory_bytes)
             self._limit = memory_bytes
         _write(f"{mem}/memory.max_usage_in_bytes", 0)
+        self._baseline = _read_int(f"{mem}/memory.usage_in_bytes")
         self._ooms = _oom_kills(mem)
         _write(f"{self.paths['pids']}/pids.max", pids)
         _write(f"{self.paths['cpuacct']}/cpuacct.usage", 0)
@@ -116,7 +127,8 @@ class RunCgroups:
     def memory(self) -> tuple[int, int]:
         """(peak bytes of the run, OOM kills in the run). Raises ``OSError``."""
         mem = self.paths["memory"]
-        return _read_int(f"{mem}/memory.max_usage_in_bytes"), _oom_kills(mem) - self._ooms
+        peak = _read_int(f"{mem}/memory.max_usage_in_bytes") - self._baseline
+        return max(peak, 0), _oom_kills(mem) - self._ooms
 
     def remove(self) -> None:
         """Remove the zygote's cgroups in every controller and the memory parent (killing

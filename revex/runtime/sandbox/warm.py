@@ -134,8 +134,11 @@ class _Zygote:
             hello = self.recv(_START_TIMEOUT_S)
             self.zygote_pid = _only_child(self.proc.pid)
             if self.mem_parent is not None:
+                # The zygote lives in the run cgroups, so every child it forks starts in them
+                # (no move per run); counters are reset before each run.
                 self.cg = _runcgroup.RunCgroups(self.mem_parent, self.zygote_pid)
                 self.cg.create()
+                self.cg.adopt(self.zygote_pid)
         except (_ZygoteGone, OSError) as exc:
             err = self._stderr_tail()
             self.close()
@@ -169,9 +172,9 @@ class _Zygote:
         return b"\n" in self._buf
 
     def start(self, spec: ExecSpec, vsz: int) -> tuple[int, int, int]:
-        """Start ``spec``: the zygote forks a child, the host moves it into the run's cgroups
-        and only then hands it its request (code, env, limits) over a pipe the zygote never
-        reads. Return the host ends (stdin writer, stdout reader, stderr reader)."""
+        """Start ``spec``: set the run cgroups' limits, have the zygote fork a child, and hand
+        the child its request (code, env, limits) over a pipe the zygote never reads. Return
+        the host ends (stdin writer, stdout reader, stderr reader)."""
         lim = spec.limits
         assert spec.code is not None
         # With per-run cgroups the address space only stops absurd requests (as in a cold
@@ -184,7 +187,7 @@ class _Zygote:
         }).encode()
         try:
             if self.cg is not None:
-                self.cg.prepare(lim.memory_mb << 20, lim.pids)
+                self.cg.prepare(lim.memory_mb << 20, lim.pids + 1)  # + the zygote
         except OSError as exc:
             raise _ZygoteGone(f"cannot set the run's cgroup limits: {exc}") from exc
         req_r, req_w = os.pipe()
@@ -200,14 +203,10 @@ class _Zygote:
             finally:
                 for fd in (req_r, in_r, out_w, err_w):
                     os.close(fd)
-            if self.recv(_START_TIMEOUT_S).get("forked") is not True:
-                raise _ZygoteGone("protocol violation")
-            if self.cg is not None:
-                self.cg.adopt(_only_child(self.zygote_pid))
             view = memoryview(body)
-            while view:
+            while view:  # EPIPE if the zygote died before its child could read it
                 view = view[os.write(req_w, view):]
-        except (_ZygoteGone, OSError) as exc:
+        except OSError as exc:
             for fd in mine:
                 os.close(fd)
             raise _ZygoteGone(f"cannot start the run: {exc}") from exc
@@ -255,8 +254,8 @@ class _Zygote:
 
 
 def _only_child(pid: int) -> int:
-    """The host pid of the one child of ``pid`` (nsjail's zygote, a zygote's run child).
-    Raises ``OSError`` if there is not exactly one."""
+    """The host pid of the one child of ``pid`` (nsjail's: the zygote). Raises ``OSError`` if
+    there is not exactly one."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         kids = f.read().split()
     if len(kids) != 1:

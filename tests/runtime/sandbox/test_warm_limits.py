@@ -137,7 +137,7 @@ def _children(pid: int) -> list[int]:
 
 def _nsjail_dirs(pid: int) -> list[str]:
     return [f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}/NSJAIL.{pid}"
-            for c in _cgroup.CONTROLLERS
+            for c in (*_cgroup.CONTROLLERS, "cpuacct")
             if os.path.exists(f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}/NSJAIL.{pid}")]
 
 
@@ -204,3 +204,5 @@ def test_sandboxes_die_with_their_owner_and_leftovers_are_removable(tmp_path: Pa
 
     removed = remove_orphaned_cgroups()
     assert _mine(owner.pid) == [] and removed >= 1
+    for p in tree:
+        assert _nsjail_dirs(p) == []
