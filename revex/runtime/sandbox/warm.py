@@ -286,15 +286,28 @@ def _done_from(msg: dict[str, Any]) -> _Done:
 
 
 class WarmSpawned:
-    """A warm run whose pipes the caller drives (see ``Spawned`` in base). :meth:`close` stops
-    the run, waits until the zygote reports it clean, and gives the zygote back."""
+    """A warm run whose pipes the caller drives (see ``Spawned`` in base). The zygote ends it at
+    ``wall_s``; a watcher thread ends it once all its processes used ``cpu_s`` (per-run cgroups
+    only). :meth:`close` stops the run, waits until the zygote reports it clean, and gives the
+    zygote back."""
 
     def __init__(self, backend: WarmPythonBackend, zygote: _Zygote,
-                 fds: tuple[int, int, int]) -> None:
+                 fds: tuple[int, int, int], cpu_s: float) -> None:
         self._backend, self._zygote = backend, zygote
         self.stdin, self.stdout, self.stderr = fds
         self._lock = threading.Lock()
         self._closed = False
+        self._ended = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if zygote.cg is not None:
+            self._watcher = threading.Thread(target=self._watch_cpu, args=(cpu_s,), daemon=True)
+            self._watcher.start()
+
+    def _watch_cpu(self, cpu_s: float) -> None:
+        while not self._ended.wait(_CPU_POLL_S):
+            if _cpu_used(self._zygote) >= cpu_s:
+                self._zygote.stop_run()
+                return
 
     def close(self) -> None:
         """Stop, clean up and release; idempotent and thread-safe."""
@@ -302,6 +315,9 @@ class WarmSpawned:
             if self._closed:
                 return
             self._closed = True
+        self._ended.set()
+        if self._watcher is not None:
+            self._watcher.join()  # it must not touch the zygote once it serves another run
         healthy = False
         try:
             self._zygote.stop_run()
@@ -429,7 +445,7 @@ class WarmPythonBackend:
         except _ZygoteGone as exc:
             self._release(z, False)
             raise SandboxError(f"warm zygote failed: {exc}") from exc
-        return WarmSpawned(self, z, fds)
+        return WarmSpawned(self, z, fds, spec.limits.cpu_s)
 
     def run(self, spec: ExecSpec) -> ExecResult:
         """Run ``spec`` in a fresh forked child (cold when not :meth:`eligible`).
@@ -623,8 +639,10 @@ def _supervise(z: _Zygote, fds: tuple[int, int, int],
 
 
 def _cpu_used(z: _Zygote) -> float:
-    assert z.cg is not None
+    cg = z.cg
+    if cg is None:
+        return 0.0
     try:
-        return z.cg.cpu_s()
+        return cg.cpu_s()
     except OSError:
         return 0.0

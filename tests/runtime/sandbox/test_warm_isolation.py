@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from revex import Runtime
-from revex.runtime.sandbox.base import Limits
+from revex.runtime.sandbox.base import ExecSpec, Limits
+from revex.runtime.sandbox.harness import run_tests
+from revex.runtime.sandbox.warm import WarmPythonBackend
 
 #: What a run observes about its starting state (everything but its own pid). The memory scan
 #: looks for any ``LEAK`` + ``MARK`` + 16 hex digits in the writable memory the child inherited
@@ -149,3 +151,19 @@ def test_every_later_run_is_clean_after_repeated_attacks(rt: Runtime) -> None:
     for _ in range(3):
         assert rt.run(simple).ok
         assert _observe(rt) == fresh
+
+
+def test_a_wiped_zygote_is_kept_and_gives_a_correct_verdict() -> None:
+    # Files, trees and modes only (nothing about the zygote itself): the wipe must prove /tmp
+    # clean, so the same zygote serves the next runs, and a planted heapq changes no verdict.
+    files_only = LEAVE.split("# the zygote's inheritable state")[0] + (
+        "os.chmod('/tmp', 0o555)\nprint('left', len(junk))\n")
+    with WarmPythonBackend(size=1) as be:
+        assert be.run(ExecSpec(code="pass")).ok
+        (zygote,) = be._idle
+        r = be.run(ExecSpec(code=files_only, limits=Limits(wall_s=30, cpu_s=20)))
+        assert r.ok and r.stdout == "left 100\n", r
+        assert be._idle == [zygote]
+        report = run_tests(CORRECT, TESTS, "top", backend=be)
+        assert (report.passed, report.total) == (2, 2), report
+        assert be._idle == [zygote]

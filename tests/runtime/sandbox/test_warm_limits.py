@@ -17,6 +17,7 @@ import pytest
 from revex import Runtime
 from revex.runtime.sandbox import _cgroup
 from revex.runtime.sandbox.base import ExecStatus, Limits
+from revex.runtime.sandbox.harness import run_tests
 
 FIVE_CHILDREN_100MB = """
 import os, time
@@ -206,3 +207,22 @@ def test_sandboxes_die_with_their_owner_and_leftovers_are_removable(tmp_path: Pa
     assert _mine(owner.pid) == [] and removed >= 1
     for p in tree:
         assert _nsjail_dirs(p) == []
+
+
+def test_cpu_limit_holds_for_a_test_session_as_a_whole(rt: Runtime) -> None:
+    # Three children of the call server use 0.6 s of CPU each (under the per-process 1 s);
+    # f(0) waits for them. The session as a whole passes cpu_s=1 before they are done.
+    busy = ("import os, time\nKIDS = []\nfor _ in range(3):\n    pid = os.fork()\n"
+            "    if pid == 0:\n        while time.process_time() < 0.6:\n            pass\n"
+            "        os._exit(0)\n    KIDS.append(pid)\n")
+    solution = "def f(x):\n    while KIDS:\n        os.waitpid(KIDS.pop(), 0)\n    return x\n"
+    tests = "".join(f"assert f({i}) == {i}\n" for i in range(4))
+    limits = Limits(cpu_s=1, wall_s=120)
+    backend = rt.backend
+    assert backend.name == "nsjail-warm"
+    honest = run_tests("import os\nKIDS = []\n" + solution, tests, "f",
+                       backend=backend, limits=limits, call_timeout_s=120)  # type: ignore[arg-type]
+    assert (honest.passed, honest.total) == (4, 4), honest
+    report = run_tests(busy + solution, tests, "f", backend=backend,  # type: ignore[arg-type]
+                       limits=limits, call_timeout_s=120)
+    assert report.passed == 0 and "ended" in report.results[0].message, report
