@@ -27,18 +27,19 @@ starts a new zygote for the next one. Concurrent runs use different zygotes (a p
 stays shared is numbers, not content: pids count up across runs, and the interpreter start-up
 state below.
 
-Limits hold for the run as a whole where cgroup v1 is writable (root): the child is moved,
-before its code runs, into per-run memory, pids and cpuacct cgroups (``_runcgroup.py``) that
-every process of the run inherits. ``memory_mb`` is the run cgroup's limit (an OOM kill in it
-gives ``memory``; ``peak_memory_mb`` is the run's peak), ``pids`` its process limit, and the
-host reads the run's CPU time while it runs and stops it at ``cpu_s`` (``timeout``; read every
-50 ms, so a run may overshoot by that much per core). RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NOFILE
-also apply per process as in a cold run; wall time is enforced by the zygote (SIGKILL of the
-child's group, then of everything) with a host-side backstop that ends the whole jail. Without
-writable cgroups, memory (RLIMIT_AS) and pids (RLIMIT_NPROC) hold per process only and the
-run's CPU time (all its processes) is checked after it ends; the result's ``message`` says so.
-Statuses come only from facts the code cannot write: the wait status the zygote reports over
-its own channel, cgroup counters and the host's timers, never from the code's output.
+Limits hold for the run as a whole where cgroup v1 is writable (root): the zygote lives in
+per-run memory, pids and cpuacct cgroups (``_runcgroup.py``), so every child and every process
+it creates starts in them; limits are set and counters reset before each run. ``memory_mb`` is
+the run cgroup's limit (an OOM kill in it gives ``memory``; ``peak_memory_mb`` is the run's
+peak), ``pids`` its process limit, and the host reads the run's CPU time while it runs and stops
+it at ``cpu_s`` (``timeout``; read every 50 ms, so a run may overshoot by that much per core; a
+spawned session has a watcher thread). RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NOFILE also apply
+per process as in a cold run; wall time is enforced by the zygote (SIGKILL of the child's group,
+then of everything) with a host-side backstop that ends the whole jail. Without writable
+cgroups, memory (RLIMIT_AS) and pids (RLIMIT_NPROC) hold per process only and the run's CPU
+time (all its processes) is checked after it ends; the result's ``message`` says so. Statuses
+come only from facts the code cannot write: the wait status the zygote reports over its own
+channel, cgroup counters and the host's timers, never from the code's output.
 
 Interpreter start-up state is the zygote's: the ``str`` hash seed is shared by all runs of a
 zygote, ``PYTHON*`` variables in ``spec.env`` cannot take effect (such specs run cold), and
