@@ -292,7 +292,9 @@ def main():
     # Nothing is imported after this point; never from /tmp.
     if sys.path and sys.path[0] == "":
         del sys.path[0]
-    tmp_mode = stat.S_IMODE(os.stat("/tmp").st_mode)
+    tmp_stat = os.stat("/tmp")
+    tmp_mode = stat.S_IMODE(tmp_stat.st_mode)
+    tmp_times = (tmp_stat.st_atime_ns, tmp_stat.st_mtime_ns)
     pristine = _fingerprint()
     with open("/proc/self/statm") as f:
         vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -325,8 +327,13 @@ def main():
         # Every process of the run was reaped by now (by its parent or by this init), so the
         # difference in children's usage is the whole run's CPU time.
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # Most runs leave /tmp as it was: then the fingerprint proves it without a wipe.
+        # Most runs leave /tmp as it was: then the fingerprint proves it without a wipe. Its
+        # times are set back every time (a run could write any value into them).
         clean = _fingerprint() == pristine or (_clean(tmp_mode) and _fingerprint() == pristine)
+        try:
+            os.utime("/tmp", ns=tmp_times)
+        except OSError:
+            clean = False
         if eof:
             return
         send({"done": status, "utime": after.ru_utime - before.ru_utime,

@@ -42,6 +42,7 @@ import heapq
 print(json.dumps({
     'tmp': sorted(os.listdir('/tmp')), 'mode': oct(st.st_mode), 'owner': [st.st_uid, st.st_gid],
     'inodes_used': vfs.f_files - vfs.f_ffree, 'blocks_used': vfs.f_blocks - vfs.f_bfree,
+    'times': [st.st_atime_ns, st.st_mtime_ns],
     'root': sorted(os.listdir('/')), 'cwd': os.getcwd(), 'path0': sys.path[0],
     'heapq': heapq.__file__, 'env': sorted(os.environ),
     'nice': os.getpriority(os.PRIO_PROCESS, 0), 'affinity': sorted(os.sched_getaffinity(0)),
@@ -102,6 +103,7 @@ for attempt in (
         pass
 os.environ['PLANTED'] = '1'
 sys.modules['plant_mod'] = json
+os.utime('/tmp', (12345, 67890))
 os.chmod('/tmp', 0o555)
 print('left', len(junk))
 """
@@ -120,9 +122,13 @@ def rt(tmp_path: Path) -> Iterator[Runtime]:
 
 
 def _observe(rt: Runtime) -> dict[str, object]:
+    """What a run sees; /tmp's times only as whether they are the ones a run planted (a
+    replaced zygote has a /tmp of its own, with other times)."""
     r = rt.run(OBSERVE, limits=Limits(wall_s=30, cpu_s=20))
     assert r.ok and r.backend == "nsjail-warm", r
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
+    seen = json.loads(r.stdout)
+    seen["times"] = seen["times"] == [12345 * 10**9, 67890 * 10**9]
+    return seen  # type: ignore[no-any-return]
 
 
 def test_a_hostile_run_leaves_nothing_for_the_next(rt: Runtime) -> None:
@@ -157,13 +163,15 @@ def test_a_wiped_zygote_is_kept_and_gives_a_correct_verdict() -> None:
     # Files, trees and modes only (nothing about the zygote itself): the wipe must prove /tmp
     # clean, so the same zygote serves the next runs, and a planted heapq changes no verdict.
     files_only = LEAVE.split("# the zygote's inheritable state")[0] + (
-        "os.chmod('/tmp', 0o555)\nprint('left', len(junk))\n")
+        "os.utime('/tmp', (12345, 67890))\nos.chmod('/tmp', 0o555)\nprint('left', len(junk))\n")
     with WarmPythonBackend(size=1) as be:
-        assert be.run(ExecSpec(code="pass")).ok
+        fresh = be.run(ExecSpec(code=OBSERVE, limits=Limits(wall_s=30, cpu_s=20)))
         (zygote,) = be._idle
         r = be.run(ExecSpec(code=files_only, limits=Limits(wall_s=30, cpu_s=20)))
         assert r.ok and r.stdout == "left 100\n", r
         assert be._idle == [zygote]
+        after = be.run(ExecSpec(code=OBSERVE, limits=Limits(wall_s=30, cpu_s=20)))
+        assert json.loads(after.stdout) == json.loads(fresh.stdout)
         report = run_tests(CORRECT, TESTS, "top", backend=be)
         assert (report.passed, report.total) == (2, 2), report
         assert be._idle == [zygote]
