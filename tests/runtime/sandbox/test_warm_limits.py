@@ -157,6 +157,7 @@ def test_killing_the_warm_sandbox_process_leaves_no_cgroups(rt: Runtime) -> None
              and os.path.basename(os.readlink(f"/proc/{p}/exe")) == "nsjail"]
     assert jails
     inner = {p: _children(p) for p in jails}
+    assert all(len(zygotes) == 1 for zygotes in inner.values()), inner
     for p in jails:
         os.kill(p, signal.SIGKILL)
     time.sleep(0.2)
