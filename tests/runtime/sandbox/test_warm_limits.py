@@ -229,3 +229,16 @@ def test_cpu_limit_holds_for_a_test_session_as_a_whole(rt: Runtime) -> None:
     report = run_tests(busy + solution, tests, "f", backend=backend,  # type: ignore[arg-type]
                        limits=limits, call_timeout_s=120)
     assert report.passed == 0 and "ended" in report.results[0].message, report
+
+
+def test_without_cgroups_limits_that_do_not_hold_per_run_are_named() -> None:
+    from revex.runtime.sandbox.base import ExecSpec
+    from revex.runtime.sandbox.warm import WarmPythonBackend
+
+    with WarmPythonBackend(size=1, use_cgroups=False) as be:
+        r = be.run(ExecSpec(code=THREE_BUSY_CHILDREN, limits=Limits(cpu_s=1, wall_s=60)))
+        assert r.backend == "nsjail-warm"
+        assert r.status is ExecStatus.TIMEOUT and r.cpu_s >= 1.0, r  # checked after the run
+        assert "memory_mb and pids held per process" in r.message
+        r = be.run(ExecSpec(code="x = bytearray(600 << 20)", limits=Limits(memory_mb=64)))
+        assert r.status is ExecStatus.FAILED and "MemoryError" in r.stderr, r
