@@ -17,8 +17,9 @@ Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at 
   zygote -> {"ready": true, "vsz": BYTES}
   host   -> b"R" (with four fds attached, SCM_RIGHTS: the child's request pipe, stdin, stdout
             and stderr) and the wall-clock limit as an 8-byte big-endian double; the host then
-            writes the JSON request {"code", "env", "cpu_s", "as_bytes", "fsize", "nofile",
-            "nproc"} to the request pipe and closes it; only the child reads it
+            writes the JSON request {"code", "env", "cpu_s", "as_bytes" (-1: unlimited),
+            "fsize", "nofile", "nproc"} to the request pipe and closes it; only the child
+            reads it
   host   -> b"k" (stop the run now; optional; a "k" that arrives after the run ended is
             skipped)
   zygote -> {"done": WAIT_STATUS, "utime", "stime", "maxrss_kb", "timed_out", "clean"}
@@ -175,15 +176,17 @@ def _child(fds):
         os.closerange(req_fd + 1, 1 << 16)
         req = _read_request(req_fd)
         _prctl_dumpable(1)
-        for which, value in (
-            (resource.RLIMIT_AS, req["as_bytes"]),
-            (resource.RLIMIT_CPU, req["cpu_s"]),
-            (resource.RLIMIT_FSIZE, req["fsize"]),
-            (resource.RLIMIT_NOFILE, req["nofile"]),
-            (resource.RLIMIT_NPROC, req["nproc"]),
-            (resource.RLIMIT_CORE, 0),
+        inf = resource.RLIM_INFINITY
+        for which, soft, hard in (
+            (resource.RLIMIT_AS, req["as_bytes"], req["as_bytes"]),
+            # SIGXCPU at the limit (a status the host can name), SIGKILL a second later
+            (resource.RLIMIT_CPU, req["cpu_s"], req["cpu_s"] + 1),
+            (resource.RLIMIT_FSIZE, req["fsize"], req["fsize"]),
+            (resource.RLIMIT_NOFILE, req["nofile"], req["nofile"]),
+            (resource.RLIMIT_NPROC, req["nproc"], req["nproc"]),
+            (resource.RLIMIT_CORE, 0, 0),
         ):
-            resource.setrlimit(which, (value, value))
+            resource.setrlimit(which, (inf if soft < 0 else soft, inf if hard < 0 else hard))
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
         os.chdir("/tmp")
         os.environ.clear()

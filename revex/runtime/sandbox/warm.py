@@ -178,12 +178,13 @@ class _Zygote:
         the host ends (stdin writer, stdout reader, stderr reader)."""
         lim = spec.limits
         assert spec.code is not None
-        # With per-run cgroups the address space only stops absurd requests (as in a cold
-        # run); the run's memory is the cgroup's to limit and to report.
-        as_mb = lim.memory_mb * 4 + 1024 if self.cg else lim.memory_mb
+        # With per-run cgroups the run's memory is the cgroup's to limit and to report (an
+        # allocation past it is an OOM kill, a fact); no address-space limit (-1) then, which
+        # would turn it into a MemoryError, a text the code could also print.
         body = json.dumps({
             "code": spec.code, "env": _common.build_env(spec),
-            "cpu_s": max(1, int(-(-lim.cpu_s // 1))), "as_bytes": vsz + (as_mb << 20),
+            "cpu_s": max(1, int(-(-lim.cpu_s // 1))),
+            "as_bytes": -1 if self.cg else vsz + (lim.memory_mb << 20),
             "fsize": lim.fsize_mb << 20, "nofile": lim.nofile, "nproc": lim.pids + 1,
         }).encode()
         try:
