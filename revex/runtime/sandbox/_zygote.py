@@ -1,9 +1,9 @@
 """The zygote that runs INSIDE an nsjail sandbox and forks one fresh child per run.
 
-Never imported by revex on the host: :mod:`revex.runtime.sandbox.warm` sends this file's source
-as the jailed program. Stdlib only. The zygote itself never runs user code, and never holds a
-run's data: the child reads its code, environment and limits itself, after the fork, from a
-pipe only it has; /tmp is emptied by a throwaway process. So nothing of a run (its code, env,
+Never imported by revex on the host: :mod:`revex.runtime.sandbox._warmzygote` sends this file's
+source as the jailed program. Stdlib only. The zygote itself never runs user code, and never
+holds a run's data: the child reads its code, environment and limits itself, after the fork,
+from a pipe only it has; /tmp is emptied by a throwaway process. So nothing of a run (its code, env,
 stdin, output, file names) ever enters the memory later children are forked from.
 
 It is pid 1 of the jail's pid namespace, so (a) no process of a run can kill or stop it (the
