@@ -155,29 +155,40 @@ def _dead(pid: int) -> bool:
 def remove_orphaned(root: str = CGROUP_ROOT) -> int:
     """Remove warm-path cgroups whose process is gone; return how many directories went.
 
-    That is ``memory/NSJAIL/revex-w<pid>-*`` of a dead owner and ``<ctl>/NSJAIL/NSJAIL.<pid>``
-    of a dead zygote (left when an owner or nsjail was killed hard: nsjail cannot remove a
-    zygote's cgroup that still holds a run cgroup). Live owners' and live jails' cgroups are
-    never touched. Call it at start-up or from ``revex gc``; never raises for a busy directory.
+    That is ``memory/NSJAIL/revex-w<pid>-*`` of a dead owner, and ``<ctl>/NSJAIL/NSJAIL.<pid>``
+    (pids, cpu, cpuacct) of a dead zygote, left when an owner or nsjail was killed hard (nsjail
+    cannot remove a zygote's cgroup that still holds a run cgroup). A jail is the warm path's
+    when it has a cpuacct cgroup (cold runs have none), so cold runs' cgroups are not touched,
+    nor those of live owners or live zygotes. For start-up and ``revex gc``; never raises for a
+    busy directory.
     """
     removed = 0
-    for ctl in ("memory", "pids", "cpu", "cpuacct"):
-        base = f"{root}/{ctl}/{PARENT}"
-        try:
-            entries = os.listdir(base)
-        except OSError:
+    base = f"{root}/memory/{PARENT}"
+    for entry in _entries(base):
+        owner = entry[len(_OWNER_PREFIX):].split("-", 1)[0]
+        if entry.startswith(_OWNER_PREFIX) and owner.isdigit() and _dead(int(owner)):
+            removed += _remove(f"{base}/{entry}")
+    for entry in _entries(f"{root}/cpuacct/{PARENT}"):
+        pid = entry[len("NSJAIL."):]
+        if not (entry.startswith("NSJAIL.") and pid.isdigit() and _dead(int(pid))):
             continue
-        for entry in entries:
-            pid_text = ""
-            if entry.startswith(_OWNER_PREFIX) and ctl == "memory":
-                pid_text = entry[len(_OWNER_PREFIX):].split("-", 1)[0]
-            elif entry.startswith("NSJAIL.") and ctl != "memory":
-                pid_text = entry[len("NSJAIL."):]
-            if not pid_text.isdigit() or not _dead(int(pid_text)):
-                continue
-            try:
-                remove_tree(f"{base}/{entry}")
-            except OSError:
-                continue
-            removed += 1
+        for ctl in ("pids", "cpu", "cpuacct"):  # cpuacct last: it marks the jail as warm
+            removed += _remove(f"{root}/{ctl}/{PARENT}/{entry}")
     return removed
+
+
+def _entries(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _remove(path: str) -> int:
+    if not os.path.isdir(path):
+        return 0
+    try:
+        remove_tree(path)
+    except OSError:
+        return 0
+    return 1
