@@ -38,19 +38,24 @@ with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', 0) as mem:
             found.update(m.decode() for m in pat.findall(mem.read(hi - lo)))
         except (OSError, ValueError, OverflowError):
             pass
+try:
+    with open('/proc/1/mem', 'rb') as z:
+        zygote_mem = 'readable'
+except OSError as exc:
+    zygote_mem = type(exc).__name__
 import heapq
 print(json.dumps({
     'tmp': sorted(os.listdir('/tmp')), 'mode': oct(st.st_mode), 'owner': [st.st_uid, st.st_gid],
     'inodes_used': vfs.f_files - vfs.f_ffree, 'blocks_used': vfs.f_blocks - vfs.f_bfree,
     'times': [st.st_atime_ns, st.st_mtime_ns],
     'root': sorted(os.listdir('/')), 'cwd': os.getcwd(), 'path0': sys.path[0],
-    'heapq': heapq.__file__, 'env': sorted(os.environ),
+    'heapq': heapq.__file__, 'env': dict(os.environ), 'zygote_mem': zygote_mem,
     'nice': os.getpriority(os.PRIO_PROCESS, 0), 'affinity': sorted(os.sched_getaffinity(0)),
     'sched': os.sched_getscheduler(0), 'ioprio': libc.syscall(252, 1, 0),
     'rlimits': [resource.getrlimit(r) for r in (resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE,
                                                  resource.RLIMIT_NPROC, resource.RLIMIT_CPU)],
     'procs': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, os.getpid()],
-    'leaked': sorted(found), 'modules': sorted(m for m in sys.modules if 'plant' in m),
+    'leaked': sorted(found), 'modules': sorted(sys.modules),
 }))
 """
 
