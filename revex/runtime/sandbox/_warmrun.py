@@ -38,7 +38,7 @@ def usage_of(z: Zygote, done: Done) -> Usage:
     when it has them, else from the zygote's accounting of every process it reaped."""
     ru = done.rusage
     fallback = Usage((ru.ru_utime + ru.ru_stime) if ru else 0.0,
-                      ru.ru_maxrss / 1024 if ru else 0.0, 0, False)
+                     ru.ru_maxrss / 1024 if ru else 0.0, 0, False)
     if z.cg is None:
         return fallback
     try:
@@ -49,7 +49,7 @@ def usage_of(z: Zygote, done: Done) -> Usage:
 
 
 def result_of(sup: Supervised, done: Done, spec: ExecSpec, usage: Usage, cpu_stopped: bool,
-            backend: str) -> ExecResult:
+              backend: str) -> ExecResult:
     """The run's result; its status from facts the code cannot write (its wait status as the
     zygote reported it, cgroup counters, the host's and the zygote's timers), never from its
     output."""
@@ -74,8 +74,8 @@ def result_of(sup: Supervised, done: Done, spec: ExecSpec, usage: Usage, cpu_sto
     res.cpu_s = usage.cpu_s
     notes = []
     if not usage.per_run:
-        notes.append("no per-run cgroups here: memory_mb and pids held per process, cpu_s "
-                     "was checked for the whole run after it ended")
+        notes.append("no per-run cgroups here: memory_mb held per process, cpu_s was "
+                     "checked for the whole run after it ended")
     if not done.zygote_ok and not sup.timed_out and status is not ExecStatus.OK:
         notes.append("the run ended its zygote; a fresh one serves the next run")
     res.message = "; ".join(notes)
@@ -83,7 +83,7 @@ def result_of(sup: Supervised, done: Done, spec: ExecSpec, usage: Usage, cpu_sto
 
 
 def supervise(z: Zygote, fds: tuple[int, int, int],
-               spec: ExecSpec) -> tuple[Supervised, Done, bool]:
+              spec: ExecSpec) -> tuple[Supervised, Done, bool]:
     """Feed stdin, collect bounded output, stop the run when all its processes together used
     ``cpu_s`` (read from its cgroup), and wait for the zygote's report of the run. Returns the
     run, the report and whether the CPU limit stopped it."""

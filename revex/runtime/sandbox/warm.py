@@ -36,10 +36,11 @@ it at ``cpu_s`` (``timeout``; read every 50 ms, so a run may overshoot by that m
 spawned session has a watcher thread). RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NOFILE also apply
 per process as in a cold run; wall time is enforced by the zygote (SIGKILL of the child's group,
 then of everything) with a host-side backstop that ends the whole jail. Without writable
-cgroups, memory (RLIMIT_AS) and pids (RLIMIT_NPROC) hold per process only and the run's CPU
-time (all its processes) is checked after it ends; the result's ``message`` says so. Statuses
-come only from facts the code cannot write: the wait status the zygote reports over its own
-channel, cgroup counters and the host's timers, never from the code's output.
+cgroups, memory (RLIMIT_AS) holds per process only, pids still per run (RLIMIT_NPROC counts
+the jail's one user), and the run's CPU time (all its processes) is checked after it ends; the
+result's ``message`` says so. Statuses come only from facts the code cannot write: the wait
+status the zygote reports over its own channel, cgroup counters and the host's timers, never
+from the code's output.
 
 Interpreter start-up state is the zygote's: the ``str`` hash seed is shared by all runs of a
 zygote, ``PYTHON*`` variables in ``spec.env`` cannot take effect (such specs run cold), and
