@@ -180,3 +180,19 @@ def test_a_wiped_zygote_is_kept_and_gives_a_correct_verdict() -> None:
         report = run_tests(CORRECT, TESTS, "top", backend=be)
         assert (report.passed, report.total) == (2, 2), report
         assert be._idle == [zygote]
+
+
+def test_a_zygote_that_cannot_be_proven_clean_is_replaced() -> None:
+    # A same-uid process can lower the zygote's rlimits (inherited by every later child); the
+    # zygote cannot undo that, so it must notice and be replaced, and the run still stands.
+    attack = ("import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (32, 32))\n"
+              "print('done')\n")
+    with WarmPythonBackend(size=1) as be:
+        assert be.run(ExecSpec(code="pass")).ok
+        (zygote,) = be._idle
+        r = be.run(ExecSpec(code=attack))
+        assert r.ok and r.stdout == "done\n", r
+        assert zygote not in be._idle and not zygote.alive()
+        nofile = be.run(ExecSpec(code="import resource\n"
+                                 "print(resource.getrlimit(resource.RLIMIT_NOFILE))"))
+        assert nofile.stdout == "(256, 256)\n", nofile
