@@ -83,10 +83,11 @@ def result_of(sup: Supervised, done: Done, spec: ExecSpec, usage: Usage, cpu_sto
 
 
 def supervise(z: Zygote, fds: tuple[int, int, int],
-              spec: ExecSpec) -> tuple[Supervised, Done, bool]:
+              spec: ExecSpec) -> tuple[Supervised, Done, bool, Usage]:
     """Feed stdin, collect bounded output, stop the run when all its processes together used
     ``cpu_s`` (read from its cgroup), and wait for the zygote's report of the run. Returns the
-    run, the report and whether the CPU limit stopped it."""
+    run, the report, whether the CPU limit stopped it, and its usage (read as the report
+    arrives, before the zygote's cleanup adds to the counters)."""
     in_w, out_r, err_r = fds
     lim = spec.limits
     start = time.monotonic()
@@ -106,6 +107,7 @@ def supervise(z: Zygote, fds: tuple[int, int, int],
         os.close(in_w)
         in_w = -1
     done: Done | None = None
+    usage: Usage | None = None
     output_limited = timed_out = cpu_stopped = False
     drain_until: float | None = None
     next_poll = start + CPU_POLL_S if z.cg is not None else float("inf")
@@ -122,6 +124,7 @@ def supervise(z: Zygote, fds: tuple[int, int, int],
                 break
             if done is None and z.has_message():
                 done = read_done(z)
+                usage = usage_of(z, done)
                 sel.unregister(z.sock)
                 drain_until = time.monotonic() + _DRAIN_S
                 continue
@@ -129,8 +132,9 @@ def supervise(z: Zygote, fds: tuple[int, int, int],
                 # The zygote did not end the run in time: end the whole jail.
                 timed_out = True
                 sel.unregister(z.sock)
-                z.close()
                 done = Done(None, None, True, False)
+                usage = usage_of(z, done)  # before its cgroups go
+                z.close()
                 drain_until = time.monotonic() + _DRAIN_S
                 continue
             timeout = (min(backstop, next_poll) - now if done is None
@@ -139,6 +143,7 @@ def supervise(z: Zygote, fds: tuple[int, int, int],
                 fd = key.fd
                 if key.fileobj is z.sock:
                     done = read_done(z)
+                    usage = usage_of(z, done)
                     sel.unregister(z.sock)
                     drain_until = time.monotonic() + _DRAIN_S
                     continue
@@ -179,4 +184,4 @@ def supervise(z: Zygote, fds: tuple[int, int, int],
         stdout_truncated=trunc[out_r], stderr_truncated=trunc[err_r],
         timed_out=timed_out or (done.timed_out and not output_limited),
         output_limited=output_limited, wall_s=time.monotonic() - start, rusage=done.rusage)
-    return sup, done, cpu_stopped
+    return sup, done, cpu_stopped, usage if usage is not None else usage_of(z, done)

@@ -33,6 +33,7 @@ WARM_SECCOMP_POLICY = SECCOMP_POLICY.replace(
     "mq_getsetattr, ", 1)
 _ZYGOTE_MEM_OVERHEAD_MB = 64
 _START_TIMEOUT_S = 15.0
+_CLEAN_TIMEOUT_S = 30.0
 _CHUNK = 65536
 
 
@@ -162,6 +163,14 @@ class Zygote:
             os.close(req_w)
         return mine
 
+    def wait_clean(self) -> bool:
+        """Wait for the zygote's report that the jail is as fresh as before the last run;
+        False if it says it is not, ends, or takes too long (then it must be replaced)."""
+        try:
+            return self.recv(_CLEAN_TIMEOUT_S).get("clean") is True
+        except ZygoteGone:
+            return False
+
     def stop_run(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.send(b"k")
@@ -217,13 +226,12 @@ class Done:
     rusage: resource.struct_rusage | None
     timed_out: bool
     zygote_ok: bool  # the zygote reported the run
-    clean: bool = False  # ... and proved the jail as fresh as before it
 
 
 def done_from(msg: dict[str, Any]) -> Done:
     ru = resource.struct_rusage((float(msg["utime"]), float(msg["stime"]), int(msg["maxrss_kb"]),
                                  *([0] * 13)))
-    return Done(int(msg["done"]), ru, bool(msg.get("timed_out")), True, msg.get("clean") is True)
+    return Done(int(msg["done"]), ru, bool(msg.get("timed_out")), True)
 
 
 def read_done(z: Zygote) -> Done:

@@ -22,12 +22,14 @@ Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at 
             reads it
   host   -> b"k" (stop the run now; optional; a "k" that arrives after the run ended is
             skipped)
-  zygote -> {"done": WAIT_STATUS, "utime", "stime", "maxrss_kb", "timed_out", "clean"}
-Messages from the zygote are JSON lines. After every run, before "done": every other process in
-the jail is killed and reaped, /tmp is emptied and its mode restored, and the zygote checks
-that /tmp holds no inode and no block and that nothing a run can change about the zygote from
-outside (nice, scheduler, CPU affinity, I/O priority, rlimits) changed. "clean": false means it
-could not prove that; it exits after reporting, and the host starts a fresh one.
+  zygote -> {"done": WAIT_STATUS, "utime", "stime", "maxrss_kb", "timed_out"} once every other
+            process in the jail is killed and reaped
+  zygote -> {"clean": BOOL} once /tmp is emptied, its mode and times restored, and the zygote
+            checked that /tmp holds no inode and no block and that nothing a run can change
+            about the zygote from outside (nice, scheduler, CPU affinity, I/O priority,
+            rlimits) changed. false: it could not prove that; it exits, and the host starts a
+            fresh one. The host sends the next "R" only after a true "clean".
+Messages from the zygote are JSON lines.
 """
 
 # The modules marked F401 are only preloaded: imported once here, they are shared copy-on-write
@@ -330,6 +332,12 @@ def main():
         # Every process of the run was reaped by now (by its parent or by this init), so the
         # difference in children's usage is the whole run's CPU time.
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if eof:
+            return
+        # The run's report first: how long the cleanup takes is not the run's business.
+        send({"done": status, "utime": after.ru_utime - before.ru_utime,
+              "stime": after.ru_stime - before.ru_stime, "maxrss_kb": ru.ru_maxrss,
+              "timed_out": timed_out})
         # Most runs leave /tmp as it was: then the fingerprint proves it without a wipe. Its
         # times are set back every time (a run could write any value into them).
         clean = _fingerprint() == pristine or (_clean(tmp_mode) and _fingerprint() == pristine)
@@ -337,14 +345,9 @@ def main():
             os.utime("/tmp", ns=tmp_times)
         except OSError:
             clean = False
-        if eof:
-            return
-        send({"done": status, "utime": after.ru_utime - before.ru_utime,
-              "stime": after.ru_stime - before.ru_stime, "maxrss_kb": ru.ru_maxrss,
-              "timed_out": timed_out, "clean": clean})
+        send({"clean": clean})
         if not clean:
             return
-
 
 if __name__ == "__main__":
     main()

@@ -64,7 +64,7 @@ import weakref
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox import _common, _runcgroup
-from revex.runtime.sandbox._warmrun import BACKSTOP_S, CPU_POLL_S, result_of, supervise, usage_of
+from revex.runtime.sandbox._warmrun import BACKSTOP_S, CPU_POLL_S, result_of, supervise
 from revex.runtime.sandbox._warmzygote import Zygote, ZygoteGone, cpu_used
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, Limits
 from revex.runtime.sandbox.nsjail import NsjailBackend
@@ -116,7 +116,7 @@ class WarmSpawned:
         try:
             self._zygote.stop_run()
             msg = self._zygote.recv(BACKSTOP_S + 3.0)
-            healthy = "done" in msg and msg.get("clean") is True
+            healthy = "done" in msg and self._zygote.wait_clean()
         except ZygoteGone:
             healthy = False
         finally:
@@ -257,9 +257,8 @@ class WarmPythonBackend:
                 fds = z.start(spec, z.vsz)
             except ZygoteGone as exc:
                 raise SandboxError(f"warm zygote failed: {exc}") from exc
-            sup, done, cpu_stopped = supervise(z, fds, spec)
-            healthy = done.zygote_ok and done.clean
-            usage = usage_of(z, done)
+            sup, done, cpu_stopped, usage = supervise(z, fds, spec)
+            healthy = done.zygote_ok and z.wait_clean()
         finally:
             self._release(z, healthy)
         return result_of(sup, done, spec, usage, cpu_stopped, self.name)
