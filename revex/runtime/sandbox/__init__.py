@@ -52,14 +52,16 @@ def cleanup_leftovers() -> dict[str, int]:
     """Remove run directories (this user's) and cgroup parents whose owner process is dead,
     and cgroup directories nsjail left for jailed children that no longer exist.
 
+    Also the cgroups of warm pools whose owner or zygote died (``warm.remove_orphaned_cgroups``).
     Resources are named after their owner's pid and start time, so those of live processes
     (other runtimes running sandboxes right now) are never touched. Returns how many of each
     were removed; what stays busy is skipped. Never raises for a missing cgroup hierarchy.
     """
-    from revex.runtime.sandbox import _cgroup, _common
+    from revex.runtime.sandbox import _cgroup, _common, _runcgroup
 
     return {"run_dirs": len(_common.cleanup_dead_run_dirs()),
-            "cgroups": len(_cgroup.cleanup_dead_owners())}
+            "cgroups": len(_cgroup.cleanup_dead_owners()),
+            "warm_cgroups": _runcgroup.remove_orphaned()}
 
 
 def select_backend(name: str | None = None) -> SandboxBackend:

@@ -1,25 +1,35 @@
 """The zygote that runs INSIDE an nsjail sandbox and forks one fresh child per run.
 
-Never imported by revex on the host: :mod:`revex.runtime.sandbox.warm` sends this file's source
-as the jailed program. Stdlib only. The zygote itself never runs user code: it only receives
-requests, forks, supervises and cleans up.
+Never imported by revex on the host: :mod:`revex.runtime.sandbox._warmzygote` sends this file's
+source as the jailed program. Stdlib only. The zygote itself never runs user code, and never
+holds a run's data: the child reads its code, environment and limits itself, after the fork,
+from a pipe only it has; /tmp is emptied by a throwaway process. So nothing of a run (its code, env,
+stdin, output, file names) ever enters the memory later children are forked from.
 
 It is pid 1 of the jail's pid namespace, so (a) no process of a run can kill or stop it (the
-kernel drops SIGKILL/SIGSTOP sent to a namespace's init from inside, and it installs no
-handlers), (b) ``kill(-1, SIGKILL)`` ends every other process in the jail, daemons that called
-``setsid`` included, and (c) orphans are reparented to it and reaped. It is not dumpable, so a
-run cannot open its ``/proc/1/mem`` (ptrace and process_vm_* are also denied by seccomp).
+kernel drops signals to a namespace's init from inside unless it installed a handler, and it
+installs none: SIGINT, for which Python installs one, is reset to the default), (b)
+``kill(-1, SIGKILL)`` ends every other process in the jail, daemons that called ``setsid``
+included, and (c) orphans are reparented to it and reaped. It is not dumpable, so a run cannot
+open its ``/proc/1/mem`` (ptrace and process_vm_* are also denied by seccomp).
 
 Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at start):
   zygote -> {"ready": true, "vsz": BYTES}
-  host   -> b"R" (with three fds attached, SCM_RIGHTS: the child's stdin, stdout and stderr),
-            a 4-byte big-endian length, a JSON request:
-            {"code", "env", "wall_s", "cpu_s", "as_bytes", "fsize", "nofile", "nproc"}
-  host   -> b"k" (stop the run now; optional, e.g. on an output overflow; a "k" that arrives
-            after the run ended is skipped)
-  zygote -> {"done": WAIT_STATUS, "utime", "stime", "maxrss_kb", "timed_out"}
-Messages from the zygote are JSON lines. After every run, before "done": every other process in
-the jail is killed and reaped, and /tmp is emptied, so the next run starts from a clean state.
+  host   -> b"R" (with four fds attached, SCM_RIGHTS: the child's request pipe, stdin, stdout
+            and stderr) and the wall-clock limit as an 8-byte big-endian double; the host then
+            writes the JSON request {"code", "env", "cpu_s", "as_bytes" (-1: unlimited),
+            "fsize", "nofile", "nproc"} to the request pipe and closes it; only the child
+            reads it
+  host   -> b"k" (stop the run now; optional; a "k" that arrives after the run ended is
+            skipped)
+  zygote -> {"done": WAIT_STATUS, "utime", "stime", "maxrss_kb", "timed_out"} once every other
+            process in the jail is killed and reaped
+  zygote -> {"clean": BOOL} once /tmp is emptied, its mode and times restored, and the zygote
+            checked that /tmp holds no inode and no block and that nothing a run can change
+            about the zygote from outside (nice, scheduler, CPU affinity, I/O priority,
+            rlimits) changed. false: it could not prove that; it exits, and the host starts a
+            fresh one. The host sends the next "R" only after a true "clean".
+Messages from the zygote are JSON lines.
 """
 
 # The modules marked F401 are only preloaded: imported once here, they are shared copy-on-write
@@ -27,6 +37,7 @@ the jail is killed and reaped, and /tmp is emptied, so the next run starts from 
 import base64  # noqa: F401
 import collections  # noqa: F401
 import contextlib
+import ctypes
 import fcntl
 import functools  # noqa: F401
 import itertools  # noqa: F401
@@ -45,38 +56,57 @@ import sys
 import time
 import typing  # noqa: F401
 
-_LIBC: list = []
+_LIBC = ctypes.CDLL(None, use_errno=True)
+#: ioprio_get by architecture (I/O priority is inherited and settable by a same-uid process).
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(os.uname().machine)
+_RLIMITS = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _prctl_dumpable(value):
-    if not _LIBC:
-        import ctypes
-
-        _LIBC.append(ctypes.CDLL(None, use_errno=True))
-    _LIBC[0].prctl(4, value, 0, 0, 0)  # PR_SET_DUMPABLE
+    _LIBC.prctl(4, value, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
-def _wipe(path):
-    """Empty a directory tree owned by the sandbox user, whatever modes a run left."""
-    try:
-        entries = os.listdir(path)
-    except OSError:
-        return
-    for name in entries:
-        full = path + "/" + name
-        try:
-            st = os.lstat(full)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            with contextlib.suppress(OSError):
-                os.chmod(full, 0o700)
-            _wipe(full)
-            with contextlib.suppress(OSError):
-                os.rmdir(full)
+def _scan(fd):
+    """Unlink every non-directory in the directory ``fd``; return its subdirectories (made
+    0700, so they can be entered and emptied whatever mode a run left)."""
+    subdirs = []
+    for name in os.listdir(fd):
+        if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            os.chmod(name, 0o700, dir_fd=fd)
+            subdirs.append(name)
         else:
-            with contextlib.suppress(OSError):
-                os.unlink(full)
+            os.unlink(name, dir_fd=fd)
+    return subdirs
+
+
+def _wipe(top, mode):
+    """Empty ``top`` and give it ``mode`` back. Iterative and fd-relative, so any depth and any
+    path length work; holds at most two fds. Runs in a throwaway process (the names it reads
+    must not stay in the zygote's memory). Raises ``OSError`` if anything cannot be removed."""
+    os.chmod(top, mode)
+    fd = os.open(top, _DIR_FLAGS)
+    stack = []
+    try:
+        pending = _scan(fd)
+        while True:
+            if pending:
+                name = pending.pop()
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+                stack.append((name, pending))
+                pending = _scan(fd)
+            elif stack:
+                name, pending = stack.pop()
+                up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                os.rmdir(name, dir_fd=fd)
+            else:
+                return
+    finally:
+        os.close(fd)
 
 
 def _reap_all():
@@ -92,34 +122,86 @@ def _reap_all():
             continue
 
 
-def _child(req, fds, ctl_fd):
-    # Runs in the forked child; never returns.
+def _fingerprint():
+    """What a later run could observe of an earlier one outside its own memory: /tmp's mode,
+    owner, links, used inodes and blocks, and the zygote attributes a same-uid process can
+    change from outside and that children inherit."""
+    st = os.stat("/tmp", follow_symlinks=False)
+    vfs = os.statvfs("/tmp")
+    ioprio = _LIBC.syscall(_IOPRIO_GET, 1, 0) if _IOPRIO_GET else None
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_nlink, vfs.f_files - vfs.f_ffree,
+            vfs.f_blocks - vfs.f_bfree, os.getpriority(os.PRIO_PROCESS, 0),
+            os.sched_getscheduler(0), os.sched_getparam(0).sched_priority,
+            tuple(sorted(os.sched_getaffinity(0))), ioprio,
+            tuple(resource.getrlimit(r) for r in _RLIMITS))
+
+
+def _clean(tmp_mode):
+    """Empty /tmp in a throwaway child; return whether it worked."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid == 0:
+        try:
+            _wipe("/tmp", tmp_mode)
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return False
+    return status == 0
+
+
+def _read_request(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return json.loads(b"".join(chunks))
+
+
+def _child(fds):
+    # Runs in the forked child; never returns. Everything up to exec() is trusted code; the
+    # request (code, env, limits) is read here, after the fork, so the zygote never holds it.
     try:
         os.setsid()
-        for target, fd in enumerate(fds):
+        req_fd = fds[0]
+        for target, fd in enumerate(fds[1:]):
             os.dup2(fd, target)
-        os.closerange(3, 1 << 16)
+        os.closerange(3, req_fd)
+        os.closerange(req_fd + 1, 1 << 16)
+        req = _read_request(req_fd)
         _prctl_dumpable(1)
-        for which, value in (
-            (resource.RLIMIT_AS, req["as_bytes"]),
-            (resource.RLIMIT_CPU, req["cpu_s"]),
-            (resource.RLIMIT_FSIZE, req["fsize"]),
-            (resource.RLIMIT_NOFILE, req["nofile"]),
-            (resource.RLIMIT_NPROC, req["nproc"]),
-            (resource.RLIMIT_CORE, 0),
+        inf = resource.RLIM_INFINITY
+        for which, soft, hard in (
+            (resource.RLIMIT_AS, req["as_bytes"], req["as_bytes"]),
+            # SIGXCPU at the limit (a status the host can name), SIGKILL a second later
+            (resource.RLIMIT_CPU, req["cpu_s"], req["cpu_s"] + 1),
+            (resource.RLIMIT_FSIZE, req["fsize"], req["fsize"]),
+            (resource.RLIMIT_NOFILE, req["nofile"], req["nofile"]),
+            (resource.RLIMIT_NPROC, req["nproc"], req["nproc"]),
+            (resource.RLIMIT_CORE, 0, 0),
         ):
-            resource.setrlimit(which, (value, value))
+            resource.setrlimit(which, (inf if soft < 0 else soft, inf if hard < 0 else hard))
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
         os.chdir("/tmp")
         os.environ.clear()
         os.environ.update(req["env"])
         if "random" in sys.modules:
             sys.modules["random"].seed()
         sys.argv = ["-c"]
-        sys.path[0] = ""
+        sys.path.insert(0, "")  # as ``python -c`` in a cold run: /tmp, proven empty
         main = type(sys)("__main__")
         main.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = main
         code = req["code"]
+        del req
     except BaseException:
         os._exit(120)
     rc = 0
@@ -172,46 +254,12 @@ def _recv_exact(ctl, n):
     return buf
 
 
-def main():
-    ctl_fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 10)
-    null = os.open("/dev/null", os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.close(null)
-    ctl = socket.socket(fileno=ctl_fd)
-    _prctl_dumpable(0)
-    with open("/proc/self/statm") as f:
-        vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-
-    def send(obj):
-        ctl.sendall((json.dumps(obj) + "\n").encode())
-
-    send({"ready": True, "vsz": vsz})
-    while True:
-        # Skip stale stop requests ("k" sent while the last run was already ending).
-        try:
-            mark, fds, _, _ = socket.recv_fds(ctl, 1, 3)
-        except OSError:
-            return
-        if mark == b"k" and not fds:
-            continue
-        if mark != b"R":
-            return
-        head = _recv_exact(ctl, 4)
-        if head is None:
-            return
-        body = _recv_exact(ctl, struct.unpack(">I", head)[0])
-        if body is None or len(fds) != 3:
-            return
-        req = json.loads(body)
-        pid = os.fork()
-        if pid == 0:
-            _child(req, fds, ctl_fd)
-        for fd in fds:
-            os.close(fd)
-        pidfd = os.pidfd_open(pid)
-        deadline = time.monotonic() + req["wall_s"]
-        timed_out = stop = eof = False
+def _supervise(ctl, ctl_fd, pid, wall_s):
+    """Wait for the child, a stop request or the wall limit; return (timed_out, eof)."""
+    pidfd = os.pidfd_open(pid)
+    deadline = time.monotonic() + wall_s
+    timed_out = stop = eof = False
+    try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -228,18 +276,78 @@ def main():
                 if b"k" in data:
                     stop = True
                     break
+    finally:
         os.close(pidfd)
-        if timed_out or stop or eof:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+    if timed_out or stop or eof:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    return timed_out, eof
+
+
+def main():
+    ctl_fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 10)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    ctl = socket.socket(fileno=ctl_fd)
+    _prctl_dumpable(0)
+    # No handlers: signals from the jail to its init are then dropped by the kernel.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Nothing is imported after this point; never from /tmp.
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
+    tmp_stat = os.stat("/tmp")
+    tmp_mode = stat.S_IMODE(tmp_stat.st_mode)
+    tmp_times = (tmp_stat.st_atime_ns, tmp_stat.st_mtime_ns)
+    pristine = _fingerprint()
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+    def send(obj):
+        ctl.sendall((json.dumps(obj) + "\n").encode())
+
+    send({"ready": True, "vsz": vsz})
+    while True:
+        # Skip stale stop requests ("k" sent while the last run was already ending).
+        try:
+            mark, fds, _, _ = socket.recv_fds(ctl, 1, 4)
+        except OSError:
+            return
+        if mark == b"k" and not fds:
+            continue
+        head = _recv_exact(ctl, 8) if mark == b"R" else None
+        if head is None or len(fds) != 4:
+            return
+        wall_s = struct.unpack(">d", head)[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pid = os.fork()
+        if pid == 0:
+            _child(fds)
+        for fd in fds:
+            os.close(fd)
+        timed_out, eof = _supervise(ctl, ctl_fd, pid, wall_s)
         _, status, ru = os.wait4(pid, 0)
         _reap_all()
-        _wipe("/tmp")
+        # Every process of the run was reaped by now (by its parent or by this init), so the
+        # difference in children's usage is the whole run's CPU time.
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if eof:
             return
-        send({"done": status, "utime": ru.ru_utime, "stime": ru.ru_stime,
-              "maxrss_kb": ru.ru_maxrss, "timed_out": timed_out})
-
+        # The run's report first: how long the cleanup takes is not the run's business.
+        send({"done": status, "utime": after.ru_utime - before.ru_utime,
+              "stime": after.ru_stime - before.ru_stime, "maxrss_kb": ru.ru_maxrss,
+              "timed_out": timed_out})
+        # Most runs leave /tmp as it was: then the fingerprint proves it without a wipe. Its
+        # times are set back every time (a run could write any value into them).
+        clean = _fingerprint() == pristine or (_clean(tmp_mode) and _fingerprint() == pristine)
+        try:
+            os.utime("/tmp", ns=tmp_times)
+        except OSError:
+            clean = False
+        send({"clean": clean})
+        if not clean:
+            return
 
 if __name__ == "__main__":
     main()
