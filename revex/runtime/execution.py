@@ -1,26 +1,31 @@
 """Running code inside an episode: the ``exec.run`` action and its change set.
 
 The sandbox sees the workspace through an overlay, so the run itself changes nothing on the
-host. Afterwards its upper directory (the exact change set) is checked against the policy as a
-whole (every path, every symlink target); if any change is refused, the whole set is discarded
-and the refusals are journaled. Otherwise each change is applied as an ordinary journaled file
-action (``fs.write``, ``fs.mkdir``, ``fs.delete``…, with ``source`` naming the run), so rolling
-the episode back undoes what the sandboxed code did, exactly.
+host. Afterwards its upper directory (the exact change set) is hostile input, checked as a whole
+before anything is applied: every entry must be a regular file, directory or symlink with a
+UTF-8 name, no mode may carry setuid/setgid/sticky bits, every symlink must resolve beneath the
+workspace, every path must pass the policy, the set must be within the run's limits (read by
+:mod:`revex.runtime.sandbox.overlay`) and the episode's quotas must cover all of it. If anything
+is refused, the whole set is discarded, each refusal is journaled (DENIED) and listed in
+``ExecResult.changes_refused``, and the run's result is still returned. Otherwise each change is
+applied as an ordinary journaled file action (``fs.write``, ``fs.mkdir``, ``fs.delete``…, with
+``source`` naming the run), so rolling the episode back undoes what the sandboxed code did,
+exactly.
 """
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from revex.errors import ActionFailed, PolicyViolation
+from revex.errors import ActionFailed, InvalidPath, PolicyViolation
 from revex.policies.model import Decision
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
-from revex.runtime.effects.workspace import normalize
+from revex.runtime.effects.workspace import check_mode, normalize
+from revex.runtime.sandbox import overlay
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, FileChange, SandboxBackend
 
 if TYPE_CHECKING:
@@ -47,7 +52,8 @@ def exec_params(spec: ExecSpec) -> dict[str, Any]:
         "env": sorted(spec.env),
         "network": spec.network,
         "limits": {k: getattr(spec.limits, k) for k in (
-            "wall_s", "cpu_s", "memory_mb", "pids", "fsize_mb", "output_bytes", "nofile")},
+            "wall_s", "cpu_s", "memory_mb", "pids", "fsize_mb", "output_bytes", "nofile",
+            "changed_files", "changed_mb", "changed_depth")},
     }
 
 
@@ -79,6 +85,18 @@ class ChangeOutcome:
     refused: list[str] = field(default_factory=list)
 
 
+#: Refusals journaled one by one; beyond this many, one more DENIED record counts the rest.
+MAX_DENIED_RECORDS = 100
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    kind: str
+    path: str
+    rule: str
+    reason: str
+
+
 def _ordered(changes: list[FileChange]) -> list[FileChange]:
     # deletions first (deepest first), then creations parents-first
     deletes = sorted((c for c in changes if c.kind == "delete"),
@@ -90,35 +108,68 @@ def _ordered(changes: list[FileChange]) -> list[FileChange]:
 
 def _fs_kind(change: FileChange) -> str:
     return {"file": "fs.write", "dir": "fs.mkdir", "symlink": "fs.symlink",
-            "delete": "fs.delete", "opaque": "fs.mkdir"}.get(change.kind, "fs.write")
+            "delete": "fs.delete", "opaque": "fs.mkdir"}.get(change.kind, "exec.changes")
+
+
+def _screen(ep: Episode, fx: FileEffect, change: FileChange) -> _Refusal | None:
+    """Why the host will not apply ``change`` (type, name, mode, symlink target, policy)."""
+    kind = _fs_kind(change)
+    if change.kind == overlay.REFUSED:
+        whole = change.path == overlay.WHOLE_SET
+        return _Refusal(kind, change.path, "change-limit" if whole else "path-safety",
+                        change.target or "refused")
+    if change.kind not in ("file", "dir", "opaque", "symlink", "delete"):
+        return _Refusal(kind, overlay.display(change.path), "path-safety",
+                        f"unknown change kind {change.kind!r}")
+    try:
+        rel = normalize(change.path)
+        if change.kind in ("file", "dir", "opaque"):
+            check_mode(rel, change.mode)
+        elif change.kind == "symlink":
+            fx.symlink(rel, change.target or "")  # resolves the target beneath the workspace
+    except (PolicyViolation, InvalidPath) as exc:
+        rule = exc.rule if isinstance(exc, PolicyViolation) else "path-safety"
+        return _Refusal(kind, overlay.display(change.path), rule or "path-safety", str(exc))
+    decision = ep._rt.engine.check({"kind": kind, "path": rel, "bytes": change.size})
+    if decision.decision is not Decision.ALLOW:
+        return _Refusal(kind, rel, decision.rule, f"refused by rule '{decision.rule}'")
+    return None
+
+
+def _cost(fx: FileEffect, change: FileChange) -> tuple[int, int]:
+    """An upper bound of the (actions, bytes written) that applying ``change`` takes."""
+    st = fx.ws.lstat(normalize(change.path))
+    if change.kind == "delete":
+        return (0 if st is None else 1), 0
+    replace = 0 if st is None else 1
+    if change.kind in ("dir", "opaque"):
+        return replace + 2, 0  # (replace,) mkdir, chmod
+    return replace + 1, change.size if change.kind == "file" else 0
 
 
 def apply_changes(ep: Episode, result: ExecResult, source: str) -> ChangeOutcome:
     """Check the run's change set as a whole, then apply it as journaled file actions.
 
-    Returns whether it was applied and what was refused. Raises ActionFailed when applying
-    failed half-way (what was applied is rolled back first).
+    Returns whether it was applied and what was refused (then nothing was applied and each
+    refusal is journaled DENIED). Raises ActionFailed when applying failed half-way (what was
+    applied is rolled back first).
     """
     changes = _ordered(list(result.changes))
-    refused: list[tuple[FileChange, str, str]] = []
     fx = ep._files()
-    for change in changes:
-        try:
-            rel = normalize(change.path)
-            if change.kind == "symlink":
-                fx.symlink(rel, change.target or "")  # validates the target lexically
-        except PolicyViolation as exc:
-            refused.append((change, exc.rule or "path-safety", str(exc)))
-            continue
-        decision = ep._rt.engine.check({"kind": _fs_kind(change), "path": rel,
-                                        "bytes": change.size})
-        if decision.decision is not Decision.ALLOW:
-            refused.append((change, decision.rule, f"refused by rule '{decision.rule}'"))
+    refused = [r for r in (_screen(ep, fx, c) for c in changes) if r is not None]
+    if not refused:
+        actions = nbytes = 0
+        for change in changes:
+            a, b = _cost(fx, change)
+            actions, nbytes = actions + a, nbytes + b
+        over = ep._rt.engine.over_quota(ep._used, {"actions": actions, "bytes_written": nbytes})
+        if over is not None:
+            refused.append(_Refusal("exec.changes", overlay.WHOLE_SET, "quota", (
+                f"applying the run's {len(changes)} changes ({actions} actions at most, "
+                f"{nbytes} bytes) would exceed the episode quota ({over}); nothing was applied")))
     if refused:
-        for change, rule, reason in refused:
-            ep._note_denied(_fs_kind(change), change.path, rule,
-                            f"{source}: change discarded: {reason}", {"source": source})
-        return ChangeOutcome(False, [f"{c.path}: {why}" for c, _, why in refused])
+        _journal_refusals(ep, refused, source)
+        return ChangeOutcome(False, [f"{r.path}: {r.reason}" for r in refused])
     cp = ep.checkpoint(f"before {source} changes")
     try:
         for change in changes:
@@ -128,6 +179,17 @@ def apply_changes(ep: Episode, result: ExecResult, source: str) -> ChangeOutcome
         raise ActionFailed(f"applying the changes of {source} failed; none were kept: {exc}"
                            ) from exc
     return ChangeOutcome(True)
+
+
+def _journal_refusals(ep: Episode, refused: list[_Refusal], source: str) -> None:
+    for r in refused[:MAX_DENIED_RECORDS]:
+        ep._note_denied(r.kind, r.path, r.rule, f"{source}: change discarded: {r.reason}",
+                        {"source": source})
+    rest = len(refused) - MAX_DENIED_RECORDS
+    if rest > 0:
+        ep._note_denied("exec.changes", overlay.WHOLE_SET, "path-safety",
+                        f"{source}: {rest} more changes refused (not journaled one by one)",
+                        {"source": source, "refused": rest})
 
 
 def _act(ep: Episode, build: Callable[[FileEffect], Plan], kind: str, target: str,
@@ -164,25 +226,22 @@ def _apply_one(ep: Episode, fx: FileEffect, result: ExecResult, change: FileChan
             _act(ep, lambda f: f.delete(rel), "fs.delete", rel, source)
         st = None
     if want_dir:
+        # the mode exactly as the run left it, 0 included (mkdir's umask may clear bits)
         if st is None:
-            _act(ep, lambda f: f.mkdir(rel, change.mode or 0o755), "fs.mkdir", rel, source)
-            mode_now = stat.S_IMODE(fx.ws.lstat(rel).st_mode)  # type: ignore[union-attr]
-            if change.mode and mode_now != change.mode:
-                _act(ep, lambda f: f.chmod(rel, change.mode), "fs.chmod", rel, source)
-        elif change.mode and stat.S_IMODE(st.st_mode) != change.mode:
+            _act(ep, lambda f: f.mkdir(rel, change.mode), "fs.mkdir", rel, source)
+            st = fx.ws.lstat(rel)
+        if st is not None and stat.S_IMODE(st.st_mode) != change.mode:
             _act(ep, lambda f: f.chmod(rel, change.mode), "fs.chmod", rel, source)
         return
     if change.kind == "symlink":
         _act(ep, lambda f: f.symlink(rel, change.target or ""), "fs.symlink", rel, source)
         return
-    host = result.change_path(change)
-    fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read()
-    finally:
-        os.close(fd)
-    _act(ep, lambda f: f.write(rel, data, mode=change.mode or None), "fs.write", rel, source)
+    upper = result.upper_dir
+    if upper is None:
+        raise ActionFailed("the run's change directory is gone; its changes cannot be applied")
+    _act(ep, lambda f: f.write_from(rel, lambda: overlay.open_change(upper, change.path),
+                                    mode=change.mode),
+         "fs.write", rel, source)
 
 
 __all__ = ["ChangeOutcome", "apply_changes", "exec_attrs", "run_plan"]

@@ -9,10 +9,11 @@ type, mode, mtime, symlink target, absence, and the parents' mtimes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from revex.errors import ConflictError, PolicyViolation
@@ -22,11 +23,12 @@ from revex.runtime.effects.workspace import (
     Manifest,
     PathEscape,
     Workspace,
+    check_mode,
     normalize,
     parent_of,
 )
 from revex.runtime.journal import Record
-from revex.runtime.store import ContentStore
+from revex.runtime.store import ContentStore, sha256_file_fd
 
 
 class FileEffect:
@@ -67,18 +69,17 @@ class FileEffect:
             out[p] = manifest
         return {"post": out}
 
-    def _write_new(self, rel: str, chunks: Sequence[bytes], mode: int | None, tmp: str) -> None:
-        """Write a file via a temp name in the same directory, then rename over ``rel``."""
+    def _write_new(self, rel: str, fill: Callable[[int], None], mode: int | None,
+                   tmp: str) -> None:
+        """Write a file via a temp name in the same directory (``fill`` writes the bytes into
+        the fd it is given), then rename over ``rel``."""
         with self.ws.parent(rel) as (fd, name):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                           0o666 if mode is None else 0o600, dir_fd=fd)
             try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view):]
+                fill(out)
                 if mode is not None:
                     os.fchmod(out, mode)
             finally:
@@ -105,7 +106,10 @@ class FileEffect:
             self._restore(undo, undo.get("tmp", ""))
         return cleanup
 
-    def _restore(self, undo: dict[str, Any], tmp: str, *, forced: bool = False) -> None:
+    def _restore(self, undo: dict[str, Any], tmp: str, *, forced: bool = False) -> set[str]:
+        """Put every pre-image back; returns the paths left alone because they are unreachable
+        (see below)."""
+        skipped: set[str] = set()
         for rel, want in undo["pre"].items():
             if tmp:
                 self._drop_tmp(rel, tmp)
@@ -118,8 +122,10 @@ class FileEffect:
                 unreachable_ok = forced or want["type"] == "absent"
                 if not unreachable_ok or self._ancestors_are_dirs(rel):
                     raise
+                skipped.add(rel)
         for par, mtime in undo["parents"].items():
             self.ws.set_mtime(par, mtime)
+        return skipped
 
     def _ancestors_are_dirs(self, rel: str) -> bool:
         for anc in _ancestors(rel):
@@ -133,6 +139,8 @@ class FileEffect:
     def write(self, path: Any, data: bytes, *, kind: str = "fs.write",
               mode: int | None = None) -> Plan:
         rel = normalize(path)
+        if mode is not None:
+            check_mode(rel, mode)
         tmp = self._tmp("w")
 
         def prepare() -> dict[str, Any]:
@@ -142,13 +150,55 @@ class FileEffect:
         def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             pre = undo["pre"][rel]
             keep = pre.get("mode") if pre["type"] == "file" else None
-            self._write_new(rel, [data], mode if mode is not None else keep, tmp)
+            self._write_new(rel, lambda out: _write_all(out, data),
+                            mode if mode is not None else keep, tmp)
             return len(data), self._post(rel)
 
         return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": len(data)},
                     params={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
                     cost={"bytes_written": len(data)}, prepare=prepare, apply=apply,
                     cleanup=self._restore_plan([rel]))
+
+    def write_from(self, path: Any, open_source: Callable[[], int], *, mode: int | None,
+                   kind: str = "fs.write") -> Plan:
+        """Create or replace ``path`` with the bytes of the regular file that ``open_source()``
+        opens (and the caller's fd is closed here): streamed, never held in memory, and the
+        holes of a sparse file stay holes. The source is hashed when planned; if it is not the
+        same when applied, the action fails and is undone. Raises ``OSError`` when the source
+        cannot be read.
+        """
+        rel = normalize(path)
+        if mode is not None:
+            check_mode(rel, mode)
+        tmp = self._tmp("w")
+        src = open_source()
+        try:
+            size = os.fstat(src).st_size
+            digest = sha256_file_fd(src)
+        finally:
+            os.close(src)
+
+        def prepare() -> dict[str, Any]:
+            self._target_mode(rel)
+            return {**self._pre([rel]), "tmp": tmp}
+
+        def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            pre = undo["pre"][rel]
+            keep = pre.get("mode") if pre["type"] == "file" else None
+            fd = open_source()
+            try:
+                self._write_new(rel, lambda out: _copy_sparse(fd, out),
+                                mode if mode is not None else keep, tmp)
+            finally:
+                os.close(fd)
+            post = self._post(rel)
+            if post["post"][rel].get("sha") != digest:
+                raise OSError(errno.EIO, f"the source of {rel!r} changed while it was applied")
+            return size, post
+
+        return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": size},
+                    params={"size": size, "sha256": digest}, cost={"bytes_written": size},
+                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def append(self, path: Any, data: bytes) -> Plan:
         rel = normalize(path)
@@ -192,6 +242,7 @@ class FileEffect:
 
     def mkdir(self, path: Any, mode: int = 0o777) -> Plan:
         rel = normalize(path)
+        check_mode(rel, mode)
 
         def prepare() -> dict[str, Any]:
             return self._pre([rel])
@@ -235,6 +286,7 @@ class FileEffect:
             if rdst == rsrc or rdst.startswith(rsrc + "/"):
                 raise OSError(f"cannot rename {rsrc!r} onto itself or into itself ({rdst!r})")
             undo = self._pre([rsrc, rdst], deep=True)
+            _check_moved_links(rdst, undo["pre"][rsrc])
             # the source is moved, not rewritten: its blob is only needed if undo must recreate
             return undo
 
@@ -249,6 +301,7 @@ class FileEffect:
 
     def chmod(self, path: Any, mode: int) -> Plan:
         rel = normalize(path)
+        check_mode(rel, mode)
 
         def prepare() -> dict[str, Any]:
             st = self.ws.lstat(rel)
@@ -275,17 +328,16 @@ class FileEffect:
 
     def symlink(self, link: Any, target: str) -> Plan:
         rel = normalize(link)
-        if not isinstance(target, str) or not target or "\x00" in target:
+        if not isinstance(target, str):
             raise PathEscape(f"symlink target {target!r} is not a usable path", target=rel)
-        if target.startswith("/"):
-            raise PathEscape(f"symlink {rel!r} -> {target!r}: absolute targets would point "
-                             "outside the workspace; use a relative target", target=rel)
-        joined = f"{parent_of(rel)}/{target}" if parent_of(rel) != "." else target
         try:
-            normalize(joined)
-        except PathEscape as exc:
-            raise PathEscape(f"symlink {rel!r} -> {target!r} would point outside the workspace",
+            target.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PathEscape(f"symlink target {target!r} is not valid UTF-8",
                              target=rel) from exc
+        problem = self.ws.symlink_problem(rel, target)
+        if problem is not None:
+            raise PathEscape(problem, target=rel)
 
         def prepare() -> dict[str, Any]:
             if self.ws.lstat(rel) is not None:
@@ -319,11 +371,9 @@ class FileEffect:
                 if not stat.S_ISREG(st.st_mode):
                     raise IsADirectoryError(f"{rsrc!r} is not a regular file")
 
-                def chunks() -> Any:
-                    while chunk := os.read(fd, 1 << 20):
-                        yield chunk
-
-                self._write_new(rdst, list(chunks()), stat.S_IMODE(st.st_mode), tmp)
+                # like cp: a copy never carries setuid, setgid or sticky bits
+                self._write_new(rdst, lambda out: _copy_sparse(fd, out),
+                                stat.S_IMODE(st.st_mode) & 0o777, tmp)
             finally:
                 os.close(fd)
             return None, self._post(rdst)
@@ -400,7 +450,7 @@ class FileEffect:
         drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
         if drift and all(self.ws.matches(rel, want) for rel, want in undo["pre"].items()):
             # already undone: just settle metadata
-            self._restore(undo, undo.get("tmp", ""), forced=force)
+            self._verify_undone(item, self._restore(undo, undo.get("tmp", ""), forced=force))
             return
         if drift and not force:
             raise ConflictError(
@@ -412,8 +462,44 @@ class FileEffect:
         # the (shallow) post-state of a directory cannot prove once forced: a forced undo (drift,
         # or resuming an interrupted rollback) recreates both sides from the deep pre-images.
         if item.intent.kind == "fs.rename" and not force and self._rename_back(item):
+            self._verify_undone(item, set())
             return
-        self._restore(undo, undo.get("tmp", ""), forced=force)
+        self._verify_undone(item, self._restore(undo, undo.get("tmp", ""), forced=force))
+
+    def _verify_undone(self, item: UndoItem, skipped: set[str]) -> None:
+        """Re-read every path the undo restored and check it holds its pre-state (bytes hash,
+        type, mode, symlink target, absence; a deep pre-image with its whole tree): an undo is
+        done only when this holds. Paths a forced undo could not reach (an older action owns
+        their parent) are left to that action's own check.
+
+        Raises ConflictError naming each path that does not hold its pre-state.
+        """
+        wrong = [f"{rel!r} {self._mismatch(rel, want)}"
+                 for rel, want in item.undo_info["pre"].items()
+                 if rel not in skipped and not self._matches_deep(rel, want)]
+        if wrong:
+            raise ConflictError(
+                f"{item.describe()}: the undo did not restore the pre-state: "
+                + "; ".join(wrong) + "; it is not marked undone",
+                [f"{item.describe()}: {w}" for w in wrong],
+            )
+
+    def _mismatch(self, rel: str, want: Manifest) -> str:
+        """What is at ``rel`` against what should be there, in a few words."""
+        try:
+            now = self.ws.snapshot(rel, None)
+        except (OSError, PolicyViolation) as exc:
+            return f"cannot be read back ({exc})"
+        if now["type"] != want["type"]:
+            return f"is {now['type']}, expected {want['type']}"
+        if now.get("mode") != want.get("mode"):
+            return f"has mode {oct(now.get('mode') or 0)}, expected {oct(want.get('mode') or 0)}"
+        if now.get("target") != want.get("target"):
+            return f"points to {now.get('target')!r}, expected {want.get('target')!r}"
+        if now.get("sha") != want.get("sha"):
+            return (f"holds sha256 {str(now.get('sha'))[:12]}…, expected "
+                    f"{str(want.get('sha'))[:12]}…")
+        return "differs below it from the recorded tree"
 
     def settle(self, items: Sequence[UndoItem]) -> None:
         """After ``items`` (newest first) were undone: give every directory they touched the
@@ -530,3 +616,58 @@ def _moved_children(item: UndoItem, rel: str) -> set[str]:
 def _ancestors(rel: str) -> list[str]:
     parts = rel.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_sparse(src: int, dst: int) -> None:
+    """Copy the regular file ``src`` into the empty file ``dst``, data ranges only
+    (SEEK_DATA/SEEK_HOLE): a sparse source stays sparse. Falls back to a dense copy where the
+    file system cannot tell holes. Raises ``OSError``."""
+    size = os.fstat(src).st_size
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break  # only a hole is left
+            if exc.errno != errno.EINVAL:
+                raise
+            start, end = pos, size
+        else:
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        while start < end:
+            chunk = os.pread(src, min(1 << 20, end - start), start)
+            if not chunk:
+                raise OSError(errno.EIO, "the source file shrank while it was copied")
+            view = memoryview(chunk)
+            while view:
+                written = os.pwrite(dst, view, start)
+                start += written
+                view = view[written:]
+        pos = end
+    os.ftruncate(dst, size)
+
+
+def _check_moved_links(rdst: str, want: Manifest) -> None:
+    """Refuse a rename that would move a symlink (or a tree holding one) to a place where the
+    leading ``..`` of its target climbs above the workspace. Raises PathEscape."""
+    stack = [(rdst, want)]
+    while stack:
+        rel, manifest = stack.pop()
+        if manifest["type"] == "symlink":
+            parts = [p for p in manifest["target"].split("/") if p not in ("", ".")]
+            lead = 0
+            while lead < len(parts) and parts[lead] == "..":
+                lead += 1
+            if lead > rel.count("/"):
+                raise PathEscape(f"renaming would move the symlink -> {manifest['target']!r} to "
+                                 f"{rel!r}, from where it points outside the workspace",
+                                 target=rel)
+        for name, child in (manifest.get("children") or {}).items():
+            stack.append((_child(rel, name), child))

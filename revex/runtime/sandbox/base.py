@@ -8,7 +8,6 @@ the code raises :class:`revex.errors.SandboxError`.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -37,6 +36,9 @@ class Limits:
     output_bytes: stdout and stderr are each kept up to this many bytes; ``output_limit``.
     nofile: maximum open file descriptors.
     tmpfs_mb: size of the private /tmp.
+    changed_files: most entries a run's workspace change set may hold; more refuses it whole.
+    changed_mb: most MiB of file content a change set may hold (apparent sizes); more refuses it.
+    changed_depth: deepest path (in components) a change set may hold; deeper refuses it.
     """
 
     wall_s: float = 10.0
@@ -47,10 +49,13 @@ class Limits:
     output_bytes: int = 1_000_000
     nofile: int = 256
     tmpfs_mb: int = 64
+    changed_files: int = 10_000
+    changed_mb: int = 1024
+    changed_depth: int = 128
 
     def __post_init__(self) -> None:
         for name in ("wall_s", "cpu_s", "memory_mb", "pids", "fsize_mb", "output_bytes", "nofile",
-                     "tmpfs_mb"):
+                     "tmpfs_mb", "changed_files", "changed_mb", "changed_depth"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 from revex.errors import ConfigError
@@ -137,9 +142,11 @@ class ExecResult:
     def discard(self) -> None:
         """Delete the change directory. Idempotent; call it once the changes were applied or
         rejected. Raises ``OSError`` only if the directory exists and cannot be removed."""
+        from revex.runtime.sandbox.overlay import remove_tree
+
         root, self._run_dir, self.upper_dir = self._run_dir, None, None
         if root is not None:
-            shutil.rmtree(root)
+            remove_tree(root)  # iterative: a run can leave a tree too deep for shutil.rmtree
 
     def __enter__(self) -> ExecResult:
         return self

@@ -24,7 +24,6 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -218,8 +217,9 @@ class NsjailBackend:
             if ws is not None:
                 lower = os.path.realpath(spec.workspace or "")
                 try:
-                    result.changes = (overlay.read_upper(ws.upper, lower) if ws.mode == "overlay"
-                                      else overlay.diff_trees(lower, ws.upper))
+                    result.changes = (
+                        overlay.read_upper(ws.upper, lower, spec.limits) if ws.mode == "overlay"
+                        else overlay.diff_trees(lower, ws.upper, spec.limits))
                 except OSError as exc:
                     raise SandboxError(f"cannot read the run's changes: {exc}") from exc
                 result.upper_dir, result._run_dir = ws.upper, run_dir
@@ -297,7 +297,8 @@ def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
 
 def _remove_dir(path: str | None) -> None:
     if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            overlay.remove_tree(path)  # iterative: the run may have left a very deep tree
 
 
 def _owned_by(root: str, uid: int) -> bool:
