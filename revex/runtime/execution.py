@@ -24,7 +24,7 @@ from revex.errors import ActionFailed, InvalidPath, PolicyViolation
 from revex.policies.model import Decision
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
-from revex.runtime.effects.workspace import check_mode, normalize
+from revex.runtime.effects.workspace import SPECIAL_BITS, check_mode, normalize, parent_of
 from revex.runtime.sandbox import overlay
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, FileChange, SandboxBackend
 
@@ -111,7 +111,24 @@ def _fs_kind(change: FileChange) -> str:
             "delete": "fs.delete", "opaque": "fs.mkdir"}.get(change.kind, "exec.changes")
 
 
-def _screen(ep: Episode, fx: FileEffect, change: FileChange) -> _Refusal | None:
+def _inherits_setgid(fx: FileEffect, rel: str, change: FileChange,
+                     new_dirs: dict[str, int]) -> bool:
+    """Whether ``change`` is a new directory whose only special bit is the setgid it inherits
+    from its parent (the kernel sets it in the sandbox and would set it on the host too)."""
+    if change.kind not in ("dir", "opaque") or change.mode & SPECIAL_BITS != stat.S_ISGID:
+        return False
+    st = fx.ws.lstat(rel)
+    if st is not None and stat.S_ISDIR(st.st_mode) and change.kind == "dir":
+        return False  # an existing directory given the bit by the run: refused
+    parent = parent_of(rel)
+    if parent in new_dirs:
+        return bool(new_dirs[parent] & stat.S_ISGID)
+    pst = fx.ws.lstat(parent)
+    return pst is not None and stat.S_ISDIR(pst.st_mode) and bool(pst.st_mode & stat.S_ISGID)
+
+
+def _screen(ep: Episode, fx: FileEffect, change: FileChange,
+            new_dirs: dict[str, int]) -> _Refusal | None:
     """Why the host will not apply ``change`` (type, name, mode, symlink target, policy)."""
     kind = _fs_kind(change)
     if change.kind == overlay.REFUSED:
@@ -123,7 +140,8 @@ def _screen(ep: Episode, fx: FileEffect, change: FileChange) -> _Refusal | None:
                         f"unknown change kind {change.kind!r}")
     try:
         rel = normalize(change.path)
-        if change.kind in ("file", "dir", "opaque"):
+        if change.kind in ("file", "dir", "opaque") and not _inherits_setgid(
+                fx, rel, change, new_dirs):
             check_mode(rel, change.mode)
         elif change.kind == "symlink":
             fx.symlink(rel, change.target or "")  # resolves the target beneath the workspace
@@ -156,7 +174,8 @@ def apply_changes(ep: Episode, result: ExecResult, source: str) -> ChangeOutcome
     """
     changes = _ordered(list(result.changes))
     fx = ep._files()
-    refused = [r for r in (_screen(ep, fx, c) for c in changes) if r is not None]
+    new_dirs = {c.path: c.mode for c in changes if c.kind in ("dir", "opaque")}
+    refused = [r for r in (_screen(ep, fx, c, new_dirs) for c in changes) if r is not None]
     if not refused:
         actions = nbytes = 0
         for change in changes:
@@ -228,7 +247,8 @@ def _apply_one(ep: Episode, fx: FileEffect, result: ExecResult, change: FileChan
     if want_dir:
         # the mode exactly as the run left it, 0 included (mkdir's umask may clear bits)
         if st is None:
-            _act(ep, lambda f: f.mkdir(rel, change.mode), "fs.mkdir", rel, source)
+            # an inherited setgid bit (see _inherits_setgid) comes from the parent, not mkdir
+            _act(ep, lambda f: f.mkdir(rel, change.mode & 0o777), "fs.mkdir", rel, source)
             st = fx.ws.lstat(rel)
         if st is not None and stat.S_IMODE(st.st_mode) != change.mode:
             _act(ep, lambda f: f.chmod(rel, change.mode), "fs.chmod", rel, source)

@@ -90,6 +90,16 @@ class FileEffect:
         with contextlib.suppress(OSError, PathEscape), self.ws.parent(rel) as (fd, _):
             os.unlink(tmp, dir_fd=fd)
 
+    def _inherited_setgid(self, rel: str) -> int:
+        """``S_ISGID`` when ``rel`` is a directory that has the bit and inherited it (its parent
+        has it too): a chmod may keep that bit, never add one."""
+        with contextlib.suppress(OSError, PolicyViolation):
+            st, pst = self.ws.lstat(rel), self.ws.lstat(parent_of(rel))
+            if (st is not None and pst is not None and stat.S_ISDIR(st.st_mode)
+                    and st.st_mode & pst.st_mode & stat.S_ISGID):
+                return stat.S_ISGID
+        return 0
+
     def _target_mode(self, rel: str) -> int | None:
         st = self.ws.lstat(rel)
         if st is None:
@@ -301,7 +311,7 @@ class FileEffect:
 
     def chmod(self, path: Any, mode: int) -> Plan:
         rel = normalize(path)
-        check_mode(rel, mode)
+        check_mode(rel, mode, self._inherited_setgid(rel))
 
         def prepare() -> dict[str, Any]:
             st = self.ws.lstat(rel)

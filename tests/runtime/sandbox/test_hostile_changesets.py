@@ -119,6 +119,18 @@ def test_setgid_and_sticky_bits_from_a_run_are_refused(setup: Setup, code: str) 
     assert [r.rule for r in denied] == ["path-safety"]
 
 
+def test_a_setgid_bit_inherited_from_the_workspace_is_not_refused(setup: Setup) -> None:
+    os.chmod(setup.ws, 0o2755)  # a group-shared workspace: new directories inherit setgid
+    with setup.rt.episode(workspace=setup.ws, on_exit="commit") as ep:
+        result = ep.run(code="import os\nos.makedirs('a/b')\nos.chmod('a/b', 0o750)\n",
+                        limits=Limits(wall_s=30))
+        assert result.changes_applied is True, result.changes_refused
+    a, b = (os.lstat(setup.ws / p).st_mode for p in ("a", "a/b"))
+    assert (stat.S_IMODE(a) & 0o777, stat.S_IMODE(b) & 0o777) == (0o755, 0o750)
+    if setup.path != "overlay":  # an overlay's root has the upper's mode: nothing inherited
+        assert a & stat.S_ISGID
+
+
 def test_mode_zero_is_applied_as_zero(setup: Setup) -> None:
     code = ("import os\nopen('z', 'w').write('z')\nos.chmod('z', 0)\n"
             "os.mkdir('d0')\nos.chmod('d0', 0)\n")
