@@ -25,6 +25,7 @@ from revex.policies.model import Decision
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
 from revex.runtime.effects.workspace import SPECIAL_BITS, check_mode, normalize, parent_of
+from revex.runtime.journal import Status
 from revex.runtime.sandbox import overlay
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, FileChange, SandboxBackend
 
@@ -87,6 +88,9 @@ class ChangeOutcome:
 
 #: Refusals journaled one by one; beyond this many, one more DENIED record counts the rest.
 MAX_DENIED_RECORDS = 100
+#: New files and symlinks applied as one group: one durable journal transaction for their
+#: INTENTs and one for their outcomes, instead of two per action.
+BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,20 @@ def apply_changes(ep: Episode, result: ExecResult, source: str) -> ChangeOutcome
         return ChangeOutcome(False, [f"{r.path}: {r.reason}" for r in refused])
     cp = ep.checkpoint(f"before {source} changes")
     try:
+        batch: list[FileChange] = []
         for change in changes:
+            if _batchable(fx, change):
+                batch.append(change)
+                if len(batch) >= BATCH:
+                    _apply_batch(ep, result, batch, source)
+                    batch = []
+                continue
+            if batch:
+                _apply_batch(ep, result, batch, source)
+                batch = []
             _apply_one(ep, fx, result, change, source)
+        if batch:
+            _apply_batch(ep, result, batch, source)
     except (ActionFailed, PolicyViolation, OSError) as exc:
         ep.rollback(to=cp)
         raise ActionFailed(f"applying the changes of {source} failed; none were kept: {exc}"
@@ -219,6 +235,92 @@ def _act(ep: Episode, build: Callable[[FileEffect], Plan], kind: str, target: st
         return plan
 
     ep._act(wrapped, kind, target)
+
+
+def _batchable(fx: FileEffect, change: FileChange) -> bool:
+    """A new symlink, or a file that is new or replaces a regular file: one action on one path
+    that no other change of the set is above or below (a file or symlink has no children, and
+    the set names each path once), so a group of them can be planned before any is applied."""
+    if change.kind not in ("file", "symlink"):
+        return False
+    st = fx.ws.lstat(normalize(change.path))
+    return st is None or (change.kind == "file" and stat.S_ISREG(st.st_mode))
+
+
+def _plan(fx: FileEffect, result: ExecResult, change: FileChange, source: str) -> Plan:
+    rel = normalize(change.path)
+    if change.kind == "symlink":
+        plan = fx.symlink(rel, change.target or "")
+    else:
+        upper = result.upper_dir
+        if upper is None:
+            raise ActionFailed("the run's change directory is gone; its changes cannot be "
+                               "applied")
+        plan = fx.write_from(rel, lambda: overlay.open_change(upper, change.path),
+                             mode=change.mode)
+    plan.params = {**plan.params, "source": source}
+    return plan
+
+
+def _apply_batch(ep: Episode, result: ExecResult, changes: list[FileChange],
+                 source: str) -> None:
+    """Apply :func:`_batchable` changes through the episode's pipeline steps (policy, quota,
+    pre-image, INTENT, apply, outcome) with the journal writes grouped: every INTENT of the
+    group is durable, in one transaction, before the first of them takes effect (write-ahead
+    holds for each), and the outcomes follow in one more. An INTENT left without an outcome by
+    a crash is resolved by probing, like any other. Raises like ``Episode._act``; after a
+    failure the rest of the group is journaled FAILED (never applied).
+    """
+    journal = ep._rt.journal
+    with ep._lock:
+        ep._ensure_open()
+        staged: list[tuple[Plan, dict[str, Any], dict[str, Any]]] = []
+        for change in changes:
+            ep._action_seq += 1
+            seq = ep._action_seq
+            try:
+                plan = _plan(ep._files(), result, change, source)
+            except PolicyViolation as exc:
+                ep._deny(seq, _fs_kind(change), change.path, exc.rule or "path-safety",
+                         str(exc), {})
+                raise
+            rule = ep._decide(seq, plan)
+            common = dict(action_seq=seq, kind=plan.kind, target=plan.target,
+                          decision="allow", rule=rule, params=plan.params)
+            assert plan.prepare is not None
+            undo = ep._before_effect(seq, plan, common, plan.prepare)
+            staged.append((plan, common, undo))
+        intents = journal.append_many(
+            [dict(episode_id=ep.id, **common, status=Status.INTENT, undo=undo)
+             for _, common, undo in staged])
+        outcomes: list[dict[str, Any]] = []
+        failure: BaseException | None = None
+        for (plan, common, undo), intent in zip(staged, intents, strict=True):
+            done = dict(episode_id=ep.id, **{**common, "params": {}}, refers_to=intent.seq)
+            if failure is not None:
+                outcomes.append({**done, "status": Status.FAILED,
+                                 "error": f"not applied: an earlier action failed ({failure})"})
+                continue
+            assert plan.apply is not None
+            try:
+                _, post = plan.apply(undo)
+            except BaseException as exc:
+                if plan.cleanup is not None:
+                    plan.cleanup(undo)
+                failure = exc
+                outcomes.append({**done, "status": Status.FAILED,
+                                 "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            outcomes.append({**done, "status": Status.DONE, "result": post})
+            ep._charge(plan)
+        journal.append_many(outcomes)
+    if isinstance(failure, PolicyViolation | ActionFailed):
+        raise failure
+    if isinstance(failure, Exception):
+        raise ActionFailed(f"applying {len(changes)} changes of {source} failed and was "
+                           f"undone: {failure}") from failure
+    if failure is not None:
+        raise failure
 
 
 def _apply_one(ep: Episode, fx: FileEffect, result: ExecResult, change: FileChange,
@@ -256,12 +358,7 @@ def _apply_one(ep: Episode, fx: FileEffect, result: ExecResult, change: FileChan
     if change.kind == "symlink":
         _act(ep, lambda f: f.symlink(rel, change.target or ""), "fs.symlink", rel, source)
         return
-    upper = result.upper_dir
-    if upper is None:
-        raise ActionFailed("the run's change directory is gone; its changes cannot be applied")
-    _act(ep, lambda f: f.write_from(rel, lambda: overlay.open_change(upper, change.path),
-                                    mode=change.mode),
-         "fs.write", rel, source)
+    ep._act(lambda: _plan(ep._files(), result, change, source), "fs.write", rel)
 
 
 __all__ = ["ChangeOutcome", "apply_changes", "exec_attrs", "run_plan"]
