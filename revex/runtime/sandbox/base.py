@@ -71,7 +71,8 @@ class FileChange:
 
     kind: ``file`` (new or modified regular file), ``dir`` (new directory or mode change),
     ``symlink``, ``delete`` (a whiteout), ``opaque`` (a directory whose lower contents were
-    replaced).
+    replaced), ``refused`` (an entry the host never applies, or at path ``.`` a change set over
+    a limit; ``target`` says why: see :mod:`revex.runtime.sandbox.overlay`).
     """
 
     path: str

@@ -197,7 +197,10 @@ def _read_upper_dir(reader: _Reader, ufd: int, lfd: int | None, rel_dir: str,
         rel = _join(rel_dir, name)
         st = os.stat(name, dir_fd=ufd, follow_symlinks=False)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            change = FileChange(rel, "delete")
+            # overlayfs makes a whiteout only over a lower entry; any other one was not made
+            # by a deletion
+            change = (FileChange(rel, "delete") if _lstat(lfd, name) is not None else
+                      _refusal(rel, "a whiteout with nothing beneath it"))
         elif (what := _special(st)) is not None:
             change = _refusal(rel, what)
         elif stat.S_ISDIR(st.st_mode):

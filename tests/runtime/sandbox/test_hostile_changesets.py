@@ -167,9 +167,12 @@ def test_fs_api_refuses_special_mode_bits_and_keeps_mode_zero(base: Path) -> Non
     ("import os\nos.mkfifo('f')\n", "FIFO"),
     ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind('sock')\n", "socket"),
     ("open(b'bad\\xff.txt', 'w').write('x')\n", "UTF-8"),
-], ids=["fifo", "socket", "non-utf8-name"])
+    ("import os, stat\nos.mknod('w', stat.S_IFCHR | 0o600, os.makedev(0, 0))\n", "device"),
+], ids=["fifo", "socket", "non-utf8-name", "whiteout-device"])
 def test_special_files_and_bad_names_are_refused_and_the_result_returned(
         setup: Setup, code: str, what: str) -> None:
+    if what == "device" and setup.path == "overlay":
+        pytest.skip("overlayfs refuses mknod to the jail user (EPERM): nothing to refuse")
     refused, denied = _run_refused(setup, code + "open('ok.txt', 'w').write('ok')\n")
     assert not (setup.ws / "ok.txt").exists()
     assert len(refused) == 1 and what in refused[0], refused
