@@ -84,7 +84,6 @@ def normalize(path: Any) -> str:
 
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
-MAX_LINK_HOPS = 40  # the kernel's own limit (ELOOP)
 
 
 def check_mode(rel: str, mode: Any, keep: int = 0) -> None:
@@ -101,12 +100,6 @@ def check_mode(rel: str, mode: Any, keep: int = 0) -> None:
         raise PolicyViolation(
             f"mode {oct(mode)} for {rel!r} carries setuid, setgid or sticky bits, which revex "
             f"never applies; use {oct(mode & 0o777)}", rule="path-safety", target=rel)
-
-
-def _resolution_depends(rest: list[str]) -> bool:
-    """Whether unresolved components hold a '..' whose meaning depends on names that do not
-    exist yet (a symlink created there later would make it climb)."""
-    return ".." in rest
 
 
 class Workspace:
@@ -186,77 +179,6 @@ class Workspace:
                     raise PathEscape(f"{rel!r} is a symlink; revex never reads or writes "
                                      "through symlinks", target=rel) from exc
                 raise
-
-    # ---- symlink targets ---------------------------------------------------------------------
-
-    def symlink_problem(self, rel: str, target: str) -> str | None:
-        """Why a symlink ``rel -> target`` could lead outside the workspace, or None.
-
-        Checked by resolution, not by string normalisation: the target must be relative, its
-        ``..`` components may only come first and may not climb above the link's directory
-        (so no later rename of a name inside it can make it climb), and following it through
-        the workspace as it is now, symlink by symlink, must never step above the root. A
-        target that does not exist yet is fine: by the rules above, whatever is created there
-        later is checked the same way when it is created.
-        """
-        if not target or "\x00" in target:
-            return f"symlink target {target!r} is not a usable path"
-        if target.startswith("/"):
-            return (f"symlink {rel!r} -> {target!r}: absolute targets would point outside the "
-                    "workspace; use a relative target")
-        parts = [p for p in target.split("/") if p not in ("", ".")]
-        lead = 0
-        while lead < len(parts) and parts[lead] == "..":
-            lead += 1
-        if ".." in parts[lead:]:
-            return (f"symlink {rel!r} -> {target!r}: a '..' after a name climbs out of whatever "
-                    "that name resolves to (through another symlink it can leave the "
-                    "workspace); write the target without it")
-        stack = rel.split("/")[:-1]
-        if lead > len(stack):
-            return f"symlink {rel!r} -> {target!r} would point outside the workspace"
-        stack = stack[:len(stack) - lead]
-        return self._resolve_beneath(rel, target, stack, parts[lead:])
-
-    def _resolve_beneath(self, rel: str, target: str, stack: list[str], queue: list[str]
-                         ) -> str | None:
-        hops = 0
-        while queue:
-            name = queue.pop(0)
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if not stack:
-                    return (f"symlink {rel!r} -> {target!r} resolves (through the symlinks on "
-                            "its way) to a place outside the workspace")
-                stack.pop()
-                continue
-            try:
-                st = self.lstat("/".join([*stack, name]))
-            except PathEscape:
-                st = None
-            if st is not None and stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > MAX_LINK_HOPS:
-                    return f"symlink {rel!r} -> {target!r} resolves through a symlink loop"
-                with self.parent("/".join([*stack, name])) as (fd, last):
-                    link = os.readlink(last, dir_fd=fd)
-                if link.startswith("/"):
-                    return (f"symlink {rel!r} -> {target!r} resolves through "
-                            f"{'/'.join([*stack, name])!r}, an absolute symlink")
-                queue[:0] = link.split("/")
-                continue
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                stack.append(name)
-                continue
-            # missing (or not a directory): nothing more resolves now; what follows must not
-            # depend on what is created there later
-            if _resolution_depends(queue):
-                return (f"symlink {rel!r} -> {target!r} resolves through "
-                        f"{'/'.join([*stack, name])!r}, which does not exist, and then '..': "
-                        "what it means depends on what is created there later")
-            return None
-        return None
 
     # ---- snapshots ---------------------------------------------------------------------------
 
