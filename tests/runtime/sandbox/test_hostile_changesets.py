@@ -153,12 +153,16 @@ def test_fs_api_refuses_special_mode_bits_and_keeps_mode_zero(base: Path) -> Non
                 call()
             assert info.value.rule == "path-safety" and "setuid" in str(info.value)
         ep.fs.write_text("zero", "0", mode=0)
+        (s.ws / "suid").write_bytes(b"host file")
+        os.chmod(s.ws / "suid", 0o4755)
+        ep.fs.copy("suid", "copied")  # like cp: the copy drops the bit
         denied = _denied(s.rt, ep.id)
     assert [(r.kind, r.rule) for r in denied] == [
         ("fs.chmod", "path-safety"), ("fs.write", "path-safety"), ("fs.mkdir", "path-safety")]
     assert stat.S_IMODE(os.lstat(s.ws / "x").st_mode) & 0o7000 == 0
     assert not (s.ws / "y").exists() and not (s.ws / "d").exists()
     assert stat.S_IMODE(os.lstat(s.ws / "zero").st_mode) == 0
+    assert stat.S_IMODE(os.lstat(s.ws / "copied").st_mode) == 0o755
 
 
 # ---- item 3: FIFOs, sockets, devices, names that are not UTF-8 ---------------------------------
