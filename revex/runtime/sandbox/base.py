@@ -143,7 +143,7 @@ class ExecResult:
     def discard(self) -> None:
         """Delete the change directory. Idempotent; call it once the changes were applied or
         rejected. Raises ``OSError`` only if the directory exists and cannot be removed."""
-        from revex.runtime.sandbox.overlay import remove_tree
+        from revex.runtime.sandbox._tree import remove_tree
 
         root, self._run_dir, self.upper_dir = self._run_dir, None, None
         if root is not None:

