@@ -15,6 +15,7 @@ exactly.
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,13 @@ from revex.errors import ActionFailed, InvalidPath, PolicyViolation
 from revex.policies.model import Decision
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
-from revex.runtime.effects.workspace import SPECIAL_BITS, check_mode, normalize, parent_of
+from revex.runtime.effects.workspace import (
+    SPECIAL_BITS,
+    PathEscape,
+    check_mode,
+    normalize,
+    parent_of,
+)
 from revex.runtime.journal import Status
 from revex.runtime.sandbox import overlay
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, FileChange, SandboxBackend
@@ -121,13 +128,13 @@ def _inherits_setgid(fx: FileEffect, rel: str, change: FileChange,
     from its parent (the kernel sets it in the sandbox and would set it on the host too)."""
     if change.kind not in ("dir", "opaque") or change.mode & SPECIAL_BITS != stat.S_ISGID:
         return False
-    st = fx.ws.lstat(rel)
+    st = _lstat(fx, rel)
     if st is not None and stat.S_ISDIR(st.st_mode) and change.kind == "dir":
         return False  # an existing directory given the bit by the run: refused
     parent = parent_of(rel)
     if parent in new_dirs:
         return bool(new_dirs[parent] & stat.S_ISGID)
-    pst = fx.ws.lstat(parent)
+    pst = _lstat(fx, parent)
     return pst is not None and stat.S_ISDIR(pst.st_mode) and bool(pst.st_mode & stat.S_ISGID)
 
 
@@ -158,9 +165,18 @@ def _screen(ep: Episode, fx: FileEffect, change: FileChange,
     return None
 
 
+def _lstat(fx: FileEffect, path: str) -> os.stat_result | None:
+    """The entry at ``path`` now; None also below a symlink (which an earlier change of the set
+    replaces, or applying it is refused then)."""
+    try:
+        return fx.ws.lstat(normalize(path))
+    except PathEscape:
+        return None
+
+
 def _cost(fx: FileEffect, change: FileChange) -> tuple[int, int]:
     """An upper bound of the (actions, bytes written) that applying ``change`` takes."""
-    st = fx.ws.lstat(normalize(change.path))
+    st = _lstat(fx, change.path)
     if change.kind == "delete":
         return (0 if st is None else 1), 0
     replace = 0 if st is None else 1
@@ -243,7 +259,7 @@ def _batchable(fx: FileEffect, change: FileChange) -> bool:
     the set names each path once), so a group of them can be planned before any is applied."""
     if change.kind not in ("file", "symlink"):
         return False
-    st = fx.ws.lstat(normalize(change.path))
+    st = _lstat(fx, change.path)
     return st is None or (change.kind == "file" and stat.S_ISREG(st.st_mode))
 
 

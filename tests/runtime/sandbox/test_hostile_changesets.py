@@ -314,6 +314,18 @@ def test_symlink_chains_through_the_api_are_refused_in_any_order(base: Path) -> 
     assert (s.ws / "a/b/ok").read_text() == "keep"
 
 
+def test_a_host_symlink_replaced_by_a_directory_is_applied(setup: Setup) -> None:
+    (setup.ws / "sub").mkdir()
+    os.symlink("sub", setup.ws / "a")
+    if setup.path == "overlay":
+        _chown_tree(setup.ws, JAIL_UID)
+    code = "import os\nos.remove('a')\nos.mkdir('a')\nopen('a/x', 'w').write('x')\n"
+    with setup.rt.episode(workspace=setup.ws, on_exit="commit") as ep:
+        result = ep.run(code=code, limits=Limits(wall_s=30))
+        assert result.changes_applied is True, result.changes_refused
+    assert not os.path.islink(setup.ws / "a") and (setup.ws / "a" / "x").read_text() == "x"
+
+
 # ---- item 6: deep trees ------------------------------------------------------------------------
 
 DEEP = "import os\nfor _ in range(2000):\n    os.mkdir('d')\n    os.chdir('d')\n"
