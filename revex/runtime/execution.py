@@ -208,7 +208,8 @@ def apply_changes(ep: Episode, result: ExecResult, source: str) -> ChangeOutcome
                 f"{nbytes} bytes) would exceed the episode quota ({over}); nothing was applied")))
     if refused:
         _journal_refusals(ep, refused, source)
-        return ChangeOutcome(False, [f"{r.path}: {r.reason}" for r in refused])
+        return ChangeOutcome(False, [r.reason if r.path == overlay.WHOLE_SET
+                                     else f"{r.path}: {r.reason}" for r in refused])
     cp = ep.checkpoint(f"before {source} changes")
     try:
         batch: list[FileChange] = []
