@@ -83,6 +83,25 @@ def normalize(path: Any) -> str:
     return "/".join(parts)
 
 
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+def check_mode(rel: str, mode: Any, keep: int = 0) -> None:
+    """Refuse a mode revex will not give an entry: not 0..0o7777, or carrying setuid, setgid or
+    sticky bits (a setuid file made by sandboxed code must never reach the host) other than
+    those in ``keep`` (bits the entry already has and may keep).
+
+    Raises InvalidPath for a malformed mode, PolicyViolation (rule ``path-safety``) for special
+    bits.
+    """
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        raise InvalidPath(f"mode {mode!r} for {rel!r} is not a permission mode (0 to 0o777)")
+    if mode & SPECIAL_BITS & ~keep:
+        raise PolicyViolation(
+            f"mode {oct(mode)} for {rel!r} carries setuid, setgid or sticky bits, which revex "
+            f"never applies; use {oct(mode & 0o777)}", rule="path-safety", target=rel)
+
+
 class Workspace:
     """A directory revex acts in, reached only through file descriptors."""
 

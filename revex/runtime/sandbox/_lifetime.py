@@ -18,14 +18,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import errno
 import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -190,37 +187,12 @@ def own_cgroup(controller: str) -> str | None:
 
 
 def remove_tree(path: str | None) -> None:
-    """Remove ``path`` (a directory tree, or a file) even where entries are unreadable.
+    """Remove ``path`` (a directory tree, or a file) even where entries are unreadable or the
+    tree is very deep (see :func:`revex.runtime.sandbox._tree.remove_tree`). Missing paths are
+    fine. Raises ``OSError`` if something stays that cannot be removed."""
+    from revex.runtime.sandbox import _tree
 
-    Missing paths are fine. Raises ``OSError`` if something stays that cannot be removed.
-    """
-    if path is None:
-        return
-
-    def fix(func: Any, name: str, excinfo: Any) -> None:
-        exc = excinfo[1]
-        if isinstance(exc, FileNotFoundError):
-            return
-        if not (isinstance(exc, PermissionError) or getattr(exc, "errno", 0) == errno.EACCES):
-            raise exc
-        # Give the owner rwx on the entry and its parent, then retry once.
-        for p in (os.path.dirname(name), name):
-            with contextlib.suppress(OSError):
-                st = os.lstat(p)
-                if stat.S_ISDIR(st.st_mode):
-                    os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-        if func in (os.rmdir, os.unlink, os.remove):
-            func(name)
-        else:  # scandir/open of a directory failed: remove it as a tree now that it is readable
-            shutil.rmtree(name, onerror=_raise_unless_missing)
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=fix)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    if path is not None:
+        _tree.remove_tree(path)
 
 
-def _raise_unless_missing(func: Any, name: str, excinfo: Any) -> None:
-    if not isinstance(excinfo[1], FileNotFoundError):
-        raise excinfo[1]

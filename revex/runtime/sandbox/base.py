@@ -40,6 +40,9 @@ class Limits:
     output_bytes: stdout and stderr are each kept up to this many bytes; ``output_limit``.
     nofile: maximum open file descriptors.
     tmpfs_mb: size of the private /tmp.
+    changed_files: most entries a run's workspace change set may hold; more refuses it whole.
+    changed_mb: most MiB of file content a change set may hold (apparent sizes); more refuses it.
+    changed_depth: deepest path (in components) a change set may hold; deeper refuses it.
     """
 
     wall_s: float = 10.0
@@ -50,6 +53,9 @@ class Limits:
     output_bytes: int = 1_000_000
     nofile: int = 256
     tmpfs_mb: int = 64
+    changed_files: int = 10_000
+    changed_mb: int = 1024
+    changed_depth: int = 128
 
     def __post_init__(self) -> None:
         # Every field by its declared type, so fields added later are covered too: ``float``
@@ -113,7 +119,8 @@ class FileChange:
 
     kind: ``file`` (new or modified regular file), ``dir`` (new directory or mode change),
     ``symlink``, ``delete`` (a whiteout), ``opaque`` (a directory whose lower contents were
-    replaced).
+    replaced), ``refused`` (an entry the host never applies, or at path ``.`` a change set over
+    a limit; ``target`` says why: see :mod:`revex.runtime.sandbox.overlay`).
     """
 
     path: str
@@ -205,11 +212,11 @@ class ExecResult:
     def discard(self) -> None:
         """Delete the change directory. Idempotent; call it once the changes were applied or
         rejected. Raises ``OSError`` only if the directory exists and cannot be removed."""
-        from revex.runtime.sandbox._lifetime import remove_tree
+        from revex.runtime.sandbox._tree import remove_tree
 
         root, self._run_dir, self.upper_dir = self._run_dir, None, None
-        # remove_tree also removes what overlayfs leaves unreadable (a mode-000 work/work).
-        remove_tree(root)
+        if root is not None:
+            remove_tree(root)  # iterative: a run can leave a tree too deep for shutil.rmtree
 
     def __enter__(self) -> ExecResult:
         return self

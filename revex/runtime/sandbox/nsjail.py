@@ -272,8 +272,9 @@ class NsjailBackend:
             if ws is not None:
                 lower = os.path.realpath(spec.workspace or "")
                 try:
-                    result.changes = (overlay.read_upper(ws.upper, lower) if ws.mode == "overlay"
-                                      else overlay.diff_trees(lower, ws.upper))
+                    result.changes = (
+                        overlay.read_upper(ws.upper, lower, spec.limits) if ws.mode == "overlay"
+                        else overlay.diff_trees(lower, ws.upper, spec.limits))
                 except OSError as exc:
                     raise SandboxError(f"cannot read the run's changes: {exc}") from exc
                 result.upper_dir, result._run_dir = ws.upper, prep.run_dir

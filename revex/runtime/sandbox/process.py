@@ -135,7 +135,8 @@ class ProcessBackend:
             kill_group()
             result = _common.to_result(sup, spec, self.name, message=WARNING, weak=True)
             if copy is not None:
-                result.changes = overlay.diff_trees(os.path.realpath(spec.workspace or ""), copy)
+                result.changes = overlay.diff_trees(os.path.realpath(spec.workspace or ""), copy,
+                                                    spec.limits)
                 result.upper_dir, result._run_dir = copy, run_dir
                 keep = True
             return result
