@@ -19,9 +19,9 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from revex.errors import ActionFailed, InvalidPath, PolicyViolation
+from revex.errors import ActionFailed, InvalidPath, JournalError, PolicyViolation
 from revex.policies.model import Decision
 from revex.runtime.effects.base import Plan
 from revex.runtime.effects.files import FileEffect
@@ -311,6 +311,7 @@ def _apply_batch(ep: Episode, result: ExecResult, changes: list[FileChange],
             [dict(episode_id=ep.id, **common, status=Status.INTENT, undo=undo)
              for _, common, undo in staged])
         outcomes: list[dict[str, Any]] = []
+        applied: list[tuple[Plan, Any, dict[str, Any]]] = []
         failure: BaseException | None = None
         for (plan, common, undo), intent in zip(staged, intents, strict=True):
             done = dict(episode_id=ep.id, **{**common, "params": {}}, refers_to=intent.seq)
@@ -329,8 +330,12 @@ def _apply_batch(ep: Episode, result: ExecResult, changes: list[FileChange],
                                  "error": f"{type(exc).__name__}: {exc}"})
                 continue
             outcomes.append({**done, "status": Status.DONE, "result": post})
+            applied.append((plan, intent, post))
             ep._charge(plan)
-        journal.append_many(outcomes)
+        try:
+            journal.append_many(outcomes)
+        except JournalError as exc:
+            _undo_unrecorded(ep, applied, exc)
     if isinstance(failure, PolicyViolation | ActionFailed):
         raise failure
     if isinstance(failure, Exception):
@@ -338,6 +343,35 @@ def _apply_batch(ep: Episode, result: ExecResult, changes: list[FileChange],
                            f"undone: {failure}") from failure
     if failure is not None:
         raise failure
+
+
+def _undo_unrecorded(ep: Episode, applied: list[tuple[Plan, Any, dict[str, Any]]],
+                     exc: JournalError) -> NoReturn:
+    """The group took effect but its outcomes could not be journaled (e.g. a full disk): undo
+    it now, newest first, the way a rollback would (as ``Episode._unrecorded`` does for one
+    action), and raise. What cannot be undone here stays an INTENT without an outcome, which
+    the episode's next rollback, close or recovery probes and undoes."""
+    from revex.runtime.effects.base import UndoItem
+    from revex.runtime.journal import Record
+
+    items = [UndoItem(intent=intent, done=Record(
+        seq=0, episode_id=ep.id, action_seq=intent.action_seq, kind=intent.kind,
+        target=intent.target, status=Status.DONE, refers_to=intent.seq, result=post))
+        for _, intent, post in reversed(applied)]
+    effect = ep._effect("fs")
+    try:
+        for item in items:
+            effect.undo(item, force=False)
+        settle = getattr(effect, "settle", None)
+        if settle is not None:
+            settle(items)
+    except Exception as undo_exc:
+        raise JournalError(
+            f"{len(items)} changes took effect but the journal could not record them ({exc}); "
+            f"undoing them failed too ({type(undo_exc).__name__}: {undo_exc}). The episode's "
+            "next rollback or close undoes them once the journal is writable") from exc
+    raise JournalError(f"{len(items)} changes were undone because the journal could not record "
+                       f"them: {exc}") from exc
 
 
 def _apply_one(ep: Episode, fx: FileEffect, result: ExecResult, change: FileChange,
