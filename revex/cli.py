@@ -152,11 +152,13 @@ def undo(episode: Annotated[str, typer.Argument(help="Episode id (or a unique pr
 
 @app.command()
 def verify(state_dir: StateDir = None) -> None:
-    """Recompute the journal's hash chain and HMACs; exit 1 on the first broken record."""
+    """Check the journal: SQLite's integrity, the hash chain and HMACs, the head marker, the
+    index rollback reads and the episodes table; exit 1 at the first problem."""
     with _runtime(state_dir, recover=False) as rt:
         report = rt.verify()
         if report.ok:
-            console.print(f"[green]ok[/]: {report.checked} records, chain and HMACs intact")
+            console.print(f"[green]ok[/]: {report.checked} records; file integrity, hash chain, "
+                          "HMACs, head marker, index and episodes table intact")
             return
         where = "" if report.first_bad_seq is None else f" at record {report.first_bad_seq}"
         err.print(f"[red]broken[/]{where}: {escape(report.reason)} ({report.checked} records "
