@@ -95,6 +95,8 @@ class Quotas(BaseModel):
     http_calls: int | None = Field(default=None, ge=0)
     cpu_seconds: float | None = Field(default=None, ge=0)
     exec_runs: int | None = Field(default=None, ge=0)
+    #: code runs (exec.run, exec.tests) per rolling 60 seconds, per episode
+    runs_per_minute: int | None = Field(default=None, ge=0)
 
 
 class PolicyHeader(BaseModel):

@@ -10,6 +10,7 @@ Every action an episode takes goes through one pipeline (:meth:`Episode._act`)::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
@@ -89,6 +90,7 @@ class Episode:
         self._lock = threading.RLock()
         self._action_seq = 0
         self._used: dict[str, float] = {}
+        self._run_times: collections.deque[float] = collections.deque()
         self._effects: dict[str, Effect] = {}
         self._http: Any = None
         self._ahttp: Any = None
@@ -201,7 +203,24 @@ class Episode:
             self._deny(seq, plan.kind, plan.target, "quota", message, plan.params)
             raise PolicyViolation(message, rule="quota", action_kind=plan.kind,
                                   target=plan.target)
+        self._check_rate(seq, plan)
         return rule
+
+    def _check_rate(self, seq: int, plan: Plan) -> None:
+        """The ``runs_per_minute`` quota: code runs in the last 60 s, counted when decided."""
+        limit = self._rt.policy.quotas.runs_per_minute
+        if limit is None or not plan.cost.get("exec_runs"):
+            return
+        now = time.monotonic()
+        while self._run_times and now - self._run_times[0] >= 60:
+            self._run_times.popleft()
+        if len(self._run_times) >= limit:
+            message = (f"{plan.kind} {plan.target!r} refused: episode quota exceeded "
+                       f"(runs_per_minute: {len(self._run_times) + 1} > {limit} in the last 60 s)")
+            self._deny(seq, plan.kind, plan.target, "quota", message, plan.params)
+            raise PolicyViolation(message, rule="quota", action_kind=plan.kind,
+                                  target=plan.target)
+        self._run_times.append(now)
 
     def _charge(self, plan: Plan) -> None:
         for name, amount in {"actions": 1, **plan.cost}.items():
