@@ -6,8 +6,9 @@ completion carries a unique marker string constant. The hook records:
 
 - every process start (``subprocess.Popen``, ``os.exec``, ``os.posix_spawn``, ``os.spawn``,
   ``os.system``, ``os.fork``): the only executables allowed are the nsjail binary (the sandbox:
-  cold runs, which may carry the code to run inside the jail, and the warm zygotes) and ruff, a
-  static analyser that reads files (its argv must not contain the marker);
+  cold runs, which may carry the code to run inside the jail, and the warm zygotes), util-linux
+  ``setpriv`` exec'ing nsjail with a death signal, and ruff, a static analyser that reads files
+  (its argv must not contain the marker);
 - every ``compile`` whose source contains the marker: allowed only when the caller is
   ``ast.parse`` (a syntax tree, never code; the event's arguments do not carry the flags, so
   the caller's frame tells them apart);
@@ -75,12 +76,15 @@ def hook(event, args):
 
 
 from revex import Limits, Runtime
+import shutil
 from revex.runtime.sandbox.nsjail import nsjail_binary
 from revex.trainer.env import RevexEnv
 from revex.trainer.rewards import (CodeQualityReward, EfficiencyReward, ExecutionCache,
                                    ExecutionFeedbackReward, TestPassReward, _ruff_binary)
 
 allowed = {os.path.realpath(nsjail_binary()), os.path.realpath(_ruff_binary())}
+if shutil.which("setpriv"):  # starts nsjail with a death signal tied to this process
+    allowed.add(os.path.realpath(shutil.which("setpriv")))
 limits = Limits(wall_s=5, cpu_s=5, memory_mb=256)
 prompt = "def inc(x):\n"
 tag = f"    _tag = {MARKER!r}\n"
@@ -149,7 +153,11 @@ def test_only_the_sandbox_and_a_static_analyser_are_spawned(probe: dict[str, obj
         assert item["event"] != "os.fork" and item["event"] != "os.system", item
         exe = os.path.realpath(item["exe"])
         assert exe in allowed, item
-        if "nsjail" not in exe:  # the sandbox may carry code to run inside the jail; no other
+        # the sandbox may carry code to run inside the jail (setpriv only to exec nsjail with a
+        # death signal); no other process may
+        starts_nsjail = "nsjail" in exe or (
+            "setpriv" in exe and any("nsjail" in str(a) for a in item["argv"]))
+        if not starts_nsjail:
             assert str(probe["marker"]) not in json.dumps(item["argv"]), item
     exes = {os.path.realpath(item["exe"]) for item in spawned}
     assert any("nsjail" in exe for exe in exes)

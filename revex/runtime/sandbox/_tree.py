@@ -77,6 +77,9 @@ def _empty(top: int) -> None:
                 for child in os.listdir(sub):
                     cst = lstat_at(sub, child)
                     if cst is not None and stat.S_ISDIR(cst.st_mode):
+                        # moving a directory rewrites its "..": it must be writable to us
+                        with contextlib.suppress(OSError):
+                            os.chmod(child, 0o700, dir_fd=sub)
                         moved += 1
                         while lstat_at(top, f".revex-rm-{moved}") is not None:
                             moved += 1
