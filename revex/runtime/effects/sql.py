@@ -114,7 +114,7 @@ class SqlEffect:
              parameters: Any, many: bool) -> Plan:
         attrs = policy_attrs(stmt)
         params: dict[str, Any] = {"db": db.name, "statement": attrs["statement"],
-                                  "tables": list(stmt.tables), "sql": stmt.sql[:4000]}
+                                  "tables": list(stmt.tables), "sql": stmt.shown[:4000]}
         if many:
             params["batch"] = len(parameters)
         if not stmt.writes:
@@ -282,7 +282,10 @@ class SqlDatabase:
     def script(self, sql: str) -> None:
         """Run several statements (split by the parser); each is its own action."""
         for stmt in split(sql, self._db.backend_name):
-            self.connection.exec_driver_sql(stmt.sql)
+            # exec_driver_sql passes (empty) parameters: a format/pyformat driver then reads
+            # % as a placeholder, so the text as written is escaped for it
+            text = stmt.sql.replace("%", "%%") if self._db.escapes_percent else stmt.sql
+            self.connection.exec_driver_sql(text)
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[Row[Any]]:
         """Run a read and return its rows."""

@@ -42,6 +42,8 @@ class Database:
         self.backend = backend_for(self.engine.dialect.name)
         self.backend_name = self.engine.dialect.name
         self.dbapi = self.engine.dialect.loaded_dbapi
+        self.escapes_percent = self.engine.dialect.paramstyle in ("format", "pyformat")
+        """The driver reads ``%`` as a placeholder: text sent with parameters has ``%%``."""
         event.listen(self.engine, "connect", self._on_connect)
         self._conn: Connection | None = None
         self._facade: SqlDatabase | None = None
@@ -125,7 +127,9 @@ class Database:
         facade = self._facade
         if facade is None or facade._ep.status != "active":
             raise EpisodeClosed(f"database {self.name!r} belongs to an episode that is closed")
-        stmts = split(statement, self.backend_name)
+        # a format/pyformat driver given parameters turns %% into %: classify what it runs
+        escaped = parameters is not None and self.escapes_percent
+        stmts = split(statement, self.backend_name, escaped=escaped)
         if len(stmts) > 1 and parameters:
             raise ConfigError("parameters can only be given with a single statement; use "
                               "script() for several")
@@ -143,7 +147,7 @@ class Database:
             else:
                 cursor.execute(stmt.sql, parameters)
         except self.dbapi.Error as exc:
-            raise ActionFailed(f"database {self.name!r} rejected {stmt.sql[:200]!r}: "
+            raise ActionFailed(f"database {self.name!r} rejected {stmt.shown[:200]!r}: "
                                f"{exc}") from exc
 
     # ---- forward path ------------------------------------------------------------------------

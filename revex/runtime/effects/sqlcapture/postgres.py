@@ -245,10 +245,10 @@ class PostgresBackend:
 
         cur.execute("SAVEPOINT revex_trial")
         try:
-            cur.execute(stmt.sql)  # the real DROP, to fail exactly as it would
+            cur.execute(stmt.shown)  # the real DROP, to fail exactly as it would
         except psycopg.Error as exc:
             cur.execute("ROLLBACK TO SAVEPOINT revex_trial")
-            raise ActionFailed(f"{stmt.sql[:200]!r} failed: {exc}") from exc
+            raise ActionFailed(f"{stmt.shown[:200]!r} failed: {exc}") from exc
         cur.execute("ROLLBACK TO SAVEPOINT revex_trial")
         moved = {}
         for i, table in enumerate(tables):
