@@ -185,7 +185,10 @@ class SqlEffect:
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
         info = _info(item)
-        conflicts = self.database(info["db"]).undo(info, force=force)
+        try:
+            conflicts = self.database(info["db"]).undo(info, force=force)
+        except ConflictError as exc:  # the undo ran but did not verify
+            raise ConflictError(f"{item.describe()}: {exc}", exc.conflicts) from None
         if conflicts:
             raise ConflictError(f"{item.describe()}: target changed since; nothing was undone "
                                 "(force=True overwrites):\n  " + "\n  ".join(conflicts[:20]),

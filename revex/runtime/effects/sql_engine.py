@@ -14,10 +14,11 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from revex.errors import ActionFailed, ConfigError, EpisodeClosed
+from revex.errors import ActionFailed, ConfigError, ConflictError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
 from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
+from revex.runtime.effects.sqlcapture.counters import Counters
 
 if TYPE_CHECKING:
     from revex.runtime.effects.sql import SqlDatabase
@@ -50,6 +51,7 @@ class Database:
         self._live: list[int] = []
         self._hooked = False
         self._pending_commit = False
+        self.counters = Counters(self.backend)
 
     # ---- connections -------------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class Database:
         if self._conn is not None:
             self._raw().commit()
             self._live.clear()
+            self._rewind_pending()
 
     def close(self) -> None:
         self._flush_pending()
@@ -106,6 +109,8 @@ class Database:
             raw = self._raw()
             if self.mode == "transactional" or getattr(raw, "in_transaction", False):
                 raw.rollback()
+            self._live.clear()
+            self._rewind_pending()
             self._conn.close()
             self._conn = None
         self._live.clear()
@@ -179,6 +184,7 @@ class Database:
             cap.execute(f"SAVEPOINT revex_{seq}")
             self._live.append(seq)
             info["savepoint"] = seq
+        seqs: dict[str, list[Any]] | None = None
         try:
             seqs = b.sequences(cap)
             ddl = b.ddl_before(cap, stmt, self._tag(seq)) if self._ddl(stmt) else None
@@ -197,13 +203,12 @@ class Database:
                     changes.pop(table, None)
                 b.sync(cap)
             after = b.sequences(cap)
-            info["seqs"] = {k: [seqs.get(k), after.get(k)] for k in {*seqs, *after}
-                            if seqs.get(k) != after.get(k)}
+            info["seqs"] = self.counters.moved(seqs, after)
             info["changes"] = changes
             info["_rows"] = sum(len(c["added"]) + len(c["removed"]) for c in changes.values())
             self._mark(cap, seq)
         except BaseException:
-            self.abandon(seq)
+            self.abandon(seq, counters=seqs)
             raise
         return info
 
@@ -234,17 +239,26 @@ class Database:
             self._pending_commit = False
             self._raw().commit()
 
-    def abandon(self, seq: int) -> None:
-        """Roll back what the action ``seq`` did in the forward transaction."""
+    def abandon(self, seq: int, counters: dict[str, list[Any]] | None = None) -> None:
+        """Roll back what the action ``seq`` did in the forward transaction; ``counters``
+        (read before it ran) are rewound too: a failed insert consumes ids that no ROLLBACK
+        gives back (PostgreSQL sequences, InnoDB AUTO_INCREMENT)."""
         raw = self._raw()
         cap = raw.cursor()
-        if seq in self._live:
+        live = seq in self._live
+        if live:
             cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
             self._live = [s for s in self._live if s < seq]
         else:
             raw.rollback()
             self._live.clear()
         self.backend.set_tag(raw.cursor(), None)
+        if counters is not None:
+            now = self.backend.sequences(cap)
+            moved = {k: [counters.get(k), v] for k, v in now.items() if counters.get(k) != v}
+            self._rewind(cap, seq, moved, live=live)
+            if not live:
+                raw.commit()
 
     # ---- markers -----------------------------------------------------------------------------
 
@@ -314,19 +328,21 @@ class Database:
             cap = self._raw().cursor()
             cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
             self._live = [s for s in self._live if s < seq]
-            self._restore_sequences(cap, info)
+            self._rewind(cap, seq, info.get("seqs") or {}, live=True)
             return []
-        if self._conn is not None and self.mode == "transactional":
-            # every newer action is undone by now: what the forward transaction still holds
-            # belongs to them, and its locks would block the undo connection
+        if self._conn is not None:
+            # transactional: every newer action is undone by now, what the forward
+            # transaction still holds belongs to them; durable: it holds only reads. Either
+            # way its locks (MariaDB's metadata locks too) would block the undo connection.
             self._raw().rollback()
             self._live.clear()
+            self._rewind_pending()
         conn = self.raw_connection()
         try:
             cur = conn.cursor()
             self.backend.undo_begin(cur, conn)
             if not self._marked(cur, seq):
-                self._restore_sequences(cur, info)
+                self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
                 return []
             done: set[str] = set()
@@ -344,10 +360,25 @@ class Database:
             for table, change in info.get("changes", {}).items():
                 if table not in done:
                     self.backend.restore(cur, table, change, force=force)
+            problems = self._verify(cur, info)
+            if problems:
+                conn.rollback()
+                kept = ("it was rolled back" if self.backend.transactional_ddl else
+                        "it was rolled back as far as MariaDB allows (DDL and trigger "
+                        "re-creation commit implicitly)")
+                raise ConflictError(
+                    f"undo of action #{seq} on database {self.name!r} did not bring back the "
+                    f"pre-state, so it is not marked undone; {kept}. Something rewrites "
+                    "these rows or tables (a trigger, a rule, a changed column type?):\n  "
+                    + "\n  ".join(problems[:20]), problems)
             self._unmark(cur, seq)
-            self._restore_sequences(cur, info)
+            if not self.backend.sequence_is_ddl:
+                self.counters.restore(cur, info.get("seqs") or {})
             self.backend.undo_end(cur, conn)
             conn.commit()
+            if self.backend.sequence_is_ddl:  # commits implicitly: after the rows are back
+                self.counters.restore(cur, info.get("seqs") or {})
+                conn.commit()
         except self.dbapi.Error as exc:
             conn.rollback()
             raise ActionFailed(f"undo of action #{seq} on database {self.name!r} failed: "
@@ -356,14 +387,29 @@ class Database:
             conn.close()
         return []
 
-    def _restore_sequences(self, cur: Any, info: dict[str, Any]) -> None:
-        wanted = info.get("seqs") or {}
-        if not wanted:
-            return
-        now = self.backend.sequences(cur)
-        for name, (pre, post) in wanted.items():
-            if now.get(name) == post:
-                self.backend.set_sequence(cur, name, pre)
+    def _verify(self, cur: Any, info: dict[str, Any]) -> list[str]:
+        """After an undo, before its commit: re-query the rows it put back and took away
+        (set-based, per table) and, for DDL, each table's shape and rows; a line per table
+        and key that is not in its pre-state."""
+        out = self.backend.shape_drift(cur, info["ddl"]) if info.get("ddl") else []
+        for table, change in info.get("changes", {}).items():
+            inverse = {"added": change["removed"], "removed": change["added"]}
+            out += self.backend.drift(cur, table, inverse, undone=True)
+        return out
+
+    def _rewind(self, cur: Any, seq: int, seqs: dict[str, Any], *, live: bool) -> None:
+        """Rewind the counters action ``seq`` moved; ``live``: ``cur`` is the forward
+        transaction, which may still hold earlier actions' work."""
+        if not live or not self.counters.defer(seq, seqs):
+            self.counters.restore(cur, seqs)
+        elif not self._live:  # nothing of the episode is left in it: end it, rewind now
+            self._raw().rollback()
+            self._rewind_pending()
+
+    def _rewind_pending(self) -> None:
+        """The forward transaction has just ended: rewind what waited for that."""
+        if self._conn is not None and self.counters.flush(self._raw().cursor()):
+            self._raw().commit()
 
     def probe(self, info: dict[str, Any]) -> dict[str, Any] | None:
         """After a crash: the post-state if the action committed, else None."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
+    AFTER_UNDO,
     LOG,
     PREFIX,
     Cursor,
@@ -48,6 +49,7 @@ class MySQLBackend(Rebuilder):
     param = "%s"
     transactional_ddl = False
     truncate_by_trigger = False
+    sequence_is_ddl = True
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -153,10 +155,19 @@ class MySQLBackend(Rebuilder):
         return events
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
-        return {}
+        """Each table's AUTO_INCREMENT counter: InnoDB never rolls it back, so undo must."""
+        cur.execute("SELECT table_name, auto_increment FROM information_schema.tables WHERE "
+                    "table_schema = DATABASE() AND table_type = 'BASE TABLE' AND "
+                    "auto_increment IS NOT NULL AND table_name NOT LIKE %s",
+                    (PREFIX.replace("_", "\\_") + "%",))
+        return {r[0]: [int(r[1])] for r in cur.fetchall()}
 
     def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
-        return None
+        """ALTER TABLE ... AUTO_INCREMENT (commits implicitly). InnoDB raises a value below
+        max(id) + 1 to that, so a counter never goes under rows someone else kept."""
+        if value is None or name not in self.tables(cur):
+            return  # created by the action (its DDL undo drops it) or dropped since
+        cur.execute(f"ALTER TABLE {_q(name)} AUTO_INCREMENT = {int(value[0])}")
 
     # ---- FK cascades (no triggers fire for them) ---------------------------------------------
 
@@ -217,7 +228,8 @@ class MySQLBackend(Rebuilder):
                 out[tuple(str(v) for v in r[:-1])] = r[-1]
         return out
 
-    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+              undone: bool = False) -> list[str]:
         if table not in self.tables(cur):
             return [f"table {table}: no longer exists"]
         cols, pk = self.columns(cur, table), self.pk(cur, table)
@@ -231,12 +243,14 @@ class MySQLBackend(Rebuilder):
             now = found[key] if key in found else self._current(cur, table, expr, pk, row,
                                                                 image)
             if now is None or json.loads(now) != json.loads(image):
-                out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
-        for image in change["removed"] if pk else []:
-            row = self.decode(cols, image)
-            if tuple(str(row.get(c)) for c in pk) not in added and self._current(
-                    cur, table, expr, pk, row, image):
-                out.append(_conflict(table, pk, row, "re-created by someone else"))
+                out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
+        if pk:
+            back = [r for r in (self.decode(cols, i) for i in change["removed"])
+                    if tuple(str(r.get(c)) for c in pk) not in added]
+            there = self._current_many(cur, table, expr, pk, back) if back else {}
+            for row in back:
+                if tuple(str(row.get(c)) for c in pk) in there:
+                    out.append(_conflict(table, pk, row, "re-created by someone else", undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -281,6 +295,9 @@ class MySQLBackend(Rebuilder):
         return out
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        # undo runs DDL (rebuilds, AUTO_INCREMENT): a session holding the table must make it
+        # fail in bounded time, not wait for the server's default of a day
+        cur.execute("SET SESSION lock_wait_timeout = 60")
         cur.execute("SET FOREIGN_KEY_CHECKS = 0")
 
     def undo_end(self, cur: Cursor, dbapi_conn: Any) -> None:
@@ -324,7 +341,9 @@ class MySQLBackend(Rebuilder):
         self.sync(cur, [table])
 
 
-def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str) -> str:
+def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str,
+              undone: bool = False) -> str:
     cols = pk or list(row)[:4]
     key = ", ".join(f"{c}={row.get(c)!r}" for c in cols)
-    return f"table {table} key ({key}): {what} since the episode wrote it"
+    return f"table {table} key ({key}): " + (AFTER_UNDO[what] if undone else
+                                               f"{what} since the episode wrote it")

@@ -16,6 +16,7 @@ from typing import Any
 
 from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
+    AFTER_UNDO,
     LOG,
     PREFIX,
     Cursor,
@@ -53,6 +54,7 @@ class SQLiteBackend(Rebuilder):
     param = "?"
     transactional_ddl = True
     truncate_by_trigger = False
+    sequence_is_ddl = False
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -190,7 +192,8 @@ class SQLiteBackend(Rebuilder):
                 out[key] = found.get(key)
         return out
 
-    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+              undone: bool = False) -> list[str]:
         if table not in set(self.tables(cur)):
             return [f"table {table}: no longer exists"]
         expr = self.image_expr(cur, table, "x")
@@ -205,13 +208,14 @@ class SQLiteBackend(Rebuilder):
             now = found[key] if key in found else self._current(cur, table, expr, pk, row,
                                                                 image)
             if now != image:
-                out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
+                out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
         if pk:
-            for image in change["removed"]:
-                row = decode(image)
-                key = tuple(row.get(c) for c in pk)
-                if key not in added_keys and self._current(cur, table, expr, pk, row, image):
-                    out.append(_conflict(table, pk, row, "re-created by someone else"))
+            back = [r for r in map(decode, change["removed"])
+                    if tuple(r.get(c) for c in pk) not in added_keys]
+            there = self._current_many(cur, table, expr, pk, back)
+            for row in back:
+                if there.get(tuple(row.get(c) for c in pk)):
+                    out.append(_conflict(table, pk, row, "re-created by someone else", undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -290,9 +294,11 @@ class SQLiteBackend(Rebuilder):
                 cur.execute(sql)
 
 
-def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str) -> str:
+def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str,
+              undone: bool = False) -> str:
     if pk:
         key = ", ".join(f"{c}={row.get(c)!r}" for c in pk)
     else:
         key = "row " + ", ".join(f"{c}={v!r}" for c, v in list(row.items())[:4])
-    return f"table {table} key ({key}): {what} since the episode wrote it"
+    return f"table {table} key ({key}): " + (AFTER_UNDO[what] if undone else
+                                               f"{what} since the episode wrote it")
