@@ -129,3 +129,25 @@ def test_a_ddl_undo_that_leaves_another_shape_is_a_conflict(pg_url: str, state_d
         _run(pg_url, "DROP EVENT TRIGGER sneak")
         assert rt.undo(ep.id) == 1
     assert canonical_dump(pg_url) == before
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_rows_without_a_key_are_counted_after_undo(request: pytest.FixtureRequest, backend: str,
+                                                   state_dir: Path, workspace: Path) -> None:
+    url: str = request.getfixturevalue({"sqlite": "sqlite_url", "mysql": "mysql_url"}[backend])
+    _run(url, f"CREATE TABLE loose (code VARCHAR(10), amount {DOUBLE[backend]})",
+         "INSERT INTO loose VALUES ('007', 2.25), ('007', 2.25), ('x', 1.5)")
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        with rt.episode(workspace=workspace, databases={"app": url}, on_exit="commit") as ep:
+            ep.sql("app").execute("DELETE FROM loose WHERE code = '007'")
+        if backend == "sqlite":  # the column turns INTEGER: '007' comes back as 7
+            _run(url, "ALTER TABLE loose RENAME TO loose_old",
+                 "CREATE TABLE loose (code INTEGER, amount REAL)",
+                 "INSERT INTO loose SELECT * FROM loose_old", "DROP TABLE loose_old")
+        else:  # 2.25 comes back as 2.3
+            _run(url, "ALTER TABLE loose MODIFY amount DECIMAL(5,1)")
+        faulty = canonical_dump(url)
+        with pytest.raises(ConflictError, match=r"table loose key \(.*code='007'.*\): missing "
+                                                r"after undo"):
+            rt.undo(ep.id)
+        assert canonical_dump(url) == faulty

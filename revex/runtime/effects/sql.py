@@ -12,7 +12,9 @@ through the episode's pipeline (:meth:`Episode._act`)::
 Undo (see :class:`SqlEffect`): inside the episode's still-open transaction it is ROLLBACK TO
 SAVEPOINT; otherwise, in one database transaction: if the marker row is gone, the statement
 never committed (or was already undone) and there is nothing to do; else compare-and-set the
-post-images, put the pre-images back, delete the marker.
+post-images, put the pre-images back, re-query what was put back and taken away (and for DDL
+the table's shape) and, only if it is the pre-state, delete the marker and commit (a mismatch
+is a ConflictError); then rewind the counters the statement moved.
 """
 
 from __future__ import annotations

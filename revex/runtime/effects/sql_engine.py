@@ -14,10 +14,11 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from revex.errors import ActionFailed, ConfigError, ConflictError, EpisodeClosed
+from revex.errors import ActionFailed, ConfigError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
 from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
+from revex.runtime.effects.sqlcapture.checks import not_restored, row_drift, unverified
 from revex.runtime.effects.sqlcapture.counters import Counters
 
 if TYPE_CHECKING:
@@ -301,24 +302,10 @@ class Database:
                 out += self.backend.ddl_drift(cur, ddl)
             changes = {t: c for t, c in info.get("changes", {}).items()
                        if only is None or t in only}
-            return out + self._row_drift(cur, changes)[0]
+            return out + row_drift(self.backend, cur, changes)[0]
         finally:
             conn.rollback()
             conn.close()
-
-    def _row_drift(self, cur: Any, changes: dict[str, Any]) -> tuple[list[str], set[str]]:
-        """Conflict lines, and the tables already back in their pre-state (an undo that a
-        crash interrupted after MariaDB committed part of it implicitly)."""
-        out: list[str] = []
-        done: set[str] = set()
-        for table, change in changes.items():
-            lines = self.backend.drift(cur, table, change)
-            inverse = {"added": change["removed"], "removed": change["added"]}
-            if lines and not self.backend.drift(cur, table, inverse):
-                done.add(table)
-            else:
-                out += lines
-        return out, done
 
     def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
         """Undo one action; returns conflict lines (and changes nothing) on drift."""
@@ -350,7 +337,7 @@ class Database:
                 conflicts = []
                 if info.get("ddl"):
                     conflicts += self.backend.ddl_drift(cur, info["ddl"])
-                lines, done = self._row_drift(cur, info.get("changes", {}))
+                lines, done = row_drift(self.backend, cur, info.get("changes", {}))
                 conflicts += lines
                 if conflicts:
                     conn.rollback()
@@ -360,17 +347,10 @@ class Database:
             for table, change in info.get("changes", {}).items():
                 if table not in done:
                     self.backend.restore(cur, table, change, force=force)
-            problems = self._verify(cur, info)
+            problems = not_restored(self.backend, cur, info)  # verify before UNDONE
             if problems:
                 conn.rollback()
-                kept = ("it was rolled back" if self.backend.transactional_ddl else
-                        "it was rolled back as far as MariaDB allows (DDL and trigger "
-                        "re-creation commit implicitly)")
-                raise ConflictError(
-                    f"undo of action #{seq} on database {self.name!r} did not bring back the "
-                    f"pre-state, so it is not marked undone; {kept}. Something rewrites "
-                    "these rows or tables (a trigger, a rule, a changed column type?):\n  "
-                    + "\n  ".join(problems[:20]), problems)
+                raise unverified(self.backend, self.name, seq, problems)
             self._unmark(cur, seq)
             if not self.backend.sequence_is_ddl:
                 self.counters.restore(cur, info.get("seqs") or {})
@@ -386,16 +366,6 @@ class Database:
         finally:
             conn.close()
         return []
-
-    def _verify(self, cur: Any, info: dict[str, Any]) -> list[str]:
-        """After an undo, before its commit: re-query the rows it put back and took away
-        (set-based, per table) and, for DDL, each table's shape and rows; a line per table
-        and key that is not in its pre-state."""
-        out = self.backend.shape_drift(cur, info["ddl"]) if info.get("ddl") else []
-        for table, change in info.get("changes", {}).items():
-            inverse = {"added": change["removed"], "removed": change["added"]}
-            out += self.backend.drift(cur, table, inverse, undone=True)
-        return out
 
     def _rewind(self, cur: Any, seq: int, seqs: dict[str, Any], *, live: bool) -> None:
         """Rewind the counters action ``seq`` moved; ``live``: ``cur`` is the forward

@@ -26,6 +26,7 @@ from revex.runtime.effects.sqlcapture.base import (
     Event,
     chunks,
     key_in,
+    missing_copies,
     multiset_diff,
 )
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
@@ -203,14 +204,10 @@ class MySQLBackend(Rebuilder):
         return [r[0] for r in cur.fetchall()]
 
     def _current(self, cur: Cursor, table: str, expr: str, pk: list[str],
-                 row: dict[str, Any], image: str) -> str | None:
-        if pk:
-            where = " AND ".join(f"_revex_x.{_q(c)} <=> %s" for c in pk)
-            cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}",
-                        [row[c] for c in pk])
-        else:
-            cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {expr} = %s LIMIT 1",
-                        (image,))
+                 row: dict[str, Any]) -> str | None:
+        where = " AND ".join(f"_revex_x.{_q(c)} <=> %s" for c in pk)
+        cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}",
+                    [row[c] for c in pk])
         found = cur.fetchone()
         return found[0] if found else None
 
@@ -234,23 +231,26 @@ class MySQLBackend(Rebuilder):
             return [f"table {table}: no longer exists"]
         cols, pk = self.columns(cur, table), self.pk(cur, table)
         expr = self.image_expr(cols, "_revex_x")
-        out, added = [], set()
-        rows = [(self.decode(cols, i), i) for i in change["added"]]
-        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
-        for row, image in rows:
-            added.add(tuple(str(row.get(c)) for c in pk))
+        if not pk:  # rows are their images: each must be there as often as listed
+            return [_conflict(table, pk, self.decode(cols, image), "deleted", undone)
+                    for image in missing_copies(cur, f"{_q(table)} _revex_x", expr, "%s",
+                                                change["added"])]
+        out = []
+        rows = [self.decode(cols, i) for i in change["added"]]
+        added = {tuple(str(r.get(c)) for c in pk) for r in rows}
+        found = self._current_many(cur, table, expr, pk, rows)
+        for row, image in zip(rows, change["added"], strict=True):
             key = tuple(str(row.get(c)) for c in pk)
-            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
-                                                                image)
+            # a key whose text differs from the image's (DATETIME, DECIMAL) is looked up alone
+            now = found[key] if key in found else self._current(cur, table, expr, pk, row)
             if now is None or json.loads(now) != json.loads(image):
                 out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
-        if pk:
-            back = [r for r in (self.decode(cols, i) for i in change["removed"])
-                    if tuple(str(r.get(c)) for c in pk) not in added]
-            there = self._current_many(cur, table, expr, pk, back) if back else {}
-            for row in back:
-                if tuple(str(row.get(c)) for c in pk) in there:
-                    out.append(_conflict(table, pk, row, "re-created by someone else", undone))
+        back = [r for r in (self.decode(cols, i) for i in change["removed"])
+                if tuple(str(r.get(c)) for c in pk) not in added]
+        there = self._current_many(cur, table, expr, pk, back) if back else {}
+        for row in back:
+            if tuple(str(row.get(c)) for c in pk) in there:
+                out.append(_conflict(table, pk, row, "re-created by someone else", undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
