@@ -151,3 +151,34 @@ def test_rows_without_a_key_are_counted_after_undo(request: pytest.FixtureReques
                                                 r"after undo"):
             rt.undo(ep.id)
         assert canonical_dump(url) == faulty
+
+
+def test_one_of_two_identical_rows_missing_after_undo_is_a_conflict(
+        pg_url: str, state_dir: Path, workspace: Path) -> None:
+    """Rows without a key are a multiset: one copy back of two is not the pre-state."""
+    _run(pg_url, "CREATE TABLE loose (code VARCHAR(10), amount DOUBLE PRECISION)",
+         "INSERT INTO loose VALUES ('007', 2.25), ('007', 2.25), ('x', 1.5)")
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        with rt.episode(workspace=workspace, databases={"app": pg_url},
+                        on_exit="commit") as ep:
+            ep.sql("app").execute("DELETE FROM loose WHERE code = '007'")
+        # a trigger (enabled always) that drops an insert whose row is already there
+        _run(pg_url, "CREATE FUNCTION once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF EXISTS (SELECT 1 FROM loose WHERE code = NEW.code) THEN RETURN NULL; "
+                     "END IF; RETURN NEW; END $$",
+             "CREATE TRIGGER once BEFORE INSERT ON loose FOR EACH ROW EXECUTE FUNCTION once()",
+             "ALTER TABLE loose ENABLE ALWAYS TRIGGER once")
+        with pytest.raises(ConflictError, match=r"table loose key \(code='007', amount=2.25\): "
+                                                r"missing after undo"):
+            rt.undo(ep.id)
+        _run(pg_url, "DROP TRIGGER once ON loose")
+        assert rt.undo(ep.id) == 1
+    assert sorted(_rows(pg_url)) == [("007", 2.25), ("007", 2.25), ("x", 1.5)]
+
+
+def _rows(url: str) -> list[tuple[str, float]]:
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as conn:
+        rows = [(r[0], r[1]) for r in conn.execute(text("SELECT code, amount FROM loose"))]
+    engine.dispose()
+    return rows

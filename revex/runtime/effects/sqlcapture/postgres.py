@@ -165,9 +165,11 @@ class PostgresBackend:
                             "WHERE _revex_x.ctid IS NULL OR to_jsonb(_revex_x) <> e.j",
                             (array(change["added"]),))
             else:
-                cur.execute(f"SELECT e.j::text, true FROM jsonb_array_elements(%s::jsonb) e(j) "
-                            f"WHERE NOT EXISTS (SELECT 1 FROM {t} _revex_x WHERE "
-                            "to_jsonb(_revex_x) = e.j)",
+                # rows are their images: each must be there as often as listed
+                cur.execute("SELECT e.j::text, true FROM (SELECT j, count(*) AS n FROM "
+                            "jsonb_array_elements(%s::jsonb) w(j) GROUP BY j) e LEFT JOIN "
+                            f"(SELECT to_jsonb(_revex_x) AS j, count(*) AS n FROM {t} _revex_x "
+                            "GROUP BY 1) h ON h.j = e.j WHERE coalesce(h.n, 0) < e.n",
                             (array(change["added"]),))
             for image, gone in cur.fetchall():
                 out.append(_conflict(table, pk, image, "deleted" if gone else "changed",
