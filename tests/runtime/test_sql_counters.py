@@ -13,7 +13,7 @@ from sql_cases import backend_of, create_schema
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from revex.errors import ActionFailed
+from revex.errors import ActionFailed, PolicyViolation
 from revex.runtime.effects.sql_dump import canonical_dump
 from revex.runtime.runtime import Runtime
 
@@ -146,3 +146,18 @@ def test_rollback_to_a_checkpoint_after_a_read_rewinds_and_does_not_block(
         ids = [r[0] for r in db.query("SELECT id FROM audit WHERE msg IN ('kept', 'next') "
                                       "ORDER BY id")]
         assert ids == [ids[0], ids[0] + 1]  # no gap where the undone rows were
+
+
+def test_a_statement_refused_by_quota_gives_its_ids_back(db_url: str, state_dir: Path,
+                                                        workspace: Path, tmp_path: Path) -> None:
+    create_schema(db_url)
+    before = counters(db_url)
+    expected = expected_next_audit_id(db_url, before)
+    policy = tmp_path / "p.toml"
+    policy.write_text('[policy]\nname = "q"\ndefault = "allow"\n[quotas]\nrows_changed = 3\n')
+    with Runtime(state_dir, policy=policy, audit=None) as rt, rt.episode(
+            workspace=workspace, databases={"app": db_url}, on_exit="commit") as ep:
+        with pytest.raises(PolicyViolation, match="rows_changed"):
+            ep.sql("app").execute("INSERT INTO audit (msg) VALUES ('1'), ('2'), ('3'), ('4')")
+        assert counters(db_url) == before
+    assert insert_probe(db_url) == expected

@@ -136,7 +136,7 @@ class SqlEffect:
             cost["rows_changed"] = rows
             over = ep._rt.engine.over_quota(ep._used, {"rows_changed": rows})
             if over is not None:
-                db.abandon(seq)
+                db.abandon(seq, moved=undo.get("seqs"))
                 raise PolicyViolation(f"sql.execute {db.name!r} refused: episode quota "
                                       f"exceeded ({over})", rule="quota",
                                       action_kind="sql.execute", target=db.name)
@@ -148,7 +148,7 @@ class SqlEffect:
             return count, {"rows": count if count >= 0 else int(cost["rows_changed"]), **extra}
 
         def cleanup(undo: dict[str, Any]) -> None:
-            db.abandon(seq)
+            db.abandon(seq, moved=undo.get("seqs"))
 
         return Plan(kind="sql.execute", target=db.name, attrs=attrs, params=params,
                     cost=cost, prepare=prepare, apply=apply, cleanup=cleanup)

@@ -240,10 +240,12 @@ class Database:
             self._pending_commit = False
             self._raw().commit()
 
-    def abandon(self, seq: int, counters: dict[str, list[Any]] | None = None) -> None:
-        """Roll back what the action ``seq`` did in the forward transaction; ``counters``
-        (read before it ran) are rewound too: a failed insert consumes ids that no ROLLBACK
-        gives back (PostgreSQL sequences, InnoDB AUTO_INCREMENT)."""
+    def abandon(self, seq: int, counters: dict[str, list[Any]] | None = None,
+                moved: dict[str, list[Any]] | None = None) -> None:
+        """Roll back what the action ``seq`` did in the forward transaction, and rewind the
+        counters it moved (``moved``, or a diff against ``counters``, all of them as read
+        before it ran): no ROLLBACK gives back ids a statement consumed (PostgreSQL
+        sequences, InnoDB AUTO_INCREMENT)."""
         raw = self._raw()
         cap = raw.cursor()
         live = seq in self._live
@@ -257,6 +259,7 @@ class Database:
         if counters is not None:
             now = self.backend.sequences(cap)
             moved = {k: [counters.get(k), v] for k, v in now.items() if counters.get(k) != v}
+        if moved:
             self._rewind(cap, seq, moved, live=live)
             if not live:
                 raw.commit()
