@@ -145,6 +145,12 @@ def _alter(db: Any, b: str) -> None:
     db.execute("ALTER TABLE child DROP COLUMN note")
 
 
+def _drop_middle_column(db: Any, b: str) -> None:
+    # not the last column: it must come back in its place (SELECT *, positional INSERT)
+    db.execute("ALTER TABLE parent DROP COLUMN data")
+    db.execute("INSERT INTO parent VALUES (70, 'seventy', 7.5)")
+
+
 def _index(db: Any, b: str) -> None:
     db.execute("CREATE INDEX parent_score ON parent(score)")
     db.execute("DROP INDEX parent_name" + (" ON parent" if b == "mysql" else ""))
@@ -196,5 +202,6 @@ CASES: dict[str, Case] = {
     "delete_all": _delete_all, "update_primary_key": _update_pk, "upsert": _upsert,
     "no_primary_key": _nopk, "executemany": _executemany, "create_table": _create_table,
     "drop_table_with_data": _drop_table, "alter_add_rename_drop_column": _alter,
-    "create_drop_index": _index, "truncate": _truncate, "trigger_rows_and_sequences": _sequence,
+    "drop_middle_column": _drop_middle_column, "create_drop_index": _index,
+    "truncate": _truncate, "trigger_rows_and_sequences": _sequence,
 }

@@ -12,7 +12,9 @@ through the episode's pipeline (:meth:`Episode._act`)::
 Undo (see :class:`SqlEffect`): inside the episode's still-open transaction it is ROLLBACK TO
 SAVEPOINT; otherwise, in one database transaction: if the marker row is gone, the statement
 never committed (or was already undone) and there is nothing to do; else compare-and-set the
-post-images, put the pre-images back, delete the marker.
+post-images, put the pre-images back, re-query what was put back and taken away (and for DDL
+the table's shape) and, only if it is the pre-state, delete the marker and commit (a mismatch
+is a ConflictError); then rewind the counters the statement moved.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class SqlEffect:
              parameters: Any, many: bool) -> Plan:
         attrs = policy_attrs(stmt)
         params: dict[str, Any] = {"db": db.name, "statement": attrs["statement"],
-                                  "tables": list(stmt.tables), "sql": stmt.sql[:4000]}
+                                  "tables": list(stmt.tables), "sql": stmt.shown[:4000]}
         if many:
             params["batch"] = len(parameters)
         if not stmt.writes:
@@ -134,7 +136,7 @@ class SqlEffect:
             cost["rows_changed"] = rows
             over = ep._rt.engine.over_quota(ep._used, {"rows_changed": rows})
             if over is not None:
-                db.abandon(seq)
+                db.abandon(seq, moved=undo.get("seqs"))
                 raise PolicyViolation(f"sql.execute {db.name!r} refused: episode quota "
                                       f"exceeded ({over})", rule="quota",
                                       action_kind="sql.execute", target=db.name)
@@ -146,7 +148,7 @@ class SqlEffect:
             return count, {"rows": count if count >= 0 else int(cost["rows_changed"]), **extra}
 
         def cleanup(undo: dict[str, Any]) -> None:
-            db.abandon(seq)
+            db.abandon(seq, moved=undo.get("seqs"))
 
         return Plan(kind="sql.execute", target=db.name, attrs=attrs, params=params,
                     cost=cost, prepare=prepare, apply=apply, cleanup=cleanup)
@@ -185,7 +187,10 @@ class SqlEffect:
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
         info = _info(item)
-        conflicts = self.database(info["db"]).undo(info, force=force)
+        try:
+            conflicts = self.database(info["db"]).undo(info, force=force)
+        except ConflictError as exc:  # the undo ran but did not verify
+            raise ConflictError(f"{item.describe()}: {exc}", exc.conflicts) from None
         if conflicts:
             raise ConflictError(f"{item.describe()}: target changed since; nothing was undone "
                                 "(force=True overwrites):\n  " + "\n  ".join(conflicts[:20]),
@@ -282,7 +287,10 @@ class SqlDatabase:
     def script(self, sql: str) -> None:
         """Run several statements (split by the parser); each is its own action."""
         for stmt in split(sql, self._db.backend_name):
-            self.connection.exec_driver_sql(stmt.sql)
+            # exec_driver_sql passes (empty) parameters: a format/pyformat driver then reads
+            # % as a placeholder, so the text as written is escaped for it
+            text = stmt.sql.replace("%", "%%") if self._db.escapes_percent else stmt.sql
+            self.connection.exec_driver_sql(text)
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[Row[Any]]:
         """Run a read and return its rows."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlglot
@@ -49,22 +49,44 @@ class Statement:
     detail: str = ""
     side_effects: bool = False
     names: tuple[str, ...] = field(default=(), compare=False)
+    written: str = field(default="", compare=False)
+    """The statement as the caller wrote it, when ``sql`` is the driver's escaped text
+    (``%%`` for ``%``); empty when the two are the same."""
 
     @property
     def writes(self) -> bool:
         return self.kind in WRITES or self.kind in (OTHER, UNKNOWN) or self.side_effects
+
+    @property
+    def shown(self) -> str:
+        """The text to show and journal: the statement as written."""
+        return self.written or self.sql
 
 
 def sqlglot_dialect(backend: str) -> str:
     return _DIALECTS.get(backend, backend)
 
 
-_PYFORMAT = re.compile(r"(?<!%)%(\(\w+\))?s")
+_PYFORMAT = re.compile(r"%%|%(\(\w+\))?s")
 
 
-def _for_parser(sql: str) -> str:
-    """``sql`` with driver placeholders (``%s``, ``%(x)s``) as ``?``, offsets unchanged."""
-    return _PYFORMAT.sub(lambda m: "?" + " " * (len(m.group(0)) - 1), sql)
+def _for_parser(sql: str, escaped: bool = False) -> str:
+    """``sql`` with driver placeholders (``%s``, ``%(x)s``) as ``?``, offsets unchanged.
+
+    ``escaped``: the driver will turn ``%%`` into ``%`` (format/pyformat paramstyle with
+    parameters given), so the parser must see the operator, not the escape. The text is
+    scanned left to right, so ``%%s`` is an escaped ``%`` followed by ``s``.
+    """
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "%%":
+            return "% " if escaped else "%%"
+        return "?" + " " * (len(m.group(0)) - 1)
+    return _PYFORMAT.sub(one, sql)
+
+
+def unescape(sql: str) -> str:
+    """What a format/pyformat driver makes of ``%%`` (``%``); placeholders stay."""
+    return _PYFORMAT.sub(lambda m: "%" if m.group(0) == "%%" else m.group(0), sql)
 
 
 def _pieces(text: str, dialect: str) -> list[tuple[int, int]]:
@@ -79,33 +101,47 @@ def _pieces(text: str, dialect: str) -> list[tuple[int, int]]:
     return spans
 
 
-def split(sql: str, backend: str) -> list[Statement]:
-    """Classify each statement in ``sql``; a text the parser rejects is one ``unknown``."""
+def split(sql: str, backend: str, *, escaped: bool = False) -> list[Statement]:
+    """Classify each statement in ``sql``; a text the parser rejects is one ``unknown``.
+
+    ``escaped``: ``sql`` is the driver text of a format/pyformat driver that will be given
+    parameters, so ``%%`` stands for ``%``. Each statement is classified as written; its
+    ``sql`` stays the driver text (that is what runs), ``written`` holds the unescaped text.
+    """
     dialect = sqlglot_dialect(backend)
     logger = logging.getLogger("sqlglot")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # "falling back to Command" is not news to the caller
     try:
-        text = _for_parser(sql)
+        text = _for_parser(sql, escaped)
         try:
             spans = _pieces(text, dialect)
         except (ParseError, TokenError) as exc:
-            return [Statement(sql=sql.strip(), kind=UNKNOWN, detail=f"parse error: {exc}")]
+            return [_as_written(Statement(sql=sql.strip(), kind=UNKNOWN,
+                                          detail=f"parse error: {exc}"), escaped)]
         out = []
         for start, end in spans:
             original = sql[start:end].strip()
             try:
                 trees = [t for t in sqlglot.parse(text[start:end], read=dialect) if t]
             except (ParseError, TokenError) as exc:
-                out.append(Statement(original, UNKNOWN, detail=f"parse error: {exc}"))
+                out.append(_as_written(Statement(original, UNKNOWN,
+                                                 detail=f"parse error: {exc}"), escaped))
                 continue
             if len(trees) != 1:
-                out.append(Statement(original, UNKNOWN, detail="not one statement"))
+                out.append(_as_written(Statement(original, UNKNOWN,
+                                                 detail="not one statement"), escaped))
                 continue
-            out.append(classify(trees[0], original, dialect))
+            out.append(_as_written(classify(trees[0], original, dialect, escaped), escaped))
         return out
     finally:
         logger.setLevel(level)
+
+
+def _as_written(stmt: Statement, escaped: bool) -> Statement:
+    if not escaped or "%%" not in stmt.sql:
+        return stmt
+    return replace(stmt, written=unescape(stmt.sql))
 
 
 def _tables(tree: Any) -> tuple[str, ...]:
@@ -117,8 +153,9 @@ def _tables(tree: Any) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def classify(tree: Any, sql: str, dialect: str) -> Statement:
-    """The :class:`Statement` for one parsed tree (``sql`` is its text as given)."""
+def classify(tree: Any, sql: str, dialect: str, escaped: bool = False) -> Statement:
+    """The :class:`Statement` for one parsed tree (``sql`` is its text as given; ``escaped``
+    as for :func:`split`)."""
     tables = _tables(tree)
     if isinstance(tree, exp.Update):
         return Statement(sql, UPDATE, tables, where=tree.args.get("where") is not None)
@@ -152,7 +189,7 @@ def classify(tree: Any, sql: str, dialect: str) -> Statement:
         program = bool(re.search(r"\bPROGRAM\b", sql, re.IGNORECASE))
         return Statement(sql, OTHER, tables, detail="copy program" if program else "copy")
     if isinstance(tree, exp.Command):
-        return _command(tree, sql, dialect)
+        return _command(tree, sql, dialect, escaped)
     if isinstance(tree, exp.Attach | exp.Detach):
         return Statement(sql, OTHER, (), detail=type(tree).__name__.lower())
     if isinstance(tree, exp.Grant | exp.Revoke) or type(tree).__name__ in ("Grant", "Revoke"):
@@ -163,13 +200,13 @@ def classify(tree: Any, sql: str, dialect: str) -> Statement:
     return Statement(sql, UNKNOWN, tables, detail=f"unrecognised ({type(tree).__name__})")
 
 
-def _command(tree: exp.Command, sql: str, dialect: str) -> Statement:
+def _command(tree: exp.Command, sql: str, dialect: str, escaped: bool) -> Statement:
     """Statements sqlglot keeps as raw commands: REPLACE INTO, GRANT, REVOKE, COPY…"""
     word = str(tree.this).upper()
     if word == "REPLACE":
         rewritten = re.sub(r"^\s*REPLACE\b", "INSERT", sql, count=1, flags=re.IGNORECASE)
         try:
-            inner = sqlglot.parse_one(_for_parser(rewritten), read=dialect)
+            inner = sqlglot.parse_one(_for_parser(rewritten, escaped), read=dialect)
         except (ParseError, TokenError):
             return Statement(sql, UNKNOWN, (), detail="unparsable REPLACE")
         return Statement(sql, UPSERT, _tables(inner), detail="replace")

@@ -1,7 +1,8 @@
-"""A canonical dump of a database: schema (tables, columns and types, primary and foreign keys,
-indexes, triggers), every row, and PostgreSQL sequence values. Two dumps are equal exactly
-when the database is the same for every purpose revex promises to restore. revex's own objects
-(``_revex*``) are left out. Used by the tests and benchmarks to prove exact undo.
+"""A canonical dump of a database: schema (tables, columns in order with types, defaults,
+comments and collations, primary and foreign keys, indexes, triggers), every row, and
+PostgreSQL sequence values. Two dumps are equal exactly when the database is the same for every
+purpose revex promises to restore. revex's own objects (``_revex*``) are left out. Used by the
+tests and benchmarks to prove exact undo.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def _sqlite(cur: Any) -> dict[str, Any]:
 def _postgres(cur: Any) -> dict[str, Any]:
     cur.execute("SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
                 "a.attnotnull, pg_get_expr(d.adbin, d.adrelid), "
-                "rank() OVER (PARTITION BY c.oid ORDER BY a.attnum) "
+                "rank() OVER (PARTITION BY c.oid ORDER BY a.attnum), "
+                "col_description(c.oid, a.attnum), a.attcollation::regcollation::text "
                 "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
                 "LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum "
                 "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' "

@@ -18,6 +18,8 @@ from revex.errors import ActionFailed, ConfigError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
 from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
+from revex.runtime.effects.sqlcapture.checks import not_restored, row_drift, unverified
+from revex.runtime.effects.sqlcapture.counters import Counters
 
 if TYPE_CHECKING:
     from revex.runtime.effects.sql import SqlDatabase
@@ -42,12 +44,15 @@ class Database:
         self.backend = backend_for(self.engine.dialect.name)
         self.backend_name = self.engine.dialect.name
         self.dbapi = self.engine.dialect.loaded_dbapi
+        self.escapes_percent = self.engine.dialect.paramstyle in ("format", "pyformat")
+        """The driver reads ``%`` as a placeholder: text sent with parameters has ``%%``."""
         event.listen(self.engine, "connect", self._on_connect)
         self._conn: Connection | None = None
         self._facade: SqlDatabase | None = None
         self._live: list[int] = []
         self._hooked = False
         self._pending_commit = False
+        self.counters = Counters(self.backend)
 
     # ---- connections -------------------------------------------------------------------------
 
@@ -97,6 +102,7 @@ class Database:
         if self._conn is not None:
             self._raw().commit()
             self._live.clear()
+            self._rewind_pending()
 
     def close(self) -> None:
         self._flush_pending()
@@ -104,6 +110,8 @@ class Database:
             raw = self._raw()
             if self.mode == "transactional" or getattr(raw, "in_transaction", False):
                 raw.rollback()
+            self._live.clear()
+            self._rewind_pending()
             self._conn.close()
             self._conn = None
         self._live.clear()
@@ -125,7 +133,9 @@ class Database:
         facade = self._facade
         if facade is None or facade._ep.status != "active":
             raise EpisodeClosed(f"database {self.name!r} belongs to an episode that is closed")
-        stmts = split(statement, self.backend_name)
+        # a format/pyformat driver given parameters turns %% into %: classify what it runs
+        escaped = parameters is not None and self.escapes_percent
+        stmts = split(statement, self.backend_name, escaped=escaped)
         if len(stmts) > 1 and parameters:
             raise ConfigError("parameters can only be given with a single statement; use "
                               "script() for several")
@@ -143,7 +153,7 @@ class Database:
             else:
                 cursor.execute(stmt.sql, parameters)
         except self.dbapi.Error as exc:
-            raise ActionFailed(f"database {self.name!r} rejected {stmt.sql[:200]!r}: "
+            raise ActionFailed(f"database {self.name!r} rejected {stmt.shown[:200]!r}: "
                                f"{exc}") from exc
 
     # ---- forward path ------------------------------------------------------------------------
@@ -175,6 +185,7 @@ class Database:
             cap.execute(f"SAVEPOINT revex_{seq}")
             self._live.append(seq)
             info["savepoint"] = seq
+        seqs: dict[str, list[Any]] | None = None
         try:
             seqs = b.sequences(cap)
             ddl = b.ddl_before(cap, stmt, self._tag(seq)) if self._ddl(stmt) else None
@@ -193,13 +204,12 @@ class Database:
                     changes.pop(table, None)
                 b.sync(cap)
             after = b.sequences(cap)
-            info["seqs"] = {k: [seqs.get(k), after.get(k)] for k in {*seqs, *after}
-                            if seqs.get(k) != after.get(k)}
+            info["seqs"] = self.counters.moved(seqs, after)
             info["changes"] = changes
             info["_rows"] = sum(len(c["added"]) + len(c["removed"]) for c in changes.values())
             self._mark(cap, seq)
         except BaseException:
-            self.abandon(seq)
+            self.abandon(seq, counters=seqs)
             raise
         return info
 
@@ -230,17 +240,29 @@ class Database:
             self._pending_commit = False
             self._raw().commit()
 
-    def abandon(self, seq: int) -> None:
-        """Roll back what the action ``seq`` did in the forward transaction."""
+    def abandon(self, seq: int, counters: dict[str, list[Any]] | None = None,
+                moved: dict[str, list[Any]] | None = None) -> None:
+        """Roll back what the action ``seq`` did in the forward transaction, and rewind the
+        counters it moved (``moved``, or a diff against ``counters``, all of them as read
+        before it ran): no ROLLBACK gives back ids a statement consumed (PostgreSQL
+        sequences, InnoDB AUTO_INCREMENT)."""
         raw = self._raw()
         cap = raw.cursor()
-        if seq in self._live:
+        live = seq in self._live
+        if live:
             cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
             self._live = [s for s in self._live if s < seq]
         else:
             raw.rollback()
             self._live.clear()
         self.backend.set_tag(raw.cursor(), None)
+        if counters is not None:
+            now = self.backend.sequences(cap)
+            moved = {k: [counters.get(k), v] for k, v in now.items() if counters.get(k) != v}
+        if moved:
+            self._rewind(cap, seq, moved, live=live)
+            if not live:
+                raw.commit()
 
     # ---- markers -----------------------------------------------------------------------------
 
@@ -283,24 +305,10 @@ class Database:
                 out += self.backend.ddl_drift(cur, ddl)
             changes = {t: c for t, c in info.get("changes", {}).items()
                        if only is None or t in only}
-            return out + self._row_drift(cur, changes)[0]
+            return out + row_drift(self.backend, cur, changes)[0]
         finally:
             conn.rollback()
             conn.close()
-
-    def _row_drift(self, cur: Any, changes: dict[str, Any]) -> tuple[list[str], set[str]]:
-        """Conflict lines, and the tables already back in their pre-state (an undo that a
-        crash interrupted after MariaDB committed part of it implicitly)."""
-        out: list[str] = []
-        done: set[str] = set()
-        for table, change in changes.items():
-            lines = self.backend.drift(cur, table, change)
-            inverse = {"added": change["removed"], "removed": change["added"]}
-            if lines and not self.backend.drift(cur, table, inverse):
-                done.add(table)
-            else:
-                out += lines
-        return out, done
 
     def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
         """Undo one action; returns conflict lines (and changes nothing) on drift."""
@@ -310,19 +318,21 @@ class Database:
             cap = self._raw().cursor()
             cap.execute(f"ROLLBACK TO SAVEPOINT revex_{seq}")
             self._live = [s for s in self._live if s < seq]
-            self._restore_sequences(cap, info)
+            self._rewind(cap, seq, info.get("seqs") or {}, live=True)
             return []
-        if self._conn is not None and self.mode == "transactional":
-            # every newer action is undone by now: what the forward transaction still holds
-            # belongs to them, and its locks would block the undo connection
+        if self._conn is not None:
+            # transactional: every newer action is undone by now, what the forward
+            # transaction still holds belongs to them; durable: it holds only reads. Either
+            # way its locks (MariaDB's metadata locks too) would block the undo connection.
             self._raw().rollback()
             self._live.clear()
+            self._rewind_pending()
         conn = self.raw_connection()
         try:
             cur = conn.cursor()
             self.backend.undo_begin(cur, conn)
             if not self._marked(cur, seq):
-                self._restore_sequences(cur, info)
+                self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
                 return []
             done: set[str] = set()
@@ -330,7 +340,7 @@ class Database:
                 conflicts = []
                 if info.get("ddl"):
                     conflicts += self.backend.ddl_drift(cur, info["ddl"])
-                lines, done = self._row_drift(cur, info.get("changes", {}))
+                lines, done = row_drift(self.backend, cur, info.get("changes", {}))
                 conflicts += lines
                 if conflicts:
                     conn.rollback()
@@ -340,10 +350,18 @@ class Database:
             for table, change in info.get("changes", {}).items():
                 if table not in done:
                     self.backend.restore(cur, table, change, force=force)
+            problems = not_restored(self.backend, cur, info)  # verify before UNDONE
+            if problems:
+                conn.rollback()
+                raise unverified(self.backend, self.name, seq, problems)
             self._unmark(cur, seq)
-            self._restore_sequences(cur, info)
+            if not self.backend.sequence_is_ddl:
+                self.counters.restore(cur, info.get("seqs") or {})
             self.backend.undo_end(cur, conn)
             conn.commit()
+            if self.backend.sequence_is_ddl:  # commits implicitly: after the rows are back
+                self.counters.restore(cur, info.get("seqs") or {})
+                conn.commit()
         except self.dbapi.Error as exc:
             conn.rollback()
             raise ActionFailed(f"undo of action #{seq} on database {self.name!r} failed: "
@@ -352,14 +370,19 @@ class Database:
             conn.close()
         return []
 
-    def _restore_sequences(self, cur: Any, info: dict[str, Any]) -> None:
-        wanted = info.get("seqs") or {}
-        if not wanted:
-            return
-        now = self.backend.sequences(cur)
-        for name, (pre, post) in wanted.items():
-            if now.get(name) == post:
-                self.backend.set_sequence(cur, name, pre)
+    def _rewind(self, cur: Any, seq: int, seqs: dict[str, Any], *, live: bool) -> None:
+        """Rewind the counters action ``seq`` moved; ``live``: ``cur`` is the forward
+        transaction, which may still hold earlier actions' work."""
+        if not live or not self.counters.defer(seq, seqs):
+            self.counters.restore(cur, seqs)
+        elif not self._live:  # nothing of the episode is left in it: end it, rewind now
+            self._raw().rollback()
+            self._rewind_pending()
+
+    def _rewind_pending(self) -> None:
+        """The forward transaction has just ended: rewind what waited for that."""
+        if self._conn is not None and self.counters.flush(self._raw().cursor()):
+            self._raw().commit()
 
     def probe(self, info: dict[str, Any]) -> dict[str, Any] | None:
         """After a crash: the post-state if the action committed, else None."""

@@ -3,7 +3,8 @@
 Every backend implements :class:`~revex.runtime.effects.sqlcapture.base.Backend`: install
 capture triggers that write old/new row images into an undo log in the same transaction, read
 and clear that log after each statement, snapshot what triggers cannot see (DDL, MariaDB FK
-cascades, PostgreSQL sequences), and put rows and schema back with compare-and-set.
+cascades, counters: sequences and AUTO_INCREMENT), and put rows, schema and counters back with
+compare-and-set, verifying the pre-state before an undo commits (``checks``).
 """
 
 from __future__ import annotations

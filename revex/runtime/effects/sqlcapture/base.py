@@ -20,6 +20,13 @@ LOG = "_revex_log"
 ACTIONS = "_revex_actions"
 PREFIX = "_revex"
 
+AFTER_UNDO = {
+    "deleted": "missing after undo (its pre-image was not restored)",
+    "changed": "differs from its pre-image after undo",
+    "re-created by someone else": "still present after undo (the episode created it)",
+}
+"""How :meth:`Backend.drift` words a row that an undo did not put back (``undone=True``)."""
+
 
 @dataclass(frozen=True)
 class Event:
@@ -72,6 +79,20 @@ def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def missing_copies(cur: Any, source: str, expr: str, mark: str,
+                   images: Sequence[str]) -> list[str]:
+    """The images of the multiset ``images`` that ``source`` (a table with its alias) holds
+    fewer copies of than listed, counted by the engine: one query per 300 distinct images,
+    for tables without a primary key."""
+    need = Counter(images)
+    have: Counter[str] = Counter()
+    for part in chunks(list(need), 300):
+        cur.execute(f"SELECT {expr}, count(*) FROM {source} WHERE {expr} IN "
+                    f"({', '.join(mark for _ in part)}) GROUP BY 1", list(part))
+        have.update({image: int(n) for image, n in cur.fetchall()})
+    return [image for image, n in need.items() if have[image] < n]
+
+
 def key_in(pk: Sequence[str], quote: Any, count: int, mark: str) -> str:
     """``(pk1, pk2) IN ((?, ?), …)`` for ``count`` keys."""
     one = "(" + ", ".join(mark for _ in pk) + ")"
@@ -88,6 +109,9 @@ class Backend(Protocol):
     transactional_ddl: bool
     truncate_by_trigger: bool
     """TRUNCATE fires a capture trigger (PostgreSQL) instead of going through DDL capture."""
+    sequence_is_ddl: bool
+    """Setting a counter commits implicitly (MariaDB's ALTER TABLE ... AUTO_INCREMENT): never
+    inside a transaction that still holds work."""
 
     def quote(self, ident: str) -> str: ...
 
@@ -131,8 +155,10 @@ class Backend(Protocol):
         """Every row of ``table`` as images."""
         ...
 
-    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
-        """Lines describing rows of ``table`` not in the state ``change`` left them in."""
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+              undone: bool = False) -> list[str]:
+        """Lines describing rows of ``table`` not in the state ``change`` left them in.
+        ``undone``: ``change`` is an inverse checked after an undo (worded as such)."""
         ...
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -158,6 +184,11 @@ class Backend(Protocol):
 
     def ddl_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]: ...
 
+    def shape_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]:
+        """After :meth:`ddl_undo`: lines naming each table not back in its pre-DDL shape
+        (and rows, where the snapshot has them); [] when all are."""
+        ...
+
     def ddl_undo(self, cur: Cursor, info: dict[str, Any]) -> None: ...
 
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
@@ -169,7 +200,8 @@ class Backend(Protocol):
         ...
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
-        """Sequence name -> [last_value, is_called] (PostgreSQL only; {} elsewhere)."""
+        """Counter name -> value: PostgreSQL sequences ([last_value, is_called]), SQLite's
+        ``sqlite_sequence`` ([seq]), MariaDB's AUTO_INCREMENT per table ([next value])."""
         ...
 
     def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:

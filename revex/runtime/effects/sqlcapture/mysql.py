@@ -19,12 +19,14 @@ from typing import Any
 
 from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
+    AFTER_UNDO,
     LOG,
     PREFIX,
     Cursor,
     Event,
     chunks,
     key_in,
+    missing_copies,
     multiset_diff,
 )
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
@@ -48,6 +50,7 @@ class MySQLBackend(Rebuilder):
     param = "%s"
     transactional_ddl = False
     truncate_by_trigger = False
+    sequence_is_ddl = True
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -153,10 +156,19 @@ class MySQLBackend(Rebuilder):
         return events
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
-        return {}
+        """Each table's AUTO_INCREMENT counter: InnoDB never rolls it back, so undo must."""
+        cur.execute("SELECT table_name, auto_increment FROM information_schema.tables WHERE "
+                    "table_schema = DATABASE() AND table_type = 'BASE TABLE' AND "
+                    "auto_increment IS NOT NULL AND table_name NOT LIKE %s",
+                    (PREFIX.replace("_", "\\_") + "%",))
+        return {r[0]: [int(r[1])] for r in cur.fetchall()}
 
     def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
-        return None
+        """ALTER TABLE ... AUTO_INCREMENT (commits implicitly). InnoDB raises a value below
+        max(id) + 1 to that, so a counter never goes under rows someone else kept."""
+        if value is None or name not in self.tables(cur):
+            return  # created by the action (its DDL undo drops it) or dropped since
+        cur.execute(f"ALTER TABLE {_q(name)} AUTO_INCREMENT = {int(value[0])}")
 
     # ---- FK cascades (no triggers fire for them) ---------------------------------------------
 
@@ -192,14 +204,10 @@ class MySQLBackend(Rebuilder):
         return [r[0] for r in cur.fetchall()]
 
     def _current(self, cur: Cursor, table: str, expr: str, pk: list[str],
-                 row: dict[str, Any], image: str) -> str | None:
-        if pk:
-            where = " AND ".join(f"_revex_x.{_q(c)} <=> %s" for c in pk)
-            cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}",
-                        [row[c] for c in pk])
-        else:
-            cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {expr} = %s LIMIT 1",
-                        (image,))
+                 row: dict[str, Any]) -> str | None:
+        where = " AND ".join(f"_revex_x.{_q(c)} <=> %s" for c in pk)
+        cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}",
+                    [row[c] for c in pk])
         found = cur.fetchone()
         return found[0] if found else None
 
@@ -217,26 +225,32 @@ class MySQLBackend(Rebuilder):
                 out[tuple(str(v) for v in r[:-1])] = r[-1]
         return out
 
-    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+              undone: bool = False) -> list[str]:
         if table not in self.tables(cur):
             return [f"table {table}: no longer exists"]
         cols, pk = self.columns(cur, table), self.pk(cur, table)
         expr = self.image_expr(cols, "_revex_x")
-        out, added = [], set()
-        rows = [(self.decode(cols, i), i) for i in change["added"]]
-        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
-        for row, image in rows:
-            added.add(tuple(str(row.get(c)) for c in pk))
+        if not pk:  # rows are their images: each must be there as often as listed
+            return [_conflict(table, pk, self.decode(cols, image), "deleted", undone)
+                    for image in missing_copies(cur, f"{_q(table)} _revex_x", expr, "%s",
+                                                change["added"])]
+        out = []
+        rows = [self.decode(cols, i) for i in change["added"]]
+        added = {tuple(str(r.get(c)) for c in pk) for r in rows}
+        found = self._current_many(cur, table, expr, pk, rows)
+        for row, image in zip(rows, change["added"], strict=True):
             key = tuple(str(row.get(c)) for c in pk)
-            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
-                                                                image)
+            # a key whose text differs from the image's (DATETIME, DECIMAL) is looked up alone
+            now = found[key] if key in found else self._current(cur, table, expr, pk, row)
             if now is None or json.loads(now) != json.loads(image):
-                out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
-        for image in change["removed"] if pk else []:
-            row = self.decode(cols, image)
-            if tuple(str(row.get(c)) for c in pk) not in added and self._current(
-                    cur, table, expr, pk, row, image):
-                out.append(_conflict(table, pk, row, "re-created by someone else"))
+                out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
+        back = [r for r in (self.decode(cols, i) for i in change["removed"])
+                if tuple(str(r.get(c)) for c in pk) not in added]
+        there = self._current_many(cur, table, expr, pk, back) if back else {}
+        for row in back:
+            if tuple(str(row.get(c)) for c in pk) in there:
+                out.append(_conflict(table, pk, row, "re-created by someone else", undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -281,6 +295,9 @@ class MySQLBackend(Rebuilder):
         return out
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
+        # undo runs DDL (rebuilds, AUTO_INCREMENT): a session holding the table must make it
+        # fail in bounded time, not wait for the server's default of a day
+        cur.execute("SET SESSION lock_wait_timeout = 60")
         cur.execute("SET FOREIGN_KEY_CHECKS = 0")
 
     def undo_end(self, cur: Cursor, dbapi_conn: Any) -> None:
@@ -324,7 +341,9 @@ class MySQLBackend(Rebuilder):
         self.sync(cur, [table])
 
 
-def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str) -> str:
+def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str,
+              undone: bool = False) -> str:
     cols = pk or list(row)[:4]
     key = ", ".join(f"{c}={row.get(c)!r}" for c in cols)
-    return f"table {table} key ({key}): {what} since the episode wrote it"
+    return f"table {table} key ({key}): " + (AFTER_UNDO[what] if undone else
+                                               f"{what} since the episode wrote it")

@@ -7,7 +7,7 @@ and is set-based: ``jsonb_populate_recordset`` turns images back into rows in th
 Sequences are read before and after each statement. DDL is transactional; for undo after
 commit, DROP TABLE becomes a move into the ``_revex_quarantine`` schema (indexes, triggers,
 owned sequences and incoming FKs move with it), and CREATE/ALTER/indexes are inverted from a
-catalog snapshot (a dropped column comes back at the end of the table).
+catalog snapshot (a dropped column comes back in its place: see ``pg_columns``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from revex.errors import ActionFailed
-from revex.runtime.effects.sqlcapture.base import ACTIONS, LOG, PREFIX, Cursor, Event
+from revex.runtime.effects.sqlcapture.base import (
+    ACTIONS,
+    AFTER_UNDO,
+    LOG,
+    PREFIX,
+    Cursor,
+    Event,
+)
+from revex.runtime.effects.sqlcapture.pg_columns import array, column_extras, revert_table
 
 QUARANTINE = "_revex_quarantine"
 
@@ -44,15 +52,12 @@ def _q(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
 
-def _array(images: Iterable[str]) -> str:
-    return "[" + ",".join(images) + "]"
-
-
 class PostgresBackend:
     name = "postgresql"
     param = "%s"
     transactional_ddl = True
     truncate_by_trigger = True
+    sequence_is_ddl = False
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -145,7 +150,8 @@ class PostgresBackend:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (_q(table),))
         return bool(cur.fetchone()[0])
 
-    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+              undone: bool = False) -> list[str]:
         if not self._exists(cur, table):
             return [f"table {table}: no longer exists"]
         t, pk = _q(table), self.pk(cur, table)
@@ -157,14 +163,17 @@ class PostgresBackend:
                             f"%s::jsonb) e(j) CROSS JOIN LATERAL jsonb_populate_record("
                             f"NULL::{t}, e.j) r LEFT JOIN {t} _revex_x ON {on} "
                             "WHERE _revex_x.ctid IS NULL OR to_jsonb(_revex_x) <> e.j",
-                            (_array(change["added"]),))
+                            (array(change["added"]),))
             else:
-                cur.execute(f"SELECT e.j::text, true FROM jsonb_array_elements(%s::jsonb) e(j) "
-                            f"WHERE NOT EXISTS (SELECT 1 FROM {t} _revex_x WHERE "
-                            "to_jsonb(_revex_x) = e.j)",
-                            (_array(change["added"]),))
+                # rows are their images: each must be there as often as listed
+                cur.execute("SELECT e.j::text, true FROM (SELECT j, count(*) AS n FROM "
+                            "jsonb_array_elements(%s::jsonb) w(j) GROUP BY j) e LEFT JOIN "
+                            f"(SELECT to_jsonb(_revex_x) AS j, count(*) AS n FROM {t} _revex_x "
+                            "GROUP BY 1) h ON h.j = e.j WHERE coalesce(h.n, 0) < e.n",
+                            (array(change["added"]),))
             for image, gone in cur.fetchall():
-                out.append(_conflict(table, pk, image, "deleted" if gone else "changed"))
+                out.append(_conflict(table, pk, image, "deleted" if gone else "changed",
+                                     undone))
         if pk and change["removed"]:
             added = {_key(i, pk) for i in change["added"]}
             back = [i for i in change["removed"] if _key(i, pk) not in added]
@@ -172,9 +181,10 @@ class PostgresBackend:
                 on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
                 cur.execute(f"SELECT e.j::text FROM jsonb_array_elements(%s::jsonb) e(j) "
                             f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, e.j) r "
-                            f"JOIN {t} _revex_x ON {on}", (_array(back),))
+                            f"JOIN {t} _revex_x ON {on}", (array(back),))
                 for (image,) in cur.fetchall():
-                    out.append(_conflict(table, pk, image, "re-created by someone else"))
+                    out.append(_conflict(table, pk, image, "re-created by someone else",
+                                         undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -184,7 +194,7 @@ class PostgresBackend:
         if pk and gone:
             on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
             cur.execute(f"DELETE FROM {t} _revex_x USING jsonb_populate_recordset(NULL::{t}, "
-                        f"%s::jsonb) r WHERE {on}", (_array(gone),))
+                        f"%s::jsonb) r WHERE {on}", (array(gone),))
         elif gone:
             for image in change["added"]:
                 cur.execute(f"DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} _revex_x WHERE "
@@ -192,7 +202,7 @@ class PostgresBackend:
         if change["removed"]:
             cur.execute(f"INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT * FROM "
                         f"jsonb_populate_recordset(NULL::{t}, %s::jsonb)",
-                        (_array(change["removed"]),))
+                        (array(change["removed"]),))
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         cur.execute("SET LOCAL session_replication_role = replica")
@@ -214,7 +224,8 @@ class PostgresBackend:
         indexes = dict(cur.fetchall())
         cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE "
                     "conrelid = %s::regclass ORDER BY 1", (_q(table),))
-        return {"columns": columns, "indexes": indexes, "constraints": dict(cur.fetchall())}
+        return {"columns": columns, "indexes": indexes, "constraints": dict(cur.fetchall()),
+                **column_extras(cur, table)}
 
     def _index_table(self, cur: Cursor, name: str) -> str | None:
         cur.execute("SELECT tablename FROM pg_indexes WHERE schemaname = current_schema() AND "
@@ -245,10 +256,10 @@ class PostgresBackend:
 
         cur.execute("SAVEPOINT revex_trial")
         try:
-            cur.execute(stmt.sql)  # the real DROP, to fail exactly as it would
+            cur.execute(stmt.shown)  # the real DROP, to fail exactly as it would
         except psycopg.Error as exc:
             cur.execute("ROLLBACK TO SAVEPOINT revex_trial")
-            raise ActionFailed(f"{stmt.sql[:200]!r} failed: {exc}") from exc
+            raise ActionFailed(f"{stmt.shown[:200]!r} failed: {exc}") from exc
         cur.execute("ROLLBACK TO SAVEPOINT revex_trial")
         moved = {}
         for i, table in enumerate(tables):
@@ -277,7 +288,7 @@ class PostgresBackend:
         for table, cat in info["post"].items():
             if not self._exists(cur, table):
                 out.append(f"table {table}: dropped since the episode's DDL")
-            elif self._catalog(cur, table) != cat:
+            elif not _same_shape(self._catalog(cur, table), cat):
                 out.append(f"table {table}: schema changed since the episode's DDL")
         for table in info.get("quarantined", {}):
             if self._exists(cur, table):
@@ -300,72 +311,45 @@ class PostgresBackend:
         for table, moved in info.get("quarantined", {}).items():  # all back before FKs
             for name, definition in moved["fks"]:
                 cur.execute(f"ALTER TABLE {_q(table)} ADD CONSTRAINT {_q(name)} {definition}")
+        foreign: list[list[str]] = []
         for table, was in pre.items():
             if table in post:
-                self._revert_table(cur, table, was, post[table])
+                foreign += revert_table(self, cur, table, was, post[table])
+        for owner, name, definition in foreign:  # other tables' keys onto moved columns
+            cur.execute(f"ALTER TABLE {owner} ADD CONSTRAINT {_q(name)} {definition}")
+
+    def shape_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]:
+        """After :meth:`ddl_undo`: tables not back in their pre-state (columns in order,
+        types, defaults, constraints, indexes, comments; rows where the snapshot has them),
+        and tables the DDL created that still exist."""
+        out = []
+        for table in info.get("created", []):
+            if table not in info["pre"] and self._exists(cur, table):
+                out.append(f"table {table}: still exists after undoing its creation")
+        for table, was in info["pre"].items():
+            if not self._exists(cur, table):
+                out.append(f"table {table}: missing after undo")
+                continue
+            now = self._catalog(cur, table)
+            if not _same_shape(now, was):
+                diff = sorted(k for k in now if k in was and now[k] != was[k])
+                out.append(f"table {table}: {', '.join(diff)} differ from before the "
+                           "episode's DDL after undo")
+            elif was.get("rows") is not None and sorted(self.snapshot_rows(cur, table)) \
+                    != sorted(was["rows"]):
+                out.append(f"table {table}: rows differ from before the episode's DDL "
+                           "after undo")
+        return out
 
     def _schema(self, cur: Cursor) -> str:
         cur.execute("SELECT current_schema()")
         return str(cur.fetchone()[0])
 
-    def _revert_table(self, cur: Cursor, table: str, was: dict[str, Any],
-                      now: dict[str, Any]) -> None:
-        t = _q(table)
-        old_cols = {c[0]: c for c in was["columns"]}
-        new_cols = {c[0]: c for c in now["columns"]}
-        lost = [c for c in old_cols if c not in new_cols]
-        extra = [c for c in new_cols if c not in old_cols]
-        if len(lost) == 1 and len(extra) == 1 and old_cols[lost[0]][1:] == new_cols[extra[0]][1:]:
-            cur.execute(f"ALTER TABLE {t} RENAME COLUMN {_q(extra[0])} TO {_q(lost[0])}")
-            lost, extra = [], []
-        for name in extra:
-            cur.execute(f"ALTER TABLE {t} DROP COLUMN {_q(name)}")
-        for name in lost:
-            _, typ, _notnull, default = old_cols[name]
-            cur.execute(f"ALTER TABLE {t} ADD COLUMN {_q(name)} {typ}"
-                        + (f" DEFAULT {default}" if default else ""))
-        retyped = []
-        for name, (_, typ, notnull, default) in old_cols.items():
-            if name in new_cols and new_cols[name][1:] != [typ, notnull, default]:
-                retyped.append(name)
-                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} DROP DEFAULT")
-                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} DROP NOT NULL")
-                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} TYPE {typ} USING "
-                            f"{_q(name)}::{typ}")
-                if default:
-                    cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} SET DEFAULT {default}")
-        if (lost or retyped) and was.get("rows"):
-            self._put_back_columns(cur, table, lost + retyped, was["rows"])
-        for name in lost + retyped:
-            if old_cols[name][2]:
-                cur.execute(f"ALTER TABLE {t} ALTER COLUMN {_q(name)} SET NOT NULL")
-        old_cons, new_cons = was.get("constraints", {}), now.get("constraints", {})
-        for name, definition in new_cons.items():
-            if old_cons.get(name) != definition:
-                cur.execute(f"ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {_q(name)}")
-        for name, definition in old_cons.items():
-            if new_cons.get(name) != definition:
-                cur.execute(f"ALTER TABLE {t} ADD CONSTRAINT {_q(name)} {definition}")
-        current = self._catalog(cur, table)["indexes"]
-        for name, definition in current.items():
-            if was["indexes"].get(name) != definition:
-                cur.execute(f"DROP INDEX IF EXISTS {_q(name)}")
-        for name, definition in was["indexes"].items():
-            if current.get(name) != definition:
-                cur.execute(definition)
 
-    def _put_back_columns(self, cur: Cursor, table: str, columns: list[str],
-                          rows: list[str]) -> None:
-        t, pk = _q(table), self.pk(cur, table)
-        if pk:
-            sets = ", ".join(f"{_q(c)} = r.{_q(c)}" for c in columns)
-            on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-            cur.execute(f"UPDATE {t} _revex_x SET {sets} FROM jsonb_populate_recordset("
-                        f"NULL::{t}, %s::jsonb) r WHERE {on}", (_array(rows),))
-        else:
-            cur.execute(f"DELETE FROM {t}")
-            cur.execute(f"INSERT INTO {t} SELECT * FROM jsonb_populate_recordset("
-                        f"NULL::{t}, %s::jsonb)", (_array(rows),))
+def _same_shape(now: dict[str, Any], snapshot: dict[str, Any]) -> bool:
+    """``now`` (a catalog) matches ``snapshot`` in every part the snapshot recorded (older
+    snapshots lack comments and collations; rows are compared separately)."""
+    return all(now.get(k) == v for k, v in snapshot.items() if k != "rows")
 
 
 def _key(image: str, pk: list[str]) -> tuple[str, ...]:
@@ -373,8 +357,9 @@ def _key(image: str, pk: list[str]) -> tuple[str, ...]:
     return tuple(json.dumps(row.get(c)) for c in pk)
 
 
-def _conflict(table: str, pk: list[str], image: str, what: str) -> str:
+def _conflict(table: str, pk: list[str], image: str, what: str, undone: bool = False) -> str:
     row = json.loads(image)
     cols = pk or list(row)[:4]
     key = ", ".join(f"{c}={row.get(c)!r}" for c in cols)
-    return f"table {table} key ({key}): {what} since the episode wrote it"
+    return f"table {table} key ({key}): " + (AFTER_UNDO[what] if undone else
+                                               f"{what} since the episode wrote it")

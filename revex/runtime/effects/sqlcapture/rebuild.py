@@ -81,6 +81,26 @@ class Rebuilder:
                        f"table {table}: re-created since the episode dropped it")
         return out
 
+    def shape_drift(self, cur: Cursor, info: dict[str, Any]) -> list[str]:
+        """After :meth:`ddl_undo`: each snapshotted table has its objects and rows again,
+        and a table the DDL created is gone."""
+        out = []
+        existing = set(self.tables(cur))
+        for table in info["post"]:
+            if table not in info["pre"] and table in existing:
+                out.append(f"table {table}: still exists after undoing its creation")
+        for table, snap in info["pre"].items():
+            if table not in existing:
+                out.append(f"table {table}: missing after undo")
+            elif self.fingerprint(self.objects(cur, table)) != self.fingerprint(
+                    snap["objects"]):
+                out.append(f"table {table}: schema differs from before the episode's DDL "
+                           "after undo")
+            elif sorted(self.snapshot_rows(cur, table)) != sorted(snap["rows"]):
+                out.append(f"table {table}: rows differ from before the episode's DDL "
+                           "after undo")
+        return out
+
     def ddl_undo(self, cur: Cursor, info: dict[str, Any]) -> None:
         for table in info["post"]:
             self.drop_table(cur, table)

@@ -16,12 +16,14 @@ from typing import Any
 
 from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
+    AFTER_UNDO,
     LOG,
     PREFIX,
     Cursor,
     Event,
     chunks,
     key_in,
+    missing_copies,
 )
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
 
@@ -53,6 +55,7 @@ class SQLiteBackend(Rebuilder):
     param = "?"
     transactional_ddl = True
     truncate_by_trigger = False
+    sequence_is_ddl = False
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -162,19 +165,6 @@ class SQLiteBackend(Rebuilder):
         cur.execute(f"SELECT {self.image_expr(cur, table, 'x')} FROM main.{_q(table)} AS x")
         return [r[0] for r in cur.fetchall()]
 
-    def _current(self, cur: Cursor, table: str, expr: str, pk: list[str],
-                 row: dict[str, Any], image: str) -> str | None:
-        """The current image of the row ``image`` stands for (None if it is not there)."""
-        if pk:
-            where = " AND ".join(f"x.{_q(c)} IS ?" for c in pk)
-            cur.execute(f"SELECT {expr} FROM main.{_q(table)} AS x WHERE {where}",
-                        [row[c] for c in pk])
-        else:
-            cur.execute(f"SELECT {expr} FROM main.{_q(table)} AS x WHERE {expr} = ? LIMIT 1",
-                        (image,))
-        found = cur.fetchone()
-        return found[0] if found else None
-
     def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
                       rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], str | None]:
         """Current images of many rows by primary key, in batches."""
@@ -190,28 +180,29 @@ class SQLiteBackend(Rebuilder):
                 out[key] = found.get(key)
         return out
 
-    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> list[str]:
+    def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
+              undone: bool = False) -> list[str]:
         if table not in set(self.tables(cur)):
             return [f"table {table}: no longer exists"]
         expr = self.image_expr(cur, table, "x")
         _, pk = self.columns(cur, table)
+        if not pk:  # rows are their images: each must be there as often as listed
+            return [_conflict(table, pk, decode(image), "deleted", undone) for image in
+                    missing_copies(cur, f"main.{_q(table)} AS x", expr, "?", change["added"])]
         out = []
-        added_keys = set()
-        rows = [(decode(i), i) for i in change["added"]]
-        found = self._current_many(cur, table, expr, pk, [r for r, _ in rows]) if pk else {}
-        for row, image in rows:
-            key = tuple(row.get(c) for c in pk)
-            added_keys.add(key)
-            now = found[key] if key in found else self._current(cur, table, expr, pk, row,
-                                                                image)
+        rows = [decode(i) for i in change["added"]]
+        added_keys = {tuple(r.get(c) for c in pk) for r in rows}
+        found = self._current_many(cur, table, expr, pk, rows)
+        for row, image in zip(rows, change["added"], strict=True):
+            now = found.get(tuple(row.get(c) for c in pk))
             if now != image:
-                out.append(_conflict(table, pk, row, "changed" if now else "deleted"))
-        if pk:
-            for image in change["removed"]:
-                row = decode(image)
-                key = tuple(row.get(c) for c in pk)
-                if key not in added_keys and self._current(cur, table, expr, pk, row, image):
-                    out.append(_conflict(table, pk, row, "re-created by someone else"))
+                out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
+        back = [r for r in map(decode, change["removed"])
+                if tuple(r.get(c) for c in pk) not in added_keys]
+        there = self._current_many(cur, table, expr, pk, back)
+        for row in back:
+            if there.get(tuple(row.get(c) for c in pk)):
+                out.append(_conflict(table, pk, row, "re-created by someone else", undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -290,9 +281,11 @@ class SQLiteBackend(Rebuilder):
                 cur.execute(sql)
 
 
-def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str) -> str:
+def _conflict(table: str, pk: list[str], row: dict[str, Any], what: str,
+              undone: bool = False) -> str:
     if pk:
         key = ", ".join(f"{c}={row.get(c)!r}" for c in pk)
     else:
         key = "row " + ", ".join(f"{c}={v!r}" for c, v in list(row.items())[:4])
-    return f"table {table} key ({key}): {what} since the episode wrote it"
+    return f"table {table} key ({key}): " + (AFTER_UNDO[what] if undone else
+                                               f"{what} since the episode wrote it")
