@@ -4,7 +4,8 @@
   the best that works here (nsjail, else process with a weak-isolation warning). ``"warm"`` is
   nsjail with pre-started zygotes that fork a child per Python run (see ``warm.py``); close it.
 * :func:`doctor` says which isolation features work on this machine and why.
-* :func:`run_many` / :func:`arun_many` run many specs with bounded concurrency.
+* :func:`run_many` / :func:`arun_many` run many specs with bounded concurrency, on threads here
+  or through a pool (``pool=``, see :mod:`revex.runtime.pool`: local threads or Ray actors).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox.base import (
@@ -25,6 +27,9 @@ from revex.runtime.sandbox.base import (
     TestCaseResult,
     TestReport,
 )
+
+if TYPE_CHECKING:
+    from revex.runtime.pool import Pool
 
 __all__ = [
     "BACKENDS",
@@ -146,12 +151,17 @@ def doctor() -> list[tuple[str, bool, str]]:
 
 
 async def arun_many(specs: Sequence[ExecSpec], *, concurrency: int = 0,
-                    backend: SandboxBackend | None = None) -> list[ExecResult]:
-    """Run ``specs`` with at most ``concurrency`` at once (0: one per CPU); results keep order.
+                    backend: SandboxBackend | None = None,
+                    pool: Pool | None = None) -> list[ExecResult]:
+    """Run ``specs`` with at most ``concurrency`` at once (0: one per CPU, or the pool's
+    capacity); results keep order. ``pool`` runs them there instead (``backend`` is then
+    ignored; a Ray pool runs specs with a workspace on its local backend).
 
     Raises what the backend raises (``SandboxError``, ``ConfigError``) for the first failing
     spec, after the others finished.
     """
+    if pool is not None:
+        return await asyncio.to_thread(pool.run_many, specs, concurrency=concurrency)
     be = backend if backend is not None else select_backend()
     limit = concurrency or os.cpu_count() or 1
     sem = asyncio.Semaphore(limit)
@@ -168,6 +178,9 @@ async def arun_many(specs: Sequence[ExecSpec], *, concurrency: int = 0,
 
 
 def run_many(specs: Sequence[ExecSpec], *, concurrency: int = 0,
-             backend: SandboxBackend | None = None) -> list[ExecResult]:
+             backend: SandboxBackend | None = None,
+             pool: Pool | None = None) -> list[ExecResult]:
     """Synchronous :func:`arun_many` (must not be called from a running event loop)."""
+    if pool is not None:
+        return pool.run_many(specs, concurrency=concurrency)
     return asyncio.run(arun_many(specs, concurrency=concurrency, backend=backend))

@@ -1,0 +1,157 @@
+"""The Ray pool against the local pool, on a real local Ray (two CPUs) and real nsjail runs:
+same results for the same specs, workspace runs kept local, a killed actor's run retried once
+(or reported as sandbox_error), and nothing but checked plain data crossing back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from revex import Runtime
+from revex.runtime.pool import LocalPool
+from revex.runtime.sandbox import run_many
+from revex.runtime.sandbox.base import ExecResult, ExecStatus, Limits, make_spec
+from revex.runtime.sandbox.nsjail import NsjailBackend
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'revex[ray]'")
+from revex.runtime.ray_pool import RayPool  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",
+                                        "ignore::ResourceWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _facts(r: ExecResult) -> tuple[Any, ...]:
+    # Everything but timings, which differ between any two runs.
+    return (r.status, r.exit_code, r.signal, r.stdout, r.stderr, r.stdout_truncated,
+            r.stderr_truncated, r.backend, r.weak_isolation, r.changes)
+
+
+def _specs() -> list[Any]:
+    return [
+        make_spec("print(sum(range(10)))"),
+        make_spec("import sys; print(sys.stdin.read().upper())", stdin="hello"),
+        make_spec("import sys; sys.stderr.write('bad'); sys.exit(3)"),
+        make_spec("import os; print(os.environ['K'], open('/input/d.txt').read())",
+                  env={"K": "v"}, files={"d.txt": "data"}),
+        make_spec("print('x' * 5000)", limits=Limits(output_bytes=100)),
+        make_spec("while True: pass", limits=Limits(wall_s=1, cpu_s=1)),
+        make_spec("echo $((6*7))", language="bash"),
+    ]
+
+
+def test_ray_pool_gives_the_local_pools_results(ray_session: None) -> None:
+    ws = tempfile.mkdtemp(prefix="revex-test-")
+    os.chmod(ws, 0o755)
+    try:
+        with Runtime(state_dir=tempfile.mkdtemp(prefix="revex-state-"), sandbox="nsjail",
+                     executor="ray", audit=None) as rt:
+            pool = rt.pool
+            assert isinstance(pool, RayPool)
+            specs = [*_specs(), make_spec("open('/workspace/made.txt', 'w').write('x')",
+                                          workspace=ws)]
+            remote = run_many(specs, pool=pool)
+            local = run_many(specs, pool=LocalPool(NsjailBackend()))
+            assert [_facts(r) for r in remote] == [_facts(r) for r in local]
+            assert [r.status for r in remote][:7] == [
+                ExecStatus.OK, ExecStatus.OK, ExecStatus.FAILED, ExecStatus.OK,
+                ExecStatus.OUTPUT_LIMIT, ExecStatus.TIMEOUT, ExecStatus.OK]
+            # The workspace run stayed here: its change set is on this host, ready to apply.
+            assert [c.path for c in remote[-1].changes] == ["made.txt"]
+            assert os.path.isfile(remote[-1].change_path(remote[-1].changes[0]))
+            for r in remote + local:
+                r.discard()
+            # Seven stateless specs went to the actors; the workspace one did not.
+            assert pool.stats.submitted == 7
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` (ours: the actor's sandboxes)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries: int) -> None:
+    token = f"tok{os.getpid()}r{retries}"
+    pool = RayPool(backend="nsjail", actors=2, per_actor=1, retries=retries)
+    try:
+        victim = pool.actors[0]
+        victim_pid = ray.get(victim.pid.remote())
+        specs = [make_spec(f"import time\n# {token}\ntime.sleep(8)\nprint({i})",
+                           limits=Limits(wall_s=30, cpu_s=30)) for i in range(2)]
+        vanished_after: list[float] = []
+
+        def kill_when_running() -> None:
+            # Wait until the victim's sandboxed python (with our token) runs, then kill the
+            # actor: the run is certainly in progress. Then time how long its processes live.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                jailed = [p for p in _descendants(victim_pid) if token in _cmdline(p)]
+                if jailed:
+                    found = time.monotonic()
+                    ray.kill(victim, no_restart=True)
+                    while any(token in _cmdline(p) for p in jailed):
+                        time.sleep(0.05)
+                    vanished_after.append(time.monotonic() - found)
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_running)
+        killer.start()
+        results = run_many(specs, pool=pool)
+        killer.join()
+        assert vanished_after, "the victim actor never started its run"
+        # The killed run did not go on beside its retry: its jailed processes died with the
+        # actor, well before their sleep(8) could have ended on its own.
+        assert vanished_after[0] < 7
+        assert len(results) == 2  # exactly one result per spec, in order
+        if retries:
+            assert [(r.status, r.stdout) for r in results] == [(ExecStatus.OK, "0\n"),
+                                                               (ExecStatus.OK, "1\n")]
+            assert pool.stats.retried == 1 and pool.stats.lost_actor == 0
+        else:
+            lost = [i for i, r in enumerate(results) if r.status is ExecStatus.SANDBOX_ERROR]
+            assert len(lost) == 1 and "died" in results[lost[0]].message
+            other = 1 - lost[0]
+            assert (results[other].status, results[other].stdout) == (ExecStatus.OK, f"{other}\n")
+            assert pool.stats.retried == 0 and pool.stats.lost_actor == 1
+        assert len(pool.stats.replaced_actors) == 1
+    finally:
+        pool.close()
