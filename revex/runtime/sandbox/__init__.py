@@ -47,7 +47,7 @@ __all__ = [
     "select_backend",
 ]
 
-BACKENDS = ("nsjail", "warm", "process")
+BACKENDS = ("nsjail", "warm", "process", "docker")
 
 
 def select_backend(name: str | None = None) -> SandboxBackend:
@@ -61,6 +61,10 @@ def select_backend(name: str | None = None) -> SandboxBackend:
         raise ConfigError(f"unknown sandbox backend {name!r}; choose one of {BACKENDS}")
     if name == "warm":
         return _warm_backend()
+    if name == "docker":  # a container per run via the docker SDK (Docker or Podman)
+        from revex.runtime.sandbox.docker import DockerBackend
+
+        return DockerBackend()
     if name in (None, "nsjail"):
         try:
             backend = _nsjail_backend()
