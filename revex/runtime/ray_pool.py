@@ -127,7 +127,8 @@ class RayPool:
     Ray; ``"auto"``: the cluster of this node; ``"ray://host:port"``: a Ray client). ``backend``:
     the backend name each actor selects on its node. ``local_backend``: runs specs that have a
     workspace. ``retries``: how often a spec whose actor died is sent again (0 or 1).
-    Raises ``ConfigError`` when Ray is not installed or an argument is out of range.
+    Raises ``ConfigError`` when Ray is not installed or an argument is out of range,
+    ``SandboxError`` when no Ray cluster answers at ``address``.
     """
 
     name = "ray"
@@ -146,7 +147,13 @@ class RayPool:
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                where = address or "a new local instance"
+                raise SandboxError(f"cannot reach a Ray cluster at {where}: {exc}; start one "
+                                   "with `ray start --head` or pass executor='ray' for a local "
+                                   "one") from exc
         n = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # One extra concurrency slot so running()/close() answer while every run slot is busy.
         self._cls = ray.remote(num_cpus=1, max_concurrency=per_actor + 1)(SandboxWorker)
