@@ -102,11 +102,16 @@ class SandboxWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> str:
+        """This actor's run directory."""
+        return self.state_dir
+
     def close(self) -> None:
         close = getattr(self._backend, "close", None)
         if close is not None:
             close()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        _sweep_dead_workers()  # what actors killed on this node since left behind
 
 
 @dataclass

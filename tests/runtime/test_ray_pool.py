@@ -114,6 +114,8 @@ def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries
     try:
         victim = pool.actors[0]
         victim_pid = ray.get(victim.pid.remote())
+        victim_dir = ray.get(victim.where.remote())
+        assert os.path.isdir(victim_dir)
         specs = [make_spec(f"import time\n# {token}\ntime.sleep(8)\nprint({i})",
                            limits=Limits(wall_s=30, cpu_s=30)) for i in range(2)]
         vanished_after: list[float] = []
@@ -155,3 +157,5 @@ def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries
         assert len(pool.stats.replaced_actors) == 1
     finally:
         pool.close()
+    # The killed actor could not remove its run directory; the survivors did on close.
+    assert not os.path.exists(victim_dir)
