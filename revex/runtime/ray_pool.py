@@ -7,7 +7,9 @@ back a JSON string, checked field by field by :func:`revex.runtime.pool.result_f
 An actor that dies mid-run (node lost, process killed, out of memory) fails its in-flight calls
 with ``RayActorError``; the pool replaces the actor and runs each such spec once more, on
 another actor. A spec whose second try also loses its actor gets a ``sandbox_error`` result.
-Every spec therefore yields exactly one result. Runs are stateless (no workspace), so a retried
+An actor whose call is still pending ``wall_s + grace_s`` after it was sent (stopped,
+deadlocked, its node cut off) is killed and handled the same way. Every spec therefore yields
+exactly one result. Runs are stateless (no workspace), so a retried
 run has nothing to double; specs with a workspace always run on the local backend.
 """
 
@@ -18,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,9 @@ from revex.runtime.pool import (
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, SandboxBackend
 
 _PREFIX = "revex-ray-worker-"
+#: Longest an actor may take to start (process, imports, the backend's probe) before a call
+#: waiting on it counts as hung.
+_START_S = 120.0
 
 
 def _sweep_dead_workers() -> None:
@@ -122,6 +128,7 @@ class PoolStats:
     submitted: int = 0
     retried: int = 0
     lost_actor: int = 0
+    hung_actors: int = 0
     replaced_actors: list[str] = field(default_factory=list)
 
 
@@ -132,6 +139,8 @@ class RayPool:
     Ray; ``"auto"``: the cluster of this node; ``"ray://host:port"``: a Ray client). ``backend``:
     the backend name each actor selects on its node. ``local_backend``: runs specs that have a
     workspace. ``retries``: how often a spec whose actor died is sent again (0 or 1).
+    ``grace_s``: an actor whose call is still pending ``wall_s + grace_s`` after it was sent
+    (stopped, deadlocked, its node partitioned) is killed and replaced, like a dead one.
     Raises ``ConfigError`` when Ray is not installed or an argument is out of range,
     ``SandboxError`` when no Ray cluster answers at ``address``.
     """
@@ -141,13 +150,15 @@ class RayPool:
     def __init__(self, *, address: str | None = None, backend: str | None = None,
                  actors: int = 0, per_actor: int = 2, retries: int = 1,
                  local_backend: SandboxBackend | Callable[[], SandboxBackend] | None = None,
-                 ) -> None:
+                 grace_s: float = 60.0) -> None:
         try:
             import ray as ray_module
         except ImportError as exc:
             raise ConfigError("the Ray pool needs Ray: pip install 'revex[ray]'") from exc
-        if retries not in (0, 1) or per_actor < 1 or actors < 0:
-            raise ConfigError("RayPool needs retries 0 or 1, per_actor >= 1 and actors >= 0")
+        if retries not in (0, 1) or per_actor < 1 or actors < 0 or grace_s <= 0:
+            raise ConfigError("RayPool needs retries 0 or 1, per_actor >= 1, actors >= 0 and "
+                              "grace_s > 0")
+        self.grace_s = grace_s
         ray: Any = ray_module  # typed loosely: the pool must type-check where Ray is absent
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
@@ -166,6 +177,10 @@ class RayPool:
         self.per_actor = per_actor
         self.retries = retries
         self.actors: list[Any] = [self._cls.remote(backend) for _ in range(n)]
+        # One probe call per actor: until it answers, the actor is starting (its process, the
+        # import of revex, the backend's probe run), which no run's deadline should count.
+        self._ready: list[Any] = [a.pid.remote() for a in self.actors]
+        self._created = [time.monotonic()] * n
         self._local = LocalPool(local_backend) if local_backend is not None else None
         self.stats = PoolStats()
 
@@ -208,9 +223,14 @@ class RayPool:
                     results: list[ExecResult | None], errors: list[BaseException],
                     concurrency: int) -> None:
         ray = self._ray
-        limit = concurrency or len(self.actors) * self.per_actor
+        # Never more in flight than the actors have slots: every call starts when sent, so a
+        # call still pending wall_s + grace_s after it was sent means a hung actor.
+        capacity = len(self.actors) * self.per_actor
+        limit = min(concurrency, capacity) if concurrency else capacity
         queue: deque[tuple[int, int]] = deque((i, 0) for i in idx)
         pending: dict[Any, tuple[int, int, int, Any]] = {}  # ref -> (spec, try, slot, actor)
+        deadline: dict[Any, float] = {}
+        budget: dict[Any, float] = {}
         load = [0] * len(self.actors)
         wire = {i: plain_spec(specs[i]) for i in idx}
         while queue or pending:
@@ -219,11 +239,18 @@ class RayPool:
                 slot = min(range(len(self.actors)), key=load.__getitem__)
                 actor = self.actors[slot]
                 load[slot] += 1
-                pending[actor.run.remote(wire[i])] = (i, attempt, slot, actor)
+                ref = actor.run.remote(wire[i])
+                pending[ref] = (i, attempt, slot, actor)
+                budget[ref] = specs[i].limits.wall_s + self.grace_s
+                deadline[ref] = time.monotonic() + budget[ref]
                 self.stats.submitted += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            wait_s = max(0.05, min(deadline.values()) - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            if not ready:
+                self._kill_hung(pending, deadline, budget)
             for ref in ready:
                 i, attempt, slot, actor = pending.pop(ref)
+                del deadline[ref], budget[ref]
                 load[slot] -= 1
                 try:
                     text = ray.get(ref)
@@ -248,11 +275,31 @@ class RayPool:
                 except SandboxError as exc:
                     errors.append(exc)
 
+    def _kill_hung(self, pending: dict[Any, tuple[int, int, int, Any]],
+                   deadline: dict[Any, float], budget: dict[Any, float]) -> None:
+        """Kill (and replace) each started actor with a call past its deadline; its calls
+        then fail with RayActorError and take the retry path."""
+        now = time.monotonic()
+        for ref, (_, _, slot, actor) in pending.items():
+            if deadline[ref] > now:
+                continue
+            starting = (self.actors[slot] is actor and now - self._created[slot] < _START_S
+                        and not self._ray.wait([self._ready[slot]], timeout=0)[0])
+            if starting:
+                deadline[ref] = now + budget[ref]  # the clock starts once the actor is up
+                continue
+            if self.actors[slot] is actor:
+                self.stats.hung_actors += 1
+                self._replace(slot, actor)
+            deadline[ref] = now + self.grace_s  # its failure is on the way
+
     def _replace(self, slot: int, dead: Any) -> None:
         """Start a new actor in ``slot`` unless an earlier failure already replaced it."""
         if self.actors[slot] is dead:
             self._ray.kill(dead, no_restart=True)
             self.actors[slot] = self._cls.remote(self._backend_name)
+            self._ready[slot] = self.actors[slot].pid.remote()
+            self._created[slot] = time.monotonic()
             self.stats.replaced_actors.append(str(dead._actor_id.hex()))
 
     def close(self) -> None:

@@ -4,8 +4,10 @@ same results for the same specs, workspace runs kept local, a killed actor's run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -159,3 +161,23 @@ def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries
         pool.close()
     # The killed actor could not remove its run directory; the survivors did on close.
     assert not os.path.exists(victim_dir)
+
+
+def test_a_hung_actor_is_killed_and_its_run_retried(ray_session: None) -> None:
+    pool = RayPool(backend="nsjail", actors=2, per_actor=1, grace_s=3)
+    victim_pid = ray.get(pool.actors[0].pid.remote())
+    ray.get(pool._ready)  # both actors started: the stop below hits a running actor
+    try:
+        # A stopped actor answers nothing, like a deadlocked one or a partitioned node.
+        os.kill(victim_pid, signal.SIGSTOP)
+        specs = [make_spec(f"print({i})", limits=Limits(wall_s=2)) for i in range(2)]
+        start = time.monotonic()
+        results = run_many(specs, pool=pool)
+        assert [(r.status, r.stdout) for r in results] == [(ExecStatus.OK, "0\n"),
+                                                           (ExecStatus.OK, "1\n")]
+        assert pool.stats.hung_actors == 1 and pool.stats.retried == 1
+        assert time.monotonic() - start >= 2 + 3  # not before wall_s + grace_s
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim_pid, signal.SIGCONT)
+        pool.close()
