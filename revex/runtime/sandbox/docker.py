@@ -4,8 +4,10 @@
 Isolation per run: read-only root filesystem, user 65534, every capability dropped,
 ``no-new-privileges``, no network unless the spec asks for it, memory (swap included), pids,
 CPU and open-file limits, a size-capped private /tmp. The code, stdin and ``spec.files`` come in
-read-only bind mounts; a workspace is a copy (owned by 65534) bound at /workspace and diffed
-afterwards, so its change set is applied by the runtime as journaled file actions like nsjail's.
+read-only bind mounts; stdout and stderr go to files the host created and reads back up to the
+limit (never through the engine's log API, which would hold all of it); a workspace is a copy
+(owned by 65534) bound at /workspace and diffed afterwards, so its change set is applied by the
+runtime as journaled file actions like nsjail's.
 
 Statuses come from facts the code cannot write: the engine's exit code and ``OOMKilled`` flag
 (``inspect``) and the host's own clock, never from the output. The wall limit is enforced twice:
@@ -20,6 +22,7 @@ import contextlib
 import math
 import os
 import shutil
+import stat
 import time
 from typing import Any
 
@@ -32,6 +35,9 @@ DEFAULT_URL = "unix:///run/revex-podman.sock"
 LABEL = "revex.owner"
 _SIGKILL, _SIGXCPU = 9, 24
 _IO = "/revex-io"  # stdin file, read-only
+#: stdout/stderr files: created by the host (root, 0666) in a root-owned 0755 folder, so the
+#: code can write them (up to RLIMIT_FSIZE) but not replace them with links or new files.
+_OUT = "/revex-out"
 
 
 def engine_url() -> str:
@@ -111,7 +117,15 @@ class DockerBackend:
             with open(os.path.join(io_dir, "stdin"), "wb") as f:
                 f.write(spec.stdin)
             os.chmod(os.path.join(io_dir, "stdin"), 0o644)
-            volumes = {io_dir: {"bind": _IO, "mode": "ro"}}
+            out_dir = os.path.join(run_dir, "out")
+            os.mkdir(out_dir, 0o755)
+            for name in ("stdout", "stderr"):
+                fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o666)
+                os.fchmod(fd, 0o666)
+                os.close(fd)
+            volumes = {io_dir: {"bind": _IO, "mode": "ro"},
+                       out_dir: {"bind": _OUT, "mode": "rw"}}
             if input_dir:
                 volumes[input_dir] = {"bind": "/input", "mode": "ro"}
             copy = lower = None
@@ -123,7 +137,8 @@ class DockerBackend:
                 owner = (_common.SANDBOX_UID, _common.SANDBOX_GID) if os.geteuid() == 0 else None
                 overlay.copy_workspace(lower, copy, owner)
                 volumes[copy] = {"bind": "/workspace", "mode": "rw"}
-            result = self._contain(spec, cmd, env, volumes, "/workspace" if copy else "/tmp")
+            result = self._contain(spec, cmd, env, volumes, "/workspace" if copy else "/tmp",
+                                   out_dir)
             if copy is not None and lower is not None:
                 try:
                     result.changes = overlay.diff_trees(lower, copy)
@@ -136,12 +151,12 @@ class DockerBackend:
                 shutil.rmtree(run_dir, ignore_errors=True)
 
     def _contain(self, spec: ExecSpec, cmd: list[str], env: dict[str, str],
-                 volumes: dict[str, dict[str, str]], cwd: str) -> ExecResult:
+                 volumes: dict[str, dict[str, str]], cwd: str, out_dir: str) -> ExecResult:
         import docker.types
 
         lim = spec.limits
         wrapped = ["timeout", "-s", "KILL", f"{lim.wall_s:g}", "/bin/sh", "-c",
-                   f'exec "$@" < {_IO}/stdin', "sh", *cmd]
+                   f'exec "$@" < {_IO}/stdin > {_OUT}/stdout 2> {_OUT}/stderr', "sh", *cmd]
         # RLIMIT_CPU soft < hard: the kernel sends SIGXCPU at the soft limit (a fact the
         # status can use), SIGKILL a second later if the code ignores it.
         cpu = max(1, math.ceil(lim.cpu_s))
@@ -157,14 +172,16 @@ class DockerBackend:
                 raise SandboxError(f"cannot create the run's memory cgroup: {exc}") from exc
             limit += 64 << 20  # the container's own limit is a backstop; ours binds first
         try:
-            return self._create_and_run(spec, wrapped, env, volumes, cwd, ulimits, limit, mem)
+            return self._create_and_run(spec, wrapped, env, volumes, cwd, ulimits, limit, mem,
+                                        out_dir)
         finally:
             if mem is not None:
                 _remove_cgroup_everywhere(mem)
 
     def _create_and_run(self, spec: ExecSpec, wrapped: list[str], env: dict[str, str],
                         volumes: dict[str, dict[str, str]], cwd: str, ulimits: list[Any],
-                        limit: int, mem: _cgroup.MemoryCgroup | None) -> ExecResult:
+                        limit: int, mem: _cgroup.MemoryCgroup | None,
+                        out_dir: str) -> ExecResult:
         extra = {"cgroup_parent": f"/{mem.name}"} if mem is not None else {}
         try:
             ctr = self.client.containers.create(
@@ -179,13 +196,13 @@ class DockerBackend:
         except self._errors.DockerException as exc:
             raise SandboxError(f"the engine cannot create the container: {exc}") from exc
         try:
-            return self._supervise(ctr, spec, mem)
+            return self._supervise(ctr, spec, mem, out_dir)
         finally:
             with contextlib.suppress(self._errors.NotFound):
                 ctr.remove(force=True)
 
     def _supervise(self, ctr: Any, spec: ExecSpec,
-                   mem: _cgroup.MemoryCgroup | None) -> ExecResult:
+                   mem: _cgroup.MemoryCgroup | None, out_dir: str) -> ExecResult:
         lim = spec.limits
         start = time.monotonic()
         try:
@@ -210,9 +227,9 @@ class DockerBackend:
         # peak reached the limit (with memsw limited, v1 leaves both failcnts at 0 here).
         oom = (bool(state.get("OOMKilled")) or oom_kills > 0
                or (code == 128 + _SIGKILL and peak >= lim.memory_mb << 20))
-        out = ctr.logs(stdout=True, stderr=False) or b""
-        err = ctr.logs(stdout=False, stderr=True) or b""
         cap = lim.output_bytes
+        out = _read_output(os.path.join(out_dir, "stdout"), cap + 1)
+        err = _read_output(os.path.join(out_dir, "stderr"), cap + 1)
         sig = code - 128 if code > 128 else None
         if host_timeout or (sig == _SIGKILL and wall >= lim.wall_s and not oom):
             status = ExecStatus.TIMEOUT
@@ -234,6 +251,27 @@ class DockerBackend:
             stderr=err[:cap].decode("utf-8", "replace"),
             stdout_truncated=len(out) > cap, stderr_truncated=len(err) > cap, wall_s=wall,
             peak_memory_mb=peak / (1 << 20), backend=self.name)
+
+
+def _read_output(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of an output file the code wrote (it may hold up to
+    RLIMIT_FSIZE); never follows a link, reads only a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SandboxError(f"cannot read the run's output {path}: {exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SandboxError(f"the run's output {path} is not a regular file")
+        buf = bytearray()
+        while len(buf) < limit:
+            chunk = os.read(fd, min(1 << 20, limit - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+        return bytes(buf)
+    finally:
+        os.close(fd)
 
 
 def _remove_cgroup_everywhere(mem: _cgroup.MemoryCgroup) -> None:

@@ -9,6 +9,7 @@ Start one with ``scripts/revex-podman.sh``.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,14 @@ def test_leftovers_of_a_dead_client_are_removed(docker_backend: DockerBackend) -
     assert remove_leftovers() >= 1
     with pytest.raises(docker_sdk.errors.NotFound):
         ctr.reload()
+
+
+def test_flooded_output_is_read_only_up_to_the_limit(docker_backend: DockerBackend) -> None:
+    # ~300 MB of output: the host keeps 1000 bytes and never holds the rest in memory.
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = docker_backend.run(make_spec(
+        "import sys\nfor _ in range(300):\n    sys.stdout.write('x' * (1 << 20))\n",
+        limits=Limits(output_bytes=1000, wall_s=60, cpu_s=60)))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.status is ExecStatus.OUTPUT_LIMIT and result.stdout == "x" * 1000
+    assert grown_mb < 100, grown_mb
