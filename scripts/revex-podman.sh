@@ -30,6 +30,7 @@ if ! podman image exists "$IMAGE"; then
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
+  chmod 1777 "$root/tmp"  # Podman copies the image's /tmp mode onto the tmpfs (mode= is ignored)
   echo 'nobody:x:65534:65534:nobody:/tmp:/bin/sh' > "$root/etc/passwd"
   echo 'nogroup:x:65534:' > "$root/etc/group"
   tar -C "$root" -cf "$root.tar" .

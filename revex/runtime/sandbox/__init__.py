@@ -64,7 +64,13 @@ def select_backend(name: str | None = None) -> SandboxBackend:
     if name == "docker":  # a container per run via the docker SDK (Docker or Podman)
         from revex.runtime.sandbox.docker import DockerBackend
 
-        return DockerBackend()
+        docker = DockerBackend()
+        try:
+            docker.check()
+        except SandboxError:
+            docker.close()
+            raise
+        return docker
     if name in (None, "nsjail"):
         try:
             backend = _nsjail_backend()

@@ -28,7 +28,7 @@ from typing import Any
 
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox import _cgroup, _common, overlay
-from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
+from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, Limits
 
 DEFAULT_IMAGE = "localhost/revex-py:1"
 DEFAULT_URL = "unix:///run/revex-podman.sock"
@@ -98,6 +98,20 @@ class DockerBackend:
             self.client.close()
             raise SandboxError(f"image {image!r} is not in the engine; build it with "
                                "scripts/revex-podman.sh or pass image=...") from exc
+
+    def check(self) -> None:
+        """Run a probe container and check what the engine may silently skip: the user, a
+        writable private /tmp (Podman ignores ``mode=`` on tmpfs and copies the image's /tmp
+        mode), and a memory limit the container can see. Raises ``SandboxError`` naming the
+        first that fails."""
+        probe = ("import os\n"
+                 "assert os.getuid() == 65534, 'runs as uid %d' % os.getuid()\n"
+                 "open('/tmp/probe', 'w').write('x')\n")
+        result = self.run(ExecSpec(code=probe, limits=Limits(wall_s=30, memory_mb=256)))
+        if not result.ok:
+            raise SandboxError(f"the docker backend's probe run failed ({result.status}): "
+                               f"{result.stderr[-300:]}; rebuild the image with "
+                               "scripts/revex-podman.sh (its /tmp must be mode 1777)")
 
     def close(self) -> None:
         """Close the connection to the engine. Idempotent."""

@@ -19,6 +19,7 @@ import pytest
 from revex import Limits, Runtime
 from revex.demo import tree_digest
 from revex.errors import SandboxError
+from revex.runtime.sandbox import select_backend
 from revex.runtime.sandbox.base import ExecStatus, SandboxBackend, make_spec
 from revex.runtime.sandbox.nsjail import NsjailBackend
 
@@ -30,7 +31,8 @@ from revex.runtime.sandbox.docker import LABEL, DockerBackend, remove_leftovers 
 @pytest.fixture(scope="module")
 def docker_backend() -> Iterator[DockerBackend]:
     try:
-        be = DockerBackend()
+        be = select_backend("docker")
+        assert isinstance(be, DockerBackend)
     except SandboxError as exc:
         if os.environ.get("REVEX_REQUIRE_DOCKER") == "1":
             pytest.fail(f"REVEX_REQUIRE_DOCKER=1 but the docker backend cannot run: {exc}")
@@ -150,3 +152,19 @@ def test_flooded_output_is_read_only_up_to_the_limit(docker_backend: DockerBacke
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert result.status is ExecStatus.OUTPUT_LIMIT and result.stdout == "x" * 1000
     assert grown_mb < 100, grown_mb
+
+
+def test_nothing_carries_over_to_the_next_run(docker_backend: DockerBackend) -> None:
+    # Podman keeps /dev/shm, /run and /var/tmp writable even with a read-only root: a run
+    # leaves a file in each writable place; the next run, in a fresh container, finds none.
+    places = ["/tmp", "/dev/shm", "/run", "/var/tmp"]
+    leave = docker_backend.run(make_spec(
+        "import os\n"
+        f"for d in {places!r}:\n"
+        "    try:\n        open(os.path.join(d, 'left'), 'w').write('x')\n"
+        "        print(d)\n"
+        "    except OSError:\n        pass\n"))
+    assert leave.ok and "/tmp" in leave.stdout.split(), (leave.stdout, leave.stderr)
+    look = docker_backend.run(make_spec(
+        f"import os; print([d for d in {places!r} if os.path.exists(os.path.join(d, 'left'))])"))
+    assert look.ok and look.stdout == "[]\n", (look.stdout, look.stderr)
