@@ -70,16 +70,19 @@ def connect(base_url: str | None = None) -> Any:
 
 
 class DockerBackend:
-    """Runs each :class:`ExecSpec` in a fresh container of ``image``. Thread-safe.
+    """Runs each :class:`ExecSpec` in a fresh container of ``image`` (default:
+    ``$REVEX_DOCKER_IMAGE``, else ``localhost/revex-py:1``). Thread-safe.
 
     Raises ``SandboxError`` when no engine answers or the image is missing.
     """
 
     name = "docker"
 
-    def __init__(self, image: str = DEFAULT_IMAGE, *, base_url: str | None = None,
+    def __init__(self, image: str | None = None, *, base_url: str | None = None,
                  python: str = "/usr/bin/python3") -> None:
         import docker.errors
+
+        image = image or os.environ.get("REVEX_DOCKER_IMAGE") or DEFAULT_IMAGE
 
         _check_image_name(image)
         self._errors = docker.errors
