@@ -97,6 +97,8 @@ class SandboxWorker:
             return result_to_wire(self._backend.run(spec))
         except RevexError as exc:
             return error_to_wire(exc)
+        except Exception as exc:  # the worker boundary: a bug here must not kill the actor
+            return error_to_wire(SandboxError(f"{type(exc).__name__}: {exc}"))
         finally:
             with self._lock:
                 self._running -= 1
@@ -265,6 +267,9 @@ class RayPool:
                             status=ExecStatus.SANDBOX_ERROR, backend="ray",
                             message=f"the Ray worker running this spec died "
                                     f"({attempt + 1} tries): {type(exc).__name__}")
+                    continue
+                except ray.exceptions.RayError as exc:  # e.g. the call could not be sent
+                    errors.append(SandboxError(f"Ray failed this run: {type(exc).__name__}"))
                     continue
                 err = _wire_error(text) if isinstance(text, str) else None
                 if err is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from revex import Runtime
+from revex.errors import ConfigError
 from revex.runtime.pool import LocalPool
 from revex.runtime.sandbox import run_many
 from revex.runtime.sandbox.base import ExecResult, ExecStatus, Limits, make_spec
@@ -78,6 +79,13 @@ def test_ray_pool_gives_the_local_pools_results(ray_session: None) -> None:
                 r.discard()
             # Seven stateless specs went to the actors; the workspace one did not.
             assert pool.stats.submitted == 7
+            # A spec the worker's backend refuses raises the same error class as locally,
+            # rebuilt from a message (no pickled exception), after the other spec finished.
+            bad = [make_spec("print(1)"), make_spec("print(2)", env={"A": "x\0y"})]
+            with pytest.raises(ConfigError, match="invalid environment entry"):
+                run_many(bad, pool=LocalPool(NsjailBackend()))
+            with pytest.raises(ConfigError, match="pool worker: invalid environment entry"):
+                run_many(bad, pool=pool)
     finally:
         shutil.rmtree(ws, ignore_errors=True)
 
@@ -101,6 +109,25 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+SLEEP_S = 12
+
+
+def _start_s(pid: int) -> float:
+    """When ``pid`` started, in seconds since boot (0.0 if it is gone: then it lived
+    longest by this measure, which can only make the check below stricter)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _uptime_s() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -118,9 +145,9 @@ def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries
         victim_pid = ray.get(victim.pid.remote())
         victim_dir = ray.get(victim.where.remote())
         assert os.path.isdir(victim_dir)
-        specs = [make_spec(f"import time\n# {token}\ntime.sleep(8)\nprint({i})",
+        specs = [make_spec(f"import time\n# {token}\ntime.sleep({SLEEP_S})\nprint({i})",
                            limits=Limits(wall_s=30, cpu_s=30)) for i in range(2)]
-        vanished_after: list[float] = []
+        lived: list[float] = []
 
         def kill_when_running() -> None:
             # Wait until the victim's sandboxed python (with our token) runs, then kill the
@@ -129,11 +156,11 @@ def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries
             while time.monotonic() < deadline:
                 jailed = [p for p in _descendants(victim_pid) if token in _cmdline(p)]
                 if jailed:
-                    found = time.monotonic()
+                    started = [_start_s(p) for p in jailed]
                     ray.kill(victim, no_restart=True)
                     while any(token in _cmdline(p) for p in jailed):
                         time.sleep(0.05)
-                    vanished_after.append(time.monotonic() - found)
+                    lived.append(_uptime_s() - max(started))
                     return
                 time.sleep(0.05)
 
@@ -141,22 +168,25 @@ def test_killed_actor_run_is_retried_once_or_reported(ray_session: None, retries
         killer.start()
         results = run_many(specs, pool=pool)
         killer.join()
-        assert vanished_after, "the victim actor never started its run"
+        assert lived, "the victim actor never started its run"
         # The killed run did not go on beside its retry: its jailed processes died with the
-        # actor, well before their sleep(8) could have ended on its own.
-        assert vanished_after[0] < 7
-        assert len(results) == 2  # exactly one result per spec, in order
+        # actor. Each started before the code's sleep began, so had they ended on their own
+        # they would have lived at least SLEEP_S seconds.
+        assert lived[0] < SLEEP_S, lived
+        facts = ([(r.status, r.stdout, r.message) for r in results], pool.stats)
+        assert len(results) == 2, facts  # exactly one result per spec, in order
         if retries:
             assert [(r.status, r.stdout) for r in results] == [(ExecStatus.OK, "0\n"),
-                                                               (ExecStatus.OK, "1\n")]
-            assert pool.stats.retried == 1 and pool.stats.lost_actor == 0
+                                                               (ExecStatus.OK, "1\n")], facts
+            assert pool.stats.retried == 1 and pool.stats.lost_actor == 0, facts
         else:
             lost = [i for i, r in enumerate(results) if r.status is ExecStatus.SANDBOX_ERROR]
-            assert len(lost) == 1 and "died" in results[lost[0]].message
+            assert len(lost) == 1 and "died" in results[lost[0]].message, facts
             other = 1 - lost[0]
-            assert (results[other].status, results[other].stdout) == (ExecStatus.OK, f"{other}\n")
-            assert pool.stats.retried == 0 and pool.stats.lost_actor == 1
-        assert len(pool.stats.replaced_actors) == 1
+            assert (results[other].status, results[other].stdout) == (
+                ExecStatus.OK, f"{other}\n"), facts
+            assert pool.stats.retried == 0 and pool.stats.lost_actor == 1, facts
+        assert len(pool.stats.replaced_actors) == 1, facts
     finally:
         pool.close()
     # The killed actor could not remove its run directory; the survivors did on close.
