@@ -80,13 +80,12 @@ class DockerBackend:
 
     def __init__(self, image: str | None = None, *, base_url: str | None = None,
                  python: str = "/usr/bin/python3") -> None:
+        image = image or os.environ.get("REVEX_DOCKER_IMAGE") or DEFAULT_IMAGE
+        _check_image_name(image)
+        self.client = connect(base_url)  # first: it turns a missing SDK into a SandboxError
         import docker.errors
 
-        image = image or os.environ.get("REVEX_DOCKER_IMAGE") or DEFAULT_IMAGE
-
-        _check_image_name(image)
         self._errors = docker.errors
-        self.client = connect(base_url)
         self.image = image
         self.python = python
         # With a local engine on cgroup v1 each container goes under a per-run memory cgroup
