@@ -187,7 +187,8 @@ def gc(state_dir: StateDir = None) -> None:
     with _runtime(state_dir) as rt:
         blobs, size = rt.gc()
         console.print(f"removed {blobs} blob(s), {size} bytes")
-    console.print(f"sandbox leftovers of dead processes removed: {cleanup_leftovers()}")
+    removed = cleanup_leftovers(containers=True)
+    console.print(f"sandbox leftovers of dead processes removed: {removed}")
 
 
 @app.command()

@@ -98,6 +98,8 @@ class Runtime:
             None for the strongest that works here (see ``revex doctor``).
         credentials: secrets for ``{secret:name}`` placeholders in HTTP requests: a mapping or
             the path of a TOML file (also ``REVEX_SECRET_<NAME>``); never journaled.
+        executor: where ``pool`` runs stateless specs: ``"local"`` (threads, the default),
+            ``"ray"``, ``"ray:auto"``, ``"ray://host:port"``, or a Pool (see revex.runtime.pool).
         compensations: declared HTTP compensations and irreversible operations: a
             :class:`Compensations` registry, a TOML path or a mapping (the policy's ``[http]``
             table is read too).
@@ -116,6 +118,7 @@ class Runtime:
         sandbox: str | SandboxBackend | None = None,
         credentials: Credentials = None,
         compensations: Compensations | str | Path | dict[str, Any] | None = None,
+        executor: Any = None,
     ) -> None:
         self.state_dir = _prepare_state_dir(Path(state_dir) if state_dir else default_state_dir())
         self.policy = Policy.load(policy)
@@ -131,6 +134,8 @@ class Runtime:
         self._effect_factories: dict[str, EffectFactory] = {
             "fs": FileEffect, "sql": SqlEffect, "http": self._http_effect}
         self._sandbox = sandbox
+        self.executor = executor
+        self._pool: Any = None
         self._backend: SandboxBackend | None = None
         self._backend_lock = threading.Lock()
         if recover:
@@ -451,8 +456,21 @@ class Runtime:
                 _collect_shas(item.undo_info, keep)
         return self.store.gc(keep)
 
+    @property
+    def pool(self) -> Any:
+        """The :class:`revex.runtime.pool.Pool` chosen by ``executor``, made on first use."""
+        if self._pool is None:
+            from revex.runtime.pool import make_pool
+
+            self._pool = make_pool(self.executor, backend=lambda: self.backend, backend_name=(
+                self._sandbox if isinstance(self._sandbox, str) else None))
+        return self._pool
+
     def close(self) -> None:
         """Close the journal, the audit sink and the sandbox backend (its warm pool)."""
+        if self._pool is not None and self._pool is not self.executor:
+            self._pool.close()
+            self._pool = None
         if self._backend is not None and self._backend is not self._sandbox:
             close = getattr(self._backend, "close", None)
             if close is not None:

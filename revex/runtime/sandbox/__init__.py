@@ -4,9 +4,11 @@
   the best that works here (nsjail, else process with a weak-isolation warning). ``"warm"`` is
   nsjail with pre-started zygotes that fork a child per Python run (see ``warm.py``); close it.
 * :func:`doctor` says which isolation features work on this machine and why.
-* :func:`run_many` / :func:`arun_many` run many specs with bounded concurrency.
+* :func:`run_many` / :func:`arun_many` run many specs with bounded concurrency, on threads here
+  or through a pool (``pool=``, see :mod:`revex.runtime.pool`: local threads or Ray actors).
 * :func:`cleanup_leftovers` removes what sandboxes of dead owner processes left behind (run
-  directories, cgroups); backends call it when they start, ``revex gc`` too.
+  directories, cgroups); backends call it when they start, ``revex gc`` too (and for docker
+  containers of dead clients).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox.base import (
@@ -27,6 +30,9 @@ from revex.runtime.sandbox.base import (
     TestCaseResult,
     TestReport,
 )
+
+if TYPE_CHECKING:
+    from revex.runtime.pool import Pool
 
 __all__ = [
     "BACKENDS",
@@ -45,10 +51,10 @@ __all__ = [
     "select_backend",
 ]
 
-BACKENDS = ("nsjail", "warm", "process")
+BACKENDS = ("nsjail", "warm", "process", "docker")
 
 
-def cleanup_leftovers() -> dict[str, int]:
+def cleanup_leftovers(*, containers: bool = False) -> dict[str, int]:
     """Remove run directories (this user's) and cgroup parents whose owner process is dead,
     and cgroup directories nsjail left for jailed children that no longer exist.
 
@@ -59,9 +65,17 @@ def cleanup_leftovers() -> dict[str, int]:
     """
     from revex.runtime.sandbox import _cgroup, _common, _runcgroup
 
-    return {"run_dirs": len(_common.cleanup_dead_run_dirs()),
-            "cgroups": len(_cgroup.cleanup_dead_owners()),
-            "warm_cgroups": _runcgroup.remove_orphaned()}
+    out = {"run_dirs": len(_common.cleanup_dead_run_dirs()),
+           "cgroups": len(_cgroup.cleanup_dead_owners()),
+           "warm_cgroups": _runcgroup.remove_orphaned()}
+    if containers:  # `revex gc`: containers of dead clients, where a docker engine answers
+        try:
+            from revex.runtime.sandbox import docker
+
+            out["containers"] = docker.remove_leftovers()
+        except (ImportError, SandboxError):
+            pass
+    return out
 
 
 def select_backend(name: str | None = None) -> SandboxBackend:
@@ -75,6 +89,16 @@ def select_backend(name: str | None = None) -> SandboxBackend:
         raise ConfigError(f"unknown sandbox backend {name!r}; choose one of {BACKENDS}")
     if name == "warm":
         return _warm_backend()
+    if name == "docker":  # a container per run via the docker SDK (Docker or Podman)
+        from revex.runtime.sandbox.docker import DockerBackend
+
+        docker = DockerBackend()
+        try:
+            docker.check()
+        except SandboxError:
+            docker.close()
+            raise
+        return docker
     if name in (None, "nsjail"):
         try:
             backend = _nsjail_backend()
@@ -165,12 +189,17 @@ def doctor() -> list[tuple[str, bool, str]]:
 
 
 async def arun_many(specs: Sequence[ExecSpec], *, concurrency: int = 0,
-                    backend: SandboxBackend | None = None) -> list[ExecResult]:
-    """Run ``specs`` with at most ``concurrency`` at once (0: one per CPU); results keep order.
+                    backend: SandboxBackend | None = None,
+                    pool: Pool | None = None) -> list[ExecResult]:
+    """Run ``specs`` with at most ``concurrency`` at once (0: one per CPU, or the pool's
+    capacity); results keep order. ``pool`` runs them there instead (``backend`` is then
+    ignored; a Ray pool runs specs with a workspace on its local backend).
 
     Raises what the backend raises (``SandboxError``, ``ConfigError``) for the first failing
     spec, after the others finished.
     """
+    if pool is not None:
+        return await asyncio.to_thread(pool.run_many, specs, concurrency=concurrency)
     be = backend if backend is not None else select_backend()
     limit = concurrency or os.cpu_count() or 1
     sem = asyncio.Semaphore(limit)
@@ -187,6 +216,9 @@ async def arun_many(specs: Sequence[ExecSpec], *, concurrency: int = 0,
 
 
 def run_many(specs: Sequence[ExecSpec], *, concurrency: int = 0,
-             backend: SandboxBackend | None = None) -> list[ExecResult]:
+             backend: SandboxBackend | None = None,
+             pool: Pool | None = None) -> list[ExecResult]:
     """Synchronous :func:`arun_many` (must not be called from a running event loop)."""
+    if pool is not None:
+        return pool.run_many(specs, concurrency=concurrency)
     return asyncio.run(arun_many(specs, concurrency=concurrency, backend=backend))
