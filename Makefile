@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,train]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,train,docker,ray]"
 	@touch $@
 
 # json-server (a third-party mock REST backend) for the HTTP tests, from the npm registry.
