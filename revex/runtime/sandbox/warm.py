@@ -69,7 +69,10 @@ from revex.runtime.sandbox._warmzygote import Zygote, ZygoteGone, cpu_used
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, Limits
 from revex.runtime.sandbox.nsjail import NsjailBackend
 
-DEFAULT_POOL_LIMITS = Limits(memory_mb=512, pids=64, fsize_mb=64, nofile=256, tmpfs_mb=64)
+# memory_mb is a ceiling for the pool (each run gets its own memory_mb in its run cgroup, or its
+# own address-space limit without cgroups): 2 GiB lets the common 1 GiB requests (verl sends
+# memory_limit_MB=1024) run warm.
+DEFAULT_POOL_LIMITS = Limits(memory_mb=2048, pids=64, fsize_mb=64, nofile=256, tmpfs_mb=64)
 
 
 def remove_orphaned_cgroups() -> int:
