@@ -104,7 +104,7 @@ def _compare(runtime: Any, ws: Workspace, path: str, was: dict[str, Any],
         return None
     text, binary = "", False
     if "file" in (wtype, ntype) and change in ("added", "deleted", "modified", "type"):
-        old = _bytes(runtime, was) if wtype == "file" else b""
+        old = stored_bytes(runtime, was) if wtype == "file" else b""
         new = _read(ws, path, now) if ntype == "file" else b""
         if old is None or new is None:
             binary = True
@@ -119,7 +119,8 @@ def _compare(runtime: Any, ws: Workspace, path: str, was: dict[str, Any],
     return FileDiff(path, change, was, now, text, binary)
 
 
-def _bytes(runtime: Any, manifest: dict[str, Any]) -> bytes | None:
+def stored_bytes(runtime: Any, manifest: dict[str, Any]) -> bytes | None:
+    """A file manifest's bytes from the content store; None when too big to diff or not kept."""
     if manifest.get("size", 0) > MAX_DIFF_BYTES:
         return None
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import secrets
 import threading
 import time
@@ -459,13 +458,3 @@ class Episode:
 
     def __repr__(self) -> str:
         return f"<Episode {self.id} {self.status} workspace={str(self.workspace)!r}>"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from revex.errors import RevexError
+from revex.runtime.changes import stored_bytes
 from revex.runtime.journal import Record, Status
 
 MAX_DIFF_BYTES = 256 * 1024
@@ -118,13 +119,9 @@ def _params(params: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 
 def _content(runtime: Any, manifest: dict[str, Any]) -> bytes | None:
-    if manifest.get("type") != "file" or manifest.get("size", 0) > MAX_DIFF_BYTES:
+    if manifest.get("type") != "file":
         return None
-    try:
-        data: bytes = runtime.store.read_bytes(manifest["sha"])
-        return data
-    except (OSError, KeyError, RevexError):  # a post-state's bytes are not always kept
-        return None
+    return stored_bytes(runtime, manifest)
 
 
 def _current(workspace: str | None, path: str, manifest: dict[str, Any]) -> bytes | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from revex.errors import ConfigError
+from revex.runtime.sandbox.base import TestReport
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+#-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -42,20 +43,6 @@ class Label:
     entry_point: str = ""
     cases: dict[str, Any] | None = None
     language: str = "python"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    passed: int
-    total: int
-
-    @property
-    def pass_rate(self) -> float:
-        return self.passed / self.total if self.total else 0.0
-
-    @property
-    def all_passed(self) -> bool:
-        return self.total > 0 and self.passed == self.total
 
 
 def parse_label(label: Any) -> Label:
@@ -97,11 +84,11 @@ def _called_name(asserts: list[str]) -> str:
     return match.group(1)
 
 
-def judge_label(runtime: Any, code: str, label: Label) -> Verdict:
+def judge_label(runtime: Any, code: str, label: Label) -> TestReport:
     """Judge ``code`` against ``label`` in the sandbox. Raises ConfigError for a label kind this
     revex cannot judge."""
     if label.kind == "function":
         report = runtime.run_tests(code, label.tests, label.entry_point)
-        return Verdict(report.passed, report.total)
+        return TestReport(report.passed, report.total)
     [result] = runtime.judge_many([code], label.cases, language=label.language)
-    return Verdict(int(result.passed), int(result.total))
+    return TestReport(int(result.passed), int(result.total))

@@ -36,6 +36,17 @@ _launch_lock = threading.Lock()
 _libc: Any = None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot, ``None`` when it does not exist."""
     try:

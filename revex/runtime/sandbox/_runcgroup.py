@@ -21,6 +21,7 @@ import os
 import secrets
 
 from revex.runtime.sandbox._cgroup import CGROUP_ROOT, PARENT, remove_tree
+from revex.runtime.sandbox._lifetime import pid_alive
 
 #: Controllers with a per-run cgroup below the zygote's, and where nsjail puts the zygote.
 RUN_CONTROLLERS = ("memory", "pids", "cpuacct")
@@ -142,16 +143,6 @@ class RunCgroups:
                 remove_tree(f"{CGROUP_ROOT}/memory/{self.mem_parent}")
 
 
-def _dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def remove_orphaned(root: str = CGROUP_ROOT) -> int:
     """Remove warm-path cgroups whose process is gone; return how many directories went.
 
@@ -166,11 +157,11 @@ def remove_orphaned(root: str = CGROUP_ROOT) -> int:
     base = f"{root}/memory/{PARENT}"
     for entry in _entries(base):
         owner = entry[len(_OWNER_PREFIX):].split("-", 1)[0]
-        if entry.startswith(_OWNER_PREFIX) and owner.isdigit() and _dead(int(owner)):
+        if entry.startswith(_OWNER_PREFIX) and owner.isdigit() and not pid_alive(int(owner)):
             removed += _remove(f"{base}/{entry}")
     for entry in _entries(f"{root}/cpuacct/{PARENT}"):
         pid = entry[len("NSJAIL."):]
-        if not (entry.startswith("NSJAIL.") and pid.isdigit() and _dead(int(pid))):
+        if not (entry.startswith("NSJAIL.") and pid.isdigit() and not pid_alive(int(pid))):
             continue
         for ctl in ("pids", "cpu", "cpuacct"):  # cpuacct last: it marks the jail as warm
             removed += _remove(f"{root}/{ctl}/{PARENT}/{entry}")

@@ -28,6 +28,7 @@ from typing import Any
 
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox import _cgroup, _common, overlay
+from revex.runtime.sandbox._lifetime import pid_alive
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, Limits
 
 DEFAULT_IMAGE = "localhost/revex-py:1"
@@ -308,23 +309,13 @@ def remove_leftovers(base_url: str | None = None) -> int:
     try:
         for ctr in client.containers.list(all=True, filters={"label": LABEL}):
             owner = str(ctr.labels.get(LABEL, ""))
-            if owner.isdigit() and _alive(int(owner)):
+            if owner.isdigit() and pid_alive(int(owner)):
                 continue
             ctr.remove(force=True)
             removed += 1
     finally:
         client.close()
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_image_name(image: str) -> None:
