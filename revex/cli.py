@@ -152,8 +152,11 @@ def undo(episode: Annotated[str, typer.Argument(help="Episode id (or a unique pr
 
 @app.command()
 def verify(state_dir: StateDir = None) -> None:
-    """Check the journal: SQLite's integrity, the hash chain and HMACs, the head marker, the
-    index rollback reads and the episodes table; exit 1 at the first problem."""
+    """Check the journal (file integrity, hash chain, HMACs, index, episodes); exit 1 if not.
+
+    Covers SQLite's integrity check, the hash chain and HMACs, the head marker, the index
+    rollback reads and the episodes table.
+    """
     with _runtime(state_dir, recover=False) as rt:
         report = rt.verify()
         if report.ok:
@@ -268,8 +271,11 @@ def serve(
     sandbox: Annotated[str | None, typer.Option(help="Backend: nsjail or process.")] = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Serve SandboxFusion's /run_code (verl), OpenRLHF's /get_reward, /v1/run_tests, health
-    and metrics over HTTP."""
+    """Serve /run_code (SandboxFusion, verl), /get_reward (OpenRLHF), judging and episodes.
+
+    Also /v1/run_tests, /v1/judge, the episode API, the audit console (/ui), health probes and
+    Prometheus metrics.
+    """
     from revex.service import ServiceConfig
     from revex.service import serve as serve_app
 
