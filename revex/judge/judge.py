@@ -39,6 +39,7 @@ from revex.runtime.sandbox.base import (
     ExecStatus,
     InteractiveBackend,
     Limits,
+    PassCount,
     SandboxBackend,
 )
 
@@ -85,7 +86,7 @@ class CaseResult:
 
 
 @dataclass
-class JudgeResult:
+class JudgeResult(PassCount):
     """All verdicts for one solution. ``status`` is ``passed`` when every case passed, else
     the status of the first case (in order) that did not."""
 
@@ -95,14 +96,6 @@ class JudgeResult:
     total: int
     cases: list[CaseResult] = field(default_factory=list)
     message: str = ""
-
-    @property
-    def pass_rate(self) -> float:
-        return self.passed / self.total if self.total else 0.0
-
-    @property
-    def all_passed(self) -> bool:
-        return self.total > 0 and self.passed == self.total
 
 
 def _finish(language: str, cases: list[CaseResult], message: str = "") -> JudgeResult:

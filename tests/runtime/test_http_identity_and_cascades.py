@@ -4,8 +4,6 @@ our FastAPI test app and json-server 0.17."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -14,42 +12,9 @@ import pytest
 
 from revex.errors import ConfigError, ConflictError
 from revex.runtime.effects.http_compensations import Compensations
-from revex.runtime.journal import Status
-from revex.runtime.runtime import Runtime
-from revex.testing.rest_app import JSON_SERVER_INSTALL, create_app, serve, serve_json_server
+from tests.runtime.http_fixtures import ROOT, JsonServer, app_url, get, json_server, runtime, undone
 
-ROOT = Path(__file__).resolve().parents[2]
-JsonServer = Callable[[dict[str, Any]], AbstractContextManager[str]]
-
-
-@pytest.fixture
-def json_server(tmp_path: Path) -> JsonServer:
-    """Starts json-server on a given database (skips when it is not installed)."""
-    if not (ROOT / "tests/.node/node_modules/json-server").exists():
-        pytest.skip(f"json-server not installed; run `{JSON_SERVER_INSTALL}`")
-
-    def start(db: dict[str, Any]) -> AbstractContextManager[str]:
-        return serve_json_server(db, tmp_path, ROOT)
-    return start
-
-
-@pytest.fixture
-def app_url() -> Iterator[str]:
-    with serve(create_app()) as base:
-        yield base
-
-
-def runtime(tmp_path: Path, **kwargs: Any) -> Runtime:
-    return Runtime(tmp_path / "state", policy="permissive", audit=None, **kwargs)
-
-
-def get(url: str) -> Any:
-    return httpx.get(url).json()
-
-
-def undone(rt: Runtime, episode_id: str) -> list[int]:
-    return [r.action_seq for r in rt.journal.records(episode_id) if r.status is Status.UNDONE]
-
+__all__ = ["app_url", "json_server"]  # fixtures, used by name
 
 # ---- 10.8: the query string is not part of the resource ---------------------------------------
 

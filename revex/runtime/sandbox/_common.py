@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from revex.errors import ConfigError, SandboxError
-from revex.runtime.sandbox._lifetime import owner_tag, remove_tree, tag_owner_alive
+from revex.runtime.sandbox._lifetime import owner_tag, tag_owner_alive
 from revex.runtime.sandbox._supervise import Supervised
+from revex.runtime.sandbox._tree import remove_tree
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
 SANDBOX_UID = 65534
@@ -45,12 +46,19 @@ _RUN_DIR = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
 def runs_root() -> str:
     """The per-user directory that holds run directories: traversable by the sandbox user
     (mode 0711) but not listable. Raises ``SandboxError`` if it cannot be made safe."""
-    root = os.path.join(tempfile.gettempdir(), f"revex-sandbox-{os.geteuid()}")
+    return user_dir("revex-sandbox", "the sandbox run root")
+
+
+def user_dir(prefix: str, what: str) -> str:
+    """``$TMPDIR/<prefix>-<uid>``, mode 0711 (the jail user may traverse it, only the owner
+    lists or creates), created if missing. Raises ``SandboxError`` naming ``what`` if it
+    cannot be made, is not a directory, or belongs to someone else."""
+    root = os.path.join(tempfile.gettempdir(), f"{prefix}-{os.geteuid()}")
     try:
         os.makedirs(root, mode=0o711, exist_ok=True)
         st = os.lstat(root)
     except OSError as exc:
-        raise SandboxError(f"cannot create the sandbox run root {root}: {exc}") from exc
+        raise SandboxError(f"cannot create {what} {root}: {exc}") from exc
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise SandboxError(f"{root} is not a directory owned by uid {os.geteuid()}")
     if stat.S_IMODE(st.st_mode) != 0o711:

@@ -11,9 +11,6 @@
   owning process ends, however it ends (SIGKILL included). (Between the fork and the moment the
   signal is armed there is a window of about a millisecond; a child orphaned in it is killed
   with its run's cgroup by the next ``cleanup_leftovers``.)
-* :func:`remove_tree` removes a directory the sandbox user or overlayfs left unreadable (an
-  overlay ``work/work`` is mode 000 when mounted without root): it adds owner permissions and
-  retries instead of failing.
 """
 
 from __future__ import annotations
@@ -195,15 +192,5 @@ def own_cgroup(controller: str) -> str | None:
     except OSError:
         pass
     return None
-
-
-def remove_tree(path: str | None) -> None:
-    """Remove ``path`` (a directory tree, or a file) even where entries are unreadable or the
-    tree is very deep (see :func:`revex.runtime.sandbox._tree.remove_tree`). Missing paths are
-    fine. Raises ``OSError`` if something stays that cannot be removed."""
-    from revex.runtime.sandbox import _tree
-
-    if path is not None:
-        _tree.remove_tree(path)
 
 

@@ -54,6 +54,24 @@ def feed(fd: int, pending: memoryview) -> memoryview:
         return pending[:0]
 
 
+def take(fd: int, buf: bytearray, limit: int) -> str:
+    """Read one chunk of ``fd`` into ``buf``, keeping at most ``limit`` bytes there: ``"eof"``
+    when the writer closed it, ``"over"`` when the chunk did not fit (its rest is dropped),
+    else ``"ok"`` (also when nothing was ready)."""
+    try:
+        data = os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return "ok"
+    if not data:
+        return "eof"
+    room = limit - len(buf)
+    if len(data) > room:
+        buf += data[:max(room, 0)]
+        return "over"
+    buf += data
+    return "ok"
+
+
 def supervise(
     proc: subprocess.Popen[bytes],
     stdin: bytes,
@@ -137,24 +155,15 @@ def supervise(
                         sel.unregister(fd)
                         proc.stdin.close()
                     continue
-                try:
-                    data = os.read(fd, _CHUNK)
-                except BlockingIOError:
-                    continue
-                if not data:
+                got = take(fd, bufs[fd], output_bytes)
+                if got == "eof":
                     sel.unregister(fd)
-                    continue
-                buf = bufs[fd]
-                room = output_bytes - len(buf)
-                if len(data) > room:
-                    buf += data[:max(room, 0)]
+                elif got == "over":
                     trunc[fd] = True
                     if not output_limited and not timed_out and not cpu_limited:
                         output_limited = True
                         stop()
                         stop_at = time.monotonic() + _DRAIN_S
-                else:
-                    buf += data
     finally:
         if status is None:
             stop()

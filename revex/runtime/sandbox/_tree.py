@@ -17,7 +17,7 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def remove_tree(path: str) -> None:
+def remove_tree(path: str | None) -> None:
     """Remove ``path`` and everything below it, however deep, without following symlinks.
 
     Iterative and fd-relative: each subdirectory is emptied of files and its own subdirectories
@@ -26,6 +26,8 @@ def remove_tree(path: str) -> None:
     ``work/work``, a run's chmod) are opened up first. Missing is fine. Raises ``OSError`` when
     something cannot be removed.
     """
+    if path is None:
+        return
     parent, name = os.path.split(os.path.abspath(path))
     try:
         pfd = os.open(parent, DIR_FLAGS)

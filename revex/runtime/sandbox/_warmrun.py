@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from revex.runtime.sandbox import _common
-from revex.runtime.sandbox._supervise import Supervised, feed
+from revex.runtime.sandbox._supervise import Supervised, feed, take
 from revex.runtime.sandbox._warmzygote import Done, Zygote, cpu_used, read_done
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
@@ -154,23 +154,14 @@ def supervise(z: Zygote, fds: tuple[int, int, int],
                         os.close(in_w)
                         in_w = -1
                     continue
-                try:
-                    data = os.read(fd, _CHUNK)
-                except BlockingIOError:
-                    continue
-                if not data:
+                got = take(fd, bufs[fd], lim.output_bytes)
+                if got == "eof":
                     sel.unregister(fd)
-                    continue
-                buf = bufs[fd]
-                room = lim.output_bytes - len(buf)
-                if len(data) > room:
-                    buf += data[:max(room, 0)]
+                elif got == "over":
                     trunc[fd] = True
                     if not output_limited:
                         output_limited = True
                         z.stop_run()
-                else:
-                    buf += data
     finally:
         sel.close()
         for fd in (in_w, out_r, err_r):

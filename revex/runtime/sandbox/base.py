@@ -243,14 +243,11 @@ class TestCaseResult:
     message: str = ""
 
 
-@dataclass
-class TestReport:
-    """All verdicts for one solution; ``pass_rate`` is ``passed / total`` (0.0 when empty)."""
+class PassCount:
+    """``pass_rate`` and ``all_passed`` of a result with ``passed`` and ``total`` fields."""
 
     passed: int
     total: int
-    results: list[TestCaseResult] = field(default_factory=list)
-    message: str = ""
 
     @property
     def pass_rate(self) -> float:
@@ -259,6 +256,16 @@ class TestReport:
     @property
     def all_passed(self) -> bool:
         return self.total > 0 and self.passed == self.total
+
+
+@dataclass
+class TestReport(PassCount):
+    """All verdicts for one solution; ``pass_rate`` is ``passed / total`` (0.0 when empty)."""
+
+    passed: int
+    total: int
+    results: list[TestCaseResult] = field(default_factory=list)
+    message: str = ""
 
 
 def make_spec(

