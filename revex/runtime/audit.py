@@ -1,8 +1,8 @@
 """Audit events: one structlog JSON line per journal record.
 
 The sink is chosen per Runtime (``audit=``): ``"file"`` (``<state_dir>/audit.jsonl``, the
-default), ``"stderr"``, a path, an open text stream, or ``None`` for no events. No global
-structlog configuration is touched.
+default), ``"stderr"``, a path, an open text stream, or ``None`` (or ``"none"``, never a file of
+that name) for no events. No global structlog configuration is touched.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class AuditLog:
         self._file: IO[str] | None = None
         self._lock = threading.Lock()
         stream: IO[str] | None
-        if sink is None:
+        if sink is None or sink == "none":  # "none": what a CLI flag or a config file can spell
             stream = None
         elif sink == "stderr":
             stream = sys.stderr

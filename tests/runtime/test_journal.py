@@ -7,11 +7,13 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from revex import Runtime
 from revex.runtime.journal import GENESIS, canonical, record_hash
 
 
-def _runtime_with_records(tmp_path: Path, audit: Path | None = None) -> Runtime:
+def _runtime_with_records(tmp_path: Path, audit: Path | str | None = None) -> Runtime:
     rt = Runtime(tmp_path / "state", audit=audit)
     with rt.episode(tmp_path / "ws") as ep:
         ep.fs.write_text("a.txt", "a")
@@ -101,3 +103,13 @@ def test_audit_sink_gets_one_json_line_per_record(tmp_path: Path) -> None:
     assert [e["hash"] for e in events] == [r.hash for r in records]
     assert all(e["event"] == "journal.record" for e in events)
     assert {e["status"] for e in events} >= {"INTENT", "DONE", "UNDONE", "EVENT"}
+
+
+def test_audit_none_spelled_as_a_string_writes_no_file(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CLI flag or a config file can only spell "none"; it once created ./none in the cwd.
+    monkeypatch.chdir(tmp_path)
+    rt = _runtime_with_records(tmp_path, audit="none")
+    rt.close()
+    assert not (tmp_path / "none").exists()
+    assert not (rt.state_dir / "audit.jsonl").exists()

@@ -23,7 +23,7 @@ TOKEN = "t0ken-for-the-tests-0123456789"
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     with Runtime(state_dir=tmp_path_factory.mktemp("state"), policy="training",
-                 audit="none") as rt:
+                 audit=None) as rt:
         yield rt
 
 
