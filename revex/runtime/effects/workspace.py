@@ -153,6 +153,8 @@ class Workspace:
         if rel == ".":
             return os.fstat(self.root_fd)
         try:
+            if "/" not in rel:  # an entry of the root: no directory to walk (the hot case)
+                return os.stat(rel, dir_fd=self.root_fd, follow_symlinks=False)
             with self.parent(rel) as (fd, name):
                 return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
