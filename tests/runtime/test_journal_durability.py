@@ -58,13 +58,13 @@ rt.close()
 
 
 def _traced(tmp: Path, op: str, n: int) -> list[str]:
-    """The child's fsync, fdatasync and rename calls between its two markers."""
+    """The child's fsync, fdatasync, rename and pwrite calls between its two markers."""
     out = tmp / f"trace-{op}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
     subprocess.run(
         ["strace", "-f", "-qq", "-y", "-o", str(out), "-e",
-         "trace=fsync,fdatasync,rename,renameat,renameat2,access,faccessat,faccessat2",
+         "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,access,faccessat,faccessat2",
          sys.executable, "-c", CHILD, str(tmp / f"state-{op}"), str(tmp / f"ws-{op}"), op,
          str(n)], check=True, env=env, timeout=300)
     lines = out.read_text().splitlines()
@@ -92,17 +92,19 @@ def test_a_small_write_is_one_fsync_of_the_journal_before_its_effect(
     assert len(syncs) == n, calls
     assert all("journal.db-wal" in line for line in syncs), syncs
     assert not list((tmp_path / f"state-{op}" / "store" / "objects").rglob("*"))
-    # write-ahead: each action's effect (the rename of its temp file into place) comes after
-    # an fsync of the journal that came after the previous effect
+    # write-ahead: each action's effect (a new file's temp file renamed into place; an
+    # overwrite's bytes written into the file) comes after an fsync of the journal that came
+    # after the previous effect
     synced = False
-    renames = 0
+    effects = 0
     for line in calls:
         if line in syncs:
             synced = True
-        elif re.search(r"\brename(at2?)?\(", line):
+        elif re.search(r"\brename(at2?)?\(", line) or (
+                "pwrite64(" in line and f"/ws-{op}/" in line):
             assert synced, f"an effect before its INTENT was durable: {line}"
-            synced, renames = False, renames + 1
-    assert renames == n
+            synced, effects = False, effects + 1
+    assert effects == n, calls
 
 
 @needs_strace

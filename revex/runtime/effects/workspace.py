@@ -125,6 +125,9 @@ class Workspace:
         if rel == ".":
             raise InvalidPath("the workspace root itself cannot be the target of this action")
         *dirs, name = rel.split("/")
+        if not dirs:  # an entry of the root: the root's fd serves, with no copy to make
+            yield self.root_fd, name
+            return
         fd = os.dup(self.root_fd)
         try:
             walked = []
