@@ -145,7 +145,15 @@ class Episode:
     # ---- the pipeline ------------------------------------------------------------------------
 
     def _journal(self, **fields: Any) -> Any:
+        """Append one record of this episode durably (an INTENT: the write-ahead rule)."""
         return self._rt.journal.append(episode_id=self.id, **fields)
+
+    def _note(self, **fields: Any) -> Any:
+        """Append a record of this episode without an fsync: an outcome, a refusal, a read, a
+        checkpoint. Losing it in a power failure leaves an INTENT without an outcome, which is
+        resolved by probing, or no trace of something that changed nothing (see
+        :mod:`revex.runtime.journal`); the next durable append makes it durable."""
+        return self._rt.journal.append(episode_id=self.id, durable=False, **fields)
 
     def _ensure_open(self) -> None:
         if self.status != "active":
@@ -174,7 +182,7 @@ class Episode:
 
     def _deny(self, seq: int, kind: str, target: str, rule: str, reason: str,
               params: dict[str, Any]) -> None:
-        self._journal(action_seq=seq, kind=kind, target=target, status=Status.DENIED,
+        self._note(action_seq=seq, kind=kind, target=target, status=Status.DENIED,
                       decision="deny", rule=rule, params=params, error=reason)
 
     def _decide(self, seq: int, plan: Plan) -> str:
@@ -235,10 +243,10 @@ class Episode:
             self._deny(seq, plan.kind, plan.target, exc.rule, str(exc), plan.params)
             raise
         except ActionFailed as exc:
-            self._journal(**common, status=Status.FAILED, error=str(exc))
+            self._note(**common, status=Status.FAILED, error=str(exc))
             raise
         except OSError as exc:
-            self._journal(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self._note(**common, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise ActionFailed(f"{plan.kind} {plan.target!r} failed: {exc}") from exc
 
     def _read(self, seq: int, plan: Plan, rule: str) -> Any:
@@ -247,7 +255,8 @@ class Episode:
         common = dict(action_seq=seq, kind=plan.kind, target=plan.target, decision="allow",
                       rule=rule, params=plan.params)
         value, info = self._before_effect(seq, plan, common, lambda: apply({}))
-        self._journal(**common, status=Status.DONE, result=info)
+        # a read changed nothing: its record waits for the next transaction (Journal.defer)
+        self._rt.journal.defer(episode_id=self.id, **common, status=Status.DONE, result=info)
         self._charge(plan)
         return value
 
@@ -262,7 +271,7 @@ class Episode:
         except BaseException as exc:
             if plan.cleanup is not None:
                 plan.cleanup(undo)
-            self._journal(**{**common, "params": {}}, status=Status.FAILED,
+            self._note(**{**common, "params": {}}, status=Status.FAILED,
                           refers_to=intent.seq, error=f"{type(exc).__name__}: {exc}")
             if isinstance(exc, PolicyViolation | ActionFailed):
                 raise
@@ -271,7 +280,7 @@ class Episode:
                     f"{plan.kind} {plan.target!r} failed and was undone: {exc}") from exc
             raise
         try:
-            self._journal(**{**common, "params": {}}, status=Status.DONE,
+            self._note(**{**common, "params": {}}, status=Status.DONE,
                           refers_to=intent.seq, result=post)
         except JournalError as exc:
             self._unrecorded(plan, intent, post, exc)
@@ -300,7 +309,7 @@ class Episode:
                 "The episode's next rollback or close undoes it once the journal is writable"
             ) from exc
         with contextlib.suppress(JournalError):  # the disk may still be full: probed later
-            self._journal(action_seq=intent.action_seq, kind=intent.kind,
+            self._note(action_seq=intent.action_seq, kind=intent.kind,
                           target=intent.target, status=Status.FAILED, refers_to=intent.seq,
                           error=f"undone: the journal could not record it ({exc})")
         raise JournalError(f"{plan.kind} {plan.target!r} was undone because the journal "
@@ -382,7 +391,7 @@ class Episode:
         """Mark the current point; ``rollback(to=cp)`` undoes every action after it."""
         with self._lock:
             self._ensure_open()
-            self._journal(action_seq=self._action_seq, kind="episode.checkpoint", target=name,
+            self._note(action_seq=self._action_seq, kind="episode.checkpoint", target=name,
                           status=Status.EVENT)
             return Checkpoint(self.id, self._action_seq, name)
 

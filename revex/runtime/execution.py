@@ -333,7 +333,7 @@ def _apply_batch(ep: Episode, result: ExecResult, changes: list[FileChange],
             applied.append((plan, intent, post))
             ep._charge(plan)
         try:
-            journal.append_many(outcomes)
+            journal.append_many(outcomes, durable=False)  # outcomes: no fsync (see journal.py)
         except JournalError as exc:
             _undo_unrecorded(ep, applied, exc)
     if isinstance(failure, PolicyViolation | ActionFailed):

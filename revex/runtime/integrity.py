@@ -10,13 +10,19 @@ missing from what they read makes an undo silently incomplete. Two defences:
   rather than undo some of the actions.
 - :func:`verify_journal` (``revex verify``): SQLite's own ``integrity_check`` (damaged pages,
   indexes that disagree with their table), the full hash chain and HMACs, the head marker, the
-  index against the table (per episode), and the episodes table against the chain: each
+  index against the table (per episode), the episodes table against the chain (each
   episode's status must be the last one its records state, and its config must hash to the
-  digest in its ``episode.begin`` record.
+  digest in its ``episode.begin`` record), and the small pre-images kept in the journal
+  against their sha256.
+
+:func:`episode_slice` hashes each record from its JSON fields as stored, the exact text that
+was appended and hashed, and decodes only the episode's own records; ``verify`` decodes every
+record and hashes it re-encoded, so the two checks do not share that code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import sqlite3
@@ -32,6 +38,7 @@ from revex.runtime.journal import (
     VerifyReport,
     config_digest,
     describe_sqlite_error,
+    encoded_record_hash,
     record_from_row,
     record_hash,
 )
@@ -83,6 +90,19 @@ def hash_ok(rec: Record) -> bool:
     return record_hash(rec.prev_hash, content) == rec.hash
 
 
+def row_hash_ok(row: tuple[Any, ...]) -> bool:
+    """:func:`hash_ok` of a ``SELECT *`` row, hashed from its JSON fields as stored (what
+    appending hashed) without decoding them. Stricter than decoding and re-encoding: only the
+    exact text that was appended matches."""
+    content = {"seq": row[0], "episode_id": row[1], "action_seq": row[2], "kind": row[3],
+               "target": row[4], "status": row[5], "decision": row[6], "rule": row[7],
+               "error": row[11], "refers_to": row[12], "ts": row[13]}
+    try:
+        return encoded_record_hash(row[14], content, row[8], row[9], row[10]) == row[15]
+    except (TypeError, ValueError):  # a field of the wrong type: edited
+        return False
+
+
 def _head(db: sqlite3.Connection, journal: Journal) -> tuple[int, str] | None:
     row = db.execute("SELECT value FROM meta WHERE key='head'").fetchone()
     if row is None:
@@ -121,20 +141,22 @@ def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
             out: list[Record] = []
             # the table in rowid order, not the episode index: a row the index lost is still
             # read here, and every row in between is part of the checked stretch of the chain
+            # only this episode's rows are decoded; every row is checked from its text
             for raw in db.execute("SELECT * FROM records WHERE seq >= ? ORDER BY seq",
                                   (expected,)):
-                rec = record_from_row(raw, journal.path)
-                if rec.seq != expected:
-                    raise damaged(f"record {expected} is missing (next is {rec.seq})")
-                if prev is not None and rec.prev_hash != prev:
-                    raise damaged(f"record {rec.seq} does not link to record {rec.seq - 1}")
-                if not hash_ok(rec):
-                    raise damaged(f"record {rec.seq} does not match its hash (edited)")
-                if not hmac.compare_digest(journal.mac(rec.hash), raw[16]):
-                    raise damaged(f"record {rec.seq} does not match its HMAC")
-                if rec.episode_id == episode_id:
-                    out.append(rec)
-                prev, expected = rec.hash, expected + 1
+                seq, digest = raw[0], raw[15]
+                if seq != expected:
+                    raise damaged(f"record {expected} is missing (next is {seq})")
+                if prev is not None and raw[14] != prev:
+                    raise damaged(f"record {seq} does not link to record {expected - 1}")
+                if not (isinstance(digest, str) and row_hash_ok(raw)):
+                    raise damaged(f"record {seq} does not match its hash (edited)")
+                if not (isinstance(raw[16], str)
+                        and hmac.compare_digest(journal.mac(digest), raw[16])):
+                    raise damaged(f"record {seq} does not match its HMAC")
+                if raw[1] == episode_id:
+                    out.append(record_from_row(raw, journal.path))
+                prev, expected = digest, expected + 1
     except (sqlite3.Error, ValueError) as exc:  # ValueError: text that is not UTF-8
         raise damaged(f"cannot read it ({describe_sqlite_error(exc)})") from exc
     if head is None or head != (expected - 1, prev):
@@ -211,7 +233,8 @@ def _verify(journal: Journal, db: sqlite3.Connection) -> VerifyReport:
     elif head != (checked, prev):
         return VerifyReport(False, checked, checked + 1,
                             f"records after {checked} are missing (the head says {head[0]})")
-    reason = _check_index(db, counts) or _check_episodes(db, statuses, explicit, configs)
+    reason = (_check_index(db, counts) or _check_episodes(db, statuses, explicit, configs)
+              or _check_blobs(db))
     if reason:
         return VerifyReport(False, checked, None, reason)
     return VerifyReport(True, checked)
@@ -225,6 +248,14 @@ def _check_index(db: sqlite3.Connection, counts: dict[str, int]) -> str:
         if indexed.get(episode_id, 0) != counts.get(episode_id, 0):
             return (f"the index of episode {episode_id} lists {indexed.get(episode_id, 0)} "
                     f"records, the chain has {counts.get(episode_id, 0)}")
+    return ""
+
+
+def _check_blobs(db: sqlite3.Connection) -> str:
+    """The small pre-images kept in the journal (what undo restores) against their digests."""
+    for sha, data in db.execute("SELECT sha, data FROM blobs ORDER BY sha"):
+        if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != sha:
+            return f"the pre-image {str(sha)[:16]}… kept in the journal is damaged"
     return ""
 
 

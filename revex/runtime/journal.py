@@ -1,8 +1,24 @@
 """The crash-safe, append-only, hash-chained undo journal.
 
-SQLite in WAL mode with ``synchronous=FULL``: a record is on disk when :meth:`Journal.append`
-returns, so the undo information of an action is durable before its effect happens (the
-write-ahead rule). Records are never updated or deleted. Each record carries
+SQLite in WAL mode. A *durable* append (the default; ``synchronous=FULL``) is on disk when
+:meth:`Journal.append` returns: an INTENT, with its undo information, is appended durably, so it
+is on disk before its effect happens (the write-ahead rule). An outcome (DONE, FAILED, DENIED)
+is appended with ``durable=False``: committed with ``synchronous=NORMAL`` for that transaction
+only, so it costs no fsync. A process that is killed loses nothing committed (the WAL is in the
+OS's page cache); a power loss can lose the non-durable commits after the last durable one, and
+nothing else: the WAL is one file written in order, so the fsync of the next durable commit
+(the next action's INTENT) makes every earlier commit durable too, and a checkpoint syncs the
+WAL before copying it. What such a loss leaves is an INTENT without an outcome, which rollback
+and recovery resolve by probing the target (see :mod:`revex.runtime.rollback`). The record of a
+read is not even a transaction of its own: :meth:`Journal.defer` queues it for the next one.
+One durable commit per mutating action, none per read.
+
+Small pre-images (at most :data:`INLINE_MAX` bytes) are kept in the ``blobs`` table instead of
+the content store's files: :meth:`Journal.stage_blob` holds them until the next transaction,
+which writes them before its records, so they are durable with the INTENT that names them, in
+the same fsync (a blob file would cost two more: the file and its directory).
+
+Records are never updated or deleted. Each record carries
 
     hash_i = sha256(hash_{i-1} || canonical_json(record_i))
     hmac_i = HMAC-SHA256(key, hash_i)
@@ -25,19 +41,31 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring,
+)
 from pathlib import Path
 from typing import Any
 
 from revex.errors import JournalCorrupt, JournalError, JournalFormatError
 
-FORMAT_VERSION = 1
+# 2: pre-images may live in the blobs table (an older revex would not find them)
+FORMAT_VERSION = 2
 GENESIS = "0" * 64
+# the largest pre-image kept in the journal itself (larger ones go to the content store's files)
+INLINE_MAX = 64 * 1024
+_FULL, _NORMAL = 2, 1  # PRAGMA synchronous levels
+# the most records of reads that wait for the next transaction (see Journal.defer)
+DEFER_MAX = 256
 
 
 class Status(StrEnum):
@@ -84,12 +112,63 @@ class Record:
         return out
 
 
+def _not_json(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# json.dumps with options builds an encoder for every call, which costs more than encoding a
+# record's small objects: build the C encoder once (no circular check: a circular object ends
+# in RecursionError, which canonical turns into the ValueError json.dumps raises)
+_ENCODE = (c_make_encoder(None, _not_json, encode_basestring, None, ":", ",", True, False, True)
+           if c_make_encoder is not None else None)
+
+
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
+    if _ENCODE is None:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return "".join(_ENCODE(obj, 0))
+    except RecursionError as exc:
+        raise ValueError("Circular reference detected") from exc
 
 
 def record_hash(prev_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(content)).encode()).hexdigest()
+
+
+def _scalar(value: Any) -> str:
+    if type(value) is str:
+        return encode_basestring(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)  # what the encoder writes for a finite float
+    if value is None:
+        return "null"
+    return canonical(value)
+
+
+def encoded_record_hash(prev_hash: str, content: dict[str, Any], params: str, undo: str,
+                        result: str) -> str:
+    """:func:`record_hash` of a record whose three JSON fields are given as encoded
+    (canonical) text: what appending hashes, having encoded each once, and what the checked
+    read of an episode hashes, from the text as stored. ``content`` holds the other fields."""
+    return hashlib.sha256(
+        (prev_hash + _content_json(content, params, undo, result)).encode()).hexdigest()
+
+
+def _content_json(content: dict[str, Any], params: str, undo: str, result: str) -> str:
+    """``canonical`` of a record's hashed content, given its three JSON fields already
+    encoded: the same text (a test checks it)."""
+    c = content
+    return (f'{{"action_seq":{_scalar(c["action_seq"])},"decision":{_scalar(c["decision"])},'
+            f'"episode_id":{_scalar(c["episode_id"])},"error":{_scalar(c["error"])},'
+            f'"kind":{_scalar(c["kind"])},"params":{params},'
+            f'"refers_to":{_scalar(c["refers_to"])},"result":{result},'
+            f'"rule":{_scalar(c["rule"])},"seq":{_scalar(c["seq"])},'
+            f'"status":{_scalar(c["status"])},"target":{_scalar(c["target"])},'
+            f'"ts":{_scalar(c["ts"])},"undo":{undo}}}')
 
 
 @dataclass(frozen=True)
@@ -129,6 +208,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     status TEXT NOT NULL,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blobs (sha TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
@@ -145,12 +225,18 @@ class Journal:
         self._key = key
         self._on_record = on_record
         self._lock = threading.RLock()
+        # small pre-images waiting for the next transaction (see stage_blob)
+        self._staged: dict[str, bytes] = {}
+        # records of reads waiting for the next transaction (see defer)
+        self._deferred: list[dict[str, Any]] = []
+        self.max_bytes = INLINE_MAX
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._sync_level: int | None = _FULL
             self._db.execute("PRAGMA busy_timeout=60000")
             self._check_format()
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: undecodable text
@@ -188,8 +274,11 @@ class Journal:
                 for stmt in _SCHEMA.strip().split(";\n"):
                     if stmt.strip():
                         self._db.execute(stmt)
+                # a format-1 journal becomes 2: its records stay as they are, but pre-images
+                # may now be kept in the blobs table, which an older revex would not read
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)",
+                    "INSERT INTO meta (key, value) VALUES ('format', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(FORMAT_VERSION),),
                 )
                 self._db.execute("COMMIT")
@@ -200,44 +289,144 @@ class Journal:
                 raise
 
     def close(self) -> None:
+        """Write the deferred records (see :meth:`defer`), then close the file."""
         with self._lock:
+            try:
+                self.flush()
+            except JournalError as exc:
+                warnings.warn(f"{len(self._deferred)} record(s) of reads were not journaled: "
+                              f"{exc}", stacklevel=2)
             self._db.close()
 
     # ---- appending -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
+    def _writing(self, what: str, *, durable: bool = True) -> Iterator[None]:
         """One write transaction; any SQLite error becomes a JournalError naming ``what`` and
         the real cause (SQLite rolls a transaction back by itself on a full disk, so a second
-        ROLLBACK must not replace that cause with "no transaction is active")."""
+        ROLLBACK must not replace that cause with "no transaction is active").
+
+        It first writes the staged blobs (see :meth:`stage_blob`) and the deferred records (see
+        :meth:`defer`); a transaction that does not commit puts them back for the next one.
+        ``durable=False`` commits it without an fsync (``synchronous=NORMAL`` for this
+        transaction only; see the module docstring).
+        """
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._sync(durable)
                 try:
-                    yield
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    staged, self._staged = self._staged, {}
+                    deferred, self._deferred = self._deferred, []
+                    try:
+                        if staged:
+                            self._db.executemany(
+                                "INSERT OR IGNORE INTO blobs (sha, data) VALUES (?, ?)",
+                                staged.items())
+                        flushed = self._append_locked(deferred)
+                        yield
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._staged = {**staged, **self._staged}
+                        self._deferred = deferred + self._deferred
+                        if self._db.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                self._db.execute("ROLLBACK")
+                        raise
+                    self._emit(flushed)
+                finally:
+                    if not durable:
+                        # back to FULL for whatever comes next; should that fail, the next
+                        # durable transaction sets it again (or fails) before it begins
                         with contextlib.suppress(sqlite3.Error):
-                            self._db.execute("ROLLBACK")
-                    raise
+                            self._sync(True)
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot {what} in the journal at {self.path}: "
                                    f"{describe_sqlite_error(exc)}") from exc
 
-    def append(self, **fields: Any) -> Record:
-        """Append one record durably and return it (with its seq and hash).
+    def _sync(self, durable: bool) -> None:
+        level = _FULL if durable else _NORMAL
+        if self._sync_level != level:
+            self._sync_level = None  # unknown until the pragma has run
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._sync_level = level
+
+    def append(self, *, durable: bool = True, **fields: Any) -> Record:
+        """Append one record and return it (with its seq and hash). ``durable`` (the default):
+        it is on disk when this returns; ``durable=False`` for a record whose loss in a power
+        failure is a case its readers handle (an outcome: see the module docstring).
 
         Raises JournalError (disk full, read-only, damaged file), saying which.
         """
-        return self.append_many([fields])[0]
+        return self.append_many([fields], durable=durable)[0]
 
-    def append_many(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
-        """Append several records in one durable transaction (one fsync). Raises JournalError."""
-        with self._writing("append records"):
+    def append_many(self, batch: Iterable[dict[str, Any]], *,
+                    durable: bool = True) -> list[Record]:
+        """Append several records in one transaction (one fsync when ``durable``, none
+        otherwise). Raises JournalError."""
+        with self._writing("append records", durable=durable):
             out = self._append_locked(batch)
         self._emit(out)
         return out
+
+    def defer(self, **fields: Any) -> None:
+        """Queue a record that needs no transaction of its own (a read: it changed nothing).
+        It is appended, in order, before the records of the next transaction (any append, a
+        status change), by :meth:`flush`, by a read of the records, or by :meth:`close`; at
+        most DEFER_MAX wait. A crash loses what is still queued, as a power loss loses a
+        non-durable append. Raises JournalError only when it had to flush and could not."""
+        fields.setdefault("ts", time.time())
+        try:  # here, not when it is written: a bad record must not fail later transactions
+            canonical([fields.get("params"), fields.get("result"), fields.get("undo")])
+        except (TypeError, ValueError) as exc:
+            raise JournalError(f"record for {fields.get('kind')} {fields.get('target')!r} is "
+                               f"not JSON: {exc}") from exc
+        with self._lock:
+            self._deferred.append(fields)
+            if len(self._deferred) >= DEFER_MAX:
+                self.flush()
+
+    def flush(self) -> None:
+        """Append the deferred records now (without an fsync). Raises JournalError."""
+        with self._lock:
+            if self._deferred:
+                with self._writing("append records", durable=False):
+                    pass  # _writing appends them
+
+    # ---- small pre-images ------------------------------------------------------------------
+
+    def stage_blob(self, digest: str, data: bytes) -> None:
+        """Keep ``data`` (whose sha256 is ``digest``, at most INLINE_MAX bytes) in the journal:
+        it is written by the next transaction, before its records, so a durable append made
+        after this call returns with the blob on disk."""
+        with self._lock:
+            self._staged[digest] = data
+
+    def blob(self, digest: str) -> bytes | None:
+        """The bytes of an inline blob (staged or written), or None when there is none."""
+        with self._lock:
+            staged = self._staged.get(digest)
+        if staged is not None:
+            return staged
+        rows = self._read("SELECT data FROM blobs WHERE sha=?", (digest,))
+        return bytes(rows[0][0]) if rows else None
+
+    def blob_digests(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT sha FROM blobs ORDER BY sha")]
+
+    def drop_blobs(self, keep: set[str]) -> tuple[int, int]:
+        """Delete every written inline blob not in ``keep``; returns (blobs, bytes) freed.
+        Raises JournalError."""
+        with self._lock:
+            # a staged blob belongs to an action in flight: the transaction below writes it,
+            # and must not delete it
+            keep = keep | set(self._staged)
+            with self._writing("delete unused pre-images"):
+                rows = self._db.execute("SELECT sha, length(data) FROM blobs").fetchall()
+                gone = [(sha, size) for sha, size in rows if sha not in keep]
+                self._db.executemany("DELETE FROM blobs WHERE sha=?",
+                                     [(sha,) for sha, _ in gone])
+        return len(gone), sum(size for _, size in gone)
 
     def _append_locked(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
         out: list[Record] = []
@@ -247,8 +436,8 @@ class Journal:
         seq, prev = (head[0], head[1]) if head else (0, GENESIS)
         for fields in batch:
             seq += 1
-            rec = self._make(seq, prev, fields)
-            self._insert(rec)
+            rec, encoded = self._make(seq, prev, fields)
+            self._insert(rec, encoded)
             out.append(rec)
             prev = rec.hash
         if out:
@@ -260,7 +449,9 @@ class Journal:
             for rec in records:
                 self._on_record(rec)
 
-    def _make(self, seq: int, prev: str, fields: dict[str, Any]) -> Record:
+    def _make(self, seq: int, prev: str, fields: dict[str, Any]
+              ) -> tuple[Record, tuple[str, str, str]]:
+        """The record, and its params, undo and result as stored (canonical JSON)."""
         content = {
             "seq": seq,
             "episode_id": fields["episode_id"],
@@ -277,8 +468,14 @@ class Journal:
             "refers_to": fields.get("refers_to"),
             "ts": fields.get("ts") or time.time(),
         }
-        digest = record_hash(prev, content)
-        return Record(
+        try:
+            encoded = (canonical(content["params"]), canonical(content["undo"]),
+                       canonical(content["result"]))
+        except (TypeError, ValueError) as exc:
+            raise JournalError(f"record for {content['kind']} {content['target']!r} is not "
+                               f"JSON: {exc}") from exc
+        digest = encoded_record_hash(prev, content, *encoded)
+        rec = Record(
             seq=seq,
             episode_id=content["episode_id"],
             action_seq=content["action_seq"],
@@ -296,13 +493,10 @@ class Journal:
             prev_hash=prev,
             hash=digest,
         )
+        return rec, encoded
 
-    def _insert(self, rec: Record) -> None:
-        try:
-            params, undo, result = (canonical(rec.params), canonical(rec.undo),
-                                    canonical(rec.result))
-        except (TypeError, ValueError) as exc:
-            raise JournalError(f"record for {rec.kind} {rec.target!r} is not JSON: {exc}") from exc
+    def _insert(self, rec: Record, encoded: tuple[str, str, str]) -> None:
+        params, undo, result = encoded
         self._db.execute(
             "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rec.seq, rec.episode_id, rec.action_seq, rec.kind, rec.target, str(rec.status),
@@ -311,7 +505,7 @@ class Journal:
         )
 
     def _mac(self, text: str) -> str:
-        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, text.encode(), "sha256").hex()  # = hmac.new(...).hexdigest()
 
     def _write_head(self, rec: Record) -> None:
         head = f"{rec.seq}:{rec.hash}"
@@ -393,6 +587,7 @@ class Journal:
 
         Raises JournalCorrupt when the file cannot be read.
         """
+        self.flush()
         if episode_id is None:
             rows = self._read("SELECT * FROM records ORDER BY seq")
         else:
@@ -402,8 +597,10 @@ class Journal:
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """The connection inside one read transaction: a consistent view of the whole file."""
+        """The connection inside one read transaction: a consistent view of the whole file
+        (the deferred records written first)."""
         with self._lock:
+            self.flush()
             self._db.execute("BEGIN")
             try:
                 yield self._db

@@ -6,6 +6,16 @@ a compensation record (UNDONE). CLRs are committed in groups: an undo is compare
 idempotent (an action whose target already holds its pre-state is only marked), so a crash
 between an undo and its CLR resumes without undoing anything twice.
 
+Durability: the ``episode.rollback.begin`` record is durable before the first undo (it is what
+tells recovery that the newest :data:`CLR_BATCH` items may be undone without their CLRs, and
+must be finished, forced), and so is every full batch of CLRs but the last (each moves that
+window). The last batch and ``episode.rollback.end`` are one commit without an fsync: a power
+loss that drops them leaves a begin without an end and at most one batch of items undone
+without CLRs, which is the window recovery finishes; the episode's next durable append (its
+close, its next INTENT) makes them durable. A rollback of a few actions therefore costs one
+fsync. A failed rollback's last CLRs and its ``episode.rollback.failed`` record are durable:
+recovery must not force the item that failed.
+
 After the last undo of a run, each effect may *settle* what the step-by-step undo cannot
 guarantee alone (files: every touched directory gets the mtime it had before the oldest undone
 action, whatever order the undos ran in, including a rollback resumed after a crash). The CLRs
@@ -118,7 +128,8 @@ def rollback(
         conflicts.extend(effect_for(prefix).check_undo(group))
     if conflicts and not force:
         journal.append(episode_id=episode_id, kind="episode.rollback.refused", target="",
-                       status=Status.EVENT, params={"conflicts": conflicts[:50]})
+                       status=Status.EVENT, params={"conflicts": conflicts[:50]},
+                       durable=False)
         raise ConflictError(
             f"episode {episode_id}: {len(conflicts)} target(s) changed since the episode "
             "touched them; nothing was undone (force=True overwrites):\n  "
@@ -164,15 +175,13 @@ def _undo_items(journal: Journal, episode_id: str, items: Sequence[UndoItem],
                 batch = []
         _settle(items if settle is None else settle, effect_for)
     except BaseException as exc:
-        if batch:
-            journal.append_many(batch)
-        journal.append(episode_id=episode_id, kind="episode.rollback.failed", target="",
-                       status=Status.EVENT, error=f"{type(exc).__name__}: {exc}")
+        journal.append_many([*batch, dict(
+            episode_id=episode_id, kind="episode.rollback.failed", target="",
+            status=Status.EVENT, error=f"{type(exc).__name__}: {exc}")])
         raise
-    if batch:
-        journal.append_many(batch)
-    journal.append(episode_id=episode_id, kind="episode.rollback.end", target="",
-                   status=Status.EVENT, params={"undone": undone})
+    journal.append_many([*batch, dict(episode_id=episode_id, kind="episode.rollback.end",
+                                      target="", status=Status.EVENT,
+                                      params={"undone": undone})], durable=False)
 
 
 def _settle(items: Sequence[UndoItem], effect_for: Callable[[str], Effect]) -> None:
@@ -193,12 +202,13 @@ def resolve_intents(journal: Journal, episode_id: str, records: Sequence[Record]
         post = effect_for(prefix_of(intent.kind)).resolve_intent(intent)
         common = dict(episode_id=episode_id, action_seq=intent.action_seq, kind=intent.kind,
                       target=intent.target, refers_to=intent.seq)
+        # an outcome, like the one it replaces: durable with the rollback's begin that follows
         if post is None:
-            journal.append(**common, status=Status.FAILED,
+            journal.append(**common, status=Status.FAILED, durable=False,
                            error="it had not taken effect (probed: the journal held no outcome)")
         else:
             journal.append(**common, status=Status.DONE, result=post,
-                           params={"probed": True})
+                           params={"probed": True}, durable=False)
         resolved += 1
     return resolved
 

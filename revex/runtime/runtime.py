@@ -124,10 +124,11 @@ class Runtime:
         self.policy = Policy.load(policy)
         self.engine = PolicyEngine(self.policy)
         self.approver = approver
-        self.store = ContentStore(self.state_dir / "store")
         key = load_or_create_key(self.state_dir / "hmac.key", self.state_dir / "journal.db")
         self.audit = AuditLog(audit, self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db", key, on_record=self.audit)
+        # small pre-images are kept in the journal, durable with the INTENT that names them
+        self.store = ContentStore(self.state_dir / "store", inline=self.journal)
         self._credentials = credentials
         self._compensations = Compensations.load(compensations)
         self._compensations.add_mapping(self.policy.http, f"policy {self.policy.name} [http]")

@@ -4,6 +4,12 @@ Blobs live under ``objects/ab/cdef…`` named by their sha256. A blob is written
 while it is hashed (streamed in chunks, never read whole into memory), fsynced, then renamed into
 place, so a blob that exists is complete. Metadata (type, mode, mtime, symlink target, absence)
 travels in manifests stored in the journal; the store only holds bytes.
+
+With an ``inline`` sink (the Runtime passes its journal), :meth:`ContentStore.put_fd` keeps a
+small pre-image (at most ``inline.max_bytes``) in the journal instead: it is written durably in
+the transaction of the INTENT that names it, which saves the blob file's two fsyncs (the file
+and its directory) per action. :meth:`ContentStore.open` and :meth:`ContentStore.read_bytes`
+find either kind; :meth:`ContentStore.path_of` names files only (what ``put_bytes`` writes).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from revex.errors import StateError
 
@@ -28,11 +35,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class ContentStore:
-    """Blobs by sha256 under ``root``."""
+class InlineBlobs(Protocol):
+    """Where small pre-images are kept durably with the records that name them (the journal)."""
 
-    def __init__(self, root: Path) -> None:
+    max_bytes: int
+
+    def stage_blob(self, digest: str, data: bytes) -> None: ...
+
+    def blob(self, digest: str) -> bytes | None: ...
+
+    def blob_digests(self) -> list[str]: ...
+
+    def drop_blobs(self, keep: set[str]) -> tuple[int, int]: ...
+
+
+class ContentStore:
+    """Blobs by sha256 under ``root`` (small ones in ``inline`` when given)."""
+
+    def __init__(self, root: Path, inline: InlineBlobs | None = None) -> None:
         self.root = Path(root)
+        self.inline = inline
         self.objects = self.root / "objects"
         try:
             self.objects.mkdir(parents=True, exist_ok=True)
@@ -40,21 +62,36 @@ class ContentStore:
             raise StateError(f"cannot create the content store at {self.objects}: {exc}") from exc
 
     def path_of(self, digest: str) -> Path:
+        """The file of a blob stored as a file (every blob ``put_bytes`` stores)."""
         return self.objects / digest[:2] / digest[2:]
 
     def has(self, digest: str) -> bool:
-        return self.path_of(digest).exists()
+        return self.path_of(digest).exists() or (
+            self.inline is not None and self.inline.blob(digest) is not None)
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data``; return its sha256 hex digest."""
         return self._put(iter((data,)))
 
     def put_fd(self, fd: int) -> tuple[str, int]:
-        """Store the rest of an open file descriptor, streamed; return (digest, size)."""
-        size = 0
+        """Store the rest of an open file descriptor, streamed; return (digest, size).
+
+        With an inline sink, a rest of at most ``inline.max_bytes`` is staged there instead:
+        it is durable once the journal's next durable append returns (the INTENT's).
+        """
+        head = b""
+        if self.inline is not None:
+            head = _read_up_to(fd, self.inline.max_bytes + 1)
+            if len(head) <= self.inline.max_bytes:
+                digest = hashlib.sha256(head).hexdigest()
+                self.inline.stage_blob(digest, head)
+                return digest, len(head)
+        size = len(head)
 
         def chunks() -> Iterator[bytes]:
             nonlocal size
+            if head:
+                yield head
             while True:
                 chunk = os.read(fd, CHUNK)
                 if not chunk:
@@ -96,6 +133,9 @@ class ContentStore:
         try:
             return os.open(self.path_of(digest), os.O_RDONLY)
         except FileNotFoundError as exc:
+            data = self.inline.blob(digest) if self.inline is not None else None
+            if data is not None:
+                return _fd_with(data)
             raise StateError(
                 f"pre-image blob {digest} is missing from {self.objects}; the content store was "
                 "modified outside revex"
@@ -110,6 +150,7 @@ class ContentStore:
             raise
 
     def digests(self) -> Iterator[str]:
+        """Every blob stored as a file (see :attr:`inline` for the others)."""
         for sub in sorted(self.objects.iterdir()):
             if sub.is_dir():
                 for blob in sorted(sub.iterdir()):
@@ -131,6 +172,9 @@ class ContentStore:
             for stale in tmp_dir.iterdir():
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
+        if self.inline is not None:
+            inline_removed, inline_freed = self.inline.drop_blobs(keep)
+            removed, freed = removed + inline_removed, freed + inline_freed
         return removed, freed
 
 
@@ -142,3 +186,35 @@ def sha256_file_fd(fd: int) -> str:
         if not chunk:
             return hasher.hexdigest()
         hasher.update(chunk)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd`` (fewer only at its end)."""
+    parts: list[bytes] = []
+    left = limit
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _fd_with(data: bytes) -> int:
+    """A read-only-in-practice fd positioned at the start of ``data`` (an anonymous file)."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        fd: int = memfd_create("revex-blob", os.MFD_CLOEXEC)
+    else:  # not Linux
+        fd, name = tempfile.mkstemp(prefix="revex-blob-")
+        os.unlink(name)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

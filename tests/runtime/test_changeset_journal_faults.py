@@ -9,6 +9,7 @@ the same fault for single actions is in test_disk_full.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,13 +26,13 @@ def test_a_group_whose_outcomes_cannot_be_journaled_is_undone(tmp_path: Path) ->
         real = rt.journal.append_many
         calls = {"n": 0}
 
-        def failing(rows: list) -> list:  # type: ignore[type-arg]
+        def failing(rows: list, **options: Any) -> list:  # type: ignore[type-arg]
             if len(rows) > 1 and all(r.get("status") in (Status.DONE, Status.FAILED)
                                      and str(r.get("kind", "")).startswith("fs.") for r in rows):
                 calls["n"] += 1
                 raise JournalError("database or disk is full (SQLITE_FULL); the disk holding "
                                    "the state dir is full: free space and retry")
-            return real(rows)
+            return real(rows, **options)
 
         with rt.episode(ws) as ep:
             rt.journal.append_many = failing  # type: ignore[method-assign]

@@ -1,7 +1,8 @@
 """An undo of a file action is UNDONE only once the target holds its pre-state again.
 
-The fault used here is real, not mocked: the pre-image blob in the content store is damaged
-(bit rot, or an edit outside revex), so the restore writes bytes other than the recorded ones.
+The fault used here is real, not mocked: the pre-image blob is damaged (bit rot, or an edit
+outside revex), in the content store's files or, for a small one, in the journal's blobs table,
+so the restore writes bytes other than the recorded ones.
 The restore itself "succeeds"; only re-reading the target after it shows that the undo did not
 happen, and the rollback must say so with a ConflictError instead of reporting success.
 """
@@ -10,30 +11,44 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from revex import ConflictError, Runtime
-from revex.runtime.journal import Status
+from revex.runtime.journal import INLINE_MAX, Status
 
 
 def _damage_blob(rt: Runtime, data: bytes) -> None:
-    blob = rt.store.path_of(hashlib.sha256(data).hexdigest())
-    os.chmod(blob, 0o644)
-    raw = bytearray(blob.read_bytes())
-    raw[0] ^= 0xFF
-    blob.write_bytes(bytes(raw))
+    digest = hashlib.sha256(data).hexdigest()
+    blob = rt.store.path_of(digest)
+    if len(data) > INLINE_MAX:
+        os.chmod(blob, 0o644)
+        raw = bytearray(blob.read_bytes())
+        raw[0] ^= 0xFF
+        blob.write_bytes(bytes(raw))
+        return
+    assert not blob.exists()  # a small pre-image is kept in the journal
+    db = sqlite3.connect(rt.state_dir / "journal.db", isolation_level=None)
+    try:
+        (stored,) = db.execute("SELECT data FROM blobs WHERE sha=?", (digest,)).fetchone()
+        raw = bytearray(stored)
+        raw[0] ^= 0xFF
+        db.execute("UPDATE blobs SET data=? WHERE sha=?", (bytes(raw), digest))
+    finally:
+        db.close()
 
 
 def _undone(rt: Runtime, episode_id: str) -> list[str]:
     return [r.target for r in rt.journal.records(episode_id) if r.status is Status.UNDONE]
 
 
-def test_an_undo_that_restores_wrong_bytes_is_a_conflict(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_an_undo_that_restores_wrong_bytes_is_a_conflict(tmp_path: Path, size: str) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    original = b"the original content\n"
+    original = b"the original content\n" * (1 if size == "small" else INLINE_MAX // 10)
     (ws / "a.txt").write_bytes(original)
     (ws / "b.txt").write_text("b")
     with Runtime(state_dir=tmp_path / "state", audit=None) as rt:

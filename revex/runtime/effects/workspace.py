@@ -125,6 +125,9 @@ class Workspace:
         if rel == ".":
             raise InvalidPath("the workspace root itself cannot be the target of this action")
         *dirs, name = rel.split("/")
+        if not dirs:  # an entry of the root: the root's fd serves, with no copy to make
+            yield self.root_fd, name
+            return
         fd = os.dup(self.root_fd)
         try:
             walked = []
@@ -153,6 +156,8 @@ class Workspace:
         if rel == ".":
             return os.fstat(self.root_fd)
         try:
+            if "/" not in rel:  # an entry of the root: no directory to walk (the hot case)
+                return os.stat(rel, dir_fd=self.root_fd, follow_symlinks=False)
             with self.parent(rel) as (fd, name):
                 return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
