@@ -34,12 +34,15 @@ Messages from the zygote are JSON lines.
 
 # The modules marked F401 are only preloaded: imported once here, they are shared copy-on-write
 # with every child (a child that changes one changes only its own copy).
+import _signal
+import atexit
 import base64  # noqa: F401
 import collections  # noqa: F401
 import contextlib
 import ctypes
 import fcntl
 import functools  # noqa: F401
+import gc
 import itertools  # noqa: F401
 import json
 import math  # noqa: F401
@@ -166,11 +169,34 @@ def _read_request(fd):
     return json.loads(b"".join(chunks))
 
 
-def _child(fds):
-    # Runs in the forked child; never returns. Everything up to exec() is trusted code; the
-    # request (code, env, limits) is read here, after the fork, so the zygote never holds it.
+def _child(sock):
+    # Runs in the forked child; never returns. Everything up to exec() is trusted code. The
+    # child is forked ahead of its run (after the jail was proven clean) and prepares what
+    # does not depend on the request; then it waits on ``sock`` (only the zygote has the other
+    # end) for the run's four fds. The request (code, env, limits) is read here, after the
+    # fork, so the zygote never holds it.
     try:
         os.setsid()
+        # as in a fresh interpreter (_signal: signal.signal's enum conversions touch, and so
+        # copy, many pages shared with the zygote)
+        _signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir("/tmp")
+        # os.environ.clear() without its generic MutableMapping loop
+        for key in list(os.environ._data):  # type: ignore[attr-defined]
+            os.unsetenv(key)
+        os.environ._data.clear()  # type: ignore[attr-defined]
+        if "random" in sys.modules:
+            sys.modules["random"].seed()
+        sys.argv = ["-c"]
+        sys.path.insert(0, "")  # as ``python -c`` in a cold run: /tmp, proven empty
+        main = type(sys)("__main__")
+        main.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = main
+
+        _, fds, _, _ = socket.recv_fds(sock, 1, 4)
+        sock.close()
+        if len(fds) != 4:
+            os._exit(120)
         req_fd = fds[0]
         for target, fd in enumerate(fds[1:]):
             os.dup2(fd, target)
@@ -189,17 +215,7 @@ def _child(fds):
             (resource.RLIMIT_CORE, 0, 0),
         ):
             resource.setrlimit(which, (inf if soft < 0 else soft, inf if hard < 0 else hard))
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
-        os.chdir("/tmp")
-        os.environ.clear()
         os.environ.update(req["env"])
-        if "random" in sys.modules:
-            sys.modules["random"].seed()
-        sys.argv = ["-c"]
-        sys.path.insert(0, "")  # as ``python -c`` in a cold run: /tmp, proven empty
-        main = type(sys)("__main__")
-        main.__dict__["__builtins__"] = __builtins__
-        sys.modules["__main__"] = main
         code = req["code"]
         del req
     except BaseException:
@@ -216,11 +232,10 @@ def _child(fds):
             sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         rc = 1
     try:
-        import threading
-
-        threading._shutdown()  # type: ignore[attr-defined]
-        import atexit
-
+        # as interpreter shutdown does: wait for threads only if threading was imported
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
         atexit._run_exitfuncs()
     except SystemExit as exc:
         rc = _exit_code(exc.code)
@@ -281,7 +296,31 @@ def _supervise(ctl, ctl_fd, pid, wall_s):
     if timed_out or stop or eof:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # also before its setsid()
+            os.kill(pid, signal.SIGKILL)
     return timed_out, eof
+
+
+def _prefork():
+    """Fork the next run's child; return its pid and the socket its fds go over."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        mine.close()
+        _child(theirs)
+    theirs.close()
+    return pid, mine
+
+
+def _hand_over(sock, fds):
+    """Give the waiting child its run's fds; False if it is gone."""
+    try:
+        socket.send_fds(sock, [b"R"], fds)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def main():
@@ -307,6 +346,12 @@ def main():
     def send(obj):
         ctl.sendall((json.dumps(obj) + "\n").encode())
 
+    # Every object so far is left out of later collections: a child's collector then never
+    # walks (and so never copies) the pages it shares with the zygote.
+    gc.collect()
+    gc.freeze()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pid, child_sock = _prefork()
     send({"ready": True, "vsz": vsz})
     while True:
         # Skip stale stop requests ("k" sent while the last run was already ending).
@@ -320,12 +365,11 @@ def main():
         if head is None or len(fds) != 4:
             return
         wall_s = struct.unpack(">d", head)[0]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        pid = os.fork()
-        if pid == 0:
-            _child(fds)
+        handed = _hand_over(child_sock, fds)
         for fd in fds:
             os.close(fd)
+        if not handed:
+            return
         timed_out, eof = _supervise(ctl, ctl_fd, pid, wall_s)
         _, status, ru = os.wait4(pid, 0)
         _reap_all()
@@ -348,6 +392,8 @@ def main():
         send({"clean": clean})
         if not clean:
             return
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pid, child_sock = _prefork()
 
 if __name__ == "__main__":
     main()

@@ -119,7 +119,7 @@ class WarmSpawned:
         try:
             self._zygote.stop_run()
             msg = self._zygote.recv(BACKSTOP_S + 3.0)
-            healthy = "done" in msg and self._zygote.wait_clean()
+            healthy = "done" in msg
         except ZygoteGone:
             healthy = False
         finally:
@@ -178,21 +178,30 @@ class WarmPythonBackend:
                 self._idle.append(z)
 
     def _acquire(self) -> Zygote:
-        with self._lock:
-            if self._closed:
-                raise SandboxError("the warm backend is closed")
-            while self._idle:
-                z = self._idle.pop()
-                if z.alive():
-                    self._busy.add(z)
-                    return z
-                z.close()
+        """A zygote proven clean for the next run: an idle one, the oldest first (it had the
+        most time to get its next child ready); one whose cleanup report is still due is
+        waited for (a run's result is returned before its zygote's cleanup is proven, see
+        :meth:`_release`); a new one only when none is left."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise SandboxError("the warm backend is closed")
+                if not self._idle:
+                    break
+                z = self._idle.pop(0)
+                self._busy.add(z)
+            if z.alive() and z.proven_clean():
+                return z
+            self._release(z, False)
         z = Zygote(self.cold, self.pool_limits)
         with self._lock:
             self._busy.add(z)
         return z
 
     def _release(self, z: Zygote, healthy: bool) -> None:
+        """Give ``z`` back after its run reported. Its cleanup report may still be due: it is
+        awaited (and a zygote that cannot be proven clean replaced) before ``z`` serves
+        another run, in :meth:`_acquire`."""
         with self._lock:
             self._busy.discard(z)
             keep = healthy and not self._closed and z.alive() and len(self._idle) < self.size
@@ -200,6 +209,19 @@ class WarmPythonBackend:
                 self._idle.append(z)
         if not keep:
             z.close()
+
+    def settle(self) -> None:
+        """Wait until every idle zygote reported its cleanup; replace those that could not be
+        proven clean (closing them). Runs do this themselves when they take a zygote."""
+        with self._lock:
+            idle = list(self._idle)
+        for z in idle:
+            if not (z.alive() and z.proven_clean()):
+                with self._lock:
+                    if z not in self._idle:
+                        continue
+                    self._idle.remove(z)
+                z.close()
 
     def close(self) -> None:
         """End every zygote (idle ones now, busy ones when their run returns). Idempotent."""
@@ -261,7 +283,7 @@ class WarmPythonBackend:
             except ZygoteGone as exc:
                 raise SandboxError(f"warm zygote failed: {exc}") from exc
             sup, done, cpu_stopped, usage = supervise(z, fds, spec)
-            healthy = done.zygote_ok and z.wait_clean()
+            healthy = done.zygote_ok
         finally:
             self._release(z, healthy)
         return result_of(sup, done, spec, usage, cpu_stopped, self.name)

@@ -174,11 +174,13 @@ def test_a_wiped_zygote_is_kept_and_gives_a_correct_verdict() -> None:
         (zygote,) = be._idle
         r = be.run(ExecSpec(code=files_only, limits=Limits(wall_s=30, cpu_s=20)))
         assert r.ok and r.stdout == "left 100\n", r
+        be.settle()
         assert be._idle == [zygote]
         after = be.run(ExecSpec(code=OBSERVE, limits=Limits(wall_s=30, cpu_s=20)))
         assert json.loads(after.stdout) == json.loads(fresh.stdout)
         report = run_tests(CORRECT, TESTS, "top", backend=be)
         assert (report.passed, report.total) == (2, 2), report
+        be.settle()
         assert be._idle == [zygote]
 
 
@@ -192,6 +194,7 @@ def test_a_zygote_that_cannot_be_proven_clean_is_replaced() -> None:
         (zygote,) = be._idle
         r = be.run(ExecSpec(code=attack))
         assert r.ok and r.stdout == "done\n", r
+        be.settle()
         assert zygote not in be._idle and not zygote.alive()
         nofile = be.run(ExecSpec(code="import resource\n"
                                  "print(resource.getrlimit(resource.RLIMIT_NOFILE))"))
