@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,15 +64,22 @@ def evaluate(samples: Iterable[Mapping[str, str]], *,
     """
     probs = problems if problems is not None else humaneval_problems()
     rows = [dict(s) for s in samples]
-    compiled: dict[str, CompiledTests] = {}
     for row in rows:
-        tid = row["task_id"]
-        if tid not in compiled:
-            compiled[tid] = CompiledTests(probs[tid]["test"], probs[tid]["entry_point"])
+        probs[row["task_id"]]  # KeyError before anything runs
+    # Each task's tests are compiled once, by the worker that first needs them, so compiling
+    # overlaps with the sandboxed runs of other workers.
+    compiled: dict[str, CompiledTests] = {}
+    locks = {row["task_id"]: threading.Lock() for row in rows}
+
+    def tests_of(tid: str) -> CompiledTests:
+        with locks[tid]:
+            if tid not in compiled:
+                compiled[tid] = CompiledTests(probs[tid]["test"], probs[tid]["entry_point"])
+            return compiled[tid]
 
     def one(row: dict[str, Any]) -> dict[str, Any]:
         prob = probs[row["task_id"]]
-        report = run_tests(prob["prompt"] + row["completion"], compiled[row["task_id"]],
+        report = run_tests(prob["prompt"] + row["completion"], tests_of(row["task_id"]),
                            prob["entry_point"], backend=backend, limits=limits,
                            call_timeout_s=call_timeout_s)
         passed = report.all_passed
