@@ -14,6 +14,9 @@ included, and (c) orphans are reparented to it and reaped. It is not dumpable, s
 open its ``/proc/1/mem`` (ptrace and process_vm_* are also denied by seccomp).
 
 Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at start):
+  host   -> {"precompile": [SOURCE, ...]} (one JSON line: trusted sources, the harness's call
+            server, compiled once here; a run whose code is exactly one of them uses that code
+            object instead of compiling it)
   zygote -> {"ready": true, "vsz": BYTES}
   host   -> b"R" (with four fds attached, SCM_RIGHTS: the child's request pipe, stdin, stdout
             and stderr) and the wall-clock limit as an 8-byte big-endian double; the host then
@@ -28,7 +31,15 @@ Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at 
             checked that /tmp holds no inode and no block and that nothing a run can change
             about the zygote from outside (nice, scheduler, CPU affinity, I/O priority,
             rlimits) changed. false: it could not prove that; it exits, and the host starts a
-            fresh one. The host sends the next "R" only after a true "clean".
+            fresh one. The host sends the next "R" only after a true "clean" (it may return
+            the run's result before reading it).
+
+Each run's child is forked ahead of its request, right after the jail was proven clean (and
+once at start): it sets up what does not depend on the request (session, SIGINT handler, cwd,
+an empty environment, argv, sys.path, __main__) and waits on a socketpair only the zygote holds
+the other end of; on "R" the zygote passes it the four fds. So the fork and that set-up are off
+the run's path. Nothing of a run is in the zygote when it forks: the previous run's processes
+are all reaped and /tmp proven empty by then.
 Messages from the zygote are JSON lines.
 """
 
