@@ -152,6 +152,8 @@ class _Session:
         self.returned = 0
         self._buf = bytearray()
         self._sp = backend.spawn(ExecSpec(code=SERVER_SOURCE, limits=limits))
+        self._sel = selectors.DefaultSelector()  # one for all replies (not one per call)
+        self._sel.register(self._sp.stdout, selectors.EVENT_READ)
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
         self._drain.start()
         try:
@@ -179,6 +181,7 @@ class _Session:
     def close(self) -> None:
         self._end("closed")
         self._drain.join(timeout=2.0)
+        self._sel.close()
 
     def _send(self, obj: dict[str, Any]) -> None:
 
@@ -192,20 +195,18 @@ class _Session:
     def _recv(self, timeout: float) -> dict[str, Any]:
 
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._sp.stdout, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CallTimeout(f"no reply within {timeout:g} s")
-                if not sel.select(left):
-                    continue
-                chunk = os.read(self._sp.stdout, 1 << 20)
-                if not chunk:
-                    raise SolutionGone("the solution's process ended")
-                self._buf += chunk
-                if len(self._buf) > _MAX_LINE:
-                    raise SolutionGone("reply too large")
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CallTimeout(f"no reply within {timeout:g} s")
+            if not self._sel.select(left):
+                continue
+            chunk = os.read(self._sp.stdout, 1 << 20)
+            if not chunk:
+                raise SolutionGone("the solution's process ended")
+            self._buf += chunk
+            if len(self._buf) > _MAX_LINE:
+                raise SolutionGone("reply too large")
         try:
             return take_json_line(self._buf)
         except ValueError as exc:

@@ -58,7 +58,8 @@ def evaluate(samples: Iterable[Mapping[str, str]], *,
              backend: InteractiveBackend | None = None, limits: Limits = DEFAULT_LIMITS,
              call_timeout_s: float = 3.0, concurrency: int = 0) -> Evaluation:
     """Evaluate ``samples`` (dicts with ``task_id`` and ``completion``), each as
-    ``prompt + completion`` against the problem's tests.
+    ``prompt + completion`` against the problem's tests, ``concurrency`` at a time (0: two per
+    CPU: each session waits on its sandbox for every call, so two keep a CPU busy).
 
     Raises ``KeyError`` for an unknown task id and ``SandboxError`` if the sandbox cannot start.
     """
@@ -95,7 +96,7 @@ def evaluate(samples: Iterable[Mapping[str, str]], *,
                 result = f"failed: {bad.message or bad.name}"
         return {**row, "result": result, "passed": passed}
 
-    workers = concurrency or os.cpu_count() or 1
+    workers = concurrency or 2 * (os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         if backend is None:
             backend = stack.enter_context(default_backend(workers))
