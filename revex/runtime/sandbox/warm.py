@@ -219,13 +219,10 @@ class WarmPythonBackend:
         proven clean (closing them). Runs do this themselves when they take a zygote."""
         with self._lock:
             idle = list(self._idle)
+            self._idle.clear()
+            self._busy.update(idle)  # checked out: no run reads their sockets meanwhile
         for z in idle:
-            if not (z.alive() and z.proven_clean()):
-                with self._lock:
-                    if z not in self._idle:
-                        continue
-                    self._idle.remove(z)
-                z.close()
+            self._release(z, z.alive() and z.proven_clean())
 
     def close(self) -> None:
         """End every zygote (idle ones now, busy ones when their run returns). Idempotent."""

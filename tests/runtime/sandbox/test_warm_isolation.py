@@ -184,6 +184,23 @@ def test_a_wiped_zygote_is_kept_and_gives_a_correct_verdict() -> None:
         assert be._idle == [zygote]
 
 
+def test_the_next_run_never_gets_a_zygote_before_its_cleanup_is_proven() -> None:
+    # run() returns before the zygote's cleanup report is read; the next run must still wait
+    # for that report (and get a fresh zygote when it says the jail is not clean), with no
+    # settle() in between.
+    attack = ("import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (32, 32))\n"
+              "print('done')\n")
+    check = "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))"
+    with WarmPythonBackend(size=1) as be:
+        assert be.run(ExecSpec(code="pass")).ok
+        (zygote,) = be._idle
+        for _ in range(3):
+            r = be.run(ExecSpec(code=attack))
+            assert r.ok and r.stdout == "done\n", r
+            assert be.run(ExecSpec(code=check)).stdout == "(256, 256)\n"
+        assert not zygote.alive()
+
+
 def test_a_zygote_that_cannot_be_proven_clean_is_replaced() -> None:
     # A same-uid process can lower the zygote's rlimits (inherited by every later child); the
     # zygote cannot undo that, so it must notice and be replaced, and the run still stands.
