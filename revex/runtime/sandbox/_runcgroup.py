@@ -39,12 +39,11 @@ def _read_int(path: str) -> int:
         return int(f.read().split()[0])
 
 
-def _oom_kills(path: str) -> int:
-    with open(f"{path}/memory.oom_control") as f:
-        for line in f:
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
+def _oom_kills(text: str) -> int:
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
     return 0
 
 
@@ -83,6 +82,29 @@ class RunCgroups:
         self._limit = 0
         self._ooms = 0
         self._baseline = 0
+        self._has_sw = False
+        # Files read or written for every run stay open (an open costs far more than a read).
+        self._fds: dict[tuple[str, int], int] = {}
+
+    def _fd(self, path: str, flags: int) -> int:
+        fd = self._fds.get((path, flags))
+        if fd is None:
+            fd = self._fds[(path, flags)] = os.open(path, flags | os.O_CLOEXEC)
+        return fd
+
+    def _get(self, path: str) -> str:
+        return os.pread(self._fd(path, os.O_RDONLY), 4096, 0).decode()
+
+    def _read_int(self, path: str) -> int:
+        return int(self._get(path).split()[0])
+
+    def _write(self, path: str, value: int) -> None:
+        os.pwrite(self._fd(path, os.O_WRONLY), str(value).encode(), 0)
+
+    def close(self) -> None:
+        """Close the files kept open (idempotent)."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
 
     def create(self) -> None:
         """Make the run cgroups. Raises ``OSError`` (the caller removes what was made)."""
@@ -90,6 +112,7 @@ class RunCgroups:
         for path in self.paths.values():
             os.mkdir(path)
         self._limit = _read_int(f"{self.paths['memory']}/memory.limit_in_bytes")
+        self._has_sw = os.path.exists(f"{self.paths['memory']}/memory.memsw.limit_in_bytes")
 
     def prepare(self, memory_bytes: int, pids: int) -> None:
         """Set the next run's limits and reset its counters. Raises ``OSError``."""
@@ -97,24 +120,24 @@ class RunCgroups:
         # Page cache earlier runs left charged here (reclaimable, so it never takes memory from
         # this run) is subtracted from the peak; much of it is dropped first (the cgroup has no
         # task now), which costs a few hundred ms, so only when it is large.
-        if _read_int(f"{mem}/memory.usage_in_bytes") > _FORCE_EMPTY_ABOVE:
+        if self._read_int(f"{mem}/memory.usage_in_bytes") > _FORCE_EMPTY_ABOVE:
             with contextlib.suppress(OSError):
                 _write(f"{mem}/memory.force_empty", 0)
         memsw = f"{mem}/memory.memsw.limit_in_bytes"
-        has_sw = os.path.exists(memsw)
+        has_sw = self._has_sw
         if memory_bytes != self._limit:
             # memsw must stay >= limit at every step: raise it first, lower it last
             order = ([memsw] if has_sw and memory_bytes > self._limit else []) + [
                 f"{mem}/memory.limit_in_bytes"] + (
                 [memsw] if has_sw and memory_bytes < self._limit else [])
             for path in order:
-                _write(path, memory_bytes)
+                self._write(path, memory_bytes)
             self._limit = memory_bytes
-        _write(f"{mem}/memory.max_usage_in_bytes", 0)
-        self._baseline = _read_int(f"{mem}/memory.usage_in_bytes")
-        self._ooms = _oom_kills(mem)
-        _write(f"{self.paths['pids']}/pids.max", pids)
-        _write(f"{self.paths['cpuacct']}/cpuacct.usage", 0)
+        self._write(f"{mem}/memory.max_usage_in_bytes", 0)
+        self._baseline = self._read_int(f"{mem}/memory.usage_in_bytes")
+        self._ooms = _oom_kills(self._get(f"{mem}/memory.oom_control"))
+        self._write(f"{self.paths['pids']}/pids.max", pids)
+        self._write(f"{self.paths['cpuacct']}/cpuacct.usage", 0)
 
     def adopt(self, pid: int) -> None:
         """Move ``pid`` (a host pid) into every run cgroup. Raises ``OSError``."""
@@ -123,17 +146,18 @@ class RunCgroups:
 
     def cpu_s(self) -> float:
         """CPU seconds the run's processes used so far. Raises ``OSError``."""
-        return _read_int(f"{self.paths['cpuacct']}/cpuacct.usage") / 1e9
+        return self._read_int(f"{self.paths['cpuacct']}/cpuacct.usage") / 1e9
 
     def memory(self) -> tuple[int, int]:
         """(peak bytes of the run, OOM kills in the run). Raises ``OSError``."""
         mem = self.paths["memory"]
-        peak = _read_int(f"{mem}/memory.max_usage_in_bytes") - self._baseline
-        return max(peak, 0), _oom_kills(mem) - self._ooms
+        peak = self._read_int(f"{mem}/memory.max_usage_in_bytes") - self._baseline
+        return max(peak, 0), _oom_kills(self._get(f"{mem}/memory.oom_control")) - self._ooms
 
     def remove(self) -> None:
         """Remove the zygote's cgroups in every controller and the memory parent (killing
         anything left inside). Best effort: what stays is found by :func:`remove_orphaned`."""
+        self.close()
         jail = f"NSJAIL.{self.zygote_pid}"
         for ctl in ("pids", "cpu", "cpuacct") if self.zygote_pid else ():
             with contextlib.suppress(OSError):

@@ -14,6 +14,9 @@ included, and (c) orphans are reparented to it and reaped. It is not dumpable, s
 open its ``/proc/1/mem`` (ptrace and process_vm_* are also denied by seccomp).
 
 Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at start):
+  host   -> {"precompile": [SOURCE, ...]} (one JSON line: trusted sources, the harness's call
+            server, compiled once here; a run whose code is exactly one of them uses that code
+            object instead of compiling it)
   zygote -> {"ready": true, "vsz": BYTES}
   host   -> b"R" (with four fds attached, SCM_RIGHTS: the child's request pipe, stdin, stdout
             and stderr) and the wall-clock limit as an 8-byte big-endian double; the host then
@@ -28,18 +31,29 @@ Protocol, on fd 0 (a unix stream socket; moved to a private close-on-exec fd at 
             checked that /tmp holds no inode and no block and that nothing a run can change
             about the zygote from outside (nice, scheduler, CPU affinity, I/O priority,
             rlimits) changed. false: it could not prove that; it exits, and the host starts a
-            fresh one. The host sends the next "R" only after a true "clean".
+            fresh one. The host sends the next "R" only after a true "clean" (it may return
+            the run's result before reading it).
+
+Each run's child is forked ahead of its request, right after the jail was proven clean (and
+once at start): it sets up what does not depend on the request (session, SIGINT handler, cwd,
+an empty environment, argv, sys.path, __main__) and waits on a socketpair only the zygote holds
+the other end of; on "R" the zygote passes it the four fds. So the fork and that set-up are off
+the run's path. Nothing of a run is in the zygote when it forks: the previous run's processes
+are all reaped and /tmp proven empty by then.
 Messages from the zygote are JSON lines.
 """
 
 # The modules marked F401 are only preloaded: imported once here, they are shared copy-on-write
 # with every child (a child that changes one changes only its own copy).
+import _signal
+import atexit
 import base64  # noqa: F401
 import collections  # noqa: F401
 import contextlib
 import ctypes
 import fcntl
 import functools  # noqa: F401
+import gc
 import itertools  # noqa: F401
 import json
 import math  # noqa: F401
@@ -61,6 +75,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(os.uname().machine)
 _RLIMITS = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: trusted sources the host sent at start, compiled once (exactly what the child would compile)
+_PRECOMPILED: dict = {}
 
 
 def _prctl_dumpable(value):
@@ -166,11 +182,39 @@ def _read_request(fd):
     return json.loads(b"".join(chunks))
 
 
-def _child(fds):
-    # Runs in the forked child; never returns. Everything up to exec() is trusted code; the
-    # request (code, env, limits) is read here, after the fork, so the zygote never holds it.
+def _child(sock):
+    # Runs in the forked child; never returns. Everything up to exec() is trusted code. The
+    # child is forked ahead of its run (after the jail was proven clean) and prepares what
+    # does not depend on the request; then it waits on ``sock`` (only the zygote has the other
+    # end) for the run's four fds. The request (code, env, limits) is read here, after the
+    # fork, so the zygote never holds it.
     try:
         os.setsid()
+        # as in a fresh interpreter (_signal: signal.signal's enum conversions touch, and so
+        # copy, many pages shared with the zygote)
+        _signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir("/tmp")
+        # os.environ.clear() without its generic MutableMapping loop
+        for key in list(os.environ._data):  # type: ignore[attr-defined]
+            os.unsetenv(key)
+        os.environ._data.clear()  # type: ignore[attr-defined]
+        if "random" in sys.modules:
+            sys.modules["random"].seed()
+        sys.argv = ["-c"]
+        sys.path.insert(0, "")  # as ``python -c`` in a cold run: /tmp, proven empty
+        main = type(sys)("__main__")
+        main.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = main
+        # Touch now what reading the request and compiling touch (a page shared with the
+        # zygote is copied on its first write), so less of that is left for the run's path.
+        # Neither leaves state behind.
+        json.loads('{"code": "pass", "env": {"A": "B"}, "cpu_s": 1}')
+        compile("pass", "<string>", "exec")
+
+        _, fds, _, _ = socket.recv_fds(sock, 1, 4)
+        sock.close()
+        if len(fds) != 4:
+            os._exit(120)
         req_fd = fds[0]
         for target, fd in enumerate(fds[1:]):
             os.dup2(fd, target)
@@ -189,24 +233,15 @@ def _child(fds):
             (resource.RLIMIT_CORE, 0, 0),
         ):
             resource.setrlimit(which, (inf if soft < 0 else soft, inf if hard < 0 else hard))
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
-        os.chdir("/tmp")
-        os.environ.clear()
         os.environ.update(req["env"])
-        if "random" in sys.modules:
-            sys.modules["random"].seed()
-        sys.argv = ["-c"]
-        sys.path.insert(0, "")  # as ``python -c`` in a cold run: /tmp, proven empty
-        main = type(sys)("__main__")
-        main.__dict__["__builtins__"] = __builtins__
-        sys.modules["__main__"] = main
         code = req["code"]
         del req
     except BaseException:
         os._exit(120)
     rc = 0
     try:
-        exec(compile(code, "<string>", "exec"), main.__dict__)
+        compiled = _PRECOMPILED.get(code)
+        exec(compile(code, "<string>", "exec") if compiled is None else compiled, main.__dict__)
     except SystemExit as exc:
         rc = _exit_code(exc.code)
     except BaseException as exc:
@@ -216,11 +251,10 @@ def _child(fds):
             sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         rc = 1
     try:
-        import threading
-
-        threading._shutdown()  # type: ignore[attr-defined]
-        import atexit
-
+        # as interpreter shutdown does: wait for threads only if threading was imported
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
         atexit._run_exitfuncs()
     except SystemExit as exc:
         rc = _exit_code(exc.code)
@@ -254,6 +288,16 @@ def _recv_exact(ctl, n):
     return buf
 
 
+def _recv_line(ctl):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = ctl.recv(1 << 16)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
 def _supervise(ctl, ctl_fd, pid, wall_s):
     """Wait for the child, a stop request or the wall limit; return (timed_out, eof)."""
     pidfd = os.pidfd_open(pid)
@@ -281,7 +325,31 @@ def _supervise(ctl, ctl_fd, pid, wall_s):
     if timed_out or stop or eof:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # also before its setsid()
+            os.kill(pid, signal.SIGKILL)
     return timed_out, eof
+
+
+def _prefork():
+    """Fork the next run's child; return its pid and the socket its fds go over."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        mine.close()
+        _child(theirs)
+    theirs.close()
+    return pid, mine
+
+
+def _hand_over(sock, fds):
+    """Give the waiting child its run's fds; False if it is gone."""
+    try:
+        socket.send_fds(sock, [b"R"], fds)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def main():
@@ -297,6 +365,11 @@ def main():
     # Nothing is imported after this point; never from /tmp.
     if sys.path and sys.path[0] == "":
         del sys.path[0]
+    first = _recv_line(ctl)
+    if first is None:
+        return
+    for source in json.loads(first)["precompile"]:
+        _PRECOMPILED[source] = compile(source, "<string>", "exec")
     tmp_stat = os.stat("/tmp")
     tmp_mode = stat.S_IMODE(tmp_stat.st_mode)
     tmp_times = (tmp_stat.st_atime_ns, tmp_stat.st_mtime_ns)
@@ -307,6 +380,12 @@ def main():
     def send(obj):
         ctl.sendall((json.dumps(obj) + "\n").encode())
 
+    # Every object so far is left out of later collections: a child's collector then never
+    # walks (and so never copies) the pages it shares with the zygote.
+    gc.collect()
+    gc.freeze()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pid, child_sock = _prefork()
     send({"ready": True, "vsz": vsz})
     while True:
         # Skip stale stop requests ("k" sent while the last run was already ending).
@@ -320,12 +399,11 @@ def main():
         if head is None or len(fds) != 4:
             return
         wall_s = struct.unpack(">d", head)[0]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        pid = os.fork()
-        if pid == 0:
-            _child(fds)
+        handed = _hand_over(child_sock, fds)
         for fd in fds:
             os.close(fd)
+        if not handed:
+            return
         timed_out, eof = _supervise(ctl, ctl_fd, pid, wall_s)
         _, status, ru = os.wait4(pid, 0)
         _reap_all()
@@ -348,6 +426,8 @@ def main():
         send({"clean": clean})
         if not clean:
             return
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pid, child_sock = _prefork()
 
 if __name__ == "__main__":
     main()

@@ -40,6 +40,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import selectors
 import threading
@@ -62,6 +63,8 @@ from revex.runtime.sandbox.base import (
 SERVER_SOURCE = (Path(__file__).parent / "_harness_server.py").read_text()
 DEFAULT_LIMITS = Limits(wall_s=60.0, cpu_s=60.0, memory_mb=512, output_bytes=100_000)
 _MAX_LINE = 64 << 20
+#: a line with its end, split as ``ast`` splits source (only at \r\n, \r and \n)
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _EXC_TYPES = {n: t for n, t in vars(builtins).items()
               if isinstance(t, type) and issubclass(t, Exception)}
 
@@ -149,6 +152,8 @@ class _Session:
         self.returned = 0
         self._buf = bytearray()
         self._sp = backend.spawn(ExecSpec(code=SERVER_SOURCE, limits=limits))
+        self._sel = selectors.DefaultSelector()  # one for all replies (not one per call)
+        self._sel.register(self._sp.stdout, selectors.EVENT_READ)
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
         self._drain.start()
         try:
@@ -176,6 +181,7 @@ class _Session:
     def close(self) -> None:
         self._end("closed")
         self._drain.join(timeout=2.0)
+        self._sel.close()
 
     def _send(self, obj: dict[str, Any]) -> None:
 
@@ -189,20 +195,18 @@ class _Session:
     def _recv(self, timeout: float) -> dict[str, Any]:
 
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._sp.stdout, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CallTimeout(f"no reply within {timeout:g} s")
-                if not sel.select(left):
-                    continue
-                chunk = os.read(self._sp.stdout, 1 << 20)
-                if not chunk:
-                    raise SolutionGone("the solution's process ended")
-                self._buf += chunk
-                if len(self._buf) > _MAX_LINE:
-                    raise SolutionGone("reply too large")
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CallTimeout(f"no reply within {timeout:g} s")
+            if not self._sel.select(left):
+                continue
+            chunk = os.read(self._sp.stdout, 1 << 20)
+            if not chunk:
+                raise SolutionGone("the solution's process ended")
+            self._buf += chunk
+            if len(self._buf) > _MAX_LINE:
+                raise SolutionGone("reply too large")
         try:
             return take_json_line(self._buf)
         except ValueError as exc:
@@ -276,20 +280,41 @@ class _Proxy:
 
 
 # -- trusted test code ------------------------------------------------------------------------
-class _AssertRewriter(ast.NodeTransformer):
+class _AssertRewriter:
     """``assert TEST, MSG`` -> ``__revex_assert__(lambda: TEST, LINE, TEXT)``."""
 
     def __init__(self, source: str) -> None:
-        self.source = source
+        # Split once (ast.get_source_segment splits the whole source for every node).
+        self.lines = _LINE.findall(source)
 
-    def visit_Assert(self, node: ast.Assert) -> ast.AST:
-        text = ast.get_source_segment(self.source, node.test) or ast.unparse(node.test)
-        call = ast.Call(
-            func=ast.Name("__revex_assert__", ast.Load()),
-            args=[ast.Lambda(ast.arguments([], [], None, [], [], None, []), node.test),
-                  ast.Constant(node.lineno), ast.Constant(" ".join(text.split())[:120])],
-            keywords=[])
-        return ast.copy_location(ast.Expr(call), node)
+    def _segment(self, node: ast.expr) -> str | None:
+        """``ast.get_source_segment(source, node)``."""
+        if node.end_lineno is None or node.end_col_offset is None:
+            return None
+        first, last = node.lineno - 1, node.end_lineno - 1
+        head = self.lines[first].encode()
+        if first == last:
+            return head[node.col_offset:node.end_col_offset].decode()
+        return (head[node.col_offset:].decode() + "".join(self.lines[first + 1:last])
+                + self.lines[last].encode()[:node.end_col_offset].decode())
+
+    def rewrite(self, node: ast.Assert) -> ast.Expr:
+        text = self._segment(node.test) or ast.unparse(node.test)
+        func = ast.Name("__revex_assert__", ast.Load())
+        fn = ast.Lambda(ast.arguments([], [], None, [], [], None, []), node.test)
+        line, shown = ast.Constant(node.lineno), ast.Constant(" ".join(text.split())[:120])
+        call = ast.Call(func=func, args=[fn, line, shown], keywords=[])
+        expr = ast.Expr(call)
+        for new in (func, fn, line, shown, call, expr):  # what fix_missing_locations would set
+            ast.copy_location(new, node)
+        return expr
+
+    def rewrite_block(self, node: ast.AST) -> None:
+        """Rewrite the asserts among ``node``'s own statements (not nested ones)."""
+        for field in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, field, None)
+            if type(stmts) is list:
+                stmts[:] = [self.rewrite(x) if isinstance(x, ast.Assert) else x for x in stmts]
 
 
 class CompiledTests:
@@ -312,13 +337,21 @@ class CompiledTests:
                 defined.add(node.name)
             elif isinstance(node, ast.Import | ast.ImportFrom):
                 defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        loads = set()
+        rewriter = _AssertRewriter(tests)
+        # One walk: names stored and loaded, and every block's asserts rewritten (the walk has
+        # queued a block's children before it yields the block, so it still visits the
+        # original asserts, whose tests the rewritten ones share).
         for sub in ast.walk(tree):
-            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                defined.add(sub.id)
-        self.loads = {n.id for n in ast.walk(tree)
-                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - defined
-        new = ast.fix_missing_locations(_AssertRewriter(tests).visit(tree))
-        self.code = compile(new, "<tests>", "exec")
+            if isinstance(sub, ast.Name):
+                if isinstance(sub.ctx, ast.Store):
+                    defined.add(sub.id)
+                elif isinstance(sub.ctx, ast.Load):
+                    loads.add(sub.id)
+            elif isinstance(sub, ast.stmt | ast.mod | ast.excepthandler | ast.match_case):
+                rewriter.rewrite_block(sub)
+        self.loads = loads - defined
+        self.code = compile(tree, "<tests>", "exec")
 
     def remote_names(self, solution: str) -> set[str]:
         """Names the tests use that the solution defines at top level (parsed, not run)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,21 +58,29 @@ def evaluate(samples: Iterable[Mapping[str, str]], *,
              backend: InteractiveBackend | None = None, limits: Limits = DEFAULT_LIMITS,
              call_timeout_s: float = 3.0, concurrency: int = 0) -> Evaluation:
     """Evaluate ``samples`` (dicts with ``task_id`` and ``completion``), each as
-    ``prompt + completion`` against the problem's tests.
+    ``prompt + completion`` against the problem's tests, ``concurrency`` at a time (0: two per
+    CPU: each session waits on its sandbox for every call, so two keep a CPU busy).
 
     Raises ``KeyError`` for an unknown task id and ``SandboxError`` if the sandbox cannot start.
     """
     probs = problems if problems is not None else humaneval_problems()
     rows = [dict(s) for s in samples]
-    compiled: dict[str, CompiledTests] = {}
     for row in rows:
-        tid = row["task_id"]
-        if tid not in compiled:
-            compiled[tid] = CompiledTests(probs[tid]["test"], probs[tid]["entry_point"])
+        probs[row["task_id"]]  # KeyError before anything runs
+    # Each task's tests are compiled once, by the worker that first needs them, so compiling
+    # overlaps with the sandboxed runs of other workers.
+    compiled: dict[str, CompiledTests] = {}
+    locks = {row["task_id"]: threading.Lock() for row in rows}
+
+    def tests_of(tid: str) -> CompiledTests:
+        with locks[tid]:
+            if tid not in compiled:
+                compiled[tid] = CompiledTests(probs[tid]["test"], probs[tid]["entry_point"])
+            return compiled[tid]
 
     def one(row: dict[str, Any]) -> dict[str, Any]:
         prob = probs[row["task_id"]]
-        report = run_tests(prob["prompt"] + row["completion"], compiled[row["task_id"]],
+        report = run_tests(prob["prompt"] + row["completion"], tests_of(row["task_id"]),
                            prob["entry_point"], backend=backend, limits=limits,
                            call_timeout_s=call_timeout_s)
         passed = report.all_passed
@@ -87,7 +96,7 @@ def evaluate(samples: Iterable[Mapping[str, str]], *,
                 result = f"failed: {bad.message or bad.name}"
         return {**row, "result": result, "passed": passed}
 
-    workers = concurrency or os.cpu_count() or 1
+    workers = concurrency or 2 * (os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         if backend is None:
             backend = stack.enter_context(default_backend(workers))

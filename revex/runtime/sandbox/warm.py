@@ -5,27 +5,31 @@ uid/gid 65534, read-only system binds, private size-capped /tmp, no network, env
 scratch, cgroup v1 memory/pids/cpu limits for the jail where writable) with the cold seccomp
 policy plus SysV IPC and POSIX message queues denied (the only kernel objects that outlive a
 process inside a jail and cannot be enumerated and removed from inside it). Inside,
-``_zygote.py`` (trusted code; it never runs user code) forks one fresh child per run. The
-child, before any user code: starts a new session, gets fresh stdin/stdout/stderr pipes from
-the host (passed over a unix socket), reads its request from a pipe of its own, closes every
-other fd, sets rlimits (address space, CPU, file size, open files, processes, no core), chdirs
-to the empty /tmp and builds its environment from scratch.
+``_zygote.py`` (trusted code; it never runs user code) forks one fresh child per run, ahead
+of the run's request (right after the jail was proven clean), so the fork is off the run's
+path. The child, before any user code: starts a new session, chdirs to the empty /tmp, empties
+its environment, then waits for the run; it gets fresh stdin/stdout/stderr pipes from the host
+(passed over unix sockets), reads its request from a pipe of its own, closes every other fd,
+sets rlimits (address space, CPU, file size, open files, processes, no core) and builds its
+environment from scratch.
 
 Why runs cannot see each other (a warm run starts from a state indistinguishable from a fresh
 one): a zygote runs one child at a time and never holds a run's data (the child reads its code,
-environment and limits itself from a pipe after the fork; stdin and output go over pipes between
-the child and the host). After a run the zygote (pid 1 of the jail's pid namespace) kills and
-reaps every other process in the jail (daemons too), a throwaway process empties /tmp (any
-depth, any path length, any modes) and restores its mode, and the zygote checks that /tmp holds
-no inode and no block and that its own inheritable attributes (nice, scheduler, CPU affinity,
-I/O priority, rlimits), which a same-uid process could change, are as they were. If it cannot
-prove that, the run's result still stands and the zygote is replaced. A child cannot change the
-zygote otherwise: it is not dumpable (no /proc/1/mem), ptrace and process_vm_* are denied by
-seccomp, and init drops signals from inside its namespace (the zygote installs no handler). A
-run that still ends or wedges its zygote only ends that zygote: the host reports the run and
-starts a new zygote for the next one. Concurrent runs use different zygotes (a pool). What
-stays shared is numbers, not content: pids count up across runs, and the interpreter start-up
-state below.
+environment and limits itself from a pipe after the fork; stdin and output go over pipes
+between the child and the host). After a run the zygote (pid 1 of the jail's pid namespace)
+kills and reaps every other process in the jail (daemons too), a throwaway process empties /tmp
+(any depth, any path length, any modes) and restores its mode, and the zygote checks that /tmp
+holds no inode and no block and that its own inheritable attributes (nice, scheduler, CPU
+affinity, I/O priority, rlimits), which a same-uid process could change, are as they were. If
+it cannot prove that, the run's result still stands and the zygote is replaced. The run's
+result is returned as soon as the zygote reported the run; its cleanup report is read before
+that zygote serves another run (meanwhile the next run takes another idle zygote, the oldest
+first). A child cannot change the zygote otherwise: it is not dumpable (no /proc/1/mem), ptrace
+and process_vm_* are denied by seccomp, and init drops signals from inside its namespace (the
+zygote installs no handler). A run that still ends or wedges its zygote only ends that zygote:
+the host reports the run and starts a new zygote for the next one. Concurrent runs use
+different zygotes (a pool). What stays shared is numbers, not content: pids count up across
+runs, and the interpreter start-up state below.
 
 Limits hold for the run as a whole where cgroup v1 is writable (root): the zygote lives in
 per-run memory, pids and cpuacct cgroups (``_runcgroup.py``), so every child and every process
@@ -119,7 +123,7 @@ class WarmSpawned:
         try:
             self._zygote.stop_run()
             msg = self._zygote.recv(BACKSTOP_S + 3.0)
-            healthy = "done" in msg and self._zygote.wait_clean()
+            healthy = "done" in msg
         except ZygoteGone:
             healthy = False
         finally:
@@ -178,21 +182,30 @@ class WarmPythonBackend:
                 self._idle.append(z)
 
     def _acquire(self) -> Zygote:
-        with self._lock:
-            if self._closed:
-                raise SandboxError("the warm backend is closed")
-            while self._idle:
-                z = self._idle.pop()
-                if z.alive():
-                    self._busy.add(z)
-                    return z
-                z.close()
+        """A zygote proven clean for the next run: an idle one, the oldest first (it had the
+        most time to get its next child ready); one whose cleanup report is still due is
+        waited for (a run's result is returned before its zygote's cleanup is proven, see
+        :meth:`_release`); a new one only when none is left."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise SandboxError("the warm backend is closed")
+                if not self._idle:
+                    break
+                z = self._idle.pop(0)
+                self._busy.add(z)
+            if z.alive() and z.proven_clean():
+                return z
+            self._release(z, False)
         z = Zygote(self.cold, self.pool_limits)
         with self._lock:
             self._busy.add(z)
         return z
 
     def _release(self, z: Zygote, healthy: bool) -> None:
+        """Give ``z`` back after its run reported. Its cleanup report may still be due: it is
+        awaited (and a zygote that cannot be proven clean replaced) before ``z`` serves
+        another run, in :meth:`_acquire`."""
         with self._lock:
             self._busy.discard(z)
             keep = healthy and not self._closed and z.alive() and len(self._idle) < self.size
@@ -200,6 +213,16 @@ class WarmPythonBackend:
                 self._idle.append(z)
         if not keep:
             z.close()
+
+    def settle(self) -> None:
+        """Wait until every idle zygote reported its cleanup; replace those that could not be
+        proven clean (closing them). Runs do this themselves when they take a zygote."""
+        with self._lock:
+            idle = list(self._idle)
+            self._idle.clear()
+            self._busy.update(idle)  # checked out: no run reads their sockets meanwhile
+        for z in idle:
+            self._release(z, z.alive() and z.proven_clean())
 
     def close(self) -> None:
         """End every zygote (idle ones now, busy ones when their run returns). Idempotent."""
@@ -261,7 +284,7 @@ class WarmPythonBackend:
             except ZygoteGone as exc:
                 raise SandboxError(f"warm zygote failed: {exc}") from exc
             sup, done, cpu_stopped, usage = supervise(z, fds, spec)
-            healthy = done.zygote_ok and z.wait_clean()
+            healthy = done.zygote_ok
         finally:
             self._release(z, healthy)
         return result_of(sup, done, spec, usage, cpu_stopped, self.name)

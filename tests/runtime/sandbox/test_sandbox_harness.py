@@ -114,6 +114,6 @@ def test_wire_format_round_trips_plain_values() -> None:
 def test_all_canonical_humaneval_solutions_pass() -> None:
     problems = humaneval_problems()
     assert len(problems) == 164
-    ev = evaluate(canonical_samples(problems), problems=problems)  # default: warm, one per CPU
+    ev = evaluate(canonical_samples(problems), problems=problems)  # default: warm, two per CPU
     failed = [r["task_id"] for r in ev.results if not r["passed"]]
     assert failed == [] and ev.pass_at_1 == 1.0

@@ -174,12 +174,31 @@ def test_a_wiped_zygote_is_kept_and_gives_a_correct_verdict() -> None:
         (zygote,) = be._idle
         r = be.run(ExecSpec(code=files_only, limits=Limits(wall_s=30, cpu_s=20)))
         assert r.ok and r.stdout == "left 100\n", r
+        be.settle()
         assert be._idle == [zygote]
         after = be.run(ExecSpec(code=OBSERVE, limits=Limits(wall_s=30, cpu_s=20)))
         assert json.loads(after.stdout) == json.loads(fresh.stdout)
         report = run_tests(CORRECT, TESTS, "top", backend=be)
         assert (report.passed, report.total) == (2, 2), report
+        be.settle()
         assert be._idle == [zygote]
+
+
+def test_the_next_run_never_gets_a_zygote_before_its_cleanup_is_proven() -> None:
+    # run() returns before the zygote's cleanup report is read; the next run must still wait
+    # for that report (and get a fresh zygote when it says the jail is not clean), with no
+    # settle() in between.
+    attack = ("import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (32, 32))\n"
+              "print('done')\n")
+    check = "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))"
+    with WarmPythonBackend(size=1) as be:
+        assert be.run(ExecSpec(code="pass")).ok
+        (zygote,) = be._idle
+        for _ in range(3):
+            r = be.run(ExecSpec(code=attack))
+            assert r.ok and r.stdout == "done\n", r
+            assert be.run(ExecSpec(code=check)).stdout == "(256, 256)\n"
+        assert not zygote.alive()
 
 
 def test_a_zygote_that_cannot_be_proven_clean_is_replaced() -> None:
@@ -192,6 +211,7 @@ def test_a_zygote_that_cannot_be_proven_clean_is_replaced() -> None:
         (zygote,) = be._idle
         r = be.run(ExecSpec(code=attack))
         assert r.ok and r.stdout == "done\n", r
+        be.settle()
         assert zygote not in be._idle and not zygote.alive()
         nofile = be.run(ExecSpec(code="import resource\n"
                                  "print(resource.getrlimit(resource.RLIMIT_NOFILE))"))
