@@ -1,18 +1,21 @@
-"""cgroup v1 bookkeeping around nsjail's own cgroup handling.
+"""cgroup v1 bookkeeping for nsjail runs.
 
-nsjail puts each jailed process into ``<controller>/<parent>/NSJAIL.<child pid>`` (named after
-the jailed child, not after nsjail) and removes that directory when the child ends; when nsjail
-itself is killed hard the directory stays. revex gives every cold run its own parent in each
-controller, ``NSJAIL/revex-<owner tag>-<token>`` (see ``_lifetime.owner_tag``), so that
+A cold run gets its own cgroups, ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids, cpu and
+cpuacct (see ``_lifetime.owner_tag``), and nsjail is started inside them (``RunCgroup``), so
+that
 
-* memory is limited and measured for the whole run: every process of the run is charged to the
-  parent, whose ``memory.max_usage_in_bytes`` is the run's peak and whose ``failcnt`` and
-  ``oom_control``'s ``oom_kill`` say (as kernel facts the code cannot write) that the run hit its
-  limit;
-* CPU time is measured for the whole run: nsjail (and so everything it starts) joins the run's
-  ``cpuacct`` parent before it executes, and ``cpuacct.usage`` sums all of it;
-* whatever nsjail leaves behind sits inside the run's parents and goes with them, and parents of
+* memory is limited and measured for the whole run: every process of the run is charged there,
+  and ``memory.max_usage_in_bytes`` is the run's peak while ``failcnt`` and ``oom_control``'s
+  ``oom_kill`` say (as kernel facts the code cannot write) that the run hit its limit;
+* CPU time is measured for the whole run (``cpuacct.usage``) and limited per second of wall time
+  (the cpu controller's bandwidth);
+* whatever a run leaves behind sits inside its cgroups and goes with them, and cgroups of
   owners that died are found by name and removed (:func:`cleanup_dead_owners`).
+
+nsjail's own cgroup handling (``--cgroup_*``: a ``<controller>/<parent>/NSJAIL.<child pid>``
+directory per jailed child, named after the child, removed when the child ends, left behind
+when nsjail itself is killed hard) is used by the warm path's zygote; cold runs never ask for
+it, because moving the child into those directories costs an RCU grace period per run.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from revex.runtime.sandbox._lifetime import own_cgroup, owner_tag, tag_owner_alive
+from revex.runtime.sandbox._lifetime import own_cgroups, owner_tag, tag_owner_alive
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "NSJAIL"
@@ -33,6 +36,9 @@ CONTROLLERS = ("memory", "pids", "cpu")
 ACCOUNTING = "cpuacct"
 _RUN_NAME = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
 _NSJAIL_CHILD = re.compile(r"NSJAIL\.(\d+)")
+#: Tasks in a cold run's cgroups besides the jail's own: nsjail (see ``RunCgroup``).
+SUPERVISOR_TASKS = 1
+_CPU_PERIOD_US = 1_000_000  # nsjail's own choice for --cgroup_cpu_ms_per_sec
 
 
 def v1_usable() -> tuple[bool, str]:
@@ -143,34 +149,44 @@ class MemoryCgroup:
 
 @dataclass
 class RunCgroup:
-    """One run's parents: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and cpu (given
-    to nsjail as its parents) and in cpuacct (joined by nsjail itself, when mounted)."""
+    """One run's cgroups: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids, cpu and (when
+    mounted on its own) cpuacct, with the run's limits.
+
+    nsjail gets no cgroup options: the launcher thread steps into these cgroups while it starts
+    nsjail (:attr:`join`), so nsjail and everything it starts are born in them and no process
+    is ever moved into them (a move of another task costs the kernel an RCU grace period).
+    nsjail itself is therefore one task of the run (``pids.max`` is ``pids`` +
+    :data:`SUPERVISOR_TASKS`) and its own memory, about a megabyte, counts against
+    ``memory_mb``: the limit stays an upper bound of everything the run holds.
+    """
 
     name: str
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # memory, pids, cpu[, cpuacct]
     acct: str | None = None
+    hierarchies: list[tuple[str, str]] = field(default_factory=list)  # (mount, controller)
 
     @classmethod
-    def create(cls, memory_bytes: int, pids: int) -> RunCgroup:
-        """Create the parents with the run's memory and pids limits.
+    def create(cls, memory_bytes: int, pids: int, cpu_ms_per_sec: int | None = None,
+               ) -> RunCgroup:
+        """Create the run's cgroups with its memory and pids limits and (given
+        ``cpu_ms_per_sec``) its CPU bandwidth per second of wall time.
 
         Raises ``OSError`` if one cannot be created or configured (nothing is left then).
         """
         run = cls(_run_name())
         try:
-            for ctl in CONTROLLERS:
-                path = f"{CGROUP_ROOT}/{ctl}/{run.name}"
+            for base, ctl in _run_hierarchies():
+                path = f"{base}/{run.name}"
                 os.mkdir(path)
                 run.paths.append(path)
+                run.hierarchies.append((base, ctl))
+                if ctl == ACCOUNTING or os.path.isfile(f"{path}/cpuacct.usage"):
+                    run.acct = path
             _limit_memory(run.paths[0], memory_bytes)
-            _write(f"{run.paths[1]}/pids.max", pids)
-            base = accounting_base()
-            if base is not None:
-                acct = f"{base}/{run.name}"
-                if acct not in (os.path.realpath(p) for p in run.paths):
-                    os.mkdir(acct)
-                    run.paths.append(acct)
-                run.acct = acct
+            _write(f"{run.paths[1]}/pids.max", pids + SUPERVISOR_TASKS)
+            if cpu_ms_per_sec is not None:
+                _write(f"{run.paths[2]}/cpu.cfs_period_us", _CPU_PERIOD_US)
+                _write(f"{run.paths[2]}/cpu.cfs_quota_us", cpu_ms_per_sec * 1000)
         except OSError:
             run.remove()
             raise
@@ -178,13 +194,20 @@ class RunCgroup:
 
     @property
     def join(self) -> list[tuple[str, str]]:
-        """(``tasks`` file of the run, ``tasks`` file of this thread's own cgroup) for the
-        accounting hierarchy: nsjail is started from inside the run's cpuacct cgroup."""
-        base = accounting_base()
-        home = own_cgroup(ACCOUNTING) if base is not None else None
-        if self.acct is None or base is None or home is None:
-            return []
-        return [(f"{self.acct}/tasks", f"{base}{home.rstrip('/')}/tasks")]
+        """(``tasks`` file of the run, ``tasks`` file of this thread's own cgroup) in every
+        hierarchy: nsjail is started from inside the run's cgroups.
+
+        Raises ``OSError`` if this thread's cgroup in one of them cannot be read (it could not
+        return there).
+        """
+        homes = own_cgroups()
+        pairs = []
+        for (base, ctl), path in zip(self.hierarchies, self.paths, strict=True):
+            home = homes.get(ctl)
+            if home is None:
+                raise OSError(f"cannot read this thread's {ctl} cgroup")
+            pairs.append((f"{path}/tasks", f"{base}{home.rstrip('/')}/tasks"))
+        return pairs
 
     def read(self) -> tuple[int, int]:
         """Return (peak bytes, OOM kills or limit hits) of the whole run."""
@@ -200,11 +223,28 @@ class RunCgroup:
         except (OSError, ValueError):
             return None
 
+    def kill_leftovers(self) -> None:
+        """SIGKILL whatever of the run still lives once nsjail has exited (normally nothing:
+        the jail's pid namespace dies with its pid 1; but a jail whose nsjail was killed, for
+        example by the run's own OOM, would be orphaned)."""
+        for path in self.paths[1:2]:  # pids: every task of the run is counted there
+            _kill_procs(path)
+
     def remove(self) -> None:
-        """Kill anything still inside and remove every parent. Raises ``OSError`` if one
-        stays busy."""
+        """Kill anything still inside and remove every cgroup of the run. Raises ``OSError``
+        if one stays busy."""
         for path in self.paths:
             remove_tree(path)
+
+
+def _run_hierarchies() -> list[tuple[str, str]]:
+    """(mount, controller) of every hierarchy a cold run has a cgroup in: memory, pids, cpu,
+    and cpuacct where it is mounted apart from cpu."""
+    out = [(f"{CGROUP_ROOT}/{ctl}", ctl) for ctl in CONTROLLERS]
+    acct = accounting_base()
+    if acct is not None and acct not in (os.path.realpath(b) for b, _ in out):
+        out.append((acct, ACCOUNTING))
+    return out
 
 
 def _write(path: str, value: int | str) -> None:
@@ -230,20 +270,25 @@ def remove_tree(path: str) -> None:
             if not os.path.isdir(path):
                 return
             err = exc
-        try:
-            with open(f"{path}/cgroup.procs") as f:
-                pids = [int(p) for p in f.read().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            # Never this process (a launcher thread that did not leave), and never pid 0, which
-            # cgroup.procs shows for processes of another pid namespace (kill(0) is our group).
-            if pid <= 0 or pid == os.getpid():
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_procs(path)
         time.sleep(0.01)
     raise err
+
+
+def _kill_procs(path: str) -> None:
+    """SIGKILL every process listed in the cgroup ``path`` (not recursive)."""
+    try:
+        with open(f"{path}/cgroup.procs") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return
+    for pid in pids:
+        # Never this process (a launcher thread that did not leave), and never pid 0, which
+        # cgroup.procs shows for processes of another pid namespace (kill(0) is our group).
+        if pid <= 0 or pid == os.getpid():
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _parents() -> list[str]:
