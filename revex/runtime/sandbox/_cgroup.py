@@ -1,8 +1,8 @@
 """cgroup v1 bookkeeping for nsjail runs.
 
-A cold run gets its own cgroups, ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids, cpu and
-cpuacct (see ``_lifetime.owner_tag``), and nsjail is started inside them (``RunCgroup``), so
-that
+A cold run gets its own cgroups, ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and
+cpuacct and ``revex-<owner tag>-<token>`` at the top of cpu (see ``_lifetime.owner_tag`` and
+``_run_hierarchies``), and nsjail is started inside them (``RunCgroup``), so that
 
 * memory is limited and measured for the whole run: every process of the run is charged there,
   and ``memory.max_usage_in_bytes`` is the run's peak while ``failcnt`` and ``oom_control``'s
@@ -157,8 +157,8 @@ class MemoryCgroup:
 
 @dataclass
 class RunCgroup:
-    """One run's cgroups: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids, cpu and (when
-    mounted on its own) cpuacct, with the run's limits.
+    """One run's cgroups: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and (when
+    mounted on its own) cpuacct, the same name at the top of cpu, with the run's limits.
 
     nsjail gets no cgroup options: the launcher thread steps into these cgroups while it starts
     nsjail (:attr:`join`), so nsjail and everything it starts are born in them and no process
