@@ -139,6 +139,9 @@ def main() -> None:
     base = rows["subprocess.run c=1"]["median_ms"]
     for name in ("nsjail cold",):
         print(f"{name} / subprocess median: {rows[name + ' c=1']['median_ms'] / base:.2f}x")
+    cold = rows["nsjail cold c=1"]["median_ms"] / base
+    print(f"target nsjail cold: {cold:.2f}x (target <= 1.5x) {'MET' if cold <= 1.5 else 'MISSED'}"
+          f"; load average {os.getloadavg()[0]:.2f}")
     warm_ratio = rows["nsjail warm c=1"]["median_ms"] / base
     print(f"nsjail warm / subprocess median: {_verdict(warm_ratio, WARM_TARGET)}")
     warm_c2 = rows["nsjail warm c=2"]["exec_per_s"]

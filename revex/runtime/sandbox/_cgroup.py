@@ -1,23 +1,27 @@
-"""cgroup v1 bookkeeping around nsjail's own cgroup handling.
+"""cgroup v1 bookkeeping for nsjail runs.
 
-nsjail puts each jailed process into ``<controller>/<parent>/NSJAIL.<child pid>`` (named after
-the jailed child, not after nsjail) and removes that directory when the child ends; when nsjail
-itself is killed hard the directory stays. revex gives every cold run its own parent in each
-controller, ``NSJAIL/revex-<owner tag>-<token>`` (see ``_lifetime.owner_tag``), so that
+A cold run gets its own cgroups, ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and
+cpuacct and ``revex-<owner tag>-<token>`` at the top of cpu (see ``_lifetime.owner_tag`` and
+``_run_hierarchies``), and nsjail is started inside them (``RunCgroup``), so that
 
-* memory is limited and measured for the whole run: every process of the run is charged to the
-  parent, whose ``memory.max_usage_in_bytes`` is the run's peak and whose ``failcnt`` and
-  ``oom_control``'s ``oom_kill`` say (as kernel facts the code cannot write) that the run hit its
-  limit;
-* CPU time is measured for the whole run: nsjail (and so everything it starts) joins the run's
-  ``cpuacct`` parent before it executes, and ``cpuacct.usage`` sums all of it;
-* whatever nsjail leaves behind sits inside the run's parents and goes with them, and parents of
+* memory is limited and measured for the whole run: every process of the run is charged there,
+  and ``memory.max_usage_in_bytes`` is the run's peak while ``failcnt`` and ``oom_control``'s
+  ``oom_kill`` say (as kernel facts the code cannot write) that the run hit its limit;
+* CPU time is measured for the whole run (``cpuacct.usage``) and limited per second of wall time
+  (the cpu controller's bandwidth);
+* whatever a run leaves behind sits inside its cgroups and goes with them, and cgroups of
   owners that died are found by name and removed (:func:`cleanup_dead_owners`).
+
+nsjail's own cgroup handling (``--cgroup_*``: a ``<controller>/<parent>/NSJAIL.<child pid>``
+directory per jailed child, named after the child, removed when the child ends, left behind
+when nsjail itself is killed hard) is used by the warm path's zygote; cold runs never ask for
+it, because moving the child into those directories costs an RCU grace period per run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -25,7 +29,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from revex.runtime.sandbox._lifetime import own_cgroup, owner_tag, tag_owner_alive
+from revex.runtime.sandbox._lifetime import own_cgroups, owner_tag, tag_owner_alive
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "NSJAIL"
@@ -33,6 +37,9 @@ CONTROLLERS = ("memory", "pids", "cpu")
 ACCOUNTING = "cpuacct"
 _RUN_NAME = re.compile(r"revex-(\d+\.\d+\.\d+)-[0-9a-f]+")
 _NSJAIL_CHILD = re.compile(r"NSJAIL\.(\d+)")
+#: Tasks in a cold run's cgroups besides the jail's own: nsjail (see ``RunCgroup``).
+SUPERVISOR_TASKS = 1
+_CPU_PERIOD_US = 1_000_000  # nsjail's own choice for --cgroup_cpu_ms_per_sec
 
 
 def v1_usable() -> tuple[bool, str]:
@@ -102,10 +109,17 @@ def _read_memory(path: str) -> tuple[int, int]:
     return peak, oom
 
 
-def _limit_memory(path: str, limit_bytes: int) -> None:
-    _write(f"{path}/memory.limit_in_bytes", limit_bytes)
-    if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
-        _write(f"{path}/memory.memsw.limit_in_bytes", limit_bytes)
+def _limit_memory(path: str, limit_bytes: int, previous: int | None = None) -> None:
+    """Set the memory and (where accounted) memory+swap limits; ``previous``: the limit set
+    before (``None``: none). memory+swap may never be below memory, so it is raised first and
+    lowered last."""
+    files = [f"{path}/memory.limit_in_bytes"]
+    memsw = f"{path}/memory.memsw.limit_in_bytes"
+    if os.path.exists(memsw):
+        raising = previous is not None and limit_bytes > previous
+        files = [memsw, *files] if raising else [*files, memsw]
+    for name in files:
+        _write(name, limit_bytes)
 
 
 @dataclass
@@ -143,52 +157,112 @@ class MemoryCgroup:
 
 @dataclass
 class RunCgroup:
-    """One run's parents: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and cpu (given
-    to nsjail as its parents) and in cpuacct (joined by nsjail itself, when mounted)."""
+    """One run's cgroups: ``NSJAIL/revex-<owner tag>-<token>`` in memory, pids and (when
+    mounted on its own) cpuacct, the same name at the top of cpu, with the run's limits.
+
+    nsjail gets no cgroup options: the launcher thread steps into these cgroups while it starts
+    nsjail (:attr:`join`), so nsjail and everything it starts are born in them and no process
+    is ever moved into them (a move of another task costs the kernel an RCU grace period).
+    nsjail itself is therefore one task of the run (``pids.max`` is ``pids`` +
+    :data:`SUPERVISOR_TASKS`) and its own memory, about a megabyte, counts against
+    ``memory_mb``: the limit stays an upper bound of everything the run holds.
+    """
 
     name: str
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # memory, pids, cpu[, cpuacct]
     acct: str | None = None
+    hierarchies: list[tuple[str, str]] = field(default_factory=list)  # (mount, controller)
+    memory_limit: int = 0
+    mem_base: int = 0  # charge left by an earlier run (reused cgroups): not this run's
+    oom_base: int = 0  # oom_kill count before this run (it cannot be reset)
 
     @classmethod
-    def create(cls, memory_bytes: int, pids: int) -> RunCgroup:
-        """Create the parents with the run's memory and pids limits.
+    def create(cls, memory_bytes: int, pids: int, cpu_ms_per_sec: int | None = None,
+               ) -> RunCgroup:
+        """Create the run's cgroups with its memory and pids limits and (given
+        ``cpu_ms_per_sec``) its CPU bandwidth per second of wall time.
 
         Raises ``OSError`` if one cannot be created or configured (nothing is left then).
         """
         run = cls(_run_name())
+        leaf = run.name.rsplit("/", 1)[1]
         try:
-            for ctl in CONTROLLERS:
-                path = f"{CGROUP_ROOT}/{ctl}/{run.name}"
+            for base, ctl, parent in _run_hierarchies():
+                path = f"{base}/{parent}{leaf}"
                 os.mkdir(path)
                 run.paths.append(path)
+                run.hierarchies.append((base, ctl))
+                if ctl == ACCOUNTING or os.path.isfile(f"{path}/cpuacct.usage"):
+                    run.acct = path
             _limit_memory(run.paths[0], memory_bytes)
-            _write(f"{run.paths[1]}/pids.max", pids)
-            base = accounting_base()
-            if base is not None:
-                acct = f"{base}/{run.name}"
-                if acct not in (os.path.realpath(p) for p in run.paths):
-                    os.mkdir(acct)
-                    run.paths.append(acct)
-                run.acct = acct
+            run.memory_limit = memory_bytes
+            run._limit_tasks_and_cpu(pids, cpu_ms_per_sec)
         except OSError:
             run.remove()
             raise
         return run
 
+    def _limit_tasks_and_cpu(self, pids: int, cpu_ms_per_sec: int | None) -> None:
+        _write(f"{self.paths[1]}/pids.max", pids + SUPERVISOR_TASKS)
+        # Writing the bandwidth also refills the quota and unthrottles (reused cgroups).
+        _write(f"{self.paths[2]}/cpu.cfs_period_us", _CPU_PERIOD_US)
+        _write(f"{self.paths[2]}/cpu.cfs_quota_us",
+               -1 if cpu_ms_per_sec is None else cpu_ms_per_sec * 1000)
+
+    def has_tasks(self) -> bool:
+        """Whether any task is in any of the run's cgroups. Raises ``OSError`` if one cannot
+        be read (it is gone)."""
+        for path in self.paths:
+            with open(f"{path}/tasks") as f:
+                if f.read(1):
+                    return True
+        return False
+
+    def reset(self, memory_bytes: int, pids: int, cpu_ms_per_sec: int | None, *,
+              max_charge: int) -> None:
+        """Make the cgroups of a finished run (no task left) ready for another run with these
+        limits: every limit written again, counters reset or taken as a baseline (see
+        ``_cgpool``).
+
+        Raises ``OSError`` if more than ``max_charge`` bytes are still charged or a write
+        fails; the caller then removes the cgroups.
+        """
+        mem = self.paths[0]
+        left = _read_int(f"{mem}/memory.usage_in_bytes")
+        if left > max_charge:
+            raise OSError(f"{left} bytes of an earlier run are still charged")
+        _limit_memory(mem, memory_bytes, self.memory_limit)
+        self.memory_limit = memory_bytes
+        for name in ("memory.max_usage_in_bytes", "memory.failcnt", "memory.memsw.failcnt"):
+            if name == "memory.max_usage_in_bytes" or os.path.exists(f"{mem}/{name}"):
+                _write(f"{mem}/{name}", 0)
+        self.mem_base = _read_int(f"{mem}/memory.max_usage_in_bytes")
+        self.oom_base = _oom_kills(mem)
+        self._limit_tasks_and_cpu(pids, cpu_ms_per_sec)
+        if self.acct is not None:
+            _write(f"{self.acct}/cpuacct.usage", 0)
+
     @property
     def join(self) -> list[tuple[str, str]]:
-        """(``tasks`` file of the run, ``tasks`` file of this thread's own cgroup) for the
-        accounting hierarchy: nsjail is started from inside the run's cpuacct cgroup."""
-        base = accounting_base()
-        home = own_cgroup(ACCOUNTING) if base is not None else None
-        if self.acct is None or base is None or home is None:
-            return []
-        return [(f"{self.acct}/tasks", f"{base}{home.rstrip('/')}/tasks")]
+        """(``tasks`` file of the run, ``tasks`` file of this thread's own cgroup) in every
+        hierarchy: nsjail is started from inside the run's cgroups.
+
+        Raises ``OSError`` if this thread's cgroup in one of them cannot be read (it could not
+        return there).
+        """
+        homes = own_cgroups()
+        pairs = []
+        for (base, ctl), path in zip(self.hierarchies, self.paths, strict=True):
+            home = homes.get(ctl)
+            if home is None:
+                raise OSError(f"cannot read this thread's {ctl} cgroup")
+            pairs.append((f"{path}/tasks", f"{base}{home.rstrip('/')}/tasks"))
+        return pairs
 
     def read(self) -> tuple[int, int]:
         """Return (peak bytes, OOM kills or limit hits) of the whole run."""
-        return _read_memory(self.paths[0])
+        peak, hits = _read_memory(self.paths[0])
+        return max(peak - self.mem_base, 0), hits - self.oom_base
 
     def cpu_s(self) -> float | None:
         """CPU seconds used by every process of the run so far (``None``: not measured)."""
@@ -200,16 +274,65 @@ class RunCgroup:
         except (OSError, ValueError):
             return None
 
+    def kill_leftovers(self) -> None:
+        """SIGKILL whatever of the run still lives once nsjail has exited (normally nothing:
+        the jail's pid namespace dies with its pid 1; but a jail whose nsjail was killed, for
+        example by the run's own OOM, would be orphaned)."""
+        for path in self.paths[1:2]:  # pids: every task of the run is counted there
+            _kill_procs(path)
+
     def remove(self) -> None:
-        """Kill anything still inside and remove every parent. Raises ``OSError`` if one
-        stays busy."""
+        """Kill anything still inside and remove every cgroup of the run. Raises ``OSError``
+        if one stays busy."""
         for path in self.paths:
             remove_tree(path)
+
+
+@functools.cache
+def _run_hierarchies() -> tuple[tuple[str, str, str], ...]:
+    """(mount, controller, parent below the mount) of every hierarchy a cold run has a cgroup
+    in: memory, pids, cpu, and cpuacct where it is mounted apart from cpu (mounts do not
+    change while we run).
+
+    The cpu cgroup sits at the top of its hierarchy, beside ``NSJAIL``, where that is writable:
+    below a shared parent, every jail on the machine would share the CPU weight of a single
+    process against everything else (measured at load 20, with other processes' jails
+    running: a cold run 4.7x slower than with its own weight), while a run should compete
+    like the one process it stands for.
+    """
+    out = [(f"{CGROUP_ROOT}/{ctl}", ctl, f"{PARENT}/") for ctl in CONTROLLERS]
+    cpu = f"{CGROUP_ROOT}/cpu"
+    if os.access(cpu, os.W_OK):
+        out[2] = (cpu, "cpu", "")
+    acct = accounting_base()
+    if acct is not None and acct not in (os.path.realpath(b) for b, _, _ in out):
+        out.append((acct, ACCOUNTING, f"{PARENT}/"))
+    return tuple(out)
+
+
+def run_parents() -> list[str]:
+    """Every directory that holds cold runs' cgroups (``revex-<owner tag>-<token>``)."""
+    found = [f"{base}/{parent}".rstrip("/") for base, _, parent in _run_hierarchies()]
+    return [p for i, p in enumerate(found) if p not in found[:i] and os.path.isdir(p)]
 
 
 def _write(path: str, value: int | str) -> None:
     with open(path, "w") as f:
         f.write(str(value))
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def _oom_kills(path: str) -> int:
+    with open(f"{path}/memory.oom_control") as f:
+        for line in f:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    return 0
 
 
 def remove_tree(path: str) -> None:
@@ -230,20 +353,25 @@ def remove_tree(path: str) -> None:
             if not os.path.isdir(path):
                 return
             err = exc
-        try:
-            with open(f"{path}/cgroup.procs") as f:
-                pids = [int(p) for p in f.read().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            # Never this process (a launcher thread that did not leave), and never pid 0, which
-            # cgroup.procs shows for processes of another pid namespace (kill(0) is our group).
-            if pid <= 0 or pid == os.getpid():
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_procs(path)
         time.sleep(0.01)
     raise err
+
+
+def _kill_procs(path: str) -> None:
+    """SIGKILL every process listed in the cgroup ``path`` (not recursive)."""
+    try:
+        with open(f"{path}/cgroup.procs") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return
+    for pid in pids:
+        # Never this process (a launcher thread that did not leave), and never pid 0, which
+        # cgroup.procs shows for processes of another pid namespace (kill(0) is our group).
+        if pid <= 0 or pid == os.getpid():
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _parents() -> list[str]:
@@ -306,7 +434,8 @@ def cleanup_dead_owners() -> list[str]:
     """Remove every ``revex-<owner tag>-*`` parent whose owner process is dead, and nsjail's
     leftovers of dead children. Returns the removed paths; skips what stays busy."""
     removed: list[str] = []
-    for parent in _parents():
+    parents = _parents()
+    for parent in parents + [p for p in run_parents() if p not in parents]:
         with contextlib.suppress(OSError), os.scandir(parent) as it:
             for entry in list(it):
                 m = _RUN_NAME.fullmatch(entry.name)
@@ -316,5 +445,6 @@ def cleanup_dead_owners() -> list[str]:
                     except OSError:
                         continue
                     removed.append(entry.path)
-        _remove_dead_children(parent)
+        if parent in parents:
+            _remove_dead_children(parent)
     return removed

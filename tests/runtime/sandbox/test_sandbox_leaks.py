@@ -47,8 +47,9 @@ def _snapshot() -> dict[str, int]:
     with open("/proc/self/mountinfo") as f:  # other processes mount in this namespace too
         mounts = sum(1 for line in f if mine in line or "nsjail" in line)
     cgroups = 0
-    for ctl in (*_cgroup.CONTROLLERS, _cgroup.ACCOUNTING):
-        parent = f"{_cgroup.CGROUP_ROOT}/{ctl}/{_cgroup.PARENT}"
+    parents = [f"{_cgroup.CGROUP_ROOT}/{ctl}/{_cgroup.PARENT}"
+               for ctl in (*_cgroup.CONTROLLERS, _cgroup.ACCOUNTING)]
+    for parent in parents + [p for p in _cgroup.run_parents() if p not in parents]:
         for name in os.listdir(parent) if os.path.isdir(parent) else []:
             if name.startswith(mine) or (name.startswith("NSJAIL.")
                                          and _descends_from_me(name.split(".", 1)[1])):
