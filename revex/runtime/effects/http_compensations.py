@@ -18,6 +18,7 @@ policy)::
     [services.payments]
     host = "127.0.0.1:8001"        # glob over "host" or "host:port"; omitted: any host
     idempotency_keys = true        # the server honours Idempotency-Key (safe to re-send)
+    posts_create = true            # every POST creates a new resource and names it (below)
 
     [[services.payments.operations]]
     match = "POST /payments"
@@ -33,6 +34,14 @@ policy)::
     [[services.payments.operations]]
     match = "DELETE /users/{id}"
     cascades = ["/memberships?userId={id}"]   # what the server deletes along with it
+
+``posts_create`` is a trust declaration for speed: a POST to that service is not preceded by a
+GET of its target (for a collection, a listing whose cost grows with its size); revex believes
+that the resource the answer names (``Location``, else the id field of its body) did not exist
+before, except the item the request body names by id, which is read first. What it gives up: a
+server that replaces an existing resource on POST under another name would have it deleted by
+the undo; a POST whose answer is lost (a crash, a timeout, a 5xx) has an unknown effect (rollback
+refuses it without ``force``) instead of one found by comparing listings.
 
 A *cascade* declares what the server changes on its own along with a request revex reverses
 itself (a DELETE of a user that deletes the user's memberships; HTTP cannot show that). Before
@@ -125,6 +134,7 @@ class Compensations:
     def __init__(self) -> None:
         self.operations: list[Operation] = []
         self.keyed_hosts: list[str] = []
+        self.creating_hosts: list[str] = []
 
     def compensate(self, method: str, path: str, *, host: str | None = None,
                    name: str | None = None) -> Callable[[Compensator], Compensator]:
@@ -157,9 +167,15 @@ class Compensations:
         """Declare that the server at ``host`` (glob) de-duplicates on Idempotency-Key."""
         self.keyed_hosts.append(host)
 
+    def trust_posts_create(self, host: str) -> None:
+        """Declare that every POST to the server at ``host`` (glob) creates a new resource and
+        names it (``posts_create`` in the module doc: what that trust gives up)."""
+        self.creating_hosts.append(host)
+
     def extend(self, other: Compensations) -> None:
         self.operations.extend(other.operations)
         self.keyed_hosts.extend(other.keyed_hosts)
+        self.creating_hosts.extend(other.creating_hosts)
 
     def find(self, method: str, host: str, port: int | None, path: str
              ) -> tuple[Operation, dict[str, str]] | None:
@@ -183,6 +199,9 @@ class Compensations:
 
     def keys_honoured(self, host: str, port: int | None) -> bool:
         return any(_host_match(h, host, port) for h in self.keyed_hosts)
+
+    def posts_create(self, host: str, port: int | None) -> bool:
+        return any(_host_match(h, host, port) for h in self.creating_hosts)
 
     # ---- TOML ---------------------------------------------------------------------------------
 
@@ -219,6 +238,8 @@ class Compensations:
             host = service.get("host")
             if service.get("idempotency_keys"):
                 self.keyed_hosts.append(host or "*")
+            if service.get("posts_create"):
+                self.creating_hosts.append(host or "*")
             for i, op in enumerate(service.get("operations", [])):
                 self.operations.append(_operation(op, host, f"{where}.operations[{i}]"))
 

@@ -14,6 +14,16 @@ before (``pre``) and after (``post``) it. Undo of one URL is compare-and-set:
 
 Servers that ignore ETags are covered by comparing bodies as JSON (bytes when not JSON).
 
+The ``post`` of a mutation is read by a GET after it, unless its own answer vouches for the state
+it left (:meth:`Representations.vouched`): a 2xx answer to PUT or PATCH, or a 201 with a
+``Location`` to POST, carrying a strong ETag. RFC 9110 9.3.4 lets a PUT answer carry a validator
+only when it reflects the new representation, and a 201's ETag is the created resource's (RFC
+7231 7.2). Such a ``post`` holds no body (``{"status", "etag", "by": "etag"}``): drift is a GET
+whose ETag differs, and the restore is sent with ``If-Match`` on it. A server whose GET shows
+another ETag than its answer did gives a conflict (never a silent overwrite); one that keeps an
+ETag across a change would hide drift from the check, but the restore is still verified by a
+GET against the full pre-image.
+
 Every restore is verified: the URL is read again and must show ``pre`` (absent for a created
 resource). A server that answers 2xx and keeps, rewrites or moves the resource (a soft delete, a
 server-managed field, a re-create under a new id) gives a ConflictError naming the request, the
@@ -101,6 +111,19 @@ class Representations:
     def __init__(self, store: ContentStore) -> None:
         self.store = store
 
+    def vouched(self, method: str, response: WireResponse) -> Rep | None:
+        """The post-state a mutation's own answer vouches for (see the module doc), or None
+        when a GET must read it."""
+        etag = response.header("etag")
+        if not isinstance(etag, str) or not etag.startswith('"') or not etag.endswith('"') \
+                or len(etag) < 3:
+            return None
+        if method in ("PUT", "PATCH") and 200 <= response.status < 300:
+            return {"status": response.status, "etag": etag, "by": "etag"}
+        if method == "POST" and response.status == 201 and response.header("location"):
+            return {"status": response.status, "etag": etag, "by": "etag"}
+        return None
+
     def of(self, response: WireResponse) -> Rep:
         if response.status in ABSENT_STATUSES:
             return absent()
@@ -149,6 +172,8 @@ class Representations:
         if is_absent(rep) or response.status in ABSENT_STATUSES:
             return is_absent(rep) and response.status in ABSENT_STATUSES
         assert rep is not None
+        if rep.get("by") == "etag":  # vouched for by the mutation's answer: no body kept
+            return 200 <= response.status < 300 and response.header("etag") == rep["etag"]
         if rep.get("status") != response.status:
             return False
         return _decoded(self.body(rep)) == _decoded(response.content)
