@@ -34,6 +34,7 @@ and named. A resource is identified by :func:`resource_key`: scheme, host and pa
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +42,7 @@ from urllib.parse import quote
 
 import httpx
 
-from revex.errors import ActionFailed, ConflictError
+from revex.errors import ActionFailed, ConflictError, StateError
 from revex.runtime.effects.http_cassette import WireRequest, WireResponse
 from revex.runtime.store import ContentStore
 
@@ -124,26 +125,41 @@ class Representations:
             return {"status": response.status, "etag": etag, "by": "etag"}
         return None
 
+    def keep(self, body: bytes) -> str:
+        """Store a body, durable by the time the journal's next durable commit returns (the
+        INTENT's, for a pre-image); its sha256. Through ``put_fd``: a store that keeps small
+        pre-images in the journal's transaction (no blob file, no fsyncs of its own) keeps
+        these there too; bodies never enter journal records either way."""
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is None:
+            return self.store.put_bytes(body)
+        fd = memfd_create("revex-http-body", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, body)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self.store.put_fd(fd)[0]
+        finally:
+            os.close(fd)
+
     def of(self, response: WireResponse) -> Rep:
         if response.status in ABSENT_STATUSES:
             return absent()
         return {"status": response.status, "etag": response.header("etag"),
                 "ctype": response.header("content-type"),
-                "sha": self.store.put_bytes(response.content)}
+                "sha": self.keep(response.content)}
 
     def body(self, rep: Rep) -> bytes:
         """The stored body of ``rep``. Raises ActionFailed when the blob is gone."""
         try:
-            with self.store.path_of(rep["sha"]).open("rb") as fh:
-                return fh.read()
-        except OSError as exc:
+            return self.store.read_bytes(rep["sha"])
+        except (OSError, StateError) as exc:
             raise ActionFailed(f"pre-image body {rep.get('sha')} is missing from the content "
                                f"store: {exc}") from exc
 
     def of_json(self, value: Any) -> Rep:
         """A representation of a JSON value read from elsewhere (an entry of a listing)."""
         return {"status": 200, "etag": None, "ctype": "application/json",
-                "sha": self.store.put_bytes(json.dumps(value).encode())}
+                "sha": self.keep(json.dumps(value).encode())}
 
     def json_of(self, rep: Rep | None) -> Any:
         """The decoded JSON body of ``rep``; None when absent or not JSON."""
@@ -177,6 +193,12 @@ class Representations:
         if rep.get("status") != response.status:
             return False
         return _decoded(self.body(rep)) == _decoded(response.content)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _decoded(content: bytes) -> Any:
