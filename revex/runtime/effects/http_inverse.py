@@ -17,12 +17,12 @@ Servers that ignore ETags are covered by comparing bodies as JSON (bytes when no
 The ``post`` of a mutation is read by a GET after it, unless its own answer vouches for the state
 it left (:meth:`Representations.vouched`): a 2xx answer to PUT or PATCH, or a 201 with a
 ``Location`` to POST, carrying a strong ETag. RFC 9110 9.3.4 lets a PUT answer carry a validator
-only when it reflects the new representation, and a 201's ETag is the created resource's (RFC
-7231 7.2). Such a ``post`` holds no body (``{"status", "etag", "by": "etag"}``): drift is a GET
-whose ETag differs, and the restore is sent with ``If-Match`` on it. A server whose GET shows
-another ETag than its answer did gives a conflict (never a silent overwrite); one that keeps an
-ETag across a change would hide drift from the check, but the restore is still verified by a
-GET against the full pre-image.
+only when it reflects the new representation, a PATCH answer's ETag is the patched resource's
+(RFC 5789 2.1) and a 201's is the created resource's (RFC 7231 7.2). Such a ``post`` holds no
+body (``{"status", "etag", "by": "etag"}``): drift is a GET whose ETag differs, and the restore
+is sent with ``If-Match`` on it. A server whose GET shows another ETag than its answer did gives
+a conflict (never a silent overwrite); one that keeps an ETag across a change would hide drift
+from the check, but the restore is still verified by a GET against the full pre-image.
 
 Every restore is verified: the URL is read again and must show ``pre`` (absent for a created
 resource). A server that answers 2xx and keeps, rewrites or moves the resource (a soft delete, a
