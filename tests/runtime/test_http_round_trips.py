@@ -20,7 +20,9 @@ from revex.errors import ConflictError
 from revex.runtime.effects.http_compensations import Compensations
 from revex.runtime.journal import Status
 from revex.testing.rest_app import create_app, serve
-from tests.runtime.http_fixtures import get, runtime, undone
+from tests.runtime.http_fixtures import JsonServer, get, json_server, runtime, undone
+
+__all__ = ["json_server"]  # a fixture, used by name
 
 BIG = 10_000
 
@@ -209,3 +211,101 @@ def test_posts_create_is_declared_per_service_in_toml(tmp_path: Path) -> None:
     assert comp.posts_create("api.example.com", 8080)
     assert not comp.posts_create("api.example.com", 9090)
     assert not Compensations().posts_create("api.example.com", 8080)
+
+
+def etagless_app(answer_lies: bool = False) -> tuple[FastAPI, list[str]]:
+    """A JSON store with no ETags; its writes answer with the stored item, or (``answer_lies``)
+    with ``{"ok": true}``. Also returns the log of requests it saw."""
+    app = FastAPI()
+    notes: dict[int, Any] = {1: {"id": 1, "text": "first"}}
+    seen: list[str] = []
+
+    def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+        return Response(json.dumps({"ok": True} if answer_lies else body), status_code=status,
+                        media_type="application/json", headers=headers or {})
+
+    @app.get("/notes/{nid}")
+    def read(nid: int) -> Response:
+        seen.append(f"GET /notes/{nid}")
+        if nid not in notes:
+            return Response(status_code=404)
+        return Response(json.dumps(notes[nid]), media_type="application/json")
+
+    @app.put("/notes/{nid}")
+    async def write(nid: int, request: Request) -> Response:
+        seen.append(f"PUT /notes/{nid}")
+        notes[nid] = {**await request.json(), "id": nid}
+        return answer(200, notes[nid])
+
+    @app.delete("/notes/{nid}")
+    def delete(nid: int) -> Response:
+        seen.append(f"DELETE /notes/{nid}")
+        notes.pop(nid, None)
+        return Response(status_code=204)
+
+    @app.post("/notes")
+    async def create(request: Request) -> Response:
+        seen.append("POST /notes")
+        nid = max(notes, default=0) + 1
+        notes[nid] = {**await request.json(), "id": nid}
+        return answer(201, notes[nid], {"location": f"/notes/{nid}"})
+
+    return app, seen
+
+
+def representing() -> Compensations:
+    comp = Compensations()
+    comp.trust_full_representations("127.0.0.1:*")
+    return comp
+
+
+def test_without_an_etag_the_post_state_is_a_get_unless_full_representations_are_declared(
+        tmp_path: Path) -> None:
+    for declared, trips in ((False, ["GET /notes/1", "PUT /notes/1", "GET /notes/1"]),
+                            (True, ["GET /notes/1", "PUT /notes/1"])):
+        app, seen = etagless_app()
+        with serve(app) as base:
+            comp = representing() if declared else Compensations()
+            with runtime(tmp_path / str(declared), compensations=comp) as rt, \
+                    rt.episode(tmp_path / "ws") as ep:
+                ep.http.put(f"{base}/notes/1", json={"text": "second"})
+                assert seen == trips
+                post = done_of(rt, ep.id)[-1]["targets"][f"{base}/notes/1"]["post"]
+                assert post.get("by") == ("answer" if declared else None)
+                ep.http.post(f"{base}/notes", json={"text": "new"})
+                # its listing GET (405 here, not logged), the POST, then the created item's
+                # state: the answer (declared) or a GET
+                assert seen[len(trips):] == ["POST /notes"] + ([] if declared else
+                                                               ["GET /notes/2"])
+            assert get(f"{base}/notes/1") == {"id": 1, "text": "first"}
+            assert httpx.get(f"{base}/notes/2").status_code == 404
+
+
+def test_declared_full_representations_from_a_server_whose_answer_is_not_its_get(
+        tmp_path: Path) -> None:
+    app, _ = etagless_app(answer_lies=True)
+    with serve(app) as base:
+        with runtime(tmp_path, compensations=representing()) as rt, \
+                rt.episode(tmp_path / "ws") as ep:
+            ep.http.put(f"{base}/notes/1", json={"text": "second"})
+            with pytest.raises(ConflictError, match="notes/1"):
+                ep.rollback()
+            assert get(f"{base}/notes/1") == {"id": 1, "text": "second"}  # nothing was sent
+            assert undone(rt, ep.id) == []
+            assert ep.rollback(force=True) == 1
+        assert get(f"{base}/notes/1") == {"id": 1, "text": "first"}
+
+
+def test_declared_full_representations_roll_back_json_server_exactly(
+        json_server: JsonServer, tmp_path: Path) -> None:
+    db = {"items": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    comp = Compensations.load({"services": {"js": {"host": "127.0.0.1",
+                                                   "full_representations": True}}})
+    with json_server(db) as base:
+        with runtime(tmp_path, compensations=comp) as rt, rt.episode(tmp_path / "ws") as ep:
+            ep.http.put(f"{base}/items/1", json={"name": "put"})
+            ep.http.patch(f"{base}/items/2", json={"name": "patched"})
+            ep.http.post(f"{base}/items", json={"name": "new"})
+            posts = [t["post"] for r in done_of(rt, ep.id) for t in r["targets"].values()]
+            assert [p.get("by") for p in posts] == ["answer"] * 3
+        assert get(f"{base}/items") == db["items"]

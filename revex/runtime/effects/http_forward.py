@@ -9,7 +9,8 @@ touched, the representation before (``pre``) and after (``post``); for a compens
 the compensating request and ``undo_check``: ``read_back`` (a declared GET whose JSON must
 show declared fields) or ``none`` with ``why_unverified`` (its result cannot be re-read).
 
-The ``post`` comes from the request's own answer where it vouches for it (a strong ETag, see
+The ``post`` comes from the request's own answer where it vouches for it (a strong ETag, or
+the body on a service declared ``full_representations``; see
 :meth:`Representations.vouched`), so a PUT or PATCH costs one extra round trip (the pre-image
 GET); otherwise it is read by a GET after the request. A POST to a service declared
 ``posts_create`` (see :mod:`http_compensations`) lists nothing: it is trusted to create what its
@@ -140,6 +141,12 @@ class Forward:
         if self.cascades:
             undo["cascades"] = self._capture_cascades(undo["url"])
         return undo
+
+    @property
+    def full(self) -> bool:
+        """Is the service declared to answer writes with full representations?"""
+        url = httpx.URL(self.request.url)
+        return self.fx.comp.full_representations(url.host, url.port)
 
     @property
     def posts_create(self) -> bool:
@@ -273,7 +280,8 @@ class Forward:
             pre = undo["pre"]
             if method == "DELETE" and ok:
                 return self._effect(undo, {url: {"pre": pre, "post": absent()}})
-            vouched = self.fx.reps.vouched(method, response) if ok and response else None
+            vouched = self.fx.reps.vouched(method, response, full=self.full) \
+                if ok and response else None
             if vouched is not None:
                 return self._effect(undo, {url: {"pre": pre, "post": vouched}})
             current = self.fx.restorer.get(url, self.identity)
@@ -287,7 +295,9 @@ class Forward:
                    "before it" if undo.get("creates") else "the collection does not list ids")
             return {"effect": "unknown", "why": f"the response named no id or Location and "
                     f"{why}"}
-        vouched = self.fx.reps.vouched(method, response) if ok and response else None
+        named = ok and response is not None and self._named_by(response)
+        vouched = self.fx.reps.vouched(method, response, full=self.full and named) \
+            if ok and response else None
         targets = {}
         for one in created:
             before = self._pre_of(undo, one)
@@ -324,6 +334,13 @@ class Forward:
             if isinstance(entry, dict) and str(entry.get(self.fx.opts.id_field)) == ident:
                 return self.fx.reps.of_json(entry)
         return None
+
+    def _named_by(self, response: WireResponse) -> bool:
+        """Does a POST's answer name what it created (Location, or the id field)?"""
+        if response.header("location"):
+            return True
+        body = response.json()
+        return isinstance(body, dict) and self.fx.opts.id_field in body
 
     def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
         """The URLs a POST created (or replaced); None when that cannot be told, also when

@@ -22,7 +22,9 @@ only when it reflects the new representation, a PATCH answer's ETag is the patch
 body (``{"status", "etag", "by": "etag"}``): drift is a GET whose ETag differs, and the restore
 is sent with ``If-Match`` on it. A server whose GET shows another ETag than its answer did gives
 a conflict (never a silent overwrite); one that keeps an ETag across a change would hide drift
-from the check, but the restore is still verified by a GET against the full pre-image.
+from the check, but the restore is still verified by a GET against the full pre-image. On a
+service declared ``full_representations``, an answer without a strong ETag is kept whole instead
+(``"by": "answer"``, compared as a body like any GET).
 
 Every restore is verified: the URL is read again and must show ``pre`` (absent for a created
 resource). A server that answers 2xx and keeps, rewrites or moves the resource (a soft delete, a
@@ -112,17 +114,25 @@ class Representations:
     def __init__(self, store: ContentStore) -> None:
         self.store = store
 
-    def vouched(self, method: str, response: WireResponse) -> Rep | None:
+    def vouched(self, method: str, response: WireResponse, *, full: bool = False
+                ) -> Rep | None:
         """The post-state a mutation's own answer vouches for (see the module doc), or None
-        when a GET must read it."""
+        when a GET must read it. ``full``: the service is declared to answer with full
+        representations (for POST: and this answer named what it created), so a 2xx body
+        without a strong ETag is kept as the state a GET would show (status 200)."""
         etag = response.header("etag")
-        if not isinstance(etag, str) or not etag.startswith('"') or not etag.endswith('"') \
-                or len(etag) < 3:
-            return None
-        if method in ("PUT", "PATCH") and 200 <= response.status < 300:
+        strong = isinstance(etag, str) and len(etag) > 2 and etag[0] == etag[-1] == '"'
+        if method in ("PUT", "PATCH"):
+            vouches = 200 <= response.status < 300
+        else:  # POST: only an answer naming what it created speaks for it
+            vouches = method == "POST" and response.status == 201 \
+                and bool(response.header("location"))
+        if vouches and strong:
             return {"status": response.status, "etag": etag, "by": "etag"}
-        if method == "POST" and response.status == 201 and response.header("location"):
-            return {"status": response.status, "etag": etag, "by": "etag"}
+        if full and 200 <= response.status < 300 and response.content \
+                and method in ("PUT", "PATCH", "POST"):
+            return {"status": 200, "etag": etag, "ctype": response.header("content-type"),
+                    "sha": self.keep(response.content), "by": "answer"}
         return None
 
     def keep(self, body: bytes) -> str:
