@@ -44,11 +44,11 @@ server that replaces an existing resource on POST under another name would have 
 the undo; a POST whose answer is lost (a crash, a timeout, a 5xx) has an unknown effect (rollback
 refuses it without ``force``) instead of one found by comparing listings.
 
-``full_representations`` declares that a 2xx answer to PUT or PATCH (and a POST's answer that
-names what it created) carries what a GET of that resource returns: it is kept as the state the
-request left instead of a GET after it, where the answer has no strong ETag. A server that
-answers something else gives a conflict on rollback (its GET does not show it), never a
-silent overwrite.
+``full_representations`` declares that a 200 or 201 answer to PUT or PATCH (and a POST's answer
+that names what it created) carries what a GET of that resource returns: it is kept as the state
+the request left instead of a GET after it, where the answer has no strong ETag. A server that
+answers something else gives a conflict on rollback (its GET does not show it), never a silent
+overwrite.
 
 A *cascade* declares what the server changes on its own along with a request revex reverses
 itself (a DELETE of a user that deletes the user's memberships; HTTP cannot show that). Before

@@ -15,7 +15,7 @@ before (``pre``) and after (``post``) it. Undo of one URL is compare-and-set:
 Servers that ignore ETags are covered by comparing bodies as JSON (bytes when not JSON).
 
 The ``post`` of a mutation is read by a GET after it, unless its own answer vouches for the state
-it left (:meth:`Representations.vouched`): a 2xx answer to PUT or PATCH, or a 201 with a
+it left (:meth:`Representations.vouched`): a 200, 201 or 204 to PUT or PATCH, or a 201 with a
 ``Location`` to POST, carrying a strong ETag. RFC 9110 9.3.4 lets a PUT answer carry a validator
 only when it reflects the new representation, a PATCH answer's ETag is the patched resource's
 (RFC 5789 2.1) and a 201's is the created resource's (RFC 7231 7.2). Such a ``post`` holds no
@@ -122,14 +122,14 @@ class Representations:
         without a strong ETag is kept as the state a GET would show (status 200)."""
         etag = response.header("etag")
         strong = isinstance(etag, str) and len(etag) > 2 and etag[0] == etag[-1] == '"'
-        if method in ("PUT", "PATCH"):
-            vouches = 200 <= response.status < 300
+        if method in ("PUT", "PATCH"):  # not 202: accepted is not yet applied
+            vouches = response.status in (200, 201, 204)
         else:  # POST: only an answer naming what it created speaks for it
             vouches = method == "POST" and response.status == 201 \
                 and bool(response.header("location"))
         if vouches and strong:
             return {"status": response.status, "etag": etag, "by": "etag"}
-        if full and 200 <= response.status < 300 and response.content \
+        if full and response.status in (200, 201) and response.content \
                 and method in ("PUT", "PATCH", "POST"):
             return {"status": 200, "etag": etag, "ctype": response.header("content-type"),
                     "sha": self.keep(response.content), "by": "answer"}
