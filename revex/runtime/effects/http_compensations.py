@@ -18,6 +18,8 @@ policy)::
     [services.payments]
     host = "127.0.0.1:8001"        # glob over "host" or "host:port"; omitted: any host
     idempotency_keys = true        # the server honours Idempotency-Key (safe to re-send)
+    posts_create = true            # every POST creates a new resource and names it (below)
+    full_representations = true    # a 2xx answer's body is what a GET of the resource returns
 
     [[services.payments.operations]]
     match = "POST /payments"
@@ -33,6 +35,20 @@ policy)::
     [[services.payments.operations]]
     match = "DELETE /users/{id}"
     cascades = ["/memberships?userId={id}"]   # what the server deletes along with it
+
+``posts_create`` is a trust declaration for speed: a POST to that service is not preceded by a
+GET of its target (for a collection, a listing whose cost grows with its size); revex believes
+that the resource the answer names (``Location``, else the id field of its body) did not exist
+before, except the item the request body names by id, which is read first. What it gives up: a
+server that replaces an existing resource on POST under another name would have it deleted by
+the undo; a POST whose answer is lost (a crash, a timeout, a 5xx) has an unknown effect (rollback
+refuses it without ``force``) instead of one found by comparing listings.
+
+``full_representations`` declares that a 200 or 201 answer to PUT or PATCH (and a POST's answer
+that names what it created) carries what a GET of that resource returns: it is kept as the state
+the request left instead of a GET after it, where the answer has no strong ETag. A server that
+answers something else gives a conflict on rollback (its GET does not show it), never a silent
+overwrite.
 
 A *cascade* declares what the server changes on its own along with a request revex reverses
 itself (a DELETE of a user that deletes the user's memberships; HTTP cannot show that). Before
@@ -125,6 +141,8 @@ class Compensations:
     def __init__(self) -> None:
         self.operations: list[Operation] = []
         self.keyed_hosts: list[str] = []
+        self.creating_hosts: list[str] = []
+        self.representing_hosts: list[str] = []
 
     def compensate(self, method: str, path: str, *, host: str | None = None,
                    name: str | None = None) -> Callable[[Compensator], Compensator]:
@@ -157,9 +175,21 @@ class Compensations:
         """Declare that the server at ``host`` (glob) de-duplicates on Idempotency-Key."""
         self.keyed_hosts.append(host)
 
+    def trust_posts_create(self, host: str) -> None:
+        """Declare that every POST to the server at ``host`` (glob) creates a new resource and
+        names it (``posts_create`` in the module doc: what that trust gives up)."""
+        self.creating_hosts.append(host)
+
+    def trust_full_representations(self, host: str) -> None:
+        """Declare that the server at ``host`` (glob) answers a write with the resource's full
+        representation (``full_representations`` in the module doc)."""
+        self.representing_hosts.append(host)
+
     def extend(self, other: Compensations) -> None:
         self.operations.extend(other.operations)
         self.keyed_hosts.extend(other.keyed_hosts)
+        self.creating_hosts.extend(other.creating_hosts)
+        self.representing_hosts.extend(other.representing_hosts)
 
     def find(self, method: str, host: str, port: int | None, path: str
              ) -> tuple[Operation, dict[str, str]] | None:
@@ -183,6 +213,12 @@ class Compensations:
 
     def keys_honoured(self, host: str, port: int | None) -> bool:
         return any(_host_match(h, host, port) for h in self.keyed_hosts)
+
+    def posts_create(self, host: str, port: int | None) -> bool:
+        return any(_host_match(h, host, port) for h in self.creating_hosts)
+
+    def full_representations(self, host: str, port: int | None) -> bool:
+        return any(_host_match(h, host, port) for h in self.representing_hosts)
 
     # ---- TOML ---------------------------------------------------------------------------------
 
@@ -219,6 +255,10 @@ class Compensations:
             host = service.get("host")
             if service.get("idempotency_keys"):
                 self.keyed_hosts.append(host or "*")
+            if service.get("posts_create"):
+                self.creating_hosts.append(host or "*")
+            if service.get("full_representations"):
+                self.representing_hosts.append(host or "*")
             for i, op in enumerate(service.get("operations", [])):
                 self.operations.append(_operation(op, host, f"{where}.operations[{i}]"))
 

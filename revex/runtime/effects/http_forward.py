@@ -8,6 +8,15 @@ of the collection) and of each declared cascade. What its DONE record holds: per
 touched, the representation before (``pre``) and after (``post``); for a compensable request
 the compensating request and ``undo_check``: ``read_back`` (a declared GET whose JSON must
 show declared fields) or ``none`` with ``why_unverified`` (its result cannot be re-read).
+
+The ``post`` comes from the request's own answer where it vouches for it (a strong ETag, or
+the body on a service declared ``full_representations``; see
+:meth:`Representations.vouched`), so a PUT or PATCH costs one extra round trip (the pre-image
+GET); otherwise it is read by a GET after the request. A POST to a service declared
+``posts_create`` (see :mod:`http_compensations`) lists nothing: it is trusted to create what its
+answer names (``Location`` or the id field), and only the item its body names by id, if any, is
+read before it; its cost does not grow with the collection. The request body is kept (in the
+content store) only where a probe may re-send it: compensable requests.
 """
 
 from __future__ import annotations
@@ -99,7 +108,7 @@ class Forward:
             "request_headers": {k: v for k, v in self.request.headers.items()
                                 if k == "content-type"},
         }
-        if self.request.content:
+        if self.request.content and self.klass == "compensable":
             undo["body_sha"] = self.fx.reps.store.put_bytes(self.request.content)
         if self.dry:
             return {**undo, "dry_run": True}
@@ -107,7 +116,12 @@ class Forward:
             return {**undo, "irreversible": True}
         if self.klass == "read":
             return undo
-        if method == "POST":
+        if method == "POST" and self.klass == "reversible" and self.posts_create:
+            undo["creates"] = True
+            named = self._named_pre(undo["url"])
+            if named:
+                undo["named"] = named
+        elif method == "POST":
             if not (self.klass == "compensable" and self.keys_honoured):
                 target = self.fx.restorer.get(url, self.identity)
                 undo["listing"] = self._ids(target)
@@ -127,6 +141,33 @@ class Forward:
         if self.cascades:
             undo["cascades"] = self._capture_cascades(undo["url"])
         return undo
+
+    @property
+    def full(self) -> bool:
+        """Is the service declared to answer writes with full representations?"""
+        url = httpx.URL(self.request.url)
+        return self.fx.comp.full_representations(url.host, url.port)
+
+    @property
+    def posts_create(self) -> bool:
+        url = httpx.URL(self.request.url)
+        return self.fx.comp.posts_create(url.host, url.port)
+
+    def _named_pre(self, shown: str) -> dict[str, Any]:
+        """The pre-image of the item a POST's body names by id (it may replace it), keyed by
+        its URL; {} when the body names none. Raises PolicyViolation when it cannot be read."""
+        body = _json(self.request.content)
+        field = self.fx.opts.id_field
+        if not isinstance(body, dict) or body.get(field) is None:
+            return {}
+        one = item_url(self.request.url, body[field])
+        got = self.fx.restorer.get(one, self.identity)
+        if got.status not in ABSENT_STATUSES and not 200 <= got.status < 300:
+            raise PolicyViolation(
+                f"POST {shown} refused: its body names {field!r}, and the GET of that item "
+                f"returned HTTP {got.status}, so what the POST may replace could not be "
+                "restored", rule="http-preimage", action_kind=KIND, target=shown)
+        return {one: self.fx.reps.of(got)}
 
     def _capture_cascades(self, shown: str) -> dict[str, Any]:
         """Pre-images of what the server is declared to change along with this request (a
@@ -239,6 +280,10 @@ class Forward:
             pre = undo["pre"]
             if method == "DELETE" and ok:
                 return self._effect(undo, {url: {"pre": pre, "post": absent()}})
+            vouched = self.fx.reps.vouched(method, response, full=self.full) \
+                if ok and response else None
+            if vouched is not None:
+                return self._effect(undo, {url: {"pre": pre, "post": vouched}})
             current = self.fx.restorer.get(url, self.identity)
             if not ok and self.fx.reps.same(pre, current):
                 return self._effect(undo, {})
@@ -246,16 +291,22 @@ class Forward:
             return self._effect(undo, {url: {"pre": pre, "post": post}})
         created = self._created(undo, response if ok else None)
         if created is None:
-            return {"effect": "unknown", "why": "the response named no id or Location and "
-                    "the collection does not list ids"}
+            why = ("POSTs here are declared posts_create, so the collection was not listed "
+                   "before it" if undo.get("creates") else "the collection does not list ids")
+            return {"effect": "unknown", "why": f"the response named no id or Location and "
+                    f"{why}"}
+        named = ok and response is not None and self._named_by(response)
+        vouched = self.fx.reps.vouched(method, response, full=self.full and named) \
+            if ok and response else None
         targets = {}
         for one in created:
             before = self._pre_of(undo, one)
             if before is None:
                 return {"effect": "unknown", "why": f"it answered with {one}, which existed "
                         "before, and that resource's pre-image is not known"}
-            targets[one] = {"pre": before,
-                            "post": self.fx.reps.of(self.fx.restorer.get(one, self.identity))}
+            post = vouched if vouched is not None and len(created) == 1 else \
+                self.fx.reps.of(self.fx.restorer.get(one, self.identity))
+            targets[one] = {"pre": before, "post": post}
         return self._effect(undo, targets)
 
     def _pre_of(self, undo: dict[str, Any], one: str) -> dict[str, Any] | None:
@@ -263,6 +314,13 @@ class Forward:
         pre-image (a singular resource the POST replaced), the entry of the listing taken
         before it (an id that existed), or absent (new). None when it existed but its
         pre-image is not known."""
+        if undo.get("creates"):
+            # declared to create: the item its body named (read before), else nothing existed;
+            # its own URL is a collection, so an answer naming it is not believed
+            for named, rep in undo.get("named", {}).items():
+                if same_resource(one, named):
+                    return dict(rep)
+            return None if same_resource(one, self.request.url) else absent()
         target_pre = undo.get("target_pre")
         if same_resource(one, self.request.url):
             return target_pre if target_pre is not None else absent()
@@ -276,6 +334,13 @@ class Forward:
             if isinstance(entry, dict) and str(entry.get(self.fx.opts.id_field)) == ident:
                 return self.fx.reps.of_json(entry)
         return None
+
+    def _named_by(self, response: WireResponse) -> bool:
+        """Does a POST's answer name what it created (Location, or the id field)?"""
+        if response.header("location"):
+            return True
+        body = response.json()
+        return isinstance(body, dict) and self.fx.opts.id_field in body
 
     def _created(self, undo: dict[str, Any], response: WireResponse | None) -> list[str] | None:
         """The URLs a POST created (or replaced); None when that cannot be told, also when

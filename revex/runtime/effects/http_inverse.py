@@ -14,6 +14,18 @@ before (``pre``) and after (``post``) it. Undo of one URL is compare-and-set:
 
 Servers that ignore ETags are covered by comparing bodies as JSON (bytes when not JSON).
 
+The ``post`` of a mutation is read by a GET after it, unless its own answer vouches for the state
+it left (:meth:`Representations.vouched`): a 200, 201 or 204 to PUT or PATCH, or a 201 with a
+``Location`` to POST, carrying a strong ETag. RFC 9110 9.3.4 lets a PUT answer carry a validator
+only when it reflects the new representation, a PATCH answer's ETag is the patched resource's
+(RFC 5789 2.1) and a 201's is the created resource's (RFC 7231 7.2). Such a ``post`` holds no
+body (``{"status", "etag", "by": "etag"}``): drift is a GET whose ETag differs, and the restore
+is sent with ``If-Match`` on it. A server whose GET shows another ETag than its answer did gives
+a conflict (never a silent overwrite); one that keeps an ETag across a change would hide drift
+from the check, but the restore is still verified by a GET against the full pre-image. On a
+service declared ``full_representations``, an answer without a strong ETag is kept whole instead
+(``"by": "answer"``, compared as a body like any GET).
+
 Every restore is verified: the URL is read again and must show ``pre`` (absent for a created
 resource). A server that answers 2xx and keeps, rewrites or moves the resource (a soft delete, a
 server-managed field, a re-create under a new id) gives a ConflictError naming the request, the
@@ -24,6 +36,7 @@ and named. A resource is identified by :func:`resource_key`: scheme, host and pa
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +44,7 @@ from urllib.parse import quote
 
 import httpx
 
-from revex.errors import ActionFailed, ConflictError
+from revex.errors import ActionFailed, ConflictError, StateError
 from revex.runtime.effects.http_cassette import WireRequest, WireResponse
 from revex.runtime.store import ContentStore
 
@@ -101,26 +114,62 @@ class Representations:
     def __init__(self, store: ContentStore) -> None:
         self.store = store
 
+    def vouched(self, method: str, response: WireResponse, *, full: bool = False
+                ) -> Rep | None:
+        """The post-state a mutation's own answer vouches for (see the module doc), or None
+        when a GET must read it. ``full``: the service is declared to answer with full
+        representations (for POST: and this answer named what it created), so a 2xx body
+        without a strong ETag is kept as the state a GET would show (status 200)."""
+        etag = response.header("etag")
+        strong = isinstance(etag, str) and len(etag) > 2 and etag[0] == etag[-1] == '"'
+        if method in ("PUT", "PATCH"):  # not 202: accepted is not yet applied
+            vouches = response.status in (200, 201, 204)
+        else:  # POST: only an answer naming what it created speaks for it
+            vouches = method == "POST" and response.status == 201 \
+                and bool(response.header("location"))
+        if vouches and strong:
+            return {"status": response.status, "etag": etag, "by": "etag"}
+        if full and response.status in (200, 201) and response.content \
+                and method in ("PUT", "PATCH", "POST"):
+            return {"status": 200, "etag": etag, "ctype": response.header("content-type"),
+                    "sha": self.keep(response.content), "by": "answer"}
+        return None
+
+    def keep(self, body: bytes) -> str:
+        """Store a body, durable by the time the journal's next durable commit returns (the
+        INTENT's, for a pre-image); its sha256. Through ``put_fd``: a store that keeps small
+        pre-images in the journal's transaction (no blob file, no fsyncs of its own) keeps
+        these there too; bodies never enter journal records either way."""
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is None:
+            return self.store.put_bytes(body)
+        fd = memfd_create("revex-http-body", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, body)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self.store.put_fd(fd)[0]
+        finally:
+            os.close(fd)
+
     def of(self, response: WireResponse) -> Rep:
         if response.status in ABSENT_STATUSES:
             return absent()
         return {"status": response.status, "etag": response.header("etag"),
                 "ctype": response.header("content-type"),
-                "sha": self.store.put_bytes(response.content)}
+                "sha": self.keep(response.content)}
 
     def body(self, rep: Rep) -> bytes:
         """The stored body of ``rep``. Raises ActionFailed when the blob is gone."""
         try:
-            with self.store.path_of(rep["sha"]).open("rb") as fh:
-                return fh.read()
-        except OSError as exc:
+            return self.store.read_bytes(rep["sha"])
+        except (OSError, StateError) as exc:
             raise ActionFailed(f"pre-image body {rep.get('sha')} is missing from the content "
                                f"store: {exc}") from exc
 
     def of_json(self, value: Any) -> Rep:
         """A representation of a JSON value read from elsewhere (an entry of a listing)."""
         return {"status": 200, "etag": None, "ctype": "application/json",
-                "sha": self.store.put_bytes(json.dumps(value).encode())}
+                "sha": self.keep(json.dumps(value).encode())}
 
     def json_of(self, rep: Rep | None) -> Any:
         """The decoded JSON body of ``rep``; None when absent or not JSON."""
@@ -149,9 +198,17 @@ class Representations:
         if is_absent(rep) or response.status in ABSENT_STATUSES:
             return is_absent(rep) and response.status in ABSENT_STATUSES
         assert rep is not None
+        if rep.get("by") == "etag":  # vouched for by the mutation's answer: no body kept
+            return 200 <= response.status < 300 and response.header("etag") == rep["etag"]
         if rep.get("status") != response.status:
             return False
         return _decoded(self.body(rep)) == _decoded(response.content)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _decoded(content: bytes) -> Any:
