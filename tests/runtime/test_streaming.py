@@ -223,3 +223,17 @@ def test_copy_sparse_and_the_store_leave_zero_chunks_as_holes(tmp_path: Path) ->
     assert _allocated(store.path_of(digest)) < CHUNK
     assert store.read_bytes(digest) == src.read_bytes()
     assert store.read_bytes(digest, limit=10) == b"\0" * 10
+
+
+def test_iter_records_reads_an_episode_row_by_row_as_records_does(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "state", audit=None)
+    with rt.episode(tmp_path / "ws") as ep:
+        for i in range(5):
+            ep.fs.write_text(f"f{i}", str(i))
+    with rt.episode(tmp_path / "ws") as other:
+        other.fs.write_text("g", "x")
+    records = list(rt.journal.iter_records(ep.id))
+    assert records == rt.journal.records(ep.id)
+    assert {r.episode_id for r in records} == {ep.id} and len(records) > 10
+    assert list(rt.journal.iter_records("ep-nonexistent")) == []
+    rt.close()
