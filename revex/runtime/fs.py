@@ -48,7 +48,8 @@ class FileSystem:
         chunks, which is first spooled into an unnamed temporary file in the state dir (so a
         source that fails halfway raises before anything is journaled or changed). The file is
         hashed when the action is planned and checked when it is applied: a source that changes
-        in between fails the action, which is then undone.
+        in between fails the action, which is then undone. A path or file object is read with
+        the caller's privileges: never pass one chosen by an agent or by sandboxed code.
         """
         with _opened_source(self._ep._rt.store.root, source) as fd:
             def reopen() -> int:
