@@ -8,6 +8,8 @@ DENIED). Reads and writes never follow symlinks.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import functools
 import os
 import stat
@@ -189,6 +191,9 @@ def _regular_fd(source: Any) -> int | None:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         return None
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+        os.close(fd)
+        raise OSError(errno.EBADF, "write_from's source file object is not open for reading")
     flush = getattr(source, "flush", None)
     if flush is not None:
         try:

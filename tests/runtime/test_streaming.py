@@ -110,6 +110,8 @@ def test_write_from_takes_paths_file_objects_and_iterables(tmp_path: Path) -> No
             ep.fs.write_from("no", b"bytes go to write_bytes")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="chunks must be bytes"):
             ep.fs.write_from("no", ["text"])  # type: ignore[list-item]
+        with open(tmp_path / "wo.bin", "wb") as f, pytest.raises(OSError, match="not open for"):
+            ep.fs.write_from("no", f)
         os.mkfifo(tmp_path / "fifo")
         with pytest.raises(OSError, match="not a regular file"):
             ep.fs.write_from("no", tmp_path / "fifo")
