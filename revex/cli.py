@@ -178,7 +178,7 @@ def export(episode: Annotated[str, typer.Argument(help="Episode id (or a unique 
         err.print(f"unknown format {fmt!r}; supported: jsonl")
         raise typer.Exit(2)
     with _runtime(state_dir) as rt:
-        for rec in rt.journal.records(rt.resolve_id(episode)):
+        for rec in rt.journal.iter_records(rt.resolve_id(episode)):
             sys.stdout.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
 
 

@@ -124,8 +124,9 @@ def stored_bytes(runtime: Any, manifest: dict[str, Any]) -> bytes | None:
     if manifest.get("size", 0) > MAX_DIFF_BYTES:
         return None
     try:
-        data: bytes = runtime.store.read_bytes(manifest["sha"])
-        return data
+        # the manifest's size is what was recorded; read no more than that, whatever the blob
+        data: bytes = runtime.store.read_bytes(manifest["sha"], MAX_DIFF_BYTES + 1)
+        return None if len(data) > MAX_DIFF_BYTES else data
     except (OSError, KeyError, RevexError):  # a post-state's bytes are not always kept
         return None
 

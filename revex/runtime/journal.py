@@ -595,6 +595,18 @@ class Journal:
                               (episode_id,))
         return [record_from_row(r, self.path) for r in rows]
 
+    def iter_records(self, episode_id: str) -> Iterator[Record]:
+        """Like :meth:`records` for one episode, one row at a time from one read transaction
+        (a long episode is never held in memory whole). Raises JournalCorrupt."""
+        try:
+            with self.snapshot() as db:
+                for row in db.execute("SELECT * FROM records WHERE episode_id=? ORDER BY seq",
+                                      (episode_id,)):
+                    yield record_from_row(row, self.path)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: undecodable text
+            raise JournalCorrupt(f"cannot read the journal at {self.path}: "
+                                 f"{describe_sqlite_error(exc)}; run `revex verify`") from exc
+
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """The connection inside one read transaction: a consistent view of the whole file

@@ -1,9 +1,10 @@
-"""Content-addressed pre-image store.
+"""Content-addressed pre-image store, and the chunked file I/O every file path shares.
 
 Blobs live under ``objects/ab/cdef…`` named by their sha256. A blob is written to a temporary file
-while it is hashed (streamed in chunks, never read whole into memory), fsynced, then renamed into
-place, so a blob that exists is complete. Metadata (type, mode, mtime, symlink target, absence)
-travels in manifests stored in the journal; the store only holds bytes.
+while it is hashed (streamed in chunks of :data:`CHUNK`, never read whole into memory; a chunk of
+zeros is left as a hole, so a sparse file's blob stays sparse), fsynced, then renamed into place,
+so a blob that exists is complete. Metadata (type, mode, mtime, symlink target, absence) travels
+in manifests stored in the journal; the store only holds bytes.
 
 With an ``inline`` sink (the Runtime passes its journal), :meth:`ContentStore.put_fd` keeps a
 small pre-image (at most ``inline.max_bytes``) in the journal instead: it is written durably in
@@ -15,6 +16,7 @@ find either kind; :meth:`ContentStore.path_of` names files only (what ``put_byte
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -25,6 +27,7 @@ from typing import Protocol
 from revex.errors import StateError
 
 CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -108,12 +111,17 @@ class ContentStore:
         tmp_dir.mkdir(exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
         try:
-            with os.fdopen(fd, "wb") as out:
+            try:
+                offset = 0
                 for chunk in chunks:
                     hasher.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                    if not _is_zeros(chunk):
+                        pwrite_all(fd, chunk, offset)
+                    offset += len(chunk)
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             digest = hasher.hexdigest()
             final = self.path_of(digest)
             if final.exists():
@@ -141,13 +149,12 @@ class ContentStore:
                 "modified outside revex"
             ) from exc
 
-    def read_bytes(self, digest: str) -> bytes:
+    def read_bytes(self, digest: str, limit: int | None = None) -> bytes:
+        """A blob's bytes, or its first ``limit`` bytes (for small blobs: a big one is streamed
+        with :meth:`open`)."""
         fd = self.open(digest)
-        try:
-            with os.fdopen(fd, "rb") as f:
-                return f.read()
-        except BaseException:
-            raise
+        with os.fdopen(fd, "rb") as f:
+            return f.read() if limit is None else f.read(limit)
 
     def digests(self) -> Iterator[str]:
         """Every blob stored as a file (see :attr:`inline` for the others)."""
@@ -218,3 +225,60 @@ def _fd_with(data: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hash a whole file by path, streamed."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return sha256_file_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_zeros(chunk: bytes) -> bool:
+    return chunk == _ZEROS[:len(chunk)] if len(chunk) <= CHUNK else not any(chunk)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (a short write is continued)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        offset += written
+        view = view[written:]
+
+
+def is_sparse(fd: int) -> bool:
+    """Whether the file has holes (fewer blocks allocated than its size needs)."""
+    st = os.fstat(fd)
+    return st.st_blocks * 512 < st.st_size
+
+
+def copy_sparse(src: int, dst: int) -> None:
+    """Copy the regular file ``src`` into the empty file ``dst`` in chunks, data ranges only
+    (SEEK_DATA/SEEK_HOLE), leaving chunks of zeros unwritten: a sparse source stays sparse, and
+    memory use is one chunk whatever the size. Falls back to reading everything where the file
+    system cannot tell holes. Raises ``OSError`` (EIO when the source shrinks meanwhile)."""
+    size = os.fstat(src).st_size
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break  # only a hole is left
+            if exc.errno != errno.EINVAL:
+                raise
+            start, end = pos, size
+        else:
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        while start < end:
+            chunk = os.pread(src, min(CHUNK, end - start), start)
+            if not chunk:
+                raise OSError(errno.EIO, "the source file shrank while it was copied")
+            if not _is_zeros(chunk):
+                pwrite_all(dst, chunk, start)
+            start += len(chunk)
+        pos = end
+    os.ftruncate(dst, size)

@@ -29,6 +29,7 @@ from revex.runtime.effects.workspace import (
     parent_of,
 )
 from revex.runtime.store import ContentStore, sha256_file_fd
+from revex.runtime.store import copy_sparse as _copy_sparse
 
 
 class FileEffect(FileUndo):
@@ -414,33 +415,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _copy_sparse(src: int, dst: int) -> None:
-    """Copy the regular file ``src`` into the empty file ``dst``, data ranges only
-    (SEEK_DATA/SEEK_HOLE): a sparse source stays sparse. Falls back to a dense copy where the
-    file system cannot tell holes. Raises ``OSError``."""
-    size = os.fstat(src).st_size
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(src, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break  # only a hole is left
-            if exc.errno != errno.EINVAL:
-                raise
-            start, end = pos, size
-        else:
-            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
-        while start < end:
-            chunk = os.pread(src, min(1 << 20, end - start), start)
-            if not chunk:
-                raise OSError(errno.EIO, "the source file shrank while it was copied")
-            view = memoryview(chunk)
-            while view:
-                written = os.pwrite(dst, view, start)
-                start += written
-                view = view[written:]
-        pos = end
-    os.ftruncate(dst, size)

@@ -25,7 +25,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from revex.errors import InvalidPath, PolicyViolation
-from revex.runtime.store import ContentStore, sha256_file_fd
+from revex.runtime.store import (
+    CHUNK,
+    ContentStore,
+    copy_sparse,
+    is_sparse,
+    pwrite_all,
+    sha256_file_fd,
+)
 
 Manifest = dict[str, Any]
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -326,10 +333,13 @@ class Workspace:
         rollbacks of overwrites much slower than rollbacks of creations. Not atomic, which
         undo does not need: it is idempotent and converges, and an item killed halfway is
         redone (forced) when the rollback resumes. Returns False, having changed nothing, when
-        the file cannot be opened for writing or is not a plain file with one link.
+        the file cannot be opened for writing or is not a plain file with one link, or when the
+        blob has holes (a fresh file written from it keeps them; rewriting would fill them).
         """
         src = store.open(want["sha"])  # first: a missing blob must not cost the current bytes
         try:
+            if is_sparse(src):
+                return False
             try:
                 out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                               dir_fd=dir_fd)
@@ -340,12 +350,9 @@ class Workspace:
                 if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                     return False
                 offset = 0
-                while chunk := os.read(src, 1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.pwrite(out, view, offset)
-                        offset += written
-                        view = view[written:]
+                while chunk := os.read(src, CHUNK):
+                    pwrite_all(out, chunk, offset)
+                    offset += len(chunk)
                 os.ftruncate(out, offset)
                 os.fchmod(out, want["mode"])
                 os.utime(out, ns=(want["mtime_ns"], want["mtime_ns"]))
@@ -364,8 +371,7 @@ class Workspace:
             out = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                           0o600, dir_fd=dir_fd)
             try:
-                while chunk := os.read(src, 1 << 20):
-                    os.write(out, chunk)
+                copy_sparse(src, out)
                 os.fchmod(out, want["mode"])
                 os.utime(out, ns=(want["mtime_ns"], want["mtime_ns"]))
             finally:
