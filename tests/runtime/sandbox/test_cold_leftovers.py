@@ -83,11 +83,10 @@ def test_sandbox_dies_with_its_owner_and_next_start_removes_leftovers(open_dir: 
             # wall_s is 8 s: the sandboxed code must be gone well before that.
             assert time.monotonic() - killed_at < 4.0, "the sandbox outlived its owner"
             time.sleep(0.05)
-        # nsjail was killed hard: what it had is still there until the next start ...
-        time.sleep(0.2)
-        left = _named_for(owner.pid)
-        assert left, "nothing was left: the test proves nothing"
-        NsjailBackend()  # ... which removes it
+        # nsjail was killed hard: what it had (seen above while the owner lived) stays until the
+        # next start, which removes it. Another revex process's start on this machine may remove
+        # it first, so only the end state is asserted, not that this start found something.
+        NsjailBackend()
         assert _named_for(owner.pid) == []
     finally:
         if owner.poll() is None:

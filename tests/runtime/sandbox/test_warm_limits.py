@@ -203,11 +203,13 @@ def test_sandboxes_die_with_their_owner_and_leftovers_are_removable(tmp_path: Pa
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in tree):
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{p}") for p in tree), "the sandbox outlived its owner"
-    assert _mine(owner.pid), "the owner's cgroups were expected to be left behind"
     from revex.runtime.sandbox.warm import remove_orphaned_cgroups
 
-    removed = remove_orphaned_cgroups()
-    assert _mine(owner.pid) == [] and removed >= 1
+    # The owner's cgroups (seen above while it lived) are left behind by the kill. Another revex
+    # process on this machine removes dead owners' cgroups when it starts and may get there
+    # first, so only the end state is asserted, not how many this call removed.
+    remove_orphaned_cgroups()
+    assert _mine(owner.pid) == []
     for p in tree:
         assert _nsjail_dirs(p) == []
 
