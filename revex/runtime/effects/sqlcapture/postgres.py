@@ -161,11 +161,14 @@ class PostgresBackend:
         cur.execute("SELECT set_config('revex.action', %s, true)", (tag or "",))
 
     def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        cur.execute(f"DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, old::text, "
-                    "new::text", (tag,))
-        events = [Event(*row[1:]) for row in sorted(cur.fetchall())]
-        cur.execute(f"DELETE FROM {IMAGES} WHERE tag = %s RETURNING tbl, old, new", (tag,))
-        for table, old, new in cur.fetchall():
+        # both logs in one round trip: row events (0) and newline-joined batches (1)
+        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, "
+                    f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
+                    "tag = %s RETURNING id, tbl, old, new) SELECT 0, id, tbl, op, old, new "
+                    "FROM r UNION ALL SELECT 1, id, tbl, '', old, new FROM s", (tag, tag))
+        rows = sorted(cur.fetchall())
+        events = [Event(*row[2:]) for row in rows if row[0] == 0]
+        for _, _, table, _, old, new in (row for row in rows if row[0] == 1):
             if old is not None:
                 events.extend(Event(table, "D", image, None) for image in old.split("\n"))
             if new is not None:
