@@ -28,9 +28,11 @@ def _run(url: str, *stmts: str, params: list[dict[str, Any]] | None = None) -> N
     engine.dispose()
 
 
-def _awkward(url: str) -> None:
+@pytest.fixture
+def awkward(db_url: str, workspace: Path) -> Any:
     """``k``: a composite key (int, text) and floats, unicode, newlines, quotes, backslashes,
-    blobs (with newline bytes) and NULLs."""
+    blobs (with newline bytes) and NULLs; returns the dump before any episode."""
+    url = db_url
     b = backend_of(url)
     _run(url, f"CREATE TABLE k (a INT NOT NULL, b VARCHAR(20) NOT NULL, f {DOUBLE[b]}, "
               f"t VARCHAR(60), bl {BLOB[b]}, n INT, PRIMARY KEY (a, b))")
@@ -44,46 +46,51 @@ def _awkward(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO k VALUES (:a, :b, :f, :t, :bl, :n)"), rows)
     engine.dispose()
+    return canonical_dump(url)
+
+
+def _committed(rt: Runtime, url: str, workspace: Path, *stmts: str) -> tuple[str, list[int]]:
+    """Run ``stmts`` in a committed episode; its id and each statement's row count."""
+    with rt.episode(workspace=workspace, databases={"app": url}, on_exit="commit") as ep:
+        counts = [ep.sql("app").execute(stmt) for stmt in stmts]
+    return ep.id, counts
+
+
+def _refused(rt: Runtime, url: str, episode: str) -> str:
+    """Undo of ``episode`` is a conflict that changes nothing; its message."""
+    drifted = canonical_dump(url)
+    with pytest.raises(ConflictError) as info:
+        rt.undo(episode)
+    assert canonical_dump(url) == drifted  # nothing was undone
+    return str(info.value)
 
 
 def test_bulk_update_delete_insert_of_awkward_rows_roll_back_exactly(
-        db_url: str, state_dir: Path, workspace: Path) -> None:
-    _awkward(db_url)
-    before = canonical_dump(db_url)
+        db_url: str, awkward: Any, state_dir: Path, workspace: Path) -> None:
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        with rt.episode(workspace=workspace, databases={"app": db_url},
-                        on_exit="commit") as ep:
-            db = ep.sql("app")
-            assert db.execute("UPDATE k SET f = f * 2, n = a, t = b") == ROWS
-            db.execute("DELETE FROM k WHERE a < 1200")
-            db.execute("INSERT INTO k VALUES (-1, 'new\nrow', 0.5, 'x', NULL, NULL)")
-        assert canonical_dump(db_url) != before
-        assert rt.undo(ep.id) == 3
-    assert canonical_dump(db_url) == before
+        episode, counts = _committed(
+            rt, db_url, workspace, "UPDATE k SET f = f * 2, n = a, t = b",
+            "DELETE FROM k WHERE a < 1200",
+            "INSERT INTO k VALUES (-1, 'new\nrow', 0.5, 'x', NULL, NULL)")
+        assert counts == [ROWS, 1200, 1]
+        assert canonical_dump(db_url) != awkward
+        assert rt.undo(episode) == 3
+    assert canonical_dump(db_url) == awkward
 
 
 def test_drift_in_a_bulk_change_is_found_by_key_and_nothing_is_undone(
-        db_url: str, state_dir: Path, workspace: Path) -> None:
-    _awkward(db_url)
-    before = canonical_dump(db_url)
+        db_url: str, awkward: Any, state_dir: Path, workspace: Path) -> None:
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        with rt.episode(workspace=workspace, databases={"app": db_url},
-                        on_exit="commit") as ep:
-            db = ep.sql("app")
-            db.execute("UPDATE k SET n = -a")
-            db.execute("DELETE FROM k WHERE a >= 2000")
+        episode, _ = _committed(rt, db_url, workspace, "UPDATE k SET n = -a",
+                                "DELETE FROM k WHERE a >= 2000")
         # someone else changes a row the episode updated and re-creates one it deleted
         _run(db_url, "UPDATE k SET t = 'human' WHERE a = 1500",
              "INSERT INTO k (a, b) VALUES (2001, :b)", params=[{"b": "k6\n'\""}])
-        drifted = canonical_dump(db_url)
-        with pytest.raises(ConflictError) as info:
-            rt.undo(ep.id)
-        message = str(info.value)
+        message = _refused(rt, db_url, episode)
         assert "a=1500" in message and "a=2001" in message
-        assert canonical_dump(db_url) == drifted  # nothing was undone
         _run(db_url, "DELETE FROM k WHERE a = 2001")
-        assert rt.undo(ep.id, force=True) == 2  # force: the human's change is overwritten
-    assert canonical_dump(db_url) == before
+        assert rt.undo(episode, force=True) == 2  # force: the human's change is overwritten
+    assert canonical_dump(db_url) == awkward
 
 
 @pytest.mark.parametrize("key", ["REAL", "BLOB", "TEXT"])
@@ -100,17 +107,14 @@ def test_sqlite_keys_json_cannot_match_still_undo_and_still_catch_drift(
     engine.dispose()
     before = canonical_dump(sqlite_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        with rt.episode(workspace=workspace, databases={"app": sqlite_url},
-                        on_exit="commit") as ep:
-            ep.sql("app").execute('UPDATE "o""dd k" SET "v\'" = 1')
-            ep.sql("app").execute('DELETE FROM "o""dd k" WHERE k = :k', {"k": values[0]})
+        episode, _ = _committed(rt, sqlite_url, workspace, 'UPDATE "o""dd k" SET "v\'" = 1',
+                                'DELETE FROM "o""dd k" WHERE "v\'" = 1 AND rowid = 1')
         _run(sqlite_url, 'UPDATE "o""dd k" SET "v\'" = 5 WHERE k = :k',
              params=[{"k": values[1]}])
-        with pytest.raises(ConflictError, match="changed since"):
-            rt.undo(ep.id)
+        assert "changed since" in _refused(rt, sqlite_url, episode)
         _run(sqlite_url, 'UPDATE "o""dd k" SET "v\'" = 1 WHERE k = :k',
              params=[{"k": values[1]}])
-        assert rt.undo(ep.id) == 2
+        assert rt.undo(episode) == 2
     assert canonical_dump(sqlite_url) == before
 
 
