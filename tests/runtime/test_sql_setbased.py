@@ -5,16 +5,20 @@ in an inheritance tree (row triggers)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sql_cases import BLOB, DOUBLE, backend_of
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from revex.errors import ConflictError
 from revex.runtime.effects.sql_dump import canonical_dump
+from revex.runtime.effects.sqlcapture.base import Event, net_effect
 from revex.runtime.runtime import Runtime
 
 ROWS = 2_500  # more than one batch of 1,000 images
@@ -171,3 +175,30 @@ def test_mariadb_log_batch_too_long_for_one_row_is_read_row_by_row(
         assert reads == [True, False]  # a small batch is read whole, the cut one row by row
         assert rt.undo(ep.id) == 2
     assert canonical_dump(mysql_url) == before
+
+
+_IMAGES = st.sampled_from(["a", "b", "c", "d"])
+
+
+@given(st.lists(st.tuples(st.none() | _IMAGES, st.none() | _IMAGES), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_net_effect_is_the_event_by_event_cancellation(steps: list[tuple[Any, Any]]) -> None:
+    """The set-based net effect equals applying the events one by one, as capture did before:
+    an old image cancels a pending new one else is removed, a new one cancels a pending
+    removal else is added."""
+    removed: Counter[str] = Counter()
+    added: Counter[str] = Counter()
+    for old, new in steps:
+        if old is not None:
+            if added[old]:
+                added[old] -= 1
+            else:
+                removed[old] += 1
+        if new is not None:
+            if removed[new]:
+                removed[new] -= 1
+            else:
+                added[new] += 1
+    got = net_effect(Event("t", "U", old, new) for old, new in steps).get(
+        "t", {"removed": [], "added": []})
+    assert Counter(got["removed"]) == +removed and Counter(got["added"]) == +added

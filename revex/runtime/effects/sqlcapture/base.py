@@ -65,6 +65,10 @@ def net_effect(events: Iterable[Event]) -> dict[str, dict[str, list[str]]]:
 def multiset_diff(before: Sequence[str], after: Sequence[str]) -> dict[str, list[str]]:
     """Net change between two full snapshots of a table (images as text)."""
     b, a = Counter(before), Counter(after)
+    if len(b) == len(before) and len(a) == len(after):  # no copies: set difference, in C
+        same = b.keys() & a.keys()
+        return {"removed": [i for i in before if i not in same],
+                "added": [i for i in after if i not in same]}
     return {"removed": list((b - a).elements()), "added": list((a - b).elements())}
 
 
