@@ -261,17 +261,26 @@ class MySQLBackend(Rebuilder):
         return found[0] if found else None
 
     def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
-                      rows: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
-        """Current images of many rows by primary key, in batches (keys as text)."""
+                      rows: list[dict[str, Any]], decode: Any) -> dict[tuple[str, ...], str]:
+        """Current images of many rows by primary key, in batches of 500 read as one
+        newline-joined row each (see :meth:`_read_batched`), keyed by the text of the key
+        values ``decode`` reads from each image, as the caller keys its own images."""
         out: dict[tuple[str, ...], str] = {}
         keys = list({tuple(r.get(c) for c in pk) for r in rows})
         for part in chunks(keys, 500):
-            cur.execute(f"SELECT {', '.join('_revex_x.' + _q(c) for c in pk)}, {expr} FROM "
-                        f"{_q(table)} _revex_x WHERE "
-                        + key_in(pk, lambda c: "_revex_x." + _q(c), len(part), "%s"),
-                        [v for key in part for v in key])
-            for r in cur.fetchall():
-                out[tuple(str(v) for v in r[:-1])] = r[-1]
+            where = key_in(pk, lambda c: "_revex_x." + _q(c), len(part), "%s")
+            args = [v for key in part for v in key]
+            cur.execute(f"SET STATEMENT group_concat_max_len = {_BATCH_TEXT} FOR SELECT "
+                        "COUNT(*), SUM(CHAR_LENGTH(j)), GROUP_CONCAT(j SEPARATOR '\\n') FROM "
+                        f"(SELECT {expr} AS j FROM {_q(table)} _revex_x WHERE {where}) s", args)
+            n, length, text = cur.fetchone()
+            images = text.split("\n") if n else []
+            if len(images) != n or sum(map(len, images)) != int(length or 0):  # cut: rows
+                cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}", args)
+                images = [r[0] for r in cur.fetchall()]
+            for image in images:
+                row = decode(image)
+                out[tuple(str(row.get(c)) for c in pk)] = image
         return out
 
     def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -288,7 +297,7 @@ class MySQLBackend(Rebuilder):
         out = []
         rows = [decode(i) for i in change["added"]]
         added = {tuple(str(r.get(c)) for c in pk) for r in rows}
-        found = self._current_many(cur, table, expr, pk, rows)
+        found = self._current_many(cur, table, expr, pk, rows, decode)
         for row, image in zip(rows, change["added"], strict=True):
             key = tuple(str(row.get(c)) for c in pk)
             # a key whose text differs from the image's (DATETIME, DECIMAL) is looked up alone
@@ -297,7 +306,7 @@ class MySQLBackend(Rebuilder):
                 out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
         back = [r for r in (decode(i) for i in change["removed"])
                 if tuple(str(r.get(c)) for c in pk) not in added]
-        there = self._current_many(cur, table, expr, pk, back) if back else {}
+        there = self._current_many(cur, table, expr, pk, back, decode) if back else {}
         for row in back:
             if tuple(str(row.get(c)) for c in pk) in there:
                 out.append(_conflict(table, pk, row, "re-created by someone else", undone))
