@@ -187,7 +187,8 @@ def main() -> None:
     for kind, r in results["databases"].items():
         q = r["ratios"]
         print(f"{kind}:")
-        print(f"  1-row overhead / one durable commit  {verdict(q['single_overhead_in_commits'], 1)}")
+        single = verdict(q["single_overhead_in_commits"], 1)
+        print(f"  1-row overhead / one durable commit  {single}")
         print(f"  10k UPDATE journaled / raw           {verdict(q['update'], 2)}")
         print(f"  10k DELETE journaled / raw           {verdict(q['delete'], 2)}")
         print(f"  rollback of 10k UPDATE / raw UPDATE  {verdict(q['update_rollback'], 2)}")
