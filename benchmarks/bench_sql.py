@@ -1,9 +1,10 @@
-"""Overhead of journaled SQL against the raw statement, per database.
+"""Overhead of journaled SQL against the raw statement, per database (issue 15, target 5).
 
-For each database: the median time of a single-row UPDATE (raw DBAPI + COMMIT vs. through a
-durable revex episode: capture triggers, images, INTENT fsync, COMMIT, DONE), the median of a
-10,000-row UPDATE both ways, and the time to roll that 10,000-row change back. Prints a table
-and writes ``benchmarks/results/bench_sql.json``.
+For each database, interleaved in one run: a single-row UPDATE (raw DBAPI + COMMIT vs. through
+a durable revex episode: capture, images, INTENT, COMMIT, DONE) next to one durable SQLite WAL
+commit (the "one commit" the overhead is measured in); a 10,000-row UPDATE and a 10,000-row
+DELETE both ways; and the rollback of each journaled 10,000-row change. Prints each ratio next
+to its target and writes ``benchmarks/results/bench_sql.json``.
 
     PYTHONPATH=. python benchmarks/bench_sql.py [--dbs sqlite,postgres,mariadb] [--n 200]
 """
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import secrets
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -57,10 +59,11 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def setup(url: str) -> None:
+def fill(url: str, create: bool = False) -> None:
     engine = create_engine(url, poolclass=NullPool)
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE bench (id INT PRIMARY KEY, v INT, s VARCHAR(20))"))
+        if create:
+            conn.execute(text("CREATE TABLE bench (id INT PRIMARY KEY, v INT, s VARCHAR(20))"))
         conn.execute(text("INSERT INTO bench VALUES (:i, 0, :s)"),
                      [{"i": i, "s": f"row {i}"} for i in range(ROWS)])
     engine.dispose()
@@ -72,58 +75,85 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def raw_times(url: str, n: int, big: int) -> tuple[list[float], list[float]]:
+class DurableCommit:
+    """One durable SQLite WAL commit (synchronous=FULL) of a 100-byte row: the unit of the
+    1-row target, measured beside it."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("CREATE TABLE t (b BLOB)")
+
+    def __call__(self) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.execute("INSERT INTO t VALUES (?)", (os.urandom(100),))
+        self.conn.execute("COMMIT")
+
+
+def measure(url: str, n: int, big: int, tmp: Path) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in (
+        "single_raw", "single_revex", "commit", "update_raw", "update_revex", "update_undo",
+        "delete_raw", "delete_revex", "delete_undo")}
     engine = create_engine(url, poolclass=NullPool)
     raw = engine.raw_connection()
     cur = raw.cursor()
     mark = "?" if url.startswith("sqlite") else "%s"
+    commit = DurableCommit(tmp / "commit.db")
 
-    def one(i: int) -> None:
-        cur.execute(f"UPDATE bench SET v = v + 1 WHERE id = {mark}", (i % ROWS,))
-        raw.commit()
+    def raw_run(sql: str, *args: Any) -> Callable[[], None]:
+        def run() -> None:
+            cur.execute(sql, args)
+            raw.commit()
+        return run
 
-    def many() -> None:
-        cur.execute("UPDATE bench SET v = v + 1")
-        raw.commit()
-
-    single = [timed(lambda i=i: one(i)) for i in range(n)]
-    bulk = [timed(many) for _ in range(big)]
-    raw.close()
-    engine.dispose()
-    return single, bulk
-
-
-def revex_times(url: str, n: int, big: int, tmp: Path) -> tuple[list[float], list[float],
-                                                                 list[float]]:
-    single, bulk, undo = [], [], []
     with Runtime(tmp / "state", policy="permissive", audit=None) as rt:
         with rt.episode(workspace=tmp / "ws", databases={"app": url}, on_exit="commit") as ep:
             db = ep.sql("app")
             db.execute("UPDATE bench SET v = v WHERE id = 0")  # connect + install capture
-            for i in range(n):
-                single.append(timed(lambda i=i: db.execute(
-                    "UPDATE bench SET v = v + 1 WHERE id = :i", {"i": i % ROWS})))
+            for i in range(n):  # interleaved: raw, journaled, one durable commit
+                times["single_raw"].append(timed(raw_run(
+                    f"UPDATE bench SET v = v + 1 WHERE id = {mark}", i % ROWS)))
+                times["single_revex"].append(timed(lambda i=i: db.execute(
+                    "UPDATE bench SET v = v + 1 WHERE id = :i", {"i": (i + 1) % ROWS})))
+                times["commit"].append(timed(commit))
         for _ in range(big):
-            with rt.episode(workspace=tmp / "ws", databases={"app": url},
-                            on_exit="commit") as ep:
-                db = ep.sql("app")
-                db.execute("UPDATE bench SET v = v WHERE id = 0")
-                bulk.append(timed(lambda db=db: db.execute("UPDATE bench SET v = v + 1")))
-                undo.append(timed(ep.rollback))
-    return single, bulk, undo
+            for verb, sql in (("update", "UPDATE bench SET v = v + 1"),
+                              ("delete", "DELETE FROM bench")):
+                times[f"{verb}_raw"].append(timed(raw_run(sql)))
+                if verb == "delete":
+                    raw.close()
+                    fill(url)
+                    raw = engine.raw_connection()
+                    cur = raw.cursor()
+                with rt.episode(workspace=tmp / "ws", databases={"app": url},
+                                on_exit="commit") as ep:
+                    db = ep.sql("app")
+                    db.execute("UPDATE bench SET v = v WHERE id = 0")
+                    times[f"{verb}_revex"].append(timed(lambda db=db, sql=sql: db.execute(sql)))
+                    times[f"{verb}_undo"].append(timed(ep.rollback))
+    raw.close()
+    engine.dispose()
+    commit.conn.close()
+    return times
 
 
 def ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 3)
 
 
+def verdict(ratio: float, target: float) -> str:
+    return f"{ratio:6.2f}x (target <= {target:g}x) {'MET' if ratio <= target else 'MISSED'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dbs", default="sqlite,postgres,mariadb")
     parser.add_argument("--n", type=int, default=200, help="single-row updates per side")
-    parser.add_argument("--big", type=int, default=3, help="10,000-row updates per side")
+    parser.add_argument("--big", type=int, default=3, help="10,000-row statements per side")
     args = parser.parse_args()
     results: dict[str, Any] = {"rows": ROWS, "n": args.n, "big": args.big,
+                               "load_average": os.getloadavg(),
                                "machine": platform.platform(), "python": platform.python_version(),
                                "databases": {}}
     for kind in args.dbs.split(","):
@@ -131,20 +161,38 @@ def main() -> None:
             tmp = Path(tmpdir)
             (tmp / "ws").mkdir()
             with database(kind, tmp) as url:
-                setup(url)
-                raw_single, raw_bulk = raw_times(url, args.n, args.big)
-                rv_single, rv_bulk, rv_undo = revex_times(url, args.n, args.big, tmp)
-        results["databases"][kind] = {
-            "single_raw_ms": ms(raw_single), "single_revex_ms": ms(rv_single),
-            "bulk_raw_ms": ms(raw_bulk), "bulk_revex_ms": ms(rv_bulk),
-            "bulk_rollback_ms": ms(rv_undo),
+                fill(url, create=True)
+                times = measure(url, args.n, args.big, tmp)
+        r = {f"{k}_ms": ms(v) for k, v in times.items()}
+        r["ratios"] = {
+            "single_overhead_in_commits": (r["single_revex_ms"] - r["single_raw_ms"])
+            / r["commit_ms"],
+            "update": r["update_revex_ms"] / r["update_raw_ms"],
+            "delete": r["delete_revex_ms"] / r["delete_raw_ms"],
+            "update_rollback": r["update_undo_ms"] / r["update_raw_ms"],
+            "delete_rollback": r["delete_undo_ms"] / r["update_raw_ms"],
         }
-    header = (f"{'database':10} {'1-row raw':>10} {'1-row revex':>12} {'10k raw':>10} "
-              f"{'10k revex':>10} {'10k rollback':>13}   (median ms)")
-    print(header)
+        results["databases"][kind] = r
+    results["load_average_after"] = os.getloadavg()
+    print(f"load average {results['load_average'][0]:.2f} before, "
+          f"{results['load_average_after'][0]:.2f} after; medians in ms, {ROWS:,} rows")
+    print(f"{'database':10} {'1-row raw':>9} {'journaled':>9} {'commit':>7} "
+          f"{'10k UPD raw':>11} {'journaled':>9} {'rollback':>9} "
+          f"{'10k DEL raw':>11} {'journaled':>9} {'rollback':>9}")
     for kind, r in results["databases"].items():
-        print(f"{kind:10} {r['single_raw_ms']:10.2f} {r['single_revex_ms']:12.2f} "
-              f"{r['bulk_raw_ms']:10.1f} {r['bulk_revex_ms']:10.1f} {r['bulk_rollback_ms']:13.1f}")
+        print(f"{kind:10} {r['single_raw_ms']:9.2f} {r['single_revex_ms']:9.2f} "
+              f"{r['commit_ms']:7.2f} {r['update_raw_ms']:11.1f} {r['update_revex_ms']:9.1f} "
+              f"{r['update_undo_ms']:9.1f} {r['delete_raw_ms']:11.1f} "
+              f"{r['delete_revex_ms']:9.1f} {r['delete_undo_ms']:9.1f}")
+    for kind, r in results["databases"].items():
+        q = r["ratios"]
+        print(f"{kind}:")
+        single = verdict(q["single_overhead_in_commits"], 1)
+        print(f"  1-row overhead / one durable commit  {single}")
+        print(f"  10k UPDATE journaled / raw           {verdict(q['update'], 2)}")
+        print(f"  10k DELETE journaled / raw           {verdict(q['delete'], 2)}")
+        print(f"  rollback of 10k UPDATE / raw UPDATE  {verdict(q['update_rollback'], 2)}")
+        print(f"  rollback of 10k DELETE / raw UPDATE  {verdict(q['delete_rollback'], 2)}")
     out = Path(__file__).parent / "results" / "bench_sql.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -8,6 +8,7 @@ which the default policy denies.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -107,7 +108,24 @@ def split(sql: str, backend: str, *, escaped: bool = False) -> list[Statement]:
     ``escaped``: ``sql`` is the driver text of a format/pyformat driver that will be given
     parameters, so ``%%`` stands for ``%``. Each statement is classified as written; its
     ``sql`` stays the driver text (that is what runs), ``written`` holds the unescaped text.
+
+    Classification is a pure function of the text, so a short text (a statement run again
+    with new parameters) is parsed once: sqlglot was most of a 1-row statement's own cost.
     """
+    if len(sql) <= _CACHED_TEXT:
+        return list(_split_cached(sql, backend, escaped))
+    return _split(sql, backend, escaped)
+
+
+_CACHED_TEXT = 4096
+
+
+@functools.lru_cache(maxsize=512)
+def _split_cached(sql: str, backend: str, escaped: bool) -> tuple[Statement, ...]:
+    return tuple(_split(sql, backend, escaped))
+
+
+def _split(sql: str, backend: str, escaped: bool) -> list[Statement]:
     dialect = sqlglot_dialect(backend)
     logger = logging.getLogger("sqlglot")
     level = logger.level

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 Cursor = Any
 """A DBAPI cursor (sqlite3, psycopg, PyMySQL)."""
@@ -28,8 +27,7 @@ AFTER_UNDO = {
 """How :meth:`Backend.drift` words a row that an undo did not put back (``undone=True``)."""
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One row change the capture triggers saw: op I/U/D, old and new images (JSON text)."""
 
     table: str
@@ -42,35 +40,35 @@ def net_effect(events: Iterable[Event]) -> dict[str, dict[str, list[str]]]:
     """Per table ``{"removed": [...], "added": [...]}``: the action's net change as multisets.
 
     A row added and removed again within the action cancels out, as does a row changed and
-    changed back.
+    changed back. Applying the events one by one (an old image cancels a pending new one, else
+    it is removed; a new image cancels a pending removal, else it is added) never leaves an
+    image both removed and added, so the result is the multiset difference of all old images
+    and all new images, which Counter computes in C.
     """
-    removed: dict[str, Counter[str]] = {}
-    added: dict[str, Counter[str]] = {}
-    for ev in events:
-        rem = removed.setdefault(ev.table, Counter())
-        add = added.setdefault(ev.table, Counter())
-        if ev.old is not None:
-            if add[ev.old] > 0:
-                add[ev.old] -= 1
-            else:
-                rem[ev.old] += 1
-        if ev.new is not None:
-            if rem[ev.new] > 0:
-                rem[ev.new] -= 1
-            else:
-                add[ev.new] += 1
+    olds: dict[str, list[str]] = {}
+    news: dict[str, list[str]] = {}
+    for table, _, old, new in events:
+        if old is not None:
+            olds.setdefault(table, []).append(old)
+        else:
+            olds.setdefault(table, [])
+        if new is not None:
+            news.setdefault(table, []).append(new)
     out: dict[str, dict[str, list[str]]] = {}
-    for table in removed:
-        rem_list = list(removed[table].elements())
-        add_list = list(added[table].elements())
-        if rem_list or add_list:
-            out[table] = {"removed": rem_list, "added": add_list}
+    for table in {**olds, **news}:
+        change = multiset_diff(olds.get(table, []), news.get(table, []))
+        if change["removed"] or change["added"]:
+            out[table] = change
     return out
 
 
 def multiset_diff(before: Sequence[str], after: Sequence[str]) -> dict[str, list[str]]:
     """Net change between two full snapshots of a table (images as text)."""
     b, a = Counter(before), Counter(after)
+    if len(b) == len(before) and len(a) == len(after):  # no copies: set difference, in C
+        same = b.keys() & a.keys()
+        return {"removed": [i for i in before if i not in same],
+                "added": [i for i in after if i not in same]}
     return {"removed": list((b - a).elements()), "added": list((a - b).elements())}
 
 

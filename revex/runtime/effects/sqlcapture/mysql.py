@@ -35,6 +35,9 @@ _BINARY = {"blob", "tinyblob", "mediumblob", "longblob", "binary", "varbinary", 
            "geometry", "point", "linestring", "polygon"}
 _FLOAT = {"double", "float", "real"}
 _CASCADING = {"CASCADE", "SET NULL", "SET DEFAULT"}
+_BATCH_TEXT = 8 << 20
+"""group_concat_max_len for reading the log in batches: under the default max_allowed_packet
+(16 MiB), so a batch too long comes back cut (and is read row by row), never as an error."""
 
 
 def _q(ident: str) -> str:
@@ -51,6 +54,9 @@ class MySQLBackend(Rebuilder):
     transactional_ddl = False
     truncate_by_trigger = False
     sequence_is_ddl = True
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[tuple[str, str], ...], dict[str, dict[str, Any]]] = {}
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -99,6 +105,20 @@ class MySQLBackend(Rebuilder):
                 v = float(v)
             out[c] = v
         return out
+
+    def decoder(self, cols: list[tuple[str, str]]) -> Any:
+        """:meth:`decode` for ``cols``, remembering what it decoded: the checks before an
+        undo, the undo and the check after it read the same images (up to 50,000 kept)."""
+        if sum(map(len, self._memo.values())) > 50_000:
+            self._memo.clear()
+        memo = self._memo.setdefault(tuple(cols), {})
+
+        def decode(image: str) -> dict[str, Any]:
+            row = memo.get(image)
+            if row is None:
+                row = memo[image] = self.decode(cols, image)
+            return row
+        return decode
 
     # ---- capture -----------------------------------------------------------------------------
 
@@ -150,9 +170,38 @@ class MySQLBackend(Rebuilder):
         cur.execute("SET @revex_action = %s", (tag,))
 
     def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        cur.execute(f"SELECT tbl, op, old, new FROM {LOG} WHERE tag = %s ORDER BY id", (tag,))
-        events = [Event(*row) for row in cur.fetchall()]
+        events = self._read_batched(cur, tag)
+        if events is None:
+            cur.execute(f"SELECT tbl, op, old, new FROM {LOG} WHERE tag = %s ORDER BY id",
+                        (tag,))
+            events = list(map(Event._make, cur.fetchall()))
         cur.execute(f"DELETE FROM {LOG} WHERE tag = %s", (tag,))
+        return events
+
+    def _read_batched(self, cur: Cursor, tag: str) -> list[Event] | None:
+        """The log of ``tag`` read 1,000 images to a row (PyMySQL parses each result row in
+        Python), newline-joined: JSON_OBJECT escapes every control character, so an image
+        holds no newline. None (read it row by row) unless every batch splits back into as
+        many images, of as many characters, as the engine counted (a cut GROUP_CONCAT)."""
+        parts = []
+        for side in ("old", "new"):
+            parts.append(f"COUNT({side}), SUM(CHAR_LENGTH({side})), "
+                         f"GROUP_CONCAT({side} ORDER BY id SEPARATOR '\\n')")
+        # SET STATEMENT: the session's own group_concat_max_len (the agent's) stays as it was
+        cur.execute(f"SET STATEMENT group_concat_max_len = {_BATCH_TEXT} FOR SELECT tbl, "
+                    f"{', '.join(parts)} FROM {LOG} WHERE tag = %s GROUP BY tbl, id DIV 1000",
+                    (tag,))
+        events: list[Event] = []
+        for table, n_old, len_old, old, n_new, len_new, new in cur.fetchall():
+            for n, length, text, make in (
+                    (n_old, len_old, old, lambda i, t=table: Event(t, "D", i, None)),
+                    (n_new, len_new, new, lambda i, t=table: Event(t, "I", None, i))):
+                if not n:
+                    continue
+                images = text.split("\n")
+                if len(images) != n or sum(map(len, images)) != int(length):
+                    return None
+                events.extend(map(make, images))
         return events
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
@@ -212,17 +261,26 @@ class MySQLBackend(Rebuilder):
         return found[0] if found else None
 
     def _current_many(self, cur: Cursor, table: str, expr: str, pk: list[str],
-                      rows: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
-        """Current images of many rows by primary key, in batches (keys as text)."""
+                      rows: list[dict[str, Any]], decode: Any) -> dict[tuple[str, ...], str]:
+        """Current images of many rows by primary key, in batches of 500 read as one
+        newline-joined row each (see :meth:`_read_batched`), keyed by the text of the key
+        values ``decode`` reads from each image, as the caller keys its own images."""
         out: dict[tuple[str, ...], str] = {}
         keys = list({tuple(r.get(c) for c in pk) for r in rows})
         for part in chunks(keys, 500):
-            cur.execute(f"SELECT {', '.join('_revex_x.' + _q(c) for c in pk)}, {expr} FROM "
-                        f"{_q(table)} _revex_x WHERE "
-                        + key_in(pk, lambda c: "_revex_x." + _q(c), len(part), "%s"),
-                        [v for key in part for v in key])
-            for r in cur.fetchall():
-                out[tuple(str(v) for v in r[:-1])] = r[-1]
+            where = key_in(pk, lambda c: "_revex_x." + _q(c), len(part), "%s")
+            args = [v for key in part for v in key]
+            cur.execute(f"SET STATEMENT group_concat_max_len = {_BATCH_TEXT} FOR SELECT "
+                        "COUNT(*), SUM(CHAR_LENGTH(j)), GROUP_CONCAT(j SEPARATOR '\\n') FROM "
+                        f"(SELECT {expr} AS j FROM {_q(table)} _revex_x WHERE {where}) s", args)
+            n, length, text = cur.fetchone()
+            images = text.split("\n") if n else []
+            if len(images) != n or sum(map(len, images)) != int(length or 0):  # cut: rows
+                cur.execute(f"SELECT {expr} FROM {_q(table)} _revex_x WHERE {where}", args)
+                images = [r[0] for r in cur.fetchall()]
+            for image in images:
+                row = decode(image)
+                out[tuple(str(row.get(c)) for c in pk)] = image
         return out
 
     def drift(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -230,24 +288,25 @@ class MySQLBackend(Rebuilder):
         if table not in self.tables(cur):
             return [f"table {table}: no longer exists"]
         cols, pk = self.columns(cur, table), self.pk(cur, table)
+        decode = self.decoder(cols)
         expr = self.image_expr(cols, "_revex_x")
         if not pk:  # rows are their images: each must be there as often as listed
-            return [_conflict(table, pk, self.decode(cols, image), "deleted", undone)
+            return [_conflict(table, pk, decode(image), "deleted", undone)
                     for image in missing_copies(cur, f"{_q(table)} _revex_x", expr, "%s",
                                                 change["added"])]
         out = []
-        rows = [self.decode(cols, i) for i in change["added"]]
+        rows = [decode(i) for i in change["added"]]
         added = {tuple(str(r.get(c)) for c in pk) for r in rows}
-        found = self._current_many(cur, table, expr, pk, rows)
+        found = self._current_many(cur, table, expr, pk, rows, decode)
         for row, image in zip(rows, change["added"], strict=True):
             key = tuple(str(row.get(c)) for c in pk)
             # a key whose text differs from the image's (DATETIME, DECIMAL) is looked up alone
             now = found[key] if key in found else self._current(cur, table, expr, pk, row)
-            if now is None or json.loads(now) != json.loads(image):
+            if now != image and (now is None or json.loads(now) != json.loads(image)):
                 out.append(_conflict(table, pk, row, "changed" if now else "deleted", undone))
-        back = [r for r in (self.decode(cols, i) for i in change["removed"])
+        back = [r for r in (decode(i) for i in change["removed"])
                 if tuple(str(r.get(c)) for c in pk) not in added]
-        there = self._current_many(cur, table, expr, pk, back) if back else {}
+        there = self._current_many(cur, table, expr, pk, back, decode) if back else {}
         for row in back:
             if tuple(str(row.get(c)) for c in pk) in there:
                 out.append(_conflict(table, pk, row, "re-created by someone else", undone))
@@ -256,12 +315,13 @@ class MySQLBackend(Rebuilder):
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
                 force: bool) -> None:
         cols, pk = self.columns(cur, table), self.pk(cur, table)
+        decode = self.decoder(cols)
         names = [c for c, _ in cols]
         triggers = self._user_triggers(cur, table) if change["added"] or change["removed"] \
             else []
         if pk:
             gone = change["added"] + (change["removed"] if force else [])
-            keys = [[self.decode(cols, i).get(c) for c in pk] for i in gone]
+            keys = [[decode(i).get(c) for c in pk] for i in gone]
             for part in chunks(keys, 500):
                 cur.execute(f"DELETE FROM {_q(table)} WHERE "
                             + key_in(pk, _q, len(part), "%s"), [v for k in part for v in k])
@@ -270,7 +330,7 @@ class MySQLBackend(Rebuilder):
             for image in change["added"]:
                 cur.execute(f"DELETE FROM {_q(table)} WHERE {expr} = %s LIMIT 1", (image,))
         if change["removed"]:
-            rows = [[self.decode(cols, i).get(c) for c in names] for i in change["removed"]]
+            rows = [[decode(i).get(c) for c in names] for i in change["removed"]]
             marks = ", ".join("%s" for _ in names)
             cur.executemany(f"INSERT INTO {_q(table)} ({', '.join(map(_q, names))}) "
                             f"VALUES ({marks})", rows)

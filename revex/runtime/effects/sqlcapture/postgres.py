@@ -1,5 +1,13 @@
-"""PostgreSQL capture: row triggers (and a BEFORE TRUNCATE trigger) writing ``to_jsonb`` images
-into ``_revex_log``, active only in a session that set ``revex.action`` for its transaction.
+"""PostgreSQL capture: statement-level AFTER triggers with transition tables (and a BEFORE
+TRUNCATE trigger) writing ``to_jsonb`` images into revex's log tables, active only in a session
+that set ``revex.action`` for its transaction.
+
+Set-based: one ``INSERT ... SELECT`` per statement and table copies the transition table's
+images, 1,000 to a log row, newline-separated (``jsonb::text`` escapes every control character,
+so an image never holds a newline), into the UNLOGGED ``_revex_images`` (its rows never outlive
+the action's transaction: they are read and deleted before COMMIT). A table in an inheritance
+tree (partitions too) keeps row triggers into ``_revex_log``: a statement trigger on a parent
+would see its children's rows as its own.
 
 FK cascades and rows written by user triggers fire the capture triggers of the tables they
 touch. Undo runs with ``session_replication_role = replica`` (no user triggers, no FK actions)
@@ -29,6 +37,15 @@ from revex.runtime.effects.sqlcapture.base import (
 from revex.runtime.effects.sqlcapture.pg_columns import array, column_extras, revert_table
 
 QUARANTINE = "_revex_quarantine"
+IMAGES = f"{PREFIX}_images"
+_CHUNK = 1000
+"""Images per ``_revex_images`` row."""
+_STATEMENT = {f"{PREFIX}_ins": ("INSERT", "NEW TABLE AS _revex_new"),
+              f"{PREFIX}_upd": ("UPDATE", "OLD TABLE AS _revex_old NEW TABLE AS _revex_new"),
+              f"{PREFIX}_del": ("DELETE", "OLD TABLE AS _revex_old")}
+"""Statement-level capture triggers: name -> (event, transition tables)."""
+_ROW = f"{PREFIX}_row"
+_TRUNCATE = f"{PREFIX}_truncate"
 
 _FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {PREFIX}_capture() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -43,6 +60,25 @@ BEGIN
   INSERT INTO {LOG} (tag, tbl, op, old, new) VALUES (tag, TG_TABLE_NAME, left(TG_OP, 1),
     CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
     CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+  RETURN NULL;
+END $$
+"""
+
+_SET_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {PREFIX}_capture_set() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE tag text := current_setting('revex.action', true);
+BEGIN
+  IF tag IS NULL OR tag = '' THEN RETURN NULL; END IF;
+  IF TG_OP <> 'INSERT' THEN
+    INSERT INTO {IMAGES} (tag, tbl, old) SELECT tag, TG_TABLE_NAME, string_agg(j, E'\\n')
+      FROM (SELECT to_jsonb(_revex_x)::text AS j, (row_number() OVER ()) / {_CHUNK} AS g
+            FROM _revex_old _revex_x) s GROUP BY g;
+  END IF;
+  IF TG_OP <> 'DELETE' THEN
+    INSERT INTO {IMAGES} (tag, tbl, new) SELECT tag, TG_TABLE_NAME, string_agg(j, E'\\n')
+      FROM (SELECT to_jsonb(_revex_x)::text AS j, (row_number() OVER ()) / {_CHUNK} AS g
+            FROM _revex_new _revex_x) s GROUP BY g;
+  END IF;
   RETURN NULL;
 END $$
 """
@@ -75,8 +111,11 @@ class PostgresBackend:
                     "NULL, tbl text NOT NULL, op text NOT NULL, old jsonb, new jsonb)")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {ACTIONS} (episode text NOT NULL, seq int NOT "
                     "NULL, PRIMARY KEY (episode, seq))")
+        cur.execute(f"CREATE UNLOGGED TABLE IF NOT EXISTS {IMAGES} (id bigserial PRIMARY KEY, "
+                    "tag text NOT NULL, tbl text NOT NULL, old text, new text)")
         cur.execute(f"CREATE SCHEMA IF NOT EXISTS {QUARANTINE}")
         cur.execute(_FUNCTION)
+        cur.execute(_SET_FUNCTION)
         self.sync(cur)
 
     def tables(self, cur: Cursor) -> list[str]:
@@ -86,16 +125,31 @@ class PostgresBackend:
         return [r[0] for r in cur.fetchall()]
 
     def sync(self, cur: Cursor, tables: Iterable[str] | None = None) -> None:
-        cur.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = "
-                    "current_schema()::regnamespace AND c.relkind = 'r' AND c.relname NOT "
-                    "LIKE %s AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = "
-                    "c.oid AND t.tgname = %s)", (PREFIX.replace("_", "\\_") + "%",
-                                                 f"{PREFIX}_row"))
-        for (table,) in cur.fetchall():
-            cur.execute(f"CREATE TRIGGER {PREFIX}_row AFTER INSERT OR UPDATE OR DELETE ON "
-                        f"{_q(table)} FOR EACH ROW EXECUTE FUNCTION {PREFIX}_capture()")
-            cur.execute(f"CREATE TRIGGER {PREFIX}_truncate BEFORE TRUNCATE ON {_q(table)} "
-                        f"FOR EACH STATEMENT EXECUTE FUNCTION {PREFIX}_capture()")
+        """Give every user table the capture triggers its place calls for: statement triggers,
+        or row triggers for a table with an inheritance parent or child (its kind can change
+        with DDL, so the wrong kind is dropped)."""
+        cur.execute("SELECT c.relname, EXISTS (SELECT 1 FROM pg_inherits i WHERE c.oid IN "
+                    "(i.inhrelid, i.inhparent)), ARRAY(SELECT t.tgname::text FROM pg_trigger t "
+                    "WHERE t.tgrelid = c.oid AND t.tgname LIKE %s) FROM pg_class c WHERE "
+                    "c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND "
+                    "c.relname NOT LIKE %s", (PREFIX.replace("_", "\\_") + "%",
+                                              PREFIX.replace("_", "\\_") + "%"))
+        for table, inherits, have in cur.fetchall():
+            want = {_ROW, _TRUNCATE} if inherits else {*_STATEMENT, _TRUNCATE}
+            for name in set(have) - want:
+                cur.execute(f"DROP TRIGGER {_q(name)} ON {_q(table)}")
+            for name in sorted(want - set(have)):
+                if name == _TRUNCATE:
+                    cur.execute(f"CREATE TRIGGER {name} BEFORE TRUNCATE ON {_q(table)} FOR "
+                                f"EACH STATEMENT EXECUTE FUNCTION {PREFIX}_capture()")
+                elif name == _ROW:
+                    cur.execute(f"CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON "
+                                f"{_q(table)} FOR EACH ROW EXECUTE FUNCTION {PREFIX}_capture()")
+                else:
+                    event, referencing = _STATEMENT[name]
+                    cur.execute(f"CREATE TRIGGER {name} AFTER {event} ON {_q(table)} "
+                                f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE "
+                                f"FUNCTION {PREFIX}_capture_set()")
 
     def drop_capture(self, cur: Cursor, tables: Iterable[str]) -> None:
         return None
@@ -107,9 +161,19 @@ class PostgresBackend:
         cur.execute("SELECT set_config('revex.action', %s, true)", (tag or "",))
 
     def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        cur.execute(f"DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, old::text, "
-                    "new::text", (tag,))
-        return [Event(*row[1:]) for row in sorted(cur.fetchall())]
+        # both logs in one round trip: row events (0) and newline-joined batches (1)
+        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, "
+                    f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
+                    "tag = %s RETURNING id, tbl, old, new) SELECT 0, id, tbl, op, old, new "
+                    "FROM r UNION ALL SELECT 1, id, tbl, '', old, new FROM s", (tag, tag))
+        rows = sorted(cur.fetchall())
+        events = [Event(*row[2:]) for row in rows if row[0] == 0]
+        for _, _, table, _, old, new in (row for row in rows if row[0] == 1):
+            if old is not None:
+                events.extend(Event(table, "D", image, None) for image in old.split("\n"))
+            if new is not None:
+                events.extend(Event(table, "I", None, image) for image in new.split("\n"))
+        return events
 
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
         return None
@@ -175,16 +239,16 @@ class PostgresBackend:
                 out.append(_conflict(table, pk, image, "deleted" if gone else "changed",
                                      undone))
         if pk and change["removed"]:
-            added = {_key(i, pk) for i in change["added"]}
-            back = [i for i in change["removed"] if _key(i, pk) not in added]
-            if back:
-                on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-                cur.execute(f"SELECT e.j::text FROM jsonb_array_elements(%s::jsonb) e(j) "
-                            f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, e.j) r "
-                            f"JOIN {t} _revex_x ON {on}", (array(back),))
-                for (image,) in cur.fetchall():
-                    out.append(_conflict(table, pk, image, "re-created by someone else",
-                                         undone))
+            # a pre-image whose key the action left no row under must still be absent
+            on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
+            same = " AND ".join(f"a.{_q(c)} = r.{_q(c)}" for c in pk)
+            cur.execute(f"SELECT e.j::text FROM jsonb_array_elements(%s::jsonb) e(j) "
+                        f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, e.j) r "
+                        f"JOIN {t} _revex_x ON {on} WHERE NOT EXISTS (SELECT 1 FROM "
+                        f"jsonb_populate_recordset(NULL::{t}, %s::jsonb) a WHERE {same})",
+                        (array(change["removed"]), array(change["added"])))
+            for (image,) in cur.fetchall():
+                out.append(_conflict(table, pk, image, "re-created by someone else", undone))
         return out
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
@@ -350,11 +414,6 @@ def _same_shape(now: dict[str, Any], snapshot: dict[str, Any]) -> bool:
     """``now`` (a catalog) matches ``snapshot`` in every part the snapshot recorded (older
     snapshots lack comments and collations; rows are compared separately)."""
     return all(now.get(k) == v for k, v in snapshot.items() if k != "rows")
-
-
-def _key(image: str, pk: list[str]) -> tuple[str, ...]:
-    row = json.loads(image)
-    return tuple(json.dumps(row.get(c)) for c in pk)
 
 
 def _conflict(table: str, pk: list[str], image: str, what: str, undone: bool = False) -> str:

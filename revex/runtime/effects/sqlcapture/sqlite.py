@@ -37,6 +37,27 @@ def _enc(ref: str) -> str:
             f"WHEN 'real' THEN printf('%!.17g', {ref}) ELSE {ref} END)")
 
 
+def _path(col: str) -> str:
+    """The SQL literal of the JSON path of column ``col`` in an image."""
+    return "'$.\"" + col.replace("'", "''") + "\"'"
+
+
+def _value(ref: str, col: str) -> str:
+    """SQL that turns column ``col`` of the image ``ref`` (JSON text) back into its value, as
+    :func:`decode` does: blobs and reals through the exact Python conversions registered by
+    ``connect_setup``."""
+    tag = f"json_extract({ref}, {_path(col)} || '[0]')"
+    val = f"json_extract({ref}, {_path(col)} || '[1]')"
+    return (f"CASE {tag} WHEN 'blob' THEN {PREFIX}_unhex({val}) WHEN 'real' THEN "
+            f"{PREFIX}_real({val}) ELSE {val} END")
+
+
+def _in_sql(cols: list[str]) -> bool:
+    """Whether images of these columns can be read back in SQL (JSON path labels cannot hold
+    a double quote or backslash)."""
+    return all('"' not in c and "\\" not in c for c in cols)
+
+
 def decode(image: str) -> dict[str, Any]:
     """Column -> Python value of an image."""
     out: dict[str, Any] = {}
@@ -64,6 +85,9 @@ class SQLiteBackend(Rebuilder):
         dbapi_conn.isolation_level = None  # revex issues BEGIN itself, also before DDL
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
         dbapi_conn.execute("PRAGMA recursive_triggers=ON")
+        # set-based undo reads images back in SQL with the same conversions as decode()
+        dbapi_conn.create_function(f"{PREFIX}_unhex", 1, bytes.fromhex, deterministic=True)
+        dbapi_conn.create_function(f"{PREFIX}_real", 1, float, deterministic=True)
 
     def begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         if not dbapi_conn.in_transaction:
@@ -135,7 +159,7 @@ class SQLiteBackend(Rebuilder):
 
     def read_log(self, cur: Cursor, tag: str) -> list[Event]:
         cur.execute(f"SELECT tbl, op, old, new FROM temp.{LOG} ORDER BY id")
-        events = [Event(*row) for row in cur.fetchall()]
+        events = list(map(Event._make, cur.fetchall()))
         cur.execute(f"DELETE FROM temp.{LOG}")
         return events
 
@@ -184,14 +208,52 @@ class SQLiteBackend(Rebuilder):
               undone: bool = False) -> list[str]:
         if table not in set(self.tables(cur)):
             return [f"table {table}: no longer exists"]
+        cols, pk = self.columns(cur, table)
+        if pk and _in_sql(cols):
+            # set-based in the engine; only the images it cannot vouch for (drift, or a key
+            # its JSON reading does not match) go through the exact check below
+            change = self._suspects(cur, table, pk, change)
+            if not change["added"] and not change["removed"]:
+                return []
+        return self._drift_exact(cur, table, pk, change, undone)
+
+    def _suspects(self, cur: Cursor, table: str, pk: list[str],
+                  change: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The part of ``change`` the engine does not find in place: ``added`` images whose
+        row (by key) is missing or differs, ``removed`` images whose key no added image has
+        and under which a row exists."""
         expr = self.image_expr(cur, table, "x")
-        _, pk = self.columns(cur, table)
+        by_key = " AND ".join(f"x.{_q(c)} = {_value('e.value', c)}" for c in pk)
+        added: list[str] = []
+        if change["added"]:
+            cur.execute(f"SELECT e.value, (SELECT {expr} FROM main.{_q(table)} AS x WHERE "
+                        f"{by_key} LIMIT 1) FROM json_each(?) AS e",
+                        (json.dumps(change["added"]),))
+            added = [image for image, now in cur.fetchall() if now != image]
+        removed: list[str] = []
+        if change["removed"]:
+            def keys(ref: str) -> str:  # typed, as text: equal only if the values are
+                return "(" + ", ".join(f"ifnull(json_extract({ref}, {_path(c)}), 'null')"
+                                       for c in pk) + ")"
+            cur.execute(f"SELECT e.value FROM json_each(?) AS e WHERE {keys('e.value')} NOT IN "
+                        f"(SELECT {keys('a.value')[1:-1]} FROM json_each(?) AS a) AND EXISTS "
+                        f"(SELECT 1 FROM main.{_q(table)} AS x WHERE {by_key})",
+                        (json.dumps(change["removed"]), json.dumps(change["added"])))
+            removed = [r[0] for r in cur.fetchall()]
+        # the exact check of a removed image needs every added key
+        return {"added": added, "removed": removed,
+                **({"keys": change["added"]} if removed else {})}
+
+    def _drift_exact(self, cur: Cursor, table: str, pk: list[str],
+                     change: dict[str, list[str]], undone: bool) -> list[str]:
+        expr = self.image_expr(cur, table, "x")
         if not pk:  # rows are their images: each must be there as often as listed
             return [_conflict(table, pk, decode(image), "deleted", undone) for image in
                     missing_copies(cur, f"main.{_q(table)} AS x", expr, "?", change["added"])]
         out = []
         rows = [decode(i) for i in change["added"]]
-        added_keys = {tuple(r.get(c) for c in pk) for r in rows}
+        added_keys = {tuple(decode(i).get(c) for c in pk) for i in change.get("keys", [])}
+        added_keys |= {tuple(r.get(c) for c in pk) for r in rows}
         found = self._current_many(cur, table, expr, pk, rows)
         for row, image in zip(rows, change["added"], strict=True):
             now = found.get(tuple(row.get(c) for c in pk))
@@ -210,7 +272,14 @@ class SQLiteBackend(Rebuilder):
         cols, pk = self.columns(cur, table)
         triggers = self._user_triggers(cur, table)
         expr = self.image_expr(cur, table, "x")
-        if pk:
+        fast = _in_sql(cols)
+        if pk and fast:
+            gone = change["added"] + (change["removed"] if force else [])
+            if gone:
+                key = ", ".join(_value("e.value", c) for c in pk)
+                cur.execute(f"DELETE FROM main.{_q(table)} WHERE ({', '.join(map(_q, pk))}) IN "
+                            f"(SELECT {key} FROM json_each(?) AS e)", (json.dumps(gone),))
+        elif pk:
             keys = [tuple(decode(i).get(c) for c in pk) for i in change["added"]]
             if force:
                 keys += [tuple(decode(i).get(c) for c in pk) for i in change["removed"]]
@@ -222,7 +291,12 @@ class SQLiteBackend(Rebuilder):
                 f"DELETE FROM main.{_q(table)} WHERE rowid = (SELECT rowid FROM "
                 f"main.{_q(table)} AS x WHERE {expr} = ? LIMIT 1)",
                 [(i,) for i in change["added"]])
-        if change["removed"]:
+        if change["removed"] and fast:
+            cur.execute(f"INSERT INTO main.{_q(table)} ({', '.join(map(_q, cols))}) SELECT "
+                        + ", ".join(_value("e.value", c) for c in cols)
+                        + " FROM json_each(?) AS e ORDER BY e.key",
+                        (json.dumps(change["removed"]),))
+        elif change["removed"]:
             marks = ", ".join("?" for _ in cols)
             rows = [[decode(i).get(c) for c in cols] for i in change["removed"]]
             cur.executemany(f"INSERT INTO main.{_q(table)} ({', '.join(map(_q, cols))}) "
