@@ -175,7 +175,7 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
                                                height_ratios=(3, 2, 3))
     else:
         fig, (ax_r, ax_s) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    colours = itertools.cycle(plt.get_cmap("tab20").colors)  # a distinct colour per line
+    colours = itertools.cycle(plt.get_cmap("tab20")(i) for i in range(20))  # distinct colours
     if steps:
         reward = [r["reward"] for r in records if "reward" in r]
         std = [r.get("reward_std", 0.0) for r in records if "reward" in r]
