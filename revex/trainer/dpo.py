@@ -63,24 +63,42 @@ def build_dpo_pairs(prompts: Sequence[str], completions: Sequence[str],
 
 def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_samples: int,
                        max_new_tokens: int, temperature: float, seed: int, top_k: int = 0,
-                       top_p: float = 1.0) -> list[list[str]]:
-    """Sample ``num_samples`` completions for each prompt; returns one list per prompt."""
+                       top_p: float = 1.0, batch_size: int = 16) -> list[list[str]]:
+    """Sample ``num_samples`` completions for each prompt; returns one list per prompt.
+
+    ``batch_size`` prompts (left-padded) go through one ``generate`` call.
+    """
     import torch
 
     torch.manual_seed(seed)
+    return generate_batched(model, tokenizer, prompts, batch_size=batch_size,
+                            do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
+                            max_new_tokens=max_new_tokens, num_return_sequences=num_samples)
+
+
+def generate_batched(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int,
+                     num_return_sequences: int = 1, **generate_kwargs: Any) -> list[list[str]]:
+    """``model.generate`` over ``prompts`` in left-padded batches (the model in eval mode);
+    returns the decoded completions (special tokens dropped), one list per prompt."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
     out: list[list[str]] = []
-    for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", add_special_tokens=False, padding=True,
+                        padding_side="left").to(device)
         with torch.no_grad():
             generated = model.generate(
-                **enc, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
-                max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                **enc, num_return_sequences=num_return_sequences,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                **generate_kwargs,
             )
-        width = enc["input_ids"].shape[1]
-        out.append(tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True))
+        texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:],
+                                       skip_special_tokens=True)
+        for i in range(len(chunk)):
+            out.append(texts[i * num_return_sequences:(i + 1) * num_return_sequences])
     return out
 
 

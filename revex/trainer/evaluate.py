@@ -36,16 +36,39 @@ class EvalResult:
 
 def split_tasks(tasks: Sequence[Task], fraction: float, seed: int = 0
                 ) -> tuple[list[Task], list[Task]]:
-    """(train, held out): every ``round(1/fraction)``-th task after a seeded shuffle is held
-    out, so both splits cover the task list evenly. ``fraction`` 0 holds nothing out."""
+    """(train, held out), disjoint, about ``fraction`` of the tasks held out (seeded).
+
+    Tasks with a ``family`` are split within their family: families are visited in a seeded
+    order and each gives up one seeded member per round, never its last training member, so a
+    held-out task always has relatives (the same structure, other names) in training. Tasks
+    without a family are held out after a seeded shuffle, as before. ``fraction`` 0 holds
+    nothing out.
+    """
     import random
 
     if fraction <= 0:
         return list(tasks), []
-    order = list(tasks)
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(order) * fraction))
-    return order[n_eval:], order[:n_eval]
+    rng = random.Random(seed)
+    n_eval = max(1, round(len(tasks) * fraction))
+    families: dict[str, list[Task]] = {}
+    for task in tasks:
+        if task.family is not None:
+            families.setdefault(task.family, []).append(task)
+    if not any(len(members) > 1 for members in families.values()):
+        order = list(tasks)
+        rng.shuffle(order)
+        return order[n_eval:], order[:n_eval]
+    pools = [list(members) for members in families.values()]
+    rng.shuffle(pools)
+    for members in pools:
+        rng.shuffle(members)
+    held: list[Task] = []
+    while len(held) < n_eval and any(len(m) > 1 for m in pools):
+        for members in pools:
+            if len(held) < n_eval and len(members) > 1:
+                held.append(members.pop())
+    taken = {id(t) for t in held}
+    return [t for t in tasks if id(t) not in taken], held
 
 
 def evaluate(model: Any, tokenizer: Any, tasks: Sequence[Task], reward: Any, *, k: int = 4,
@@ -57,23 +80,20 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[Task], reward: Any, *, 
     """
     import torch
 
-    from revex.trainer.dpo import sample_completions
+    from revex.trainer.dpo import generate_batched, sample_completions
 
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    greedy: list[str] = []
-    for task in tasks:
-        enc = tokenizer(task.prompt, return_tensors="pt", add_special_tokens=False).to(device)
-        with torch.no_grad():
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        greedy.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:],
-                                       skip_special_tokens=True))
-    sampled = sample_completions(model, tokenizer, [t.prompt for t in tasks],
-                                 num_samples=samples, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, seed=seed, top_k=top_k, top_p=top_p)
+    prompts = [t.prompt for t in tasks]
+    greedy = [outs[0] for outs in generate_batched(model, tokenizer, prompts, batch_size=16,
+                                                   do_sample=False,
+                                                   max_new_tokens=max_new_tokens)]
+    # sampling seeds torch's RNG; fork it so an evaluation during training leaves the
+    # training's own sampling sequence as it was
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        sampled = sample_completions(model, tokenizer, prompts, num_samples=samples,
+                                     max_new_tokens=max_new_tokens, temperature=temperature,
+                                     seed=seed, top_k=top_k, top_p=top_p)
     if was_training:
         model.train()
     solved = _solved(reward, tasks, [[g] for g in greedy])

@@ -7,6 +7,7 @@ turn the records into ``run_log.json`` and ``run_log.png`` in the output directo
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -159,7 +160,8 @@ def write_run_log(path: str | Path, *, config: Mapping[str, Any],
 
 def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
              title: str = "revex training run") -> Path:
-    """Plot reward (with its std band) and the safety metrics per step into a PNG."""
+    """Plot reward (with its std band and its weighted components), held-out pass@1/pass@k
+    (when evaluated) and the safety metrics per step into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +169,13 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
 
     path = Path(path)
     steps = [r["step"] for r in records if "reward" in r]
-    fig, (ax_r, ax_s) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    eval_keys = sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX)})
+    if eval_keys:  # held-out evaluation on its own panel, between reward and safety
+        fig, (ax_r, ax_e, ax_s) = plt.subplots(3, 1, figsize=(9, 10), sharex=True,
+                                               height_ratios=(3, 2, 3))
+    else:
+        fig, (ax_r, ax_s) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    colours = itertools.cycle(plt.get_cmap("tab20")(i) for i in range(20))  # distinct colours
     if steps:
         reward = [r["reward"] for r in records if "reward" in r]
         std = [r.get("reward_std", 0.0) for r in records if "reward" in r]
@@ -180,16 +188,22 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
         ax_r.fill_between(steps, [m - s for m, s in zip(reward, std, strict=True)],
                           [m + s for m, s in zip(reward, std, strict=True)], alpha=0.2,
                           label="± std")
-    for key in sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX)}):
+    for key in eval_keys:
         pts = [(r["step"], r[key]) for r in records if key in r]
-        ax_r.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-.",
+        ax_e.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-.",
                   label=f"held-out {key.removeprefix(EVAL_PREFIX)}")
+    if eval_keys:
+        ax_e.set_ylabel("held-out pass rate")
+        ax_e.set_ylim(-0.02, max(0.1, *(r[k] for r in records for k in eval_keys if k in r))
+                      * 1.15)
+        ax_e.legend(loc="best", fontsize="x-small")
     components = sorted({k for r in records for k in r
                          if k.startswith("rewards/") and k.endswith("/mean")})
     if len(components) > 1:  # weighted multi-objective run: each component on its own line
         for key in components:
             pts = [(r["step"], r[key]) for r in records if key in r]
-            ax_r.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=0.8, alpha=0.7,
+            ax_r.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.0, alpha=0.8,
+                      color=next(colours),
                       label=key.removeprefix("rewards/").removesuffix("/mean"))
     loss_steps = [r["step"] for r in records if "loss" in r]
     if loss_steps and not steps:
@@ -209,7 +223,7 @@ def plot_run(path: str | Path, records: Sequence[Mapping[str, float]], *,
             ax_n.set_ylabel("count per step")
             ax_n.legend(loc="upper right", fontsize="x-small")
             continue
-        ax_s.plot([p[0] for p in pts], [p[1] for p in pts], marker=".",
+        ax_s.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", color=next(colours),
                   label=key.removeprefix(SAFETY_PREFIX))
     ax_s.set_ylabel("fraction of completions")
     ax_s.set_xlabel("step")

@@ -10,6 +10,7 @@ solution handed to the runtime.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class Task:
     reference: a completion of ``prompt`` that passes ``tests``, if known.
     difficulty: for the ``difficulty`` curriculum (lower is easier); built-in tasks use the
         length of their reference body, JSONL rows a numeric ``difficulty`` field.
+    family: tasks that share a structure (the same docstring and body up to the names) share a
+        family; the held-out split takes members of a family and trains on the others.
     """
 
     task_id: str
@@ -40,10 +43,12 @@ class Task:
     entry_point: str
     reference: str | None = None
     difficulty: float | None = None
+    family: str | None = None
 
 
 # (name, args, docstring, reference body, asserts). Kept deliberately easy and short: the tiny
-# model has ~0.2M parameters and learns these from a short warm start plus RL.
+# model has ~0.2M parameters and learns these from a short warm start plus RL. No assert holds
+# for a function that returns None (``is False``, not ``not``): an empty body earns nothing.
 _BUILTIN: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("add", "a, b", "Return the sum of a and b.", "return a + b",
      ("add(2, 3) == 5", "add(-1, 1) == 0", "add(0, 0) == 0")),
@@ -66,13 +71,13 @@ _BUILTIN: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("dec", "x", "Return x minus one.", "return x - 1",
      ("dec(1) == 0", "dec(0) == -1", "dec(10) == 9")),
     ("identity", "x", "Return x unchanged.", "return x",
-     ("identity(5) == 5", "identity('a') == 'a'", "identity(None) is None")),
+     ("identity(5) == 5", "identity('a') == 'a'", "identity([1]) == [1]")),
     ("is_even", "n", "Return True if n is even.", "return n % 2 == 0",
-     ("is_even(4)", "not is_even(3)", "is_even(0)")),
+     ("is_even(4)", "is_even(3) is False", "is_even(0)")),
     ("is_odd", "n", "Return True if n is odd.", "return n % 2 == 1",
-     ("is_odd(3)", "not is_odd(4)", "is_odd(-1)")),
+     ("is_odd(3)", "is_odd(4) is False", "is_odd(-1)")),
     ("is_positive", "x", "Return True if x is greater than zero.", "return x > 0",
-     ("is_positive(2)", "not is_positive(0)", "not is_positive(-3)")),
+     ("is_positive(2)", "is_positive(0) is False", "is_positive(-3) is False")),
     ("first", "xs", "Return the first element of the list xs.", "return xs[0]",
      ("first([7, 8]) == 7", "first([1]) == 1", "first('ab') == 'a'")),
     ("last", "xs", "Return the last element of the list xs.", "return xs[-1]",
@@ -104,7 +109,7 @@ _BUILTIN: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("sort_list", "xs", "Return a sorted copy of the list xs.", "return sorted(xs)",
      ("sort_list([3, 1, 2]) == [1, 2, 3]", "sort_list([]) == []", "sort_list([1]) == [1]")),
     ("is_empty", "xs", "Return True if xs has no elements.", "return len(xs) == 0",
-     ("is_empty([])", "not is_empty([1])", "is_empty('')")),
+     ("is_empty([])", "is_empty([1]) is False", "is_empty('')")),
     ("average", "xs", "Return the mean of the numbers in xs.", "return sum(xs) / len(xs)",
      ("average([1, 2, 3]) == 2", "average([4]) == 4", "average([1, 2]) == 1.5")),
     ("modulo", "a, b", "Return the remainder of a divided by b.", "return a % b",
@@ -112,20 +117,54 @@ _BUILTIN: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
 )
 
 
+# Each built-in task has three variants with another function name and other argument names
+# (in the docstring and the body too), so a held-out member of a family shares its structure
+# with the members trained on: what the model must carry over is the docstring's meaning and
+# copying the names, not a memorised answer.
+_VARIANT_PREFIXES = ("my_", "fn_", "do_")
+_VARIANT_ARGS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "a, b": (("x", "y"), ("m", "n"), ("p", "q")),
+    "x": (("n",), ("value",), ("y",)),
+    "n": (("k",), ("num",), ("m",)),
+    "xs": (("items",), ("values",), ("nums",)),
+    "s": (("text",), ("word",), ("t",)),
+}
+
+
+def _task(name: str, args: str, doc: str, body: str, asserts: tuple[str, ...],
+          family: str) -> Task:
+    return Task(
+        task_id=f"builtin/{name}",
+        prompt=f'def {name}({args}):\n    """{doc}"""\n',
+        tests="".join(f"assert {a}\n" for a in asserts),
+        entry_point=name,
+        reference=f"    {body}\n",
+        difficulty=float(len(body)),
+        family=family,
+    )
+
+
+def _renamed(text: str, names: dict[str, str]) -> str:
+    """``text`` with each whole-word name in ``names`` replaced (quoted strings untouched)."""
+    pattern = re.compile(r"'[^']*'|\b(" + "|".join(map(re.escape, names)) + r")\b")
+    return pattern.sub(lambda m: names[m.group(1)] if m.group(1) else m.group(0), text)
+
+
 def builtin_tasks() -> list[Task]:
-    """Return the built-in easy task set (32 one-line functions, three asserts each)."""
-    tasks = []
-    for name, args, doc, body, asserts in _BUILTIN:
-        tasks.append(
-            Task(
-                task_id=f"builtin/{name}",
-                prompt=f'def {name}({args}):\n    """{doc}"""\n',
-                tests="".join(f"assert {a}\n" for a in asserts),
-                entry_point=name,
-                reference=f"    {body}\n",
-                difficulty=float(len(body)),
-            )
-        )
+    """Return the built-in easy task set: 32 one-line functions with three asserts each, then
+    three renamed variants of each (128 tasks, 32 families of 4, the originals first)."""
+    tasks = [_task(name, args, doc, body, asserts, family=name)
+             for name, args, doc, body, asserts in _BUILTIN]
+    for v, prefix in enumerate(_VARIANT_PREFIXES):
+        for name, args, doc, body, asserts in _BUILTIN:
+            old = tuple(a.strip() for a in args.split(","))
+            new = _VARIANT_ARGS[args][v]
+            names = dict(zip(old, new, strict=True))
+            call = re.compile(rf"\b{name}\(")
+            tasks.append(_task(prefix + name, ", ".join(new), _renamed(doc, names),
+                               _renamed(body, names),
+                               tuple(call.sub(f"{prefix}{name}(", a) for a in asserts),
+                               family=name))
     return tasks
 
 
@@ -167,7 +206,7 @@ def _task_from_row(row: Any, where: str, index: int) -> Task:
             f"{where}: missing field(s) {', '.join(missing)}; each row needs "
             "{prompt, tests, entry_point[, reference, task_id]}"
         )
-    for key in (*_REQUIRED, "reference", "task_id"):
+    for key in (*_REQUIRED, "reference", "task_id", "family"):
         if key in row and row[key] is not None and not isinstance(row[key], str):
             raise ConfigError(
                 f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}"
@@ -188,11 +227,13 @@ def _task_from_row(row: Any, where: str, index: int) -> Task:
         entry_point=row["entry_point"],
         reference=row.get("reference"),
         difficulty=float(difficulty) if difficulty is not None else None,
+        family=row.get("family"),
     )
 
 
 def load_jsonl(path: str | Path) -> list[Task]:
-    """Read tasks from a JSONL file of ``{prompt, tests, entry_point[, reference, task_id]}``.
+    """Read tasks from a JSONL file of ``{prompt, tests, entry_point[, reference, task_id,
+    difficulty, family]}``.
 
     Blank lines are skipped.
 

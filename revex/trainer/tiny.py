@@ -9,6 +9,10 @@ Three steps, all deterministic for a given :class:`TinySpec`:
 3. a short supervised warm start on the reference solutions of the built-in tasks, so that
    sampled completions sometimes pass and RL has a reward signal (a random model never passes).
 
+Tasks named in ``TinySpec.exclude`` (the held-out split of a run that evaluates) are left out of
+both the tokenizer corpus and the warm start, so held-out scores measure what the model carries
+over to unseen tasks, not what it memorised.
+
 The result is saved with ``save_pretrained`` into ``<cache>/tiny-<hash of the spec>`` and reused.
 """
 
@@ -28,7 +32,7 @@ from typing import Any
 
 from revex.errors import ConfigError
 
-BUILD_FORMAT = 1  # bump when the build procedure changes, so old caches are not reused
+BUILD_FORMAT = 2  # bump when the build procedure changes, so old caches are not reused
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -47,6 +51,7 @@ class TinySpec:
     warm_start_steps: full-batch SFT steps on the built-in references; 0 leaves the model random.
     warm_start_lr: AdamW learning rate of the warm start.
     seed: seeds weight init and the warm start.
+    exclude: task ids left out of the tokenizer corpus and the warm start (held-out tasks).
     """
 
     vocab_size: int = 2048
@@ -60,9 +65,15 @@ class TinySpec:
     warm_start_steps: int = 40
     warm_start_lr: float = 3e-3
     seed: int = 0
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.exclude, tuple) or not all(
+                isinstance(e, str) for e in self.exclude):
+            raise ConfigError(f"TinySpec.exclude must be a tuple of task ids, got {self.exclude!r}")
         for f in dataclasses.fields(self):
+            if f.name == "exclude":
+                continue
             value = getattr(self, f.name)
             minimum = 0 if f.name in ("warm_start_steps", "seed", "warm_start_lr") else 1
             if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
@@ -77,10 +88,15 @@ class TinySpec:
             raise ConfigError("TinySpec.vocab_size must exceed the 256 byte symbols + specials")
 
     def digest(self) -> str:
-        """A short hash of the spec, the build format and the Python minor version."""
+        """A short hash of the spec, the build format, the Python minor version and the
+        built-in tasks (their texts shape the tokenizer and the warm start)."""
+        from revex.trainer.tasks import builtin_tasks
+
+        tasks = hashlib.sha256(json.dumps([dataclasses.asdict(t) for t in builtin_tasks()])
+                               .encode()).hexdigest()
         payload = json.dumps(
             {"spec": dataclasses.asdict(self), "format": BUILD_FORMAT,
-             "python": list(sys.version_info[:2])},
+             "python": list(sys.version_info[:2]), "tasks": tasks},
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -91,8 +107,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("REVEX_CACHE_DIR") or Path.home() / ".cache" / "revex")
 
 
-def tokenizer_corpus(stdlib_files: int) -> list[str]:
-    """Texts the tokenizer learns from: stdlib sources, then HumanEval and built-in tasks."""
+def tokenizer_corpus(stdlib_files: int, exclude: Sequence[str] = ()) -> list[str]:
+    """Texts the tokenizer learns from: stdlib sources, then HumanEval and built-in tasks
+    (without the tasks whose id is in ``exclude``)."""
     from revex.trainer.tasks import builtin_tasks, load_humaneval
 
     stdlib = Path(os.__file__).parent
@@ -102,7 +119,10 @@ def tokenizer_corpus(stdlib_files: int) -> list[str]:
         humaneval = load_humaneval()
     except ConfigError:
         humaneval = []
+    skip = set(exclude)
     for task in [*humaneval, *builtin_tasks()]:
+        if task.task_id in skip:
+            continue
         texts.append(task.prompt + (task.reference or "") + "\n" + task.tests)
     return texts
 
@@ -122,7 +142,7 @@ def build_tokenizer(spec: TinySpec) -> Any:
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator(tokenizer_corpus(spec.stdlib_files), trainer=trainer)
+    bpe.train_from_iterator(tokenizer_corpus(spec.stdlib_files, spec.exclude), trainer=trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[0],
         pad_token=SPECIAL_TOKENS[1], padding_side="left",
@@ -209,7 +229,8 @@ def build_tiny(spec: TinySpec | None = None, *, cache_dir: str | Path | None = N
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer)
-    pairs = [(t.prompt, t.reference or "") for t in builtin_tasks()]
+    pairs = [(t.prompt, t.reference or "") for t in builtin_tasks()
+             if t.task_id not in spec.exclude]
     losses = warm_start(model, tokenizer, pairs, steps=spec.warm_start_steps,
                         lr=spec.warm_start_lr, seed=spec.seed)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
@@ -218,7 +239,7 @@ def build_tiny(spec: TinySpec | None = None, *, cache_dir: str | Path | None = N
         tokenizer.save_pretrained(staging)
         info = {"spec": dataclasses.asdict(spec), "format": BUILD_FORMAT,
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "warm_start_losses": losses}
+                "warm_start_tasks": len(pairs), "warm_start_losses": losses}
         (staging / "build_info.json").write_text(json.dumps(info, indent=1))
         check_round_trip(staging, tokenizer)
         if force and target.exists():

@@ -13,10 +13,12 @@ The loop, in the order it happens:
 
 CPU (fp32, ``use_cpu=True``) or GPU (bf16) is chosen automatically unless ``device`` says.
 
-Calibration (the defaults): GRPO on the 32 built-in tasks with the tiny model (205k parameters,
+Calibration (the defaults): GRPO on the built-in tasks with the tiny model (205k parameters,
 40 warm-start steps), 8 prompts x 8 generations per step, temperature 0.7, learning rate 1e-3
 (constant after 10 warm-up steps), 60 steps. Mean reward over the first vs the last 8 steps, on
-2 CPU cores: seed 0 0.058 -> 0.292, seed 1 0.105 -> 0.242, seed 2 0.121 -> 0.303. Observed while
+2 CPU cores, measured on the former 32-task set (before each task got three renamed variants):
+seed 0 0.058 -> 0.292, seed 1 0.105 -> 0.242, seed 2 0.121 -> 0.303. Held-out evidence on the
+current 128-task set (``--eval-every``) is in the README's Training section. Observed while
 calibrating (one run each): 60 warm-start steps start near 0.46 and gained only 0.07; at
 temperature 1.0 the reward stayed flat or fell; without warm-up the first Adam steps knocked the
 reward down before it recovered; without masking truncated completions the completions shrank
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +54,9 @@ class TrainConfig:
     algorithm: str = "grpo"
     """"grpo", "rloo" or "dpo" (DPO on pairs of passing vs failing sampled completions)."""
     tasks: str = "builtin"
-    """Task source: "builtin" (32 easy functions), "humaneval", or a path to a JSONL file of
-    {prompt, tests, entry_point[, reference]}."""
+    """Task source: "builtin" (128 easy functions: 32 families of an original and three
+    renamed variants), "humaneval", or a path to a JSONL file of {prompt, tests,
+    entry_point[, reference, family]}."""
     output_dir: str = "runs/train"
     """Directory for the run log, the plot and TRL's output."""
     max_steps: int = 60
@@ -128,7 +132,9 @@ class TrainConfig:
     """Evaluate pass@1 (greedy) and pass@k (sampled) on the held-out tasks every N steps, at
     the start and at the end (0: no evaluation, no held-out split)."""
     eval_fraction: float = 0.25
-    """Share of the tasks held out for evaluation when eval_every > 0."""
+    """Share of the tasks held out for evaluation when eval_every > 0: one member per family
+    and round (tasks with a family), else a seeded shuffle. The tiny model's tokenizer and
+    warm start never see the held-out tasks; the split is written to held_out.jsonl."""
     eval_k: int = 4
     """k of pass@k."""
     eval_samples: int = 8
@@ -271,13 +277,23 @@ class TrainResult:
     summary: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_model(config: TrainConfig) -> str:
-    """The model directory or hub id to load; builds the tiny model for ``"tiny"``."""
+def resolve_model(config: TrainConfig, held_out: Sequence[Task] = ()) -> str:
+    """The model directory or hub id to load; builds the tiny model for ``"tiny"``.
+
+    The tiny model's tokenizer and warm start leave out ``held_out`` and every built-in task
+    with the same prompt (a JSONL copy of a built-in task under another id), so held-out
+    scores are not contaminated by the warm start.
+    """
     if config.model != "tiny":
         return config.model
+    from revex.trainer.tasks import builtin_tasks
     from revex.trainer.tiny import TinySpec, build_tiny
 
-    spec = TinySpec(warm_start_steps=config.tiny_warm_start_steps, seed=config.seed)
+    prompts = {t.prompt for t in held_out}
+    exclude = {t.task_id for t in held_out} | {t.task_id for t in builtin_tasks()
+                                               if t.prompt in prompts}
+    spec = TinySpec(warm_start_steps=config.tiny_warm_start_steps, seed=config.seed,
+                    exclude=tuple(sorted(exclude)))
     return str(build_tiny(spec, cache_dir=config.tiny_cache_dir))
 
 
@@ -473,6 +489,14 @@ def _run_dpo(config: TrainConfig, reward: TestPassReward, model: Any, tokenizer:
     recorder.add(config.max_steps, {"reward": sum(after) / len(after), "dpo_pairs": len(pairs)})
 
 
+def _write_tasks(path: Path, tasks: Sequence[Task]) -> None:
+    """Write ``tasks`` as a JSONL task file (``--tasks`` of ``revex train``/``eval model``)."""
+    import json
+
+    path.write_text("".join(json.dumps({k: v for k, v in dataclasses.asdict(t).items()
+                                        if v is not None}) + "\n" for t in tasks))
+
+
 def _limits(config: TrainConfig) -> Limits:
     return Limits(wall_s=config.wall_s, cpu_s=config.wall_s, memory_mb=config.memory_mb)
 
@@ -512,23 +536,31 @@ def _train(config: TrainConfig, runner: TestRunner, tasks: list[Task],
 
     set_seed(config.seed)
     on_gpu = _on_gpu(config)
-    model_path = resolve_model(config)
+    held_out: list[Task] = []
+    if config.eval_every:
+        from revex.trainer.evaluate import split_tasks
+
+        # split before the tiny model is built: its warm start must not see held-out tasks
+        tasks, held_out = split_tasks(tasks, config.eval_fraction, config.seed)
+    model_path = resolve_model(config, held_out)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    tasks, skipped = fit_tasks(tasks, tokenizer, model.config.max_position_embeddings,
-                               config.max_completion_length)
+    positions = model.config.max_position_embeddings
+    tasks, skipped = fit_tasks(tasks, tokenizer, positions, config.max_completion_length)
+    if held_out:
+        held_out, skipped_eval = fit_tasks(held_out, tokenizer, positions,
+                                           config.max_completion_length)
+        skipped += skipped_eval
     recorder = RunRecorder(config.max_steps, show_progress=config.progress,
                            description=config.algorithm)
     reward = TestPassReward(runner, limits=_limits(config), concurrency=config.concurrency,
                             reward_mode=config.reward_mode)
-    held_out: list[Task] = []
     callbacks: list[Any] = []
-    if config.eval_every:
-        from revex.trainer.evaluate import eval_callback, evaluate, split_tasks
+    if held_out:
+        from revex.trainer.evaluate import eval_callback, evaluate
 
-        tasks, held_out = split_tasks(tasks, config.eval_fraction, config.seed)
         eval_reward = TestPassReward(runner, limits=_limits(config),
                                      concurrency=config.concurrency, reward_mode="all_pass")
 
@@ -539,6 +571,7 @@ def _train(config: TrainConfig, runner: TestRunner, tasks: list[Task],
                             temperature=config.temperature, seed=config.seed,
                             top_k=config.top_k, top_p=config.top_p)
 
+        _write_tasks(output_dir / "held_out.jsonl", held_out)  # for `revex eval model`
         recorder.add(0, evaluate_now(model).metrics())  # the untrained model
         callbacks.append(eval_callback(config.eval_every, evaluate_now, recorder))
     if config.algorithm == "dpo":

@@ -5,6 +5,7 @@ and LoRA."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -54,9 +55,65 @@ def test_reward_weights_parse_and_refuse_bad_input() -> None:
 def test_split_tasks_holds_out_a_seeded_share() -> None:
     tasks = builtin_tasks()
     train_set, held = split_tasks(tasks, 0.25, seed=3)
-    assert len(held) == 8 and len(train_set) == 24
+    assert len(held) == 32 and len(train_set) == 96
     assert not {t.task_id for t in held} & {t.task_id for t in train_set}
     assert split_tasks(tasks, 0.25, seed=3)[1] == held
+    assert split_tasks(tasks, 0.25, seed=4)[1] != held
+    # one member of every family is held out; its three relatives are trained on
+    assert sorted(t.family or "" for t in held) == sorted({t.family or "" for t in tasks})
+    for task in held:
+        assert sum(t.family == task.family for t in train_set) == 3
+    # without families (a JSONL file without the field): a seeded shuffle, as before
+    plain = [dataclasses.replace(t, family=None) for t in tasks[:32]]
+    train_plain, held_plain = split_tasks(plain, 0.25, seed=3)
+    assert len(held_plain) == 8 and len(train_plain) == 24
+    assert not {t.task_id for t in held_plain} & {t.task_id for t in train_plain}
+
+
+def test_builtin_families_share_structure_under_other_names() -> None:
+    tasks = builtin_tasks()
+    family = [t for t in tasks if t.family == "sub"]
+    assert [t.entry_point for t in family] == ["sub", "my_sub", "fn_sub", "do_sub"]
+    assert family[1].prompt == 'def my_sub(x, y):\n    """Return x minus y."""\n'
+    assert family[1].reference == "    return x - y\n"
+    assert family[1].tests.startswith("assert my_sub(5, 3) == 2\n")
+    count = [t for t in tasks if t.family == "count_a"][2]
+    assert count.reference == "    return word.count('a')\n"  # the quoted 'a' is no name
+    assert "letter a occurs in word" in count.prompt
+
+
+def test_the_tiny_warm_start_never_sees_the_held_out_tasks(
+        tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train() splits before it builds the tiny model and excludes the held-out tasks (and
+    built-in tasks with the same prompt) from its tokenizer corpus and warm start."""
+    import revex.trainer.tiny as tiny_module
+
+    specs: list[TinySpec] = []
+
+    def fake_build(spec: TinySpec, **kw: object) -> Path:
+        specs.append(spec)
+        return tiny
+
+    monkeypatch.setattr(tiny_module, "build_tiny", fake_build)
+    tasks = tmp_path / "tasks.jsonl"  # copies of built-in tasks under other ids
+    tasks.write_text("".join(json.dumps({"prompt": t.prompt, "tests": t.tests,
+                                         "entry_point": t.entry_point,
+                                         "task_id": f"copy/{t.entry_point}"}) + "\n"
+                             for t in builtin_tasks()[:8]))
+    config = TrainConfig(output_dir=str(tmp_path / "run"), model="tiny", tasks=str(tasks),
+                         max_steps=1, prompts_per_step=1, num_generations=2,
+                         max_completion_length=4, eval_every=1, eval_samples=2, eval_k=1,
+                         progress=False, state_dir=str(tmp_path / "state"))
+    doc = json.loads(train(config).log_path.read_text())
+    held = doc["config"]["held_out_tasks"]
+    assert len(held) == 2 and len(specs) == 1
+    originals = {f"builtin/{h.split('/')[1]}" for h in held}
+    assert set(specs[0].exclude) == set(held) | originals
+    rows = [json.loads(line) for line in (tmp_path / "run" / "held_out.jsonl").open()]
+    assert [r["task_id"] for r in rows] == held
+    corpus = "\n".join(tiny_module.tokenizer_corpus(0, specs[0].exclude))
+    for task in builtin_tasks()[:8]:
+        assert (task.prompt in corpus) == (task.task_id not in originals), task.task_id
 
 
 def test_safety_reward_scale(tmp_path: Path) -> None:
@@ -149,3 +206,45 @@ def test_weighted_components_eval_and_curriculum_in_one_run(tmp_path: Path, tiny
     assert [s["step"] for s in train(lora).records if "reward" in s] == [1.0]
     with Runtime(state_dir=tmp_path / "state", audit=None) as rt:
         assert {e.status for e in rt.episodes()} == {"rolled_back"}
+
+
+def test_evaluation_restores_the_training_state_and_matches_revex_eval_model(
+        tmp_path: Path, tiny: Path) -> None:
+    """The evaluation used during training: greedy pass@1 and sampled pass@k through the
+    runtime, leaving train mode and torch's RNG as they were; ``revex eval model`` on the same
+    weights saved to disk gives the same numbers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
+
+    from revex.cli import app
+    from revex.trainer.evaluate import evaluate
+    from revex.trainer.rewards import TestPassReward
+    from revex.trainer.tiny import warm_start
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    by_name = {t.entry_point: t for t in builtin_tasks()}
+    learnt = [by_name["add"], by_name["neg"]]
+    warm_start(model, tok, [(t.prompt, t.reference or "") for t in learnt], steps=60, lr=3e-3,
+               seed=0)
+    tasks = [*learnt, by_name["upper"]]  # upper was never taught: its greedy answer fails
+    model.train()
+    rng = torch.get_rng_state()
+    with Runtime(state_dir=tmp_path / "s", policy="training", audit=None) as rt:
+        result = evaluate(model, tok, tasks, TestPassReward(rt, reward_mode="all_pass"), k=2,
+                          samples=4)
+    assert model.training and torch.equal(torch.get_rng_state(), rng)
+    assert result.pass_at_1 == pytest.approx(2 / 3) and result.tasks == 3
+    assert 2 / 3 <= result.pass_at_k <= 1
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "t.jsonl").write_text("".join(
+        json.dumps({"prompt": t.prompt, "tests": t.tests, "entry_point": t.entry_point}) + "\n"
+        for t in tasks))
+    out = CliRunner().invoke(app, ["eval", "model", str(tmp_path / "m"), "--tasks",
+                                   str(tmp_path / "t.jsonl"), "--k", "2", "--samples", "4",
+                                   "--state-dir", str(tmp_path / "s2")])
+    assert out.exit_code == 0, out.output
+    assert (f"3 tasks: pass@1 {result.pass_at_1:.4f}, pass@2 {result.pass_at_k:.4f}"
+            in out.output)

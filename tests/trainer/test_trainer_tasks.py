@@ -26,12 +26,19 @@ def _run_reference(task: Task) -> None:
 
 def test_builtin_tasks_are_well_formed_and_references_pass_their_tests() -> None:
     tasks = builtin_tasks()
-    assert len(tasks) == 32
+    assert len(tasks) == 128  # 32 families of 4: the original and three renamed variants
     assert len({t.task_id for t in tasks}) == len(tasks)
+    assert len({t.family for t in tasks}) == 32
     for task in tasks:
         assert task.prompt.startswith(f"def {task.entry_point}(")
         assert task.tests.count("assert ") == 3
         _run_reference(task)
+        # an empty body (the function returns None) fails every single assert
+        namespace: dict[str, object] = {}
+        exec(task.prompt, namespace)
+        for line in task.tests.splitlines():
+            with pytest.raises(AssertionError):
+                exec(line, dict(namespace))
 
 
 def test_builtin_reference_failing_body_is_caught_by_tests() -> None:
