@@ -285,7 +285,11 @@ def serve(app: Any, port: int | None = None) -> Iterator[str]:
     # the client's delayed ACK (~40 ms per request on loopback)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", port or 0))
-    config = uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1)
+    # A keep-alive connection the server drops after uvicorn's default 5 s idle can race a
+    # client that reuses it at that moment (httpx then sees ReadError); loaded test runs
+    # leave pooled connections idle that long, so they are kept longer here.
+    config = uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1,
+                            timeout_keep_alive=120)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
