@@ -109,6 +109,17 @@ def _read_memory(path: str) -> tuple[int, int]:
     return peak, oom
 
 
+def make_memory_cgroup(path: str, limit_bytes: int) -> None:
+    """Create the memory cgroup ``path`` limited to ``limit_bytes``. Raises ``OSError`` if it
+    cannot be created or configured (nothing is left then)."""
+    os.mkdir(path)
+    try:
+        _limit_memory(path, limit_bytes)
+    except OSError:
+        remove_tree(path)
+        raise
+
+
 def _limit_memory(path: str, limit_bytes: int, previous: int | None = None) -> None:
     """Set the memory and (where accounted) memory+swap limits; ``previous``: the limit set
     before (``None``: none). memory+swap may never be below memory, so it is raised first and
@@ -137,12 +148,7 @@ class MemoryCgroup:
         """
         name = _run_name()
         path = f"{CGROUP_ROOT}/memory/{name}"
-        os.mkdir(path)
-        try:
-            _limit_memory(path, limit_bytes)
-        except OSError:
-            remove_tree(path)
-            raise
+        make_memory_cgroup(path, limit_bytes)
         return cls(name, path)
 
     def read(self) -> tuple[int, int]:

@@ -23,9 +23,9 @@ import secrets
 from revex.runtime.sandbox._cgroup import (
     CGROUP_ROOT,
     PARENT,
-    _limit_memory,
     _read_int,
     _write,
+    make_memory_cgroup,
     remove_tree,
 )
 from revex.runtime.sandbox._lifetime import pid_alive
@@ -52,12 +52,7 @@ def new_memory_parent(limit_bytes: int) -> str:
     """
     name = f"{PARENT}/{_OWNER_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
     path = f"{CGROUP_ROOT}/memory/{name}"
-    os.mkdir(path)
-    try:
-        _limit_memory(path, limit_bytes)
-    except OSError:
-        remove_tree(path)
-        raise
+    make_memory_cgroup(path, limit_bytes)
     return name
 
 
