@@ -160,8 +160,15 @@ class Zygote:
                 for fd in (req_r, in_r, out_w, err_w):
                     os.close(fd)
             view = memoryview(body)
-            while view:  # EPIPE if the zygote died before its child could read it
-                view = view[os.write(req_w, view):]
+            try:
+                while view:
+                    view = view[os.write(req_w, view):]
+            except BrokenPipeError:
+                # The fds were handed over, so the zygote supervises this run and reports how
+                # it ended: no reader left means the child is gone before running anything
+                # (killed at a wall limit shorter than its start, or the zygote died, which
+                # its missing report then says). Either way an outcome, not a start failure.
+                pass
         except OSError as exc:
             for fd in mine:
                 os.close(fd)

@@ -87,6 +87,21 @@ def test_a_dead_zygote_is_replaced() -> None:
         assert be.run(ExecSpec(code="print(3)")).stdout == "3\n"
 
 
+def test_a_run_killed_before_it_read_its_code_is_a_timeout_and_keeps_its_zygote() -> None:
+    """A wall limit shorter than reading the request: the zygote kills the child while the
+    host still writes the code (EPIPE). That is the run's timeout, reported by the zygote, not
+    a failed start (it used to raise SandboxError, a 500 in the service, and drop the zygote)."""
+    big = "pass\n" + "#" * (8 << 20)  # far more than a pipe holds: the host's write blocks
+    with WarmPythonBackend(size=1) as be:
+        assert be.run(ExecSpec(code="pass")).ok
+        (zygote,) = be._idle
+        for _ in range(3):
+            r = be.run(ExecSpec(code=big, limits=Limits(wall_s=0.001, cpu_s=1)))
+            assert r.status is ExecStatus.TIMEOUT, r
+        assert be._idle == [zygote] and zygote.alive()
+        assert be.run(ExecSpec(code="print(4)")).stdout == "4\n"
+
+
 def test_concurrent_runs_use_separate_zygotes(warm: WarmPythonBackend) -> None:
     code = "import os, time; open('/tmp/mine', 'w').write('{i}'); time.sleep(0.2); " \
            "print(open('/tmp/mine').read())"
