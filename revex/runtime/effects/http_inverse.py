@@ -35,6 +35,7 @@ and named. A resource is identified by :func:`resource_key`: scheme, host and pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -140,6 +141,12 @@ class Representations:
         INTENT's, for a pre-image); its sha256. Through ``put_fd``: a store that keeps small
         pre-images in the journal's transaction (no blob file, no fsyncs of its own) keeps
         these there too; bodies never enter journal records either way."""
+        inline = self.store.inline
+        if inline is not None and len(body) <= inline.max_bytes:
+            # what put_fd does with a small rest, without the anonymous file around it
+            digest = hashlib.sha256(body).hexdigest()
+            inline.stage_blob(digest, body)
+            return digest
         memfd_create = getattr(os, "memfd_create", None)
         if memfd_create is None:
             return self.store.put_bytes(body)
