@@ -200,6 +200,10 @@ class Representations:
             return f"status {rep.get('status')} before, {response.status} now"
         return _body_difference(_decoded(self.body(rep)), _decoded(response.content))
 
+    def difference_of(self, content: bytes, response: WireResponse) -> str:
+        """What differs between a body and ``response``'s (field names, never values)."""
+        return _body_difference(_decoded(content), _decoded(response.content))
+
     def same(self, rep: Rep | None, response: WireResponse) -> bool:
         """Does ``response`` show the state ``rep`` describes?"""
         if is_absent(rep) or response.status in ABSENT_STATUSES:
@@ -210,6 +214,11 @@ class Representations:
         if rep.get("status") != response.status:
             return False
         return _decoded(self.body(rep)) == _decoded(response.content)
+
+
+def same_body(a: bytes, b: bytes) -> bool:
+    """Do two bodies hold the same document (equal as JSON, else as bytes)?"""
+    return _decoded(a) == _decoded(b)
 
 
 def _write_all(fd: int, data: bytes) -> None:
