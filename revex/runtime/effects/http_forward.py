@@ -32,6 +32,7 @@ it, naming why, unless forced. Its cost does not grow with the collection.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -131,10 +132,15 @@ class Forward:
         return cls(fx, request, found[0] if found else None, found[1] if found else {},
                    undo["class"], False, undo["key"], headers, None)
 
+    @functools.cached_property
+    def _origin(self) -> tuple[str, int | None]:
+        """Host and port of the request, parsed once (the declarations are matched on them)."""
+        url = httpx.URL(self.request.url)
+        return url.host, url.port
+
     @property
     def keys_honoured(self) -> bool:
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.keys_honoured(url.host, url.port)
+        return self.fx.comp.keys_honoured(*self._origin)
 
     def prepare(self) -> dict[str, Any]:
         """Undo info, durable before the request leaves. Raises PolicyViolation when a
@@ -190,13 +196,11 @@ class Forward:
     @property
     def full(self) -> bool:
         """Is the service declared to answer writes with full representations?"""
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.full_representations(url.host, url.port)
+        return self.fx.comp.full_representations(*self._origin)
 
     @property
     def posts_create(self) -> bool:
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.posts_create(url.host, url.port)
+        return self.fx.comp.posts_create(*self._origin)
 
     def _named_pre(self, shown: str) -> dict[str, Any]:
         """The pre-image of the item a POST's body names by id (it may replace it), keyed by
