@@ -29,14 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from revex.errors import ActionFailed, ConflictError
 from revex.runtime.effects.base import EffectContext, Plan, UndoItem
 from revex.runtime.effects.http_cassette import SAFE_METHODS, Cassette, WireRequest
 from revex.runtime.effects.http_compensations import Compensations, Operation
 from revex.runtime.effects.http_forward import KIND, Forward, LargeCollections, undo_key
-from revex.runtime.effects.http_inverse import Representations, Restorer, resource_key
+from revex.runtime.effects.http_inverse import (
+    Representations,
+    Restorer,
+    parsed_url,
+    resource_key,
+)
 from revex.runtime.effects.http_secrets import Secrets
 from revex.runtime.effects.http_wire import Wire
 from revex.runtime.journal import Journal, Record, Status
@@ -124,7 +127,7 @@ class HttpEffect:
 
     def plan(self, request: WireRequest, action_seq: int, timeout: float | None = None) -> Plan:
         """The plan for one request. Raises ConfigError for a URL that is not absolute."""
-        url = httpx.URL(request.url)
+        url = parsed_url(request.url)
         method = request.method.upper()
         host = url.host
         port = url.port or (443 if url.scheme == "https" else 80)

@@ -49,6 +49,7 @@ from revex.runtime.effects.http_inverse import (
     absent,
     is_absent,
     item_url,
+    parsed_url,
     resource_key,
     same_body,
     same_origin,
@@ -135,7 +136,7 @@ class Forward:
     @functools.cached_property
     def _origin(self) -> tuple[str, int | None]:
         """Host and port of the request, parsed once (the declarations are matched on them)."""
-        url = httpx.URL(self.request.url)
+        url = parsed_url(self.request.url)
         return url.host, url.port
 
     @property

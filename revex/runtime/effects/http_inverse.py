@@ -35,6 +35,7 @@ and named. A resource is identified by :func:`resource_key`: scheme, host and pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,11 +63,21 @@ _UNRESERVED = re.compile(r"%(4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F
                          re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)
+def parsed_url(url: str) -> httpx.URL:
+    """``httpx.URL(url)``, parsed once per distinct text (a journaled request parses its URL
+    five times otherwise: plan, pre-image GET, request, declarations, resource key). Only for
+    URLs as the journal holds them, with secret placeholders, never resolved values.
+    Raises httpx.InvalidURL."""
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=1024)
 def resource_key(url: str) -> str:
     """The identity of the resource at ``url``: lowercase scheme and host, no default port,
     the path without query or fragment, percent-escapes of unreserved characters decoded and
     the others upper-cased, one trailing slash dropped (``/`` stays)."""
-    parsed = httpx.URL(url)
+    parsed = parsed_url(url)
     port = f":{parsed.port}" if parsed.port is not None else ""
     path = parsed.raw_path.decode("ascii").split("?", 1)[0] or "/"
     # RFC 3986 6.2.2: %7E and ~ are the same; %2F and / are not (only unreserved are decoded)

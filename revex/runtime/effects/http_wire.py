@@ -22,6 +22,7 @@ import httpx
 
 from revex.errors import ConfigError
 from revex.runtime.effects.http_cassette import Cassette, WireRequest, WireResponse
+from revex.runtime.effects.http_inverse import parsed_url
 from revex.runtime.effects.http_secrets import Secrets
 
 MODES = ("live", "record", "replay", "dry_run")
@@ -66,7 +67,9 @@ class Wire:
         if self.mode == "replay":
             assert self.cassette is not None
             return self.cassette.play(request)
-        url = self.secrets.resolve(request.url)
+        url: str | httpx.URL = self.secrets.resolve(request.url)
+        if url == request.url:  # no secret in it: the parse is cached (never a resolved value)
+            url = parsed_url(request.url)
         headers = {k: self.secrets.resolve(v) for k, v in request.headers.items()}
         limit = httpx.Timeout(self.timeout if timeout is None else timeout)
         try:
