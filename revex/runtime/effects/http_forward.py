@@ -25,9 +25,9 @@ the runtime, as a *large collection* (:class:`LargeCollections`): a POST into it
 item its body names by id, and what it did is taken from a ``201 Created`` with a ``Location``
 on the request's origin (RFC 9110 15.3.2: a new resource), checked by one GET of the Location,
 which must show what the answer says was created (its strong ETag, else its body). Any other
-answer (200, 204, no Location, a Location naming the request URL itself or
-what the answer does not describe, a 5xx, no answer) leaves an unknown effect: rollback refuses
-it, naming why, unless forced. Its cost does not grow with the collection.
+answer (200, 204, no Location, a Location naming the request URL itself or what the answer
+does not describe, a 5xx, no answer) leaves an unknown effect: rollback refuses it, naming
+why, unless forced. Its cost does not grow with the collection.
 """
 
 from __future__ import annotations
