@@ -237,3 +237,27 @@ def test_json_server_with_10000_items_rolls_back_posts_checked_by_a_get(
             assert "listing" in first and all(u["creates"] == "201" for u in later)
             assert len(get(f"{base}/items")) == BIG + 3
         assert get(f"{base}/items") == db["items"]
+
+
+def test_record_and_replay_list_a_large_collection_as_a_fresh_runtime_would(
+        app: Any, tmp_path: Path) -> None:
+    # what a runtime learned live must not change what a recording holds or what a replay
+    # asks for: both list before every POST, so a cassette replays in any runtime
+    made, base = app
+    seeded(made, "big", BIG)
+
+    def session(ep: Any) -> list[Any]:
+        return [ep.http.post(f"{base}/big", json={"name": f"r{i}"}).json() for i in range(2)]
+
+    with runtime(tmp_path) as rt:
+        learned(rt, base, "big", tmp_path)
+        with rt.episode(tmp_path / "ws", http_mode="record", http_cassette="big") as ep:
+            recorded = session(ep)
+            assert all("listing" in undo for undo in intents(rt, ep.id))
+        for _ in range(2):  # in the runtime that learned it, and again
+            with rt.episode(tmp_path / "ws", http_mode="replay", http_cassette="big") as ep:
+                assert session(ep) == recorded
+    with runtime(tmp_path) as fresh, \
+            fresh.episode(tmp_path / "ws", http_mode="replay", http_cassette="big") as ep:
+        assert session(ep) == recorded
+    assert len(made.state.data.collections["big"]) == BIG

@@ -21,7 +21,8 @@ content store) only where a probe may re-send it: compensable requests.
 A default POST reads its target before it (a singular resource it may replace; for a
 collection, the listing that finds a replaced item and what a failed POST made) only while that
 target is small. A target whose listing was over :data:`LISTING_MAX` bytes is remembered, for
-the runtime, as a *large collection* (:class:`LargeCollections`): a POST into it reads only the
+the runtime, as a *large collection* (:class:`LargeCollections`): a live POST into it (not
+record or replay: a cassette replays the same requests in any runtime) reads only the
 item its body names by id, and what it did is taken from a ``201 Created`` with a ``Location``
 on the request's origin (RFC 9110 15.3.2: a new resource), checked by one GET of the Location,
 which must show what the answer says was created (its strong ETag, else its body). Any other
@@ -161,7 +162,10 @@ class Forward:
             return {**undo, "irreversible": True}
         if self.klass == "read":
             return undo
-        large = self.fx.collections.size(url) if method == "POST" else None
+        # live only: a recording must hold what a replay in any runtime asks for, so record
+        # and replay list before every POST as a runtime that learned nothing would
+        large = self.fx.collections.size(url) \
+            if method == "POST" and self.fx.opts.mode in ("live", "dry_run") else None
         if method == "POST" and self.klass == "reversible" and (self.posts_create or large):
             # declared (True), or a large collection: only a checked 201 + Location ("201")
             undo["creates"] = True if self.posts_create else "201"
