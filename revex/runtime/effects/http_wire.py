@@ -53,8 +53,8 @@ class Wire:
     @property
     def transport(self) -> httpx.HTTPTransport:
         if self._transport is None:
-            # no proxy or CA settings from the environment (trust_env=False), no redirects
-            self._transport = httpx.HTTPTransport()
+            # as the client was: no proxy or CA settings from the environment, no redirects
+            self._transport = httpx.HTTPTransport(trust_env=False)
         return self._transport
 
     def send(self, request: WireRequest, *, timeout: float | None = None) -> WireResponse:
