@@ -28,6 +28,7 @@ from revex.runtime.effects.files import FileEffect
 from revex.runtime.effects.http import HttpEffect
 from revex.runtime.effects.http import options as http_options
 from revex.runtime.effects.http_compensations import Compensations
+from revex.runtime.effects.http_forward import LargeCollections
 from revex.runtime.effects.http_secrets import Credentials, Secrets
 from revex.runtime.effects.sql import SqlEffect, check_databases, redact_config
 from revex.runtime.episode import Episode, OnError, OnExit, new_episode_id
@@ -132,6 +133,8 @@ class Runtime:
         self._credentials = credentials
         self._compensations = Compensations.load(compensations)
         self._compensations.add_mapping(self.policy.http, f"policy {self.policy.name} [http]")
+        # POST targets seen to be large collections: not listed again before a POST
+        self._large_collections = LargeCollections()
         self._effect_factories: dict[str, EffectFactory] = {
             "fs": FileEffect, "sql": SqlEffect, "http": self._http_effect}
         self._sandbox = sandbox
@@ -153,7 +156,8 @@ class Runtime:
 
     def _http_effect(self, ctx: EffectContext) -> Effect:
         return HttpEffect(ctx, secrets=Secrets(self._credentials),
-                          compensations=self._compensations, journal=self.journal)
+                          compensations=self._compensations, journal=self.journal,
+                          collections=self._large_collections)
 
     def lock_path(self, episode_id: str) -> Path:
         return self.state_dir / "locks" / f"{episode_id}.lock"

@@ -10,8 +10,9 @@ Each request is classified before it is sent:
   and journaled in DONE; undo sends it.
 - ``reversible`` (POST/PUT/PATCH/DELETE on a plain JSON API): the pre-image of the URL (a GET,
   journaled in INTENT before the request leaves; for POST also the ids of the collection, as
-  the target may be a singular resource the POST replaces) and of each declared cascade; after
-  the call, the representation it left (see :mod:`http_inverse`). Every restore is verified.
+  the target may be a singular resource the POST replaces, unless it is a large collection:
+  see :mod:`http_forward`) and of each declared cascade; after the call, the representation it
+  left (see :mod:`http_inverse`). Every restore is verified.
 
 Forward and compensating requests carry ``Idempotency-Key: revex-<episode>-<action>`` (``-undo``
 for the inverse, ``-<n>-undo`` for the n-th further resource it restores), so a retry or a
@@ -28,14 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from revex.errors import ActionFailed, ConflictError
 from revex.runtime.effects.base import EffectContext, Plan, UndoItem
 from revex.runtime.effects.http_cassette import SAFE_METHODS, Cassette, WireRequest
 from revex.runtime.effects.http_compensations import Compensations, Operation
-from revex.runtime.effects.http_forward import KIND, Forward, undo_key
-from revex.runtime.effects.http_inverse import Representations, Restorer, resource_key
+from revex.runtime.effects.http_forward import KIND, Forward, LargeCollections, undo_key
+from revex.runtime.effects.http_inverse import (
+    Representations,
+    Restorer,
+    parsed_url,
+    resource_key,
+)
 from revex.runtime.effects.http_secrets import Secrets
 from revex.runtime.effects.http_wire import Wire
 from revex.runtime.journal import Journal, Record, Status
@@ -69,11 +73,15 @@ class HttpEffect:
 
     def __init__(self, ctx: EffectContext, *, secrets: Secrets | None = None,
                  compensations: Compensations | None = None,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None,
+                 collections: LargeCollections | None = None) -> None:
         """``journal``: where undo notes what its requests create (a re-create by POST
-        lands where the server says); without it those notes are not kept."""
+        lands where the server says); without it those notes are not kept. ``collections``:
+        the large collections the runtime has seen (shared by its episodes; see
+        :mod:`http_forward`); without it, this episode's own."""
         self.episode_id = ctx.episode_id
         self.journal = journal
+        self.collections = collections if collections is not None else LargeCollections()
         self.opts = HttpOptions.from_config(ctx.config)
         self.secrets = secrets if secrets is not None else Secrets()
         if self.opts.credentials:
@@ -119,7 +127,7 @@ class HttpEffect:
 
     def plan(self, request: WireRequest, action_seq: int, timeout: float | None = None) -> Plan:
         """The plan for one request. Raises ConfigError for a URL that is not absolute."""
-        url = httpx.URL(request.url)
+        url = parsed_url(request.url)
         method = request.method.upper()
         host = url.host
         port = url.port or (443 if url.scheme == "https" else 80)

@@ -37,7 +37,9 @@ policy)::
     cascades = ["/memberships?userId={id}"]   # what the server deletes along with it
 
 ``posts_create`` is a trust declaration for speed: a POST to that service is not preceded by a
-GET of its target (for a collection, a listing whose cost grows with its size); revex believes
+GET of its target (for a collection, a listing whose cost grows with its size; without the
+declaration only collections revex has seen to be large skip it, and only a checked 201 with a
+``Location`` is believed there: see :mod:`http_forward`); revex believes
 that the resource the answer names (``Location``, else the id field of its body) did not exist
 before, except the item the request body names by id, which is read first. What it gives up: a
 server that replaces an existing resource on POST under another name would have it deleted by

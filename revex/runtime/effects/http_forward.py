@@ -17,11 +17,25 @@ GET); otherwise it is read by a GET after the request. A POST to a service decla
 answer names (``Location`` or the id field), and only the item its body names by id, if any, is
 read before it; its cost does not grow with the collection. The request body is kept (in the
 content store) only where a probe may re-send it: compensable requests.
+
+A default POST reads its target before it (a singular resource it may replace; for a
+collection, the listing that finds a replaced item and what a failed POST made) only while that
+target is small. A target whose listing was over :data:`LISTING_MAX` bytes is remembered, for
+the runtime, as a *large collection* (:class:`LargeCollections`): a live POST into it (not
+record or replay: a cassette replays the same requests in any runtime) reads only the
+item its body names by id, and what it did is taken from a ``201 Created`` with a ``Location``
+on the request's origin (RFC 9110 15.3.2: a new resource), checked by one GET of the Location,
+which must show what the answer says was created (its strong ETag, else its body). Any other
+answer (200, 204, no Location, a Location naming the request URL itself or what the answer
+does not describe, a 5xx, no answer) leaves an unknown effect: rollback refuses it, naming
+why, unless forced. Its cost does not grow with the collection.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -36,9 +50,12 @@ from revex.runtime.effects.http_inverse import (
     absent,
     is_absent,
     item_url,
+    parsed_url,
     resource_key,
+    same_body,
     same_origin,
     same_resource,
+    strong_etag,
 )
 from revex.runtime.effects.http_wire import NotSent
 from revex.runtime.journal import Record
@@ -50,6 +67,30 @@ KIND = "http.request"
 UNVERIFIED_COMPENSATION = (
     "a declared compensation: its undo sends the compensating request and requires a 2xx "
     "answer, but the compensated state cannot be re-read and compared with a pre-image")
+
+
+# a POST target whose listing is larger than this is a large collection (not listed again):
+# the size past which a listing no longer fits in the journal beside its INTENT (INLINE_MAX)
+LISTING_MAX = 64 * 1024
+
+
+class LargeCollections:
+    """The POST targets (by :func:`resource_key`) whose listing, read before a POST, was over
+    :data:`LISTING_MAX` bytes, with that size: one per runtime, shared by its episodes. A fact
+    about what a GET showed, never a guess; if the collection shrinks later, its POSTs stay
+    unlisted, which costs what a failed POST made (an unknown effect), never soundness."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def size(self, url: str) -> int | None:
+        with self._lock:
+            return self._sizes.get(resource_key(url))
+
+    def note(self, url: str, size: int) -> None:
+        with self._lock:
+            self._sizes[resource_key(url)] = size
 
 
 def undo_key(key: str, index: int) -> str:
@@ -93,10 +134,15 @@ class Forward:
         return cls(fx, request, found[0] if found else None, found[1] if found else {},
                    undo["class"], False, undo["key"], headers, None)
 
+    @functools.cached_property
+    def _origin(self) -> tuple[str, int | None]:
+        """Host and port of the request, parsed once (the declarations are matched on them)."""
+        url = parsed_url(self.request.url)
+        return url.host, url.port
+
     @property
     def keys_honoured(self) -> bool:
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.keys_honoured(url.host, url.port)
+        return self.fx.comp.keys_honoured(*self._origin)
 
     def prepare(self) -> dict[str, Any]:
         """Undo info, durable before the request leaves. Raises PolicyViolation when a
@@ -116,8 +162,15 @@ class Forward:
             return {**undo, "irreversible": True}
         if self.klass == "read":
             return undo
-        if method == "POST" and self.klass == "reversible" and self.posts_create:
-            undo["creates"] = True
+        # live only: a recording must hold what a replay in any runtime asks for, so record
+        # and replay list before every POST as a runtime that learned nothing would
+        large = self.fx.collections.size(url) \
+            if method == "POST" and self.fx.opts.mode in ("live", "dry_run") else None
+        if method == "POST" and self.klass == "reversible" and (self.posts_create or large):
+            # declared (True), or a large collection: only a checked 201 + Location ("201")
+            undo["creates"] = True if self.posts_create else "201"
+            if not self.posts_create:
+                undo["listing_bytes"] = large
             named = self._named_pre(undo["url"])
             if named:
                 undo["named"] = named
@@ -129,6 +182,9 @@ class Forward:
                                                    or 200 <= target.status < 300):
                     # a POST may replace what is there (a singular resource): keep it
                     undo["target_pre"] = self.fx.reps.of(target)
+                if self.klass == "reversible" and undo["listing"] is not None \
+                        and len(target.content) > LISTING_MAX:
+                    self.fx.collections.note(url, len(target.content))
         elif self.klass == "reversible":
             pre = self.fx.restorer.get(url, self.identity)
             if pre.status not in ABSENT_STATUSES and not 200 <= pre.status < 300:
@@ -145,13 +201,11 @@ class Forward:
     @property
     def full(self) -> bool:
         """Is the service declared to answer writes with full representations?"""
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.full_representations(url.host, url.port)
+        return self.fx.comp.full_representations(*self._origin)
 
     @property
     def posts_create(self) -> bool:
-        url = httpx.URL(self.request.url)
-        return self.fx.comp.posts_create(url.host, url.port)
+        return self.fx.comp.posts_create(*self._origin)
 
     def _named_pre(self, shown: str) -> dict[str, Any]:
         """The pre-image of the item a POST's body names by id (it may replace it), keyed by
@@ -289,6 +343,8 @@ class Forward:
                 return self._effect(undo, {})
             post = self.fx.reps.of(current)
             return self._effect(undo, {url: {"pre": pre, "post": post}})
+        if undo.get("creates") == "201":
+            return self._created_by_201(undo, response)
         created = self._created(undo, response if ok else None)
         if created is None:
             why = ("POSTs here are declared posts_create, so the collection was not listed "
@@ -308,6 +364,58 @@ class Forward:
                 self.fx.reps.of(self.fx.restorer.get(one, self.identity))
             targets[one] = {"pre": before, "post": post}
         return self._effect(undo, targets)
+
+    def _created_by_201(self, undo: dict[str, Any], response: WireResponse | None
+                        ) -> dict[str, Any]:
+        """What a POST into a large collection (not listed before it) did: the resource a 201
+        Created names by Location, its pre-state absent (or the body-named item's pre-image),
+        its post-state what a GET of it shows, which must match the answer (its strong ETag,
+        else its body). Anything else is an unknown effect whose ``why`` says what failed."""
+        unlisted = (f"the collection was not listed before it (its listing was "
+                    f"{undo.get('listing_bytes')} bytes when revex last read it, over "
+                    f"{LISTING_MAX}: a large collection)")
+
+        def unknown(what: str) -> dict[str, Any]:
+            return {"effect": "unknown", "why": f"{what}, and {unlisted}"}
+
+        location = response.header("location") if response is not None else None
+        if response is None or response.status != 201 or not location:
+            answer = "no answer" if response is None else \
+                f"HTTP {response.status}" + ("" if location else " without a Location")
+            return unknown(f"it got {answer}, not 201 Created with a Location")
+        one = str(httpx.URL(self.request.url).join(location))
+        if not same_origin(one, self.request.url):
+            return unknown(f"its Location {self.fx.secrets.redact(one)!r} is on another "
+                           "origin (revex sends nothing there)")
+        before = self._pre_of(undo, one)
+        if before is None:
+            return unknown("its Location names the request URL itself, whose pre-image was "
+                           "not read")
+        if not is_absent(before):
+            # the item its body named, read before the POST: restored whatever it holds now
+            post = self.fx.reps.vouched("POST", response) \
+                or self.fx.reps.of(self.fx.restorer.get(one, self.identity))
+            return self._effect(undo, {one: {"pre": before, "post": post}})
+        # believed new: a GET of the Location must show what the answer says was created (its
+        # strong ETag, else its body), or the Location may name an item that existed
+        got = self.fx.restorer.get(one, self.identity)
+        etag = strong_etag(self.fx.reps.vouched("POST", response))
+        if not 200 <= got.status < 300:
+            what = f"a GET of it answers {got.status}"
+        elif etag is not None:
+            what = "" if got.header("etag") == etag else \
+                "a GET of it shows another ETag than the answer's"
+        elif not response.content:
+            what = "the answer has neither a strong ETag nor a body to check it against"
+        elif not same_body(response.content, got.content):
+            what = ("a GET of it does not show the body the answer described "
+                    f"({self.fx.reps.difference_of(response.content, got)})")
+        else:
+            what = ""
+        if what:
+            return unknown(f"its Location {self.fx.secrets.redact(one)!r} cannot be "
+                           f"believed: {what}")
+        return self._effect(undo, {one: {"pre": before, "post": self.fx.reps.of(got)}})
 
     def _pre_of(self, undo: dict[str, Any], one: str) -> dict[str, Any] | None:
         """What ``one``, named by a POST's answer, was before the POST: the POST target's

@@ -35,6 +35,8 @@ and named. A resource is identified by :func:`resource_key`: scheme, host and pa
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -61,11 +63,21 @@ _UNRESERVED = re.compile(r"%(4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2D|2E|5F
                          re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)
+def parsed_url(url: str) -> httpx.URL:
+    """``httpx.URL(url)``, parsed once per distinct text (a journaled request parses its URL
+    five times otherwise: plan, pre-image GET, request, declarations, resource key). Only for
+    URLs as the journal holds them, with secret placeholders, never resolved values.
+    Raises httpx.InvalidURL."""
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=1024)
 def resource_key(url: str) -> str:
     """The identity of the resource at ``url``: lowercase scheme and host, no default port,
     the path without query or fragment, percent-escapes of unreserved characters decoded and
     the others upper-cased, one trailing slash dropped (``/`` stays)."""
-    parsed = httpx.URL(url)
+    parsed = parsed_url(url)
     port = f":{parsed.port}" if parsed.port is not None else ""
     path = parsed.raw_path.decode("ascii").split("?", 1)[0] or "/"
     # RFC 3986 6.2.2: %7E and ~ are the same; %2F and / are not (only unreserved are decoded)
@@ -140,6 +152,12 @@ class Representations:
         INTENT's, for a pre-image); its sha256. Through ``put_fd``: a store that keeps small
         pre-images in the journal's transaction (no blob file, no fsyncs of its own) keeps
         these there too; bodies never enter journal records either way."""
+        inline = self.store.inline
+        if inline is not None and len(body) <= inline.max_bytes:
+            # what put_fd does with a small rest, without the anonymous file around it
+            digest = hashlib.sha256(body).hexdigest()
+            inline.stage_blob(digest, body)
+            return digest
         memfd_create = getattr(os, "memfd_create", None)
         if memfd_create is None:
             return self.store.put_bytes(body)
@@ -193,6 +211,10 @@ class Representations:
             return f"status {rep.get('status')} before, {response.status} now"
         return _body_difference(_decoded(self.body(rep)), _decoded(response.content))
 
+    def difference_of(self, content: bytes, response: WireResponse) -> str:
+        """What differs between a body and ``response``'s (field names, never values)."""
+        return _body_difference(_decoded(content), _decoded(response.content))
+
     def same(self, rep: Rep | None, response: WireResponse) -> bool:
         """Does ``response`` show the state ``rep`` describes?"""
         if is_absent(rep) or response.status in ABSENT_STATUSES:
@@ -203,6 +225,11 @@ class Representations:
         if rep.get("status") != response.status:
             return False
         return _decoded(self.body(rep)) == _decoded(response.content)
+
+
+def same_body(a: bytes, b: bytes) -> bool:
+    """Do two bodies hold the same document (equal as JSON, else as bytes)?"""
+    return _decoded(a) == _decoded(b)
 
 
 def _write_all(fd: int, data: bytes) -> None:

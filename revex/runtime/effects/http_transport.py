@@ -35,7 +35,9 @@ class EpisodeTransport(httpx.BaseTransport):
     def send(self, request: httpx.Request, content: bytes) -> httpx.Response:
         """One action. Raises PolicyViolation (refused), ActionFailed (the request failed;
         the cause is chained), ReplayMissing, ConfigError (unknown secret)."""
-        wire = WireRequest(request.method, str(request.url), dict(request.headers), content)
+        # items(), not dict(headers): that looks each name up again, scanning them all
+        wire = WireRequest(request.method, str(request.url), dict(request.headers.items()),
+                           content)
         ep = self._ep
 
         def build() -> Any:

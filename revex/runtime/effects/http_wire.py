@@ -3,8 +3,10 @@
 Every request the effect makes (the forward call, the pre-image GET, the probes and the
 compensating calls of undo) goes through :meth:`Wire.send`, so a mode holds for all of them:
 
-- ``live``: sent with a plain httpx client; secret placeholders are resolved here and nowhere
-  earlier.
+- ``live``: sent through an httpx transport (a connection pool, no client around it: the
+  caller's ``ep.http`` client already did redirects, auth and cookies, and the effect's own
+  probes must not pick up cookies a server sets); secret placeholders are resolved here and
+  nowhere earlier.
 - ``record``: as live, and every exchange is appended to the cassette.
 - ``replay``: nothing is sent; the cassette answers or :class:`ReplayMissing` is raised.
 - ``dry_run``: as live (the effect decides which calls are not sent at all).
@@ -20,6 +22,7 @@ import httpx
 
 from revex.errors import ConfigError
 from revex.runtime.effects.http_cassette import Cassette, WireRequest, WireResponse
+from revex.runtime.effects.http_inverse import parsed_url
 from revex.runtime.effects.http_secrets import Secrets
 
 MODES = ("live", "record", "replay", "dry_run")
@@ -45,14 +48,14 @@ class Wire:
         self.secrets = secrets
         self.timeout = timeout
         self.cassette = cassette
-        self._client: httpx.Client | None = None
+        self._transport: httpx.HTTPTransport | None = None
 
     @property
-    def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, follow_redirects=False,
-                                        trust_env=False)
-        return self._client
+    def transport(self) -> httpx.HTTPTransport:
+        if self._transport is None:
+            # as the client was: no proxy or CA settings from the environment, no redirects
+            self._transport = httpx.HTTPTransport(trust_env=False)
+        return self._transport
 
     def send(self, request: WireRequest, *, timeout: float | None = None) -> WireResponse:
         """Send (or replay) one request and read its whole body.
@@ -64,12 +67,20 @@ class Wire:
         if self.mode == "replay":
             assert self.cassette is not None
             return self.cassette.play(request)
-        url = self.secrets.resolve(request.url)
+        url: str | httpx.URL = self.secrets.resolve(request.url)
+        if url == request.url:  # no secret in it: the parse is cached (never a resolved value)
+            url = parsed_url(request.url)
         headers = {k: self.secrets.resolve(v) for k, v in request.headers.items()}
+        limit = httpx.Timeout(self.timeout if timeout is None else timeout)
         try:
-            raw = self.client.request(
-                request.method, url, headers=headers, content=request.content or None,
-                timeout=self.timeout if timeout is None else timeout)
+            sent = httpx.Request(request.method, url, headers=headers,
+                                 content=request.content or None,
+                                 extensions={"timeout": limit.as_dict()})
+            raw = self.transport.handle_request(sent)
+            try:
+                raw.read()
+            finally:
+                raw.close()
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise NotSent(self._describe(request, exc, "could not connect")) from None
         except httpx.TimeoutException as exc:
@@ -91,6 +102,6 @@ class Wire:
             f"{request.method} {request.url} {what}: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
