@@ -270,7 +270,14 @@ class Episode:
             value, post = plan.apply(undo)
         except BaseException as exc:
             if plan.cleanup is not None:
-                plan.cleanup(undo)
+                try:
+                    plan.cleanup(undo)
+                except Exception:
+                    # the partial effect could not be undone now: no outcome is journaled, so
+                    # rollback, close and recovery probe it again; an interrupt stays one
+                    if isinstance(exc, Exception):
+                        raise
+                    raise exc from None
             self._note(**{**common, "params": {}}, status=Status.FAILED,
                           refers_to=intent.seq, error=f"{type(exc).__name__}: {exc}")
             if isinstance(exc, PolicyViolation | ActionFailed):

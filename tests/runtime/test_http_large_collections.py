@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from revex.errors import ConflictError
+from revex.errors import ActionFailed, ConflictError
 from revex.runtime.effects.http_forward import LISTING_MAX
 from revex.runtime.journal import Status
 from revex.testing.rest_app import create_app, serve
@@ -261,3 +261,22 @@ def test_record_and_replay_list_a_large_collection_as_a_fresh_runtime_would(
             fresh.episode(tmp_path / "ws", http_mode="replay", http_cassette="big") as ep:
         assert session(ep) == recorded
     assert len(made.state.data.collections["big"]) == BIG
+
+
+def test_a_timed_out_post_into_a_large_collection_is_not_reported_undone(
+        app: Any, tmp_path: Path) -> None:
+    """The server stores the item, then answers too late: the request fails, and what it did
+    cannot be determined (no listing, no answer). That is not "failed and was undone": the
+    error says so, the action stays open, and rollback refuses it until forced."""
+    made, base = app
+    seeded(made, "big", BIG)
+    with runtime(tmp_path) as rt:
+        learned(rt, base, "big", tmp_path)
+        with rt.episode(tmp_path / "ws") as ep:
+            with pytest.raises(ActionFailed, match=r"could not be determined.*rollback"):
+                ep.http.post(f"{base}/big?delay=3", json={"name": "late"}, timeout=0.5)
+            assert made.state.data.collections["big"][BIG + 2] == {"id": BIG + 2, "name": "late"}
+            with pytest.raises(ConflictError, match=r"could not be determined"):
+                ep.rollback()
+            assert undone(rt, ep.id) == []
+            ep.rollback(force=True)

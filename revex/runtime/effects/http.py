@@ -208,19 +208,7 @@ class HttpEffect:
         headers = self._headers_for(item.intent)
         key = f"revex-{self.episode_id}-{item.intent.action_seq}-undo"
         if "compensation" in post:
-            comp = post["compensation"]
-            send_headers = {**headers, **comp.get("headers", {}), "idempotency-key": key}
-            content = b""
-            if comp.get("json") is not None:
-                content = json.dumps(comp["json"]).encode()
-                send_headers["content-type"] = "application/json"
-            response = self.wire.send(WireRequest(comp["method"], comp["url"], send_headers,
-                                                  content))
-            if not 200 <= response.status < 300:
-                raise ActionFailed(f"{item.describe()}: compensation {comp['method']} "
-                                   f"{comp['url']} got HTTP {response.status}")
-            if comp.get("read_back"):
-                self._read_back(item, comp, headers)
+            self.compensate(item.describe(), post["compensation"], headers, key)
             return
         if post.get("effect") == "unknown":
             if force:
@@ -232,8 +220,27 @@ class HttpEffect:
             self.restorer.restore(url, target, headers, undo_key(key, i), force=force,
                                   label=item.describe())
 
-    def _read_back(self, item: UndoItem, comp: dict[str, Any], headers: dict[str, str]
-                   ) -> None:
+    def compensate(self, label: str, comp: dict[str, Any], headers: dict[str, str],
+                   key: str) -> None:
+        """Send a journaled compensation and check it: a 2xx, then its declared read-back.
+
+        Raises ActionFailed when the server refuses it, ConflictError when the read-back does
+        not show the declared result.
+        """
+        send_headers = {**headers, **comp.get("headers", {}), "idempotency-key": key}
+        content = b""
+        if comp.get("json") is not None:
+            content = json.dumps(comp["json"]).encode()
+            send_headers["content-type"] = "application/json"
+        response = self.wire.send(WireRequest(comp["method"], comp["url"], send_headers,
+                                              content))
+        if not 200 <= response.status < 300:
+            raise ActionFailed(f"{label}: compensation {comp['method']} "
+                               f"{comp['url']} got HTTP {response.status}")
+        if comp.get("read_back"):
+            self._read_back(label, comp, headers)
+
+    def _read_back(self, label: str, comp: dict[str, Any], headers: dict[str, str]) -> None:
         """GET the declared read-back of a sent compensation: it must show the expected
         fields. Raises ConflictError naming the URL and the fields that differ."""
         back = comp["read_back"]
@@ -243,9 +250,9 @@ class HttpEffect:
             what = (f"GET answered {got.status}" if missing == ["*"]
                     else f"fields not as declared: {', '.join(missing[:20])}")
             raise ConflictError(
-                f"{item.describe()}: compensation {comp['method']} {comp['url']!r} answered "
+                f"{label}: compensation {comp['method']} {comp['url']!r} answered "
                 f"success, but its read-back GET {back['url']!r} does not show the declared "
-                f"result ({what}); it is not marked undone", [f"{item.describe()}"])
+                f"result ({what}); it is not marked undone", [label])
 
     def resolve_intent(self, intent: Record) -> dict[str, Any] | None:
         """After a crash: probe what the request did. None when it left no trace."""

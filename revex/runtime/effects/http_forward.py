@@ -42,7 +42,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from revex.errors import ConfigError, ConflictError, PolicyViolation
+from revex.errors import ActionFailed, ConfigError, ConflictError, PolicyViolation
 from revex.runtime.effects.http_cassette import WireRequest, WireResponse
 from revex.runtime.effects.http_compensations import CompensationContext, Operation
 from revex.runtime.effects.http_inverse import (
@@ -509,26 +509,37 @@ class Forward:
         return {**out, "undo_check": "read_back"}
 
     def cleanup(self, undo: dict[str, Any]) -> None:
-        """The request failed (timeout, connection): probe and undo what it may have done."""
+        """The request failed (timeout, connection): probe and undo what it may have done,
+        each restore verified as in a rollback.
+
+        Raises ActionFailed when that cannot be established (the probe finds an unknown
+        effect, the server is unreachable, a restore conflicts or is refused): the action then
+        has no outcome in the journal, so the episode's rollback, close or recovery probes it
+        again and undoes it, or reports a conflict; it is never recorded as undone.
+        """
         if self.dry or self.klass in ("read", "irreversible"):
             return
+        label = f"failed {self.request.method}"
+        key = self.key + "-undo"
+        why = None
         try:
             post = self.probe(undo, None)
-            if post.get("effect") is True and "targets" in post:
+            if post.get("effect") == "unknown":
+                why = f"what it did could not be determined ({post.get('why')})"
+            elif post.get("effect") is True and "targets" in post:
                 targets = list(post["targets"].items())
                 for i, (url, target) in reversed(list(enumerate(targets))):
-                    self.fx.restorer.restore(url, target, self.identity,
-                                             undo_key(self.key + "-undo", i), force=False,
-                                             label=f"failed {self.request.method}")
+                    self.fx.restorer.restore(url, target, self.identity, undo_key(key, i),
+                                             force=False, label=label)
             elif post.get("effect") is True and "compensation" in post:
-                comp = post["compensation"]
-                self.fx.wire.send(WireRequest(comp["method"], comp["url"],
-                                              {**self.identity,
-                                               "idempotency-key": self.key + "-undo"}))
-        except (OSError, ConflictError):
-            # the server is unreachable or moved on: the FAILED record stands; nothing more can
-            # be learned now
-            return
+                self.fx.compensate(label, post["compensation"], self.identity, key)
+        except (OSError, ConflictError, ActionFailed) as exc:
+            why = f"what it did could not be undone now ({type(exc).__name__}: {exc})"
+        if why is not None:
+            raise ActionFailed(
+                f"{self.request.method} {self.fx.secrets.redact(self.request.url)} failed and "
+                f"{why}; it stays open in the journal: the episode's rollback probes it again "
+                "and undoes it, or refuses naming it (force=True skips it)")
 
 
 def _json(content: bytes) -> Any:
