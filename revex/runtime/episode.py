@@ -279,11 +279,19 @@ class Episode:
                 raise ActionFailed(
                     f"{plan.kind} {plan.target!r} failed and was undone: {exc}") from exc
             raise
-        try:
-            self._note(**{**common, "params": {}}, status=Status.DONE,
-                          refers_to=intent.seq, result=post)
-        except JournalError as exc:
-            self._unrecorded(plan, intent, post, exc)
+        outcome = dict(common, params={}, status=Status.DONE, refers_to=intent.seq,
+                       result=post)
+        if plan.defer_outcome:
+            # written with the next transaction (the next INTENT makes it durable); until
+            # then, a crash leaves this INTENT without an outcome, which rollback, close and
+            # recovery resolve by probing the target, as after a power loss
+            with contextlib.suppress(JournalError):  # a full queue it could not flush: the
+                self._rt.journal.defer(episode_id=self.id, **outcome)  # record stays queued
+        else:
+            try:
+                self._note(**outcome)
+            except JournalError as exc:
+                self._unrecorded(plan, intent, post, exc)
         self._charge(plan)
         return value
 

@@ -10,8 +10,11 @@ nothing else: the WAL is one file written in order, so the fsync of the next dur
 (the next action's INTENT) makes every earlier commit durable too, and a checkpoint syncs the
 WAL before copying it. What such a loss leaves is an INTENT without an outcome, which rollback
 and recovery resolve by probing the target (see :mod:`revex.runtime.rollback`). The record of a
-read is not even a transaction of its own: :meth:`Journal.defer` queues it for the next one.
-One durable commit per mutating action, none per read.
+read, and the outcome of a file action, are not even a transaction of its own:
+:meth:`Journal.defer` queues them for the next one (usually the next action's INTENT, which
+makes them durable too). A process killed before that loses them; what that leaves is again
+an INTENT without an outcome, and a file action's probe finds exactly whether and how it took
+effect. One durable commit per mutating action and no other, none per read.
 
 Small pre-images (at most :data:`INLINE_MAX` bytes) are kept in the ``blobs`` table instead of
 the content store's files: :meth:`Journal.stage_blob` holds them until the next transaction,
@@ -294,8 +297,8 @@ class Journal:
             try:
                 self.flush()
             except JournalError as exc:
-                warnings.warn(f"{len(self._deferred)} record(s) of reads were not journaled: "
-                              f"{exc}", stacklevel=2)
+                warnings.warn(f"{len(self._deferred)} queued record(s) (reads, outcomes that "
+                              f"recovery probes) were not journaled: {exc}", stacklevel=2)
             self._db.close()
 
     # ---- appending -------------------------------------------------------------------------
@@ -370,14 +373,20 @@ class Journal:
         return out
 
     def defer(self, **fields: Any) -> None:
-        """Queue a record that needs no transaction of its own (a read: it changed nothing).
-        It is appended, in order, before the records of the next transaction (any append, a
-        status change), by :meth:`flush`, by a read of the records, or by :meth:`close`; at
-        most DEFER_MAX wait. A crash loses what is still queued, as a power loss loses a
-        non-durable append. Raises JournalError only when it had to flush and could not."""
+        """Queue a record that needs no transaction of its own: a read (it changed nothing),
+        or the outcome of an action whose INTENT the probe of recovery resolves exactly (a
+        file action). It is appended, in order, before the records of the next transaction
+        (any append, a status change), by :meth:`flush`, by a read of the records, or by
+        :meth:`close`; at most DEFER_MAX wait. A transaction that fails (a full disk) keeps
+        them queued for the next one. A crash loses what is still queued, as a power loss
+        loses a non-durable append. Raises JournalError only when it had to flush and could
+        not (the record is queued all the same)."""
         fields.setdefault("ts", time.time())
         try:  # here, not when it is written: a bad record must not fail later transactions
-            canonical([fields.get("params"), fields.get("result"), fields.get("undo")])
+            # (and the text is kept, so that writing it does not encode it again)
+            fields["_encoded"] = (canonical(fields.get("params") or {}),
+                                  canonical(fields.get("undo") or {}),
+                                  canonical(fields.get("result") or {}))
         except (TypeError, ValueError) as exc:
             raise JournalError(f"record for {fields.get('kind')} {fields.get('target')!r} is "
                                f"not JSON: {exc}") from exc
@@ -469,8 +478,9 @@ class Journal:
             "ts": fields.get("ts") or time.time(),
         }
         try:
-            encoded = (canonical(content["params"]), canonical(content["undo"]),
-                       canonical(content["result"]))
+            encoded = fields.get("_encoded") or (
+                canonical(content["params"]), canonical(content["undo"]),
+                canonical(content["result"]))
         except (TypeError, ValueError) as exc:
             raise JournalError(f"record for {content['kind']} {content['target']!r} is not "
                                f"JSON: {exc}") from exc

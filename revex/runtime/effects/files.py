@@ -152,10 +152,10 @@ class FileEffect(FileUndo):
                                 mode if mode is not None else keep, tmp)
             return len(data), self._post(rel)
 
-        return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": len(data)},
-                    params={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
-                    cost={"bytes_written": len(data)}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind=kind, target=rel, attrs={"path": rel, "bytes": len(data)},
+                     params={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+                     cost={"bytes_written": len(data)}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def write_from(self, path: Any, open_source: Callable[[], int], *, mode: int | None,
                    kind: str = "fs.write") -> Plan:
@@ -194,9 +194,9 @@ class FileEffect(FileUndo):
                 raise OSError(errno.EIO, f"the source of {rel!r} changed while it was applied")
             return size, post
 
-        return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": size},
-                    params={"size": size, "sha256": digest}, cost={"bytes_written": size},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind=kind, target=rel, attrs={"path": rel, "bytes": size},
+                     params={"size": size, "sha256": digest}, cost={"bytes_written": size},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def append(self, path: Any, data: bytes) -> Plan:
         rel = normalize(path)
@@ -215,9 +215,9 @@ class FileEffect(FileUndo):
                 os.close(fd)
             return len(data), self._post(rel)
 
-        return Plan(kind="fs.append", target=rel, attrs={"path": rel, "bytes": len(data)},
-                    params={"size": len(data)}, cost={"bytes_written": len(data)},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.append", target=rel, attrs={"path": rel, "bytes": len(data)},
+                     params={"size": len(data)}, cost={"bytes_written": len(data)},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def delete(self, path: Any) -> Plan:
         rel = normalize(path)
@@ -235,8 +235,8 @@ class FileEffect(FileUndo):
                 os.unlink(name, dir_fd=fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.delete", target=rel, attrs={"path": rel}, prepare=prepare,
-                    apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.delete", target=rel, attrs={"path": rel}, prepare=prepare,
+                     apply=apply, cleanup=self._restore_plan([rel]))
 
     def mkdir(self, path: Any, mode: int = 0o777) -> Plan:
         rel = normalize(path)
@@ -250,8 +250,8 @@ class FileEffect(FileUndo):
                 os.mkdir(name, mode, dir_fd=fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.mkdir", target=rel, attrs={"path": rel}, params={"mode": mode},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.mkdir", target=rel, attrs={"path": rel}, params={"mode": mode},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def rmdir(self, path: Any, recursive: bool) -> Plan:
         rel = normalize(path)
@@ -270,9 +270,9 @@ class FileEffect(FileUndo):
             self.ws.remove(rel)
             return None, self._post(rel)
 
-        return Plan(kind="fs.rmdir", target=rel, attrs={"path": rel},
-                    params={"recursive": recursive}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.rmdir", target=rel, attrs={"path": rel},
+                     params={"recursive": recursive}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def rename(self, src: Any, dst: Any) -> Plan:
         rsrc, rdst = normalize(src), normalize(dst)
@@ -293,9 +293,9 @@ class FileEffect(FileUndo):
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
             return None, self._post(rsrc, rdst)
 
-        return Plan(kind="fs.rename", target=f"{rsrc} -> {rdst}",
-                    attrs={"path": [rsrc, rdst]}, params={"src": rsrc, "dst": rdst},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rsrc, rdst]))
+        return _plan(kind="fs.rename", target=f"{rsrc} -> {rdst}",
+                     attrs={"path": [rsrc, rdst]}, params={"src": rsrc, "dst": rdst},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rsrc, rdst]))
 
     def chmod(self, path: Any, mode: int) -> Plan:
         rel = normalize(path)
@@ -320,9 +320,9 @@ class FileEffect(FileUndo):
                 os.close(fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.chmod", target=rel, attrs={"path": rel},
-                    params={"mode": oct(mode)}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.chmod", target=rel, attrs={"path": rel},
+                     params={"mode": oct(mode)}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def symlink(self, link: Any, target: str) -> Plan:
         rel = normalize(link)
@@ -347,9 +347,9 @@ class FileEffect(FileUndo):
                 os.symlink(target, name, dir_fd=fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.symlink", target=rel, attrs={"path": rel},
-                    params={"target": target}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.symlink", target=rel, attrs={"path": rel},
+                     params={"target": target}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def copy(self, src: Any, dst: Any) -> Plan:
         rsrc, rdst = normalize(src), normalize(dst)
@@ -380,9 +380,9 @@ class FileEffect(FileUndo):
         with contextlib.suppress(OSError, PolicyViolation):
             st = self.ws.lstat(rsrc)
             size = st.st_size if st is not None else 0
-        return Plan(kind="fs.copy", target=f"{rsrc} -> {rdst}", attrs={"path": [rsrc, rdst]},
-                    params={"src": rsrc, "dst": rdst}, cost={"bytes_written": size},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rdst]))
+        return _plan(kind="fs.copy", target=f"{rsrc} -> {rdst}", attrs={"path": [rsrc, rdst]},
+                     params={"src": rsrc, "dst": rdst}, cost={"bytes_written": size},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rdst]))
 
     def read(self, path: Any) -> Plan:
         rel = normalize(path)
@@ -409,6 +409,12 @@ class FileEffect(FileUndo):
             return self.ws.lstat(rel), {}
 
         return Plan(kind=kind, target=rel, attrs={"path": rel}, apply=apply, read_only=True)
+
+
+def _plan(**fields: Any) -> Plan:
+    """A mutating file plan: its outcome waits for the next transaction (see
+    :attr:`Plan.defer_outcome`; ``resolve_intent`` probes a file action exactly)."""
+    return Plan(**fields, defer_outcome=True)
 
 
 def _write_all(fd: int, data: bytes) -> None:
