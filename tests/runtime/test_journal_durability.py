@@ -58,13 +58,15 @@ rt.close()
 
 
 def _traced(tmp: Path, op: str, n: int) -> list[str]:
-    """The child's fsync, fdatasync, rename and pwrite calls between its two markers."""
+    """The child's fsync, fdatasync, rename, pwrite and openat calls between its two
+    markers."""
     out = tmp / f"trace-{op}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
     subprocess.run(
         ["strace", "-f", "-qq", "-y", "-o", str(out), "-e",
-         "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,access,faccessat,faccessat2",
+         "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,openat,access,faccessat,"
+         "faccessat2",
          sys.executable, "-c", CHILD, str(tmp / f"state-{op}"), str(tmp / f"ws-{op}"), op,
          str(n)], check=True, env=env, timeout=300)
     lines = out.read_text().splitlines()
@@ -92,16 +94,17 @@ def test_a_small_write_is_one_fsync_of_the_journal_before_its_effect(
     assert len(syncs) == n, calls
     assert all("journal.db-wal" in line for line in syncs), syncs
     assert not list((tmp_path / f"state-{op}" / "store" / "objects").rglob("*"))
-    # write-ahead: each action's effect (a new file's temp file renamed into place; an
-    # overwrite's bytes written into the file) comes after an fsync of the journal that came
-    # after the previous effect
+    # write-ahead: each action's effect (a new file created in the workspace, or a temp file
+    # renamed into place; an overwrite's bytes written into the file) comes after an fsync of
+    # the journal that came after the previous effect
     synced = False
     effects = 0
     for line in calls:
         if line in syncs:
             synced = True
         elif re.search(r"\brename(at2?)?\(", line) or (
-                "pwrite64(" in line and f"/ws-{op}/" in line):
+                "pwrite64(" in line and f"/ws-{op}/" in line) or (
+                "openat(" in line and "O_CREAT" in line and f"/ws-{op}" in line):
             assert synced, f"an effect before its INTENT was durable: {line}"
             synced, effects = False, effects + 1
     assert effects == n, calls
