@@ -41,6 +41,7 @@ naming the cause (a full disk, a read-only file, a damaged page).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -113,6 +114,16 @@ class Record:
         out["prev_hash"] = self.prev_hash
         out["hash"] = self.hash
         return out
+
+
+def _record(*values: Any) -> Record:
+    """``Record(*values)`` (every field, in order) without the frozen dataclass's
+    ``__init__``, which sets each of the 16 fields through ``object.__setattr__``: three times
+    the cost, for every record a rollback reads or writes. The same object: the fields land
+    in its ``__dict__``, where that ``__init__`` puts them."""
+    rec = object.__new__(Record)
+    rec.__dict__.update(zip(_RECORD_FIELDS, values, strict=True))
+    return rec
 
 
 def _not_json(obj: Any) -> Any:
@@ -232,6 +243,10 @@ class Journal:
         self._staged: dict[str, bytes] = {}
         # records of reads waiting for the next transaction (see defer)
         self._deferred: list[dict[str, Any]] = []
+        # inside a transaction: the deferred records it took and has not written yet, and
+        # those it has written (emitted once it commits); see _append_locked
+        self._flushing: list[dict[str, Any]] = []
+        self._flushed: list[Record] = []
         self.max_bytes = INLINE_MAX
         try:
             self._db = sqlite3.connect(
@@ -321,13 +336,16 @@ class Journal:
                     self._db.execute("BEGIN IMMEDIATE")
                     staged, self._staged = self._staged, {}
                     deferred, self._deferred = self._deferred, []
+                    # written by the body's first _append_locked, with its records, or below
+                    self._flushing, self._flushed = deferred, []
                     try:
                         if staged:
                             self._db.executemany(
                                 "INSERT OR IGNORE INTO blobs (sha, data) VALUES (?, ?)",
                                 staged.items())
-                        flushed = self._append_locked(deferred)
                         yield
+                        if self._flushing:
+                            self._append_locked(())
                         self._db.execute("COMMIT")
                     except BaseException:
                         self._staged = {**staged, **self._staged}
@@ -336,6 +354,8 @@ class Journal:
                             with contextlib.suppress(sqlite3.Error):
                                 self._db.execute("ROLLBACK")
                         raise
+                    finally:
+                        flushed, self._flushing, self._flushed = self._flushed, [], []
                     self._emit(flushed)
                 finally:
                     if not durable:
@@ -438,19 +458,32 @@ class Journal:
         return len(gone), sum(size for _, size in gone)
 
     def _append_locked(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
-        out: list[Record] = []
+        """Append ``batch`` inside the current transaction, after the deferred records the
+        transaction took and has not written yet: one read of the head, one INSERT of all
+        rows and one write of the head for both. Returns the records of ``batch``."""
+        deferred, self._flushing = self._flushing, []
         head = self._db.execute(
             "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         seq, prev = (head[0], head[1]) if head else (0, GENESIS)
-        for fields in batch:
-            seq += 1
-            rec, encoded = self._make(seq, prev, fields)
-            self._insert(rec, encoded)
-            out.append(rec)
-            prev = rec.hash
-        if out:
-            self._write_head(out[-1])
+        rows: list[tuple[Any, ...]] = []
+        flushed: list[Record] = []
+        out: list[Record] = []
+        for source, into in ((deferred, flushed), (batch, out)):
+            for fields in source:
+                seq += 1
+                rec, (params, undo, result) = self._make(seq, prev, fields)
+                rows.append((rec.seq, rec.episode_id, rec.action_seq, rec.kind, rec.target,
+                             str(rec.status), rec.decision, rec.rule, params, undo, result,
+                             rec.error, rec.refers_to, rec.ts, rec.prev_hash, rec.hash,
+                             self._mac(rec.hash)))
+                into.append(rec)
+                prev = rec.hash
+        if rows:
+            self._db.executemany(
+                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._write_head(seq, prev)
+        self._flushed.extend(flushed)
         return out
 
     def _emit(self, records: list[Record]) -> None:
@@ -485,43 +518,22 @@ class Journal:
             raise JournalError(f"record for {content['kind']} {content['target']!r} is not "
                                f"JSON: {exc}") from exc
         digest = encoded_record_hash(prev, content, *encoded)
-        rec = Record(
-            seq=seq,
-            episode_id=content["episode_id"],
-            action_seq=content["action_seq"],
-            kind=content["kind"],
-            target=content["target"],
-            status=Status(content["status"]),
-            decision=content["decision"],
-            rule=content["rule"],
-            params=content["params"],
-            undo=content["undo"],
-            result=content["result"],
-            error=content["error"],
-            refers_to=content["refers_to"],
-            ts=content["ts"],
-            prev_hash=prev,
-            hash=digest,
-        )
+        status = content["status"]
+        rec = _record(seq, content["episode_id"], content["action_seq"], content["kind"],
+                      content["target"], _STATUS.get(status) or Status(status),
+                      content["decision"], content["rule"], content["params"], content["undo"],
+                      content["result"], content["error"], content["refers_to"], content["ts"],
+                      prev, digest)
         return rec, encoded
-
-    def _insert(self, rec: Record, encoded: tuple[str, str, str]) -> None:
-        params, undo, result = encoded
-        self._db.execute(
-            "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.seq, rec.episode_id, rec.action_seq, rec.kind, rec.target, str(rec.status),
-             rec.decision, rec.rule, params, undo, result, rec.error, rec.refers_to, rec.ts,
-             rec.prev_hash, rec.hash, self._mac(rec.hash)),
-        )
 
     def _mac(self, text: str) -> str:
         return hmac.digest(self._key, text.encode(), "sha256").hex()  # = hmac.new(...).hexdigest()
 
-    def _write_head(self, rec: Record) -> None:
-        head = f"{rec.seq}:{rec.hash}"
+    def _write_head(self, seq: int, digest: str) -> None:
+        head = f"{seq}:{digest}"
         self._db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('head', ?)",
-            (canonical({"seq": rec.seq, "hash": rec.hash, "hmac": self._mac(head)}),),
+            (canonical({"seq": seq, "hash": digest, "hmac": self._mac(head)}),),
         )
 
     # ---- episodes index --------------------------------------------------------------------
@@ -691,18 +703,17 @@ def _episode_row(row: tuple[Any, ...], path: Path) -> dict[str, Any]:
 def record_from_row(row: tuple[Any, ...], path: Path) -> Record:
     """A Record from a ``SELECT *`` row; JournalCorrupt when the row cannot be decoded."""
     try:
-        return Record(
-            seq=row[0], episode_id=row[1], action_seq=row[2], kind=row[3], target=row[4],
-            status=_STATUS.get(row[5]) or Status(row[5]), decision=row[6], rule=row[7],
-            params=_obj(row[8]), undo=_obj(row[9]), result=_obj(row[10]), error=row[11],
-            refers_to=row[12], ts=row[13], prev_hash=row[14], hash=row[15],
-        )
+        return _record(row[0], row[1], row[2], row[3], row[4],
+                       _STATUS.get(row[5]) or Status(row[5]), row[6], row[7], _obj(row[8]),
+                       _obj(row[9]), _obj(row[10]), row[11], row[12], row[13], row[14],
+                       row[15])
     except (TypeError, ValueError) as exc:
         raise JournalCorrupt(f"record {row[0]} of the journal at {path} cannot be decoded "
                              f"({exc}); run `revex verify`") from exc
 
 
 _STATUS = {str(s): s for s in Status}
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
 
 
 def _obj(text: str) -> dict[str, Any]:
