@@ -418,9 +418,11 @@ class Episode:
                 raise ConfigError(f"checkpoint belongs to episode {to.episode_id}, not {self.id}")
             after = to.action_seq if to is not None else 0
             journal = self._rt.journal
-            records = journal.episode_records(self.id)
+            # the outcomes still queued are read from the queue: the rollback's durable begin
+            # writes them, before the first undo, in its own transaction
+            records = journal.episode_records(self.id, queued=True)
             if resolve_intents(journal, self.id, records, self._effect):
-                records = journal.episode_records(self.id)
+                records = journal.episode_records(self.id, queued=True)
             items = pending_items(records, after)
             report = rollback(journal, self.id, items, self._effect, force=force,
                               note={"to": after})

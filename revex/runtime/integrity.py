@@ -119,8 +119,10 @@ def _head(db: sqlite3.Connection, journal: Journal) -> tuple[int, str] | None:
     return seq, digest
 
 
-def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
-    """The records of ``episode_id``, with the chain from its first record to the head checked.
+def episode_slice(journal: Journal, episode_id: str, *, queued: bool = False) -> list[Record]:
+    """The records of ``episode_id``, with the chain from its first record to the head checked;
+    with ``queued``, followed by the episode's records this process still holds queued (see
+    :meth:`Journal.episode_records`).
 
     Raises JournalCorrupt naming the first problem.
     """
@@ -131,7 +133,8 @@ def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
             "the state dir from a backup to undo it")
 
     try:
-        with journal.snapshot() as db:
+        with journal.snapshot(flush=not queued) as db:
+            tail = journal.queued(episode_id) if queued else []
             row = db.execute("SELECT MIN(seq) FROM records WHERE episode_id=?",
                              (episode_id,)).fetchone()
             if row is None or row[0] is None:
@@ -162,6 +165,7 @@ def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
     if head is None or head != (expected - 1, prev):
         raise damaged(f"records after {expected - 1} are missing (the head marker says "
                       f"{head[0] if head else 'nothing'})")
+    out.extend(tail)
     _check_complete(out, damaged)
     return out
 

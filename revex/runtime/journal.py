@@ -630,11 +630,13 @@ class Journal:
                                  f"{describe_sqlite_error(exc)}; run `revex verify`") from exc
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
+    def snapshot(self, *, flush: bool = True) -> Iterator[sqlite3.Connection]:
         """The connection inside one read transaction: a consistent view of the whole file
-        (the deferred records written first)."""
+        (the deferred records written first, unless ``flush=False``: then they stay queued,
+        and :meth:`queued` reads them, under the same lock)."""
         with self._lock:
-            self.flush()
+            if flush:
+                self.flush()
             self._db.execute("BEGIN")
             try:
                 yield self._db
@@ -645,13 +647,30 @@ class Journal:
     def mac(self, text: str) -> str:
         return self._mac(text)
 
-    def episode_records(self, episode_id: str) -> list[Record]:
+    def queued(self, episode_id: str) -> list[Record]:
+        """The records of ``episode_id`` still queued (see :meth:`defer`), in order: records
+        this process made and has not written yet, so with seq 0 and no hash (they get both
+        when the next transaction writes them)."""
+        with self._lock:
+            return [_record(0, f["episode_id"], int(f.get("action_seq", 0)), f["kind"],
+                            f.get("target", ""), Status(f["status"]), f.get("decision", ""),
+                            f.get("rule", ""), f.get("params") or {}, f.get("undo") or {},
+                            f.get("result") or {}, f.get("error", ""), f.get("refers_to"),
+                            f["ts"], "", "")
+                    for f in self._deferred if f["episode_id"] == episode_id]
+
+    def episode_records(self, episode_id: str, *, queued: bool = False) -> list[Record]:
         """The records of one episode, checked against the hash chain: what rollback, undo and
         recovery act on. Raises JournalCorrupt when any of them is missing, edited or
-        unreadable (an undo then refuses rather than undo only some actions)."""
+        unreadable (an undo then refuses rather than undo only some actions).
+
+        ``queued``: the checked records are followed by those of the episode this process
+        still holds queued (:meth:`queued`) instead of being preceded by a transaction that
+        writes them: what a live rollback reads, whose durable begin record then writes them
+        first, in its own transaction."""
         from revex.runtime.integrity import episode_slice
 
-        return episode_slice(self, episode_id)
+        return episode_slice(self, episode_id, queued=queued)
 
     def verify(self) -> VerifyReport:
         """Check the whole journal: SQLite's integrity check, the hash chain and HMACs, the head

@@ -288,3 +288,53 @@ def test_every_record_kind_of_an_episode_survives_a_clean_close(tmp_path: Path) 
         assert reopened.verify().ok
     finally:
         reopened.close()
+
+
+def test_a_rollback_writes_the_queued_outcomes_with_its_durable_begin_before_the_first_undo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live rollback reads the outcomes still queued from the queue; its begin record's
+    transaction, the one durable commit before any undo, writes them first."""
+    import sqlite3
+
+    from revex.runtime.effects.files_undo import FileUndo
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rt = Runtime(tmp_path / "state", audit=None)
+    ep = rt.episode(ws)
+    ep.fs.write_bytes("a", b"1")
+    ep.fs.write_bytes("b", b"2")
+    assert [r["target"] for r in rt.journal._deferred] == ["b"]  # b's DONE is queued
+    transactions: list[bool] = []
+    real_writing = Journal._writing
+
+    @contextlib.contextmanager
+    def writing(self: Journal, what: str, *, durable: bool = True) -> Iterator[None]:
+        transactions.append(durable)
+        with real_writing(self, what, durable=durable):
+            yield
+
+    at_first_undo: list[object] = []
+    real_undo = FileUndo.undo
+
+    def undo(self: FileUndo, item: object, *, force: bool) -> None:
+        if not at_first_undo:
+            raw = sqlite3.connect(tmp_path / "state" / "journal.db")
+            try:
+                at_first_undo.append(raw.execute(
+                    "SELECT kind, status, target FROM records ORDER BY seq").fetchall()[-2:])
+            finally:
+                raw.close()
+            at_first_undo.append(list(transactions))
+        real_undo(self, item, force=force)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "_writing", writing)
+    monkeypatch.setattr(FileUndo, "undo", undo)
+    assert ep.rollback() == 2
+    monkeypatch.undo()
+    assert at_first_undo == [[("fs.write", "DONE", "b"), ("episode.rollback.begin", "EVENT", "")],
+                             [True]]
+    assert list(ws.iterdir()) == []
+    ep.close()
+    assert rt.verify().ok
+    rt.close()
