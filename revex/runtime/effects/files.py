@@ -125,10 +125,13 @@ class FileEffect(FileUndo):
             while view:
                 written = os.pwrite(fd, view, offset)
                 offset, view = offset + written, view[written:]
-            os.ftruncate(fd, len(data))
+            if st.st_size > len(data) or not data:
+                # only a longer file has bytes to cut (and an empty write changes no byte,
+                # so the truncate is what gives it its new mtime); a metadata change less
+                os.ftruncate(fd, len(data))
             if mode is not None:
                 os.fchmod(fd, mode)
-            return os.fstat(fd)  # after the truncate and chmod, which change the ctime
+            return os.fstat(fd)  # after the writes, truncate and chmod, which move the ctime
         finally:
             os.close(fd)
 
