@@ -284,9 +284,10 @@ class Episode:
         if plan.defer_outcome:
             # written with the next transaction (the next INTENT makes it durable); until
             # then, a crash leaves this INTENT without an outcome, which rollback, close and
-            # recovery resolve by probing the target, as after a power loss
-            with contextlib.suppress(JournalError):  # a full queue it could not flush: the
-                self._rt.journal.defer(episode_id=self.id, **outcome)  # record stays queued
+            # recovery resolve by probing the target, as after a power loss. A full queue that
+            # could not be flushed (a full disk) keeps the record queued: nothing to undo here
+            with contextlib.suppress(JournalError):
+                self._rt.journal.defer(episode_id=self.id, **outcome)
         else:
             try:
                 self._note(**outcome)

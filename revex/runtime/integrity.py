@@ -7,7 +7,9 @@ missing from what they read makes an undo silently incomplete. Two defences:
   the table in seq order from its ``episode.begin`` to the head, and that whole stretch of the
   chain is checked (no seq missing, every prev_hash links, every hash and HMAC recomputes, the
   head marker matches the last record). Any gap or edit raises JournalCorrupt: an undo refuses
-  rather than undo some of the actions.
+  rather than undo some of the actions. A live rollback also gets the episode's records that
+  its own process still holds queued, not yet written (see ``Journal.queued``): records it
+  made itself, which its durable begin record then writes first.
 - :func:`verify_journal` (``revex verify``): SQLite's own ``integrity_check`` (damaged pages,
   indexes that disagree with their table), the full hash chain and HMACs, the head marker, the
   index against the table (per episode), the episodes table against the chain (each
