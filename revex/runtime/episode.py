@@ -286,11 +286,20 @@ class Episode:
                 raise ActionFailed(
                     f"{plan.kind} {plan.target!r} failed and was undone: {exc}") from exc
             raise
-        try:
-            self._note(**{**common, "params": {}}, status=Status.DONE,
-                          refers_to=intent.seq, result=post)
-        except JournalError as exc:
-            self._unrecorded(plan, intent, post, exc)
+        outcome = dict(common, params={}, status=Status.DONE, refers_to=intent.seq,
+                       result=post)
+        if plan.defer_outcome:
+            # written with the next transaction (the next INTENT makes it durable); until
+            # then, a crash leaves this INTENT without an outcome, which rollback, close and
+            # recovery resolve by probing the target, as after a power loss. A full queue that
+            # could not be flushed (a full disk) keeps the record queued: nothing to undo here
+            with contextlib.suppress(JournalError):
+                self._rt.journal.defer(episode_id=self.id, **outcome)
+        else:
+            try:
+                self._note(**outcome)
+            except JournalError as exc:
+                self._unrecorded(plan, intent, post, exc)
         self._charge(plan)
         return value
 
@@ -417,9 +426,11 @@ class Episode:
                 raise ConfigError(f"checkpoint belongs to episode {to.episode_id}, not {self.id}")
             after = to.action_seq if to is not None else 0
             journal = self._rt.journal
-            records = journal.episode_records(self.id)
+            # the outcomes still queued are read from the queue: the rollback's durable begin
+            # writes them, before the first undo, in its own transaction
+            records = journal.episode_records(self.id, queued=True)
             if resolve_intents(journal, self.id, records, self._effect):
-                records = journal.episode_records(self.id)
+                records = journal.episode_records(self.id, queued=True)
             items = pending_items(records, after)
             report = rollback(journal, self.id, items, self._effect, force=force,
                               note={"to": after})

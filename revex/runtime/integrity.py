@@ -7,7 +7,9 @@ missing from what they read makes an undo silently incomplete. Two defences:
   the table in seq order from its ``episode.begin`` to the head, and that whole stretch of the
   chain is checked (no seq missing, every prev_hash links, every hash and HMAC recomputes, the
   head marker matches the last record). Any gap or edit raises JournalCorrupt: an undo refuses
-  rather than undo some of the actions.
+  rather than undo some of the actions. A live rollback also gets the episode's records that
+  its own process still holds queued, not yet written (see ``Journal.queued``): records it
+  made itself, which its durable begin record then writes first.
 - :func:`verify_journal` (``revex verify``): SQLite's own ``integrity_check`` (damaged pages,
   indexes that disagree with their table), the full hash chain and HMACs, the head marker, the
   index against the table (per episode), the episodes table against the chain (each
@@ -119,8 +121,10 @@ def _head(db: sqlite3.Connection, journal: Journal) -> tuple[int, str] | None:
     return seq, digest
 
 
-def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
-    """The records of ``episode_id``, with the chain from its first record to the head checked.
+def episode_slice(journal: Journal, episode_id: str, *, queued: bool = False) -> list[Record]:
+    """The records of ``episode_id``, with the chain from its first record to the head checked;
+    with ``queued``, followed by the episode's records this process still holds queued (see
+    :meth:`Journal.episode_records`).
 
     Raises JournalCorrupt naming the first problem.
     """
@@ -131,7 +135,8 @@ def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
             "the state dir from a backup to undo it")
 
     try:
-        with journal.snapshot() as db:
+        with journal.snapshot(flush=not queued) as db:
+            tail = journal.queued(episode_id) if queued else []
             row = db.execute("SELECT MIN(seq) FROM records WHERE episode_id=?",
                              (episode_id,)).fetchone()
             if row is None or row[0] is None:
@@ -162,6 +167,7 @@ def episode_slice(journal: Journal, episode_id: str) -> list[Record]:
     if head is None or head != (expected - 1, prev):
         raise damaged(f"records after {expected - 1} are missing (the head marker says "
                       f"{head[0] if head else 'nothing'})")
+    out.extend(tail)
     _check_complete(out, damaged)
     return out
 

@@ -10,8 +10,11 @@ nothing else: the WAL is one file written in order, so the fsync of the next dur
 (the next action's INTENT) makes every earlier commit durable too, and a checkpoint syncs the
 WAL before copying it. What such a loss leaves is an INTENT without an outcome, which rollback
 and recovery resolve by probing the target (see :mod:`revex.runtime.rollback`). The record of a
-read is not even a transaction of its own: :meth:`Journal.defer` queues it for the next one.
-One durable commit per mutating action, none per read.
+read, and the outcome of a file action, are not even a transaction of its own:
+:meth:`Journal.defer` queues them for the next one (usually the next action's INTENT, which
+makes them durable too). A process killed before that loses them; what that leaves is again
+an INTENT without an outcome, and a file action's probe finds exactly whether and how it took
+effect. One durable commit per mutating action and no other, none per read.
 
 Small pre-images (at most :data:`INLINE_MAX` bytes) are kept in the ``blobs`` table instead of
 the content store's files: :meth:`Journal.stage_blob` holds them until the next transaction,
@@ -38,6 +41,7 @@ naming the cause (a full disk, a read-only file, a damaged page).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -110,6 +114,16 @@ class Record:
         out["prev_hash"] = self.prev_hash
         out["hash"] = self.hash
         return out
+
+
+def _record(*values: Any) -> Record:
+    """``Record(*values)`` (every field, in order) without the frozen dataclass's
+    ``__init__``, which sets each of the 16 fields through ``object.__setattr__``: three times
+    the cost, for every record a rollback reads or writes. The same object: the fields land
+    in its ``__dict__``, where that ``__init__`` puts them."""
+    rec = object.__new__(Record)
+    rec.__dict__.update(zip(_RECORD_FIELDS, values, strict=True))
+    return rec
 
 
 def _not_json(obj: Any) -> Any:
@@ -229,6 +243,10 @@ class Journal:
         self._staged: dict[str, bytes] = {}
         # records of reads waiting for the next transaction (see defer)
         self._deferred: list[dict[str, Any]] = []
+        # inside a transaction: the deferred records it took and has not written yet, and
+        # those it has written (emitted once it commits); see _append_locked
+        self._flushing: list[dict[str, Any]] = []
+        self._flushed: list[Record] = []
         self.max_bytes = INLINE_MAX
         try:
             self._db = sqlite3.connect(
@@ -294,8 +312,8 @@ class Journal:
             try:
                 self.flush()
             except JournalError as exc:
-                warnings.warn(f"{len(self._deferred)} record(s) of reads were not journaled: "
-                              f"{exc}", stacklevel=2)
+                warnings.warn(f"{len(self._deferred)} queued record(s) (reads, outcomes that "
+                              f"recovery probes) were not journaled: {exc}", stacklevel=2)
             self._db.close()
 
     # ---- appending -------------------------------------------------------------------------
@@ -318,13 +336,16 @@ class Journal:
                     self._db.execute("BEGIN IMMEDIATE")
                     staged, self._staged = self._staged, {}
                     deferred, self._deferred = self._deferred, []
+                    # written by the body's first _append_locked, with its records, or below
+                    self._flushing, self._flushed = deferred, []
                     try:
                         if staged:
                             self._db.executemany(
                                 "INSERT OR IGNORE INTO blobs (sha, data) VALUES (?, ?)",
                                 staged.items())
-                        flushed = self._append_locked(deferred)
                         yield
+                        if self._flushing:
+                            self._append_locked(())
                         self._db.execute("COMMIT")
                     except BaseException:
                         self._staged = {**staged, **self._staged}
@@ -333,6 +354,8 @@ class Journal:
                             with contextlib.suppress(sqlite3.Error):
                                 self._db.execute("ROLLBACK")
                         raise
+                    finally:
+                        flushed, self._flushing, self._flushed = self._flushed, [], []
                     self._emit(flushed)
                 finally:
                     if not durable:
@@ -370,14 +393,20 @@ class Journal:
         return out
 
     def defer(self, **fields: Any) -> None:
-        """Queue a record that needs no transaction of its own (a read: it changed nothing).
-        It is appended, in order, before the records of the next transaction (any append, a
-        status change), by :meth:`flush`, by a read of the records, or by :meth:`close`; at
-        most DEFER_MAX wait. A crash loses what is still queued, as a power loss loses a
-        non-durable append. Raises JournalError only when it had to flush and could not."""
+        """Queue a record that needs no transaction of its own: a read (it changed nothing),
+        or the outcome of an action whose INTENT the probe of recovery resolves exactly (a
+        file action). It is appended, in order, before the records of the next transaction
+        (any append, a status change), by :meth:`flush`, by a read of the records, or by
+        :meth:`close`; at most DEFER_MAX wait. A transaction that fails (a full disk) keeps
+        them queued for the next one. A crash loses what is still queued, as a power loss
+        loses a non-durable append. Raises JournalError only when it had to flush and could
+        not (the record is queued all the same)."""
         fields.setdefault("ts", time.time())
         try:  # here, not when it is written: a bad record must not fail later transactions
-            canonical([fields.get("params"), fields.get("result"), fields.get("undo")])
+            # (and the text is kept, so that writing it does not encode it again)
+            fields["_encoded"] = (canonical(fields.get("params") or {}),
+                                  canonical(fields.get("undo") or {}),
+                                  canonical(fields.get("result") or {}))
         except (TypeError, ValueError) as exc:
             raise JournalError(f"record for {fields.get('kind')} {fields.get('target')!r} is "
                                f"not JSON: {exc}") from exc
@@ -429,19 +458,32 @@ class Journal:
         return len(gone), sum(size for _, size in gone)
 
     def _append_locked(self, batch: Iterable[dict[str, Any]]) -> list[Record]:
-        out: list[Record] = []
+        """Append ``batch`` inside the current transaction, after the deferred records the
+        transaction took and has not written yet: one read of the head, one INSERT of all
+        rows and one write of the head for both. Returns the records of ``batch``."""
+        deferred, self._flushing = self._flushing, []
         head = self._db.execute(
             "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         seq, prev = (head[0], head[1]) if head else (0, GENESIS)
-        for fields in batch:
-            seq += 1
-            rec, encoded = self._make(seq, prev, fields)
-            self._insert(rec, encoded)
-            out.append(rec)
-            prev = rec.hash
-        if out:
-            self._write_head(out[-1])
+        rows: list[tuple[Any, ...]] = []
+        flushed: list[Record] = []
+        out: list[Record] = []
+        for source, into in ((deferred, flushed), (batch, out)):
+            for fields in source:
+                seq += 1
+                rec, (params, undo, result) = self._make(seq, prev, fields)
+                rows.append((rec.seq, rec.episode_id, rec.action_seq, rec.kind, rec.target,
+                             str(rec.status), rec.decision, rec.rule, params, undo, result,
+                             rec.error, rec.refers_to, rec.ts, rec.prev_hash, rec.hash,
+                             self._mac(rec.hash)))
+                into.append(rec)
+                prev = rec.hash
+        if rows:
+            self._db.executemany(
+                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._write_head(seq, prev)
+        self._flushed.extend(flushed)
         return out
 
     def _emit(self, records: list[Record]) -> None:
@@ -469,49 +511,29 @@ class Journal:
             "ts": fields.get("ts") or time.time(),
         }
         try:
-            encoded = (canonical(content["params"]), canonical(content["undo"]),
-                       canonical(content["result"]))
+            encoded = fields.get("_encoded") or (
+                canonical(content["params"]), canonical(content["undo"]),
+                canonical(content["result"]))
         except (TypeError, ValueError) as exc:
             raise JournalError(f"record for {content['kind']} {content['target']!r} is not "
                                f"JSON: {exc}") from exc
         digest = encoded_record_hash(prev, content, *encoded)
-        rec = Record(
-            seq=seq,
-            episode_id=content["episode_id"],
-            action_seq=content["action_seq"],
-            kind=content["kind"],
-            target=content["target"],
-            status=Status(content["status"]),
-            decision=content["decision"],
-            rule=content["rule"],
-            params=content["params"],
-            undo=content["undo"],
-            result=content["result"],
-            error=content["error"],
-            refers_to=content["refers_to"],
-            ts=content["ts"],
-            prev_hash=prev,
-            hash=digest,
-        )
+        status = content["status"]
+        rec = _record(seq, content["episode_id"], content["action_seq"], content["kind"],
+                      content["target"], _STATUS.get(status) or Status(status),
+                      content["decision"], content["rule"], content["params"], content["undo"],
+                      content["result"], content["error"], content["refers_to"], content["ts"],
+                      prev, digest)
         return rec, encoded
-
-    def _insert(self, rec: Record, encoded: tuple[str, str, str]) -> None:
-        params, undo, result = encoded
-        self._db.execute(
-            "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.seq, rec.episode_id, rec.action_seq, rec.kind, rec.target, str(rec.status),
-             rec.decision, rec.rule, params, undo, result, rec.error, rec.refers_to, rec.ts,
-             rec.prev_hash, rec.hash, self._mac(rec.hash)),
-        )
 
     def _mac(self, text: str) -> str:
         return hmac.digest(self._key, text.encode(), "sha256").hex()  # = hmac.new(...).hexdigest()
 
-    def _write_head(self, rec: Record) -> None:
-        head = f"{rec.seq}:{rec.hash}"
+    def _write_head(self, seq: int, digest: str) -> None:
+        head = f"{seq}:{digest}"
         self._db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('head', ?)",
-            (canonical({"seq": rec.seq, "hash": rec.hash, "hmac": self._mac(head)}),),
+            (canonical({"seq": seq, "hash": digest, "hmac": self._mac(head)}),),
         )
 
     # ---- episodes index --------------------------------------------------------------------
@@ -608,11 +630,13 @@ class Journal:
                                  f"{describe_sqlite_error(exc)}; run `revex verify`") from exc
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
+    def snapshot(self, *, flush: bool = True) -> Iterator[sqlite3.Connection]:
         """The connection inside one read transaction: a consistent view of the whole file
-        (the deferred records written first)."""
+        (the deferred records written first, unless ``flush=False``: then they stay queued,
+        and :meth:`queued` reads them, under the same lock)."""
         with self._lock:
-            self.flush()
+            if flush:
+                self.flush()
             self._db.execute("BEGIN")
             try:
                 yield self._db
@@ -623,13 +647,30 @@ class Journal:
     def mac(self, text: str) -> str:
         return self._mac(text)
 
-    def episode_records(self, episode_id: str) -> list[Record]:
+    def queued(self, episode_id: str) -> list[Record]:
+        """The records of ``episode_id`` still queued (see :meth:`defer`), in order: records
+        this process made and has not written yet, so with seq 0 and no hash (they get both
+        when the next transaction writes them)."""
+        with self._lock:
+            return [_record(0, f["episode_id"], int(f.get("action_seq", 0)), f["kind"],
+                            f.get("target", ""), Status(f["status"]), f.get("decision", ""),
+                            f.get("rule", ""), f.get("params") or {}, f.get("undo") or {},
+                            f.get("result") or {}, f.get("error", ""), f.get("refers_to"),
+                            f["ts"], "", "")
+                    for f in self._deferred if f["episode_id"] == episode_id]
+
+    def episode_records(self, episode_id: str, *, queued: bool = False) -> list[Record]:
         """The records of one episode, checked against the hash chain: what rollback, undo and
         recovery act on. Raises JournalCorrupt when any of them is missing, edited or
-        unreadable (an undo then refuses rather than undo only some actions)."""
+        unreadable (an undo then refuses rather than undo only some actions).
+
+        ``queued``: the checked records are followed by those of the episode this process
+        still holds queued (:meth:`queued`) instead of being preceded by a transaction that
+        writes them: what a live rollback reads, whose durable begin record then writes them
+        first, in its own transaction."""
         from revex.runtime.integrity import episode_slice
 
-        return episode_slice(self, episode_id)
+        return episode_slice(self, episode_id, queued=queued)
 
     def verify(self) -> VerifyReport:
         """Check the whole journal: SQLite's integrity check, the hash chain and HMACs, the head
@@ -681,18 +722,17 @@ def _episode_row(row: tuple[Any, ...], path: Path) -> dict[str, Any]:
 def record_from_row(row: tuple[Any, ...], path: Path) -> Record:
     """A Record from a ``SELECT *`` row; JournalCorrupt when the row cannot be decoded."""
     try:
-        return Record(
-            seq=row[0], episode_id=row[1], action_seq=row[2], kind=row[3], target=row[4],
-            status=_STATUS.get(row[5]) or Status(row[5]), decision=row[6], rule=row[7],
-            params=_obj(row[8]), undo=_obj(row[9]), result=_obj(row[10]), error=row[11],
-            refers_to=row[12], ts=row[13], prev_hash=row[14], hash=row[15],
-        )
+        return _record(row[0], row[1], row[2], row[3], row[4],
+                       _STATUS.get(row[5]) or Status(row[5]), row[6], row[7], _obj(row[8]),
+                       _obj(row[9]), _obj(row[10]), row[11], row[12], row[13], row[14],
+                       row[15])
     except (TypeError, ValueError) as exc:
         raise JournalCorrupt(f"record {row[0]} of the journal at {path} cannot be decoded "
                              f"({exc}); run `revex verify`") from exc
 
 
 _STATUS = {str(s): s for s in Status}
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
 
 
 def _obj(text: str) -> dict[str, Any]:

@@ -58,13 +58,15 @@ rt.close()
 
 
 def _traced(tmp: Path, op: str, n: int) -> list[str]:
-    """The child's fsync, fdatasync, rename and pwrite calls between its two markers."""
+    """The child's fsync, fdatasync, rename, pwrite and openat calls between its two
+    markers."""
     out = tmp / f"trace-{op}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
     subprocess.run(
         ["strace", "-f", "-qq", "-y", "-o", str(out), "-e",
-         "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,access,faccessat,faccessat2",
+         "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,openat,access,faccessat,"
+         "faccessat2",
          sys.executable, "-c", CHILD, str(tmp / f"state-{op}"), str(tmp / f"ws-{op}"), op,
          str(n)], check=True, env=env, timeout=300)
     lines = out.read_text().splitlines()
@@ -92,16 +94,17 @@ def test_a_small_write_is_one_fsync_of_the_journal_before_its_effect(
     assert len(syncs) == n, calls
     assert all("journal.db-wal" in line for line in syncs), syncs
     assert not list((tmp_path / f"state-{op}" / "store" / "objects").rglob("*"))
-    # write-ahead: each action's effect (a new file's temp file renamed into place; an
-    # overwrite's bytes written into the file) comes after an fsync of the journal that came
-    # after the previous effect
+    # write-ahead: each action's effect (a new file created in the workspace, or a temp file
+    # renamed into place; an overwrite's bytes written into the file) comes after an fsync of
+    # the journal that came after the previous effect
     synced = False
     effects = 0
     for line in calls:
         if line in syncs:
             synced = True
         elif re.search(r"\brename(at2?)?\(", line) or (
-                "pwrite64(" in line and f"/ws-{op}/" in line):
+                "pwrite64(" in line and f"/ws-{op}/" in line) or (
+                "openat(" in line and "O_CREAT" in line and f"/ws-{op}" in line):
             assert synced, f"an effect before its INTENT was durable: {line}"
             synced, effects = False, effects + 1
     assert effects == n, calls
@@ -236,20 +239,16 @@ def test_a_kill_between_an_effect_and_its_outcome_is_resolved_by_probing(
     child = r"""
 import os, signal, sys
 from revex import Runtime
-from revex.runtime.journal import Journal, Status
 state, ws = sys.argv[1:3]
 rt = Runtime(state, audit=None)
 ep = rt.episode(ws)
 ep.fs.write_bytes("a", b"first")
 ep.fs.write_bytes("keep.txt", b"changed")
-real = Journal.append_many
-def append_many(self, batch, **kw):
-    batch = list(batch)
-    if any(r.get("status") == Status.DONE and r.get("target") == "sub/inner.bin" for r in batch):
-        os.kill(os.getpid(), signal.SIGKILL)  # the effect happened; its DONE never will
-    return real(self, batch, **kw)
-Journal.append_many = append_many
 ep.fs.write_bytes("sub/inner.bin", b"replaced")
+# a file action's DONE waits for the next transaction: the effect happened, its DONE never
+# reaches the journal
+assert [r["target"] for r in rt.journal._deferred] == ["sub/inner.bin"]
+os.kill(os.getpid(), signal.SIGKILL)
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
@@ -289,3 +288,53 @@ def test_every_record_kind_of_an_episode_survives_a_clean_close(tmp_path: Path) 
         assert reopened.verify().ok
     finally:
         reopened.close()
+
+
+def test_a_rollback_writes_the_queued_outcomes_with_its_durable_begin_before_the_first_undo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live rollback reads the outcomes still queued from the queue; its begin record's
+    transaction, the one durable commit before any undo, writes them first."""
+    import sqlite3
+
+    from revex.runtime.effects.files_undo import FileUndo
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rt = Runtime(tmp_path / "state", audit=None)
+    ep = rt.episode(ws)
+    ep.fs.write_bytes("a", b"1")
+    ep.fs.write_bytes("b", b"2")
+    assert [r["target"] for r in rt.journal._deferred] == ["b"]  # b's DONE is queued
+    transactions: list[bool] = []
+    real_writing = Journal._writing
+
+    @contextlib.contextmanager
+    def writing(self: Journal, what: str, *, durable: bool = True) -> Iterator[None]:
+        transactions.append(durable)
+        with real_writing(self, what, durable=durable):
+            yield
+
+    at_first_undo: list[object] = []
+    real_undo = FileUndo.undo
+
+    def undo(self: FileUndo, item: object, *, force: bool) -> None:
+        if not at_first_undo:
+            raw = sqlite3.connect(tmp_path / "state" / "journal.db")
+            try:
+                at_first_undo.append(raw.execute(
+                    "SELECT kind, status, target FROM records ORDER BY seq").fetchall()[-2:])
+            finally:
+                raw.close()
+            at_first_undo.append(list(transactions))
+        real_undo(self, item, force=force)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "_writing", writing)
+    monkeypatch.setattr(FileUndo, "undo", undo)
+    assert ep.rollback() == 2
+    monkeypatch.undo()
+    assert at_first_undo == [[("fs.write", "DONE", "b"), ("episode.rollback.begin", "EVENT", "")],
+                             [True]]
+    assert list(ws.iterdir()) == []
+    ep.close()
+    assert rt.verify().ok
+    rt.close()

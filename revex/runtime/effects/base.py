@@ -32,6 +32,10 @@ class Plan:
     apply: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
     cleanup: Callable[[dict[str, Any]], None] | None = None
     read_only: bool = False
+    # the outcome (DONE) may wait for the next transaction instead of a commit of its own:
+    # only for effects whose resolve_intent finds exactly whether, and how, the action took
+    # effect (files), since a crash before that transaction leaves the INTENT to probing
+    defer_outcome: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,9 @@ class FileEffect(FileUndo):
         return {"pre": pre, "parents": parents}
 
     def _write_new(self, rel: str, fill: Callable[[int], None], mode: int | None,
-                   tmp: str) -> None:
+                   tmp: str) -> os.stat_result:
         """Write a file via a temp name in the same directory (``fill`` writes the bytes into
-        the fd it is given), then rename over ``rel``."""
+        the fd it is given), then rename over ``rel``. Returns the file's stat once in place."""
         with self.ws.parent(rel) as (fd, name):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
@@ -69,11 +69,37 @@ class FileEffect(FileUndo):
                 fill(out)
                 if mode is not None:
                     os.fchmod(out, mode)
+                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                return os.fstat(out)  # after the rename, which changes the ctime
             finally:
                 os.close(out)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
 
-    def _overwrite(self, rel: str, data: bytes, mode: int | None) -> bool:
+    def _create(self, rel: str, data: bytes, mode: int | None) -> os.stat_result | None:
+        """Write ``data`` into a new file made under its own name (``O_EXCL``); returns its
+        stat, or None, having changed nothing, when the name exists by now.
+
+        No temp file renamed into place: that is two metadata operations more (an unlink of a
+        stale temp name and the rename), each a wait on the file system's journal. Not atomic,
+        and needs not be, like :meth:`_overwrite`: the INTENT says the path was absent, so a
+        write killed halfway leaves a file that the probe after a crash reports as taken
+        effect and the rollback removes; a write that fails is cleaned up the same way.
+        """
+        with self.ws.parent(rel) as (fd, name):
+            try:
+                out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o666 if mode is None else 0o600, dir_fd=fd)
+            except FileExistsError:
+                return None
+        try:
+            _write_all(out, data)
+            if mode is not None:
+                os.fchmod(out, mode)
+            return os.fstat(out)
+        finally:
+            os.close(out)
+
+    def _overwrite(self, rel: str, data: bytes, mode: int | None
+                   ) -> os.stat_result | None:
         """Put ``data`` into the existing regular file ``rel`` (one link only) in place.
 
         A temp file renamed over an existing one costs a device write on ext4
@@ -82,28 +108,32 @@ class FileEffect(FileUndo):
         file. In place is not atomic, and needs not be: the pre-image is durable in the INTENT,
         so an overwrite killed halfway holds neither state, which the probe after a crash
         reports as taken effect, and the rollback puts the pre-image back. Like the rename, it
-        keeps the file's mode unless ``mode`` is given. Returns False, having changed nothing,
-        when the file cannot be opened for writing or is not a plain file with one link (a
-        hard link must not see the new bytes): the caller writes a new file then.
+        keeps the file's mode unless ``mode`` is given. Returns the file's stat once written, or
+        None, having changed nothing, when the file cannot be opened for writing or is not a
+        plain file with one link (a hard link must not see the new bytes): the caller writes a
+        new file then.
         """
         try:
             fd = self.ws.open_file(rel, os.O_WRONLY | os.O_NONBLOCK)
         except (OSError, PathEscape):
-            return False
+            return None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                return False
+                return None
             offset, view = 0, memoryview(data)
             while view:
                 written = os.pwrite(fd, view, offset)
                 offset, view = offset + written, view[written:]
-            os.ftruncate(fd, len(data))
+            if st.st_size > len(data) or not data:
+                # only a longer file has bytes to cut (and an empty write changes no byte,
+                # so the truncate is what gives it its new mtime); a metadata change less
+                os.ftruncate(fd, len(data))
             if mode is not None:
                 os.fchmod(fd, mode)
+            return os.fstat(fd)  # after the writes, truncate and chmod, which move the ctime
         finally:
             os.close(fd)
-        return True
 
     def _inherited_setgid(self, rel: str) -> int:
         """``S_ISGID`` when ``rel`` is a directory that has the bit and inherited it (its parent
@@ -115,16 +145,17 @@ class FileEffect(FileUndo):
                 return stat.S_ISGID
         return 0
 
-    def _target_mode(self, rel: str) -> int | None:
-        st = self.ws.lstat(rel)
-        if st is None:
-            return None
-        if stat.S_ISDIR(st.st_mode):
+    def _pre_writable(self, rel: str) -> dict[str, Any]:
+        """:meth:`_pre` of a path that is about to be written: refused when it is a directory
+        or a symlink (from the snapshot itself: no stat of its own)."""
+        undo = self._pre([rel])
+        kind = undo["pre"][rel]["type"]
+        if kind == "dir":
             raise IsADirectoryError(f"{rel!r} is a directory")
-        if stat.S_ISLNK(st.st_mode):
+        if kind == "symlink":
             raise PathEscape(f"{rel!r} is a symlink; revex never writes through symlinks",
                              target=rel)
-        return stat.S_IMODE(st.st_mode)
+        return undo
 
     def _restore_plan(self, rels: Sequence[str]) -> Any:
         def cleanup(undo: dict[str, Any]) -> None:
@@ -139,23 +170,26 @@ class FileEffect(FileUndo):
         if mode is not None:
             check_mode(rel, mode)
         tmp = self._tmp("w")
+        digest = hashlib.sha256(data).hexdigest()
 
         def prepare() -> dict[str, Any]:
-            self._target_mode(rel)
-            return {**self._pre([rel]), "tmp": tmp}
+            return {**self._pre_writable(rel), "tmp": tmp}
 
         def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             pre = undo["pre"][rel]
-            keep = pre.get("mode") if pre["type"] == "file" else None
-            if not (pre["type"] == "file" and self._overwrite(rel, data, mode)):
-                self._write_new(rel, lambda out: _write_all(out, data),
-                                mode if mode is not None else keep, tmp)
-            return len(data), self._post(rel)
+            st = (self._overwrite(rel, data, mode) if pre["type"] == "file"
+                  else self._create(rel, data, mode) if pre["type"] == "absent" else None)
+            if st is None:
+                keep = pre.get("mode") if pre["type"] == "file" else None
+                st = self._write_new(rel, lambda out: _write_all(out, data),
+                                     mode if mode is not None else keep, tmp)
+            # the post-state from what was written and the stat taken last: no read back
+            return len(data), {"post": {rel: _written(st, digest)}}
 
-        return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": len(data)},
-                    params={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
-                    cost={"bytes_written": len(data)}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind=kind, target=rel, attrs={"path": rel, "bytes": len(data)},
+                     params={"size": len(data), "sha256": digest},
+                     cost={"bytes_written": len(data)}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def write_from(self, path: Any, open_source: Callable[[], int], *, mode: int | None,
                    kind: str = "fs.write") -> Plan:
@@ -177,8 +211,7 @@ class FileEffect(FileUndo):
             os.close(src)
 
         def prepare() -> dict[str, Any]:
-            self._target_mode(rel)
-            return {**self._pre([rel]), "tmp": tmp}
+            return {**self._pre_writable(rel), "tmp": tmp}
 
         def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             pre = undo["pre"][rel]
@@ -194,16 +227,15 @@ class FileEffect(FileUndo):
                 raise OSError(errno.EIO, f"the source of {rel!r} changed while it was applied")
             return size, post
 
-        return Plan(kind=kind, target=rel, attrs={"path": rel, "bytes": size},
-                    params={"size": size, "sha256": digest}, cost={"bytes_written": size},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind=kind, target=rel, attrs={"path": rel, "bytes": size},
+                     params={"size": size, "sha256": digest}, cost={"bytes_written": size},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def append(self, path: Any, data: bytes) -> Plan:
         rel = normalize(path)
 
         def prepare() -> dict[str, Any]:
-            self._target_mode(rel)
-            return self._pre([rel])
+            return self._pre_writable(rel)
 
         def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             fd = self.ws.open_file(rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -215,9 +247,9 @@ class FileEffect(FileUndo):
                 os.close(fd)
             return len(data), self._post(rel)
 
-        return Plan(kind="fs.append", target=rel, attrs={"path": rel, "bytes": len(data)},
-                    params={"size": len(data)}, cost={"bytes_written": len(data)},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.append", target=rel, attrs={"path": rel, "bytes": len(data)},
+                     params={"size": len(data)}, cost={"bytes_written": len(data)},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def delete(self, path: Any) -> Plan:
         rel = normalize(path)
@@ -235,8 +267,8 @@ class FileEffect(FileUndo):
                 os.unlink(name, dir_fd=fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.delete", target=rel, attrs={"path": rel}, prepare=prepare,
-                    apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.delete", target=rel, attrs={"path": rel}, prepare=prepare,
+                     apply=apply, cleanup=self._restore_plan([rel]))
 
     def mkdir(self, path: Any, mode: int = 0o777) -> Plan:
         rel = normalize(path)
@@ -250,8 +282,8 @@ class FileEffect(FileUndo):
                 os.mkdir(name, mode, dir_fd=fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.mkdir", target=rel, attrs={"path": rel}, params={"mode": mode},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.mkdir", target=rel, attrs={"path": rel}, params={"mode": mode},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rel]))
 
     def rmdir(self, path: Any, recursive: bool) -> Plan:
         rel = normalize(path)
@@ -270,9 +302,9 @@ class FileEffect(FileUndo):
             self.ws.remove(rel)
             return None, self._post(rel)
 
-        return Plan(kind="fs.rmdir", target=rel, attrs={"path": rel},
-                    params={"recursive": recursive}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.rmdir", target=rel, attrs={"path": rel},
+                     params={"recursive": recursive}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def rename(self, src: Any, dst: Any) -> Plan:
         rsrc, rdst = normalize(src), normalize(dst)
@@ -293,9 +325,9 @@ class FileEffect(FileUndo):
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
             return None, self._post(rsrc, rdst)
 
-        return Plan(kind="fs.rename", target=f"{rsrc} -> {rdst}",
-                    attrs={"path": [rsrc, rdst]}, params={"src": rsrc, "dst": rdst},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rsrc, rdst]))
+        return _plan(kind="fs.rename", target=f"{rsrc} -> {rdst}",
+                     attrs={"path": [rsrc, rdst]}, params={"src": rsrc, "dst": rdst},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rsrc, rdst]))
 
     def chmod(self, path: Any, mode: int) -> Plan:
         rel = normalize(path)
@@ -320,9 +352,9 @@ class FileEffect(FileUndo):
                 os.close(fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.chmod", target=rel, attrs={"path": rel},
-                    params={"mode": oct(mode)}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.chmod", target=rel, attrs={"path": rel},
+                     params={"mode": oct(mode)}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def symlink(self, link: Any, target: str) -> Plan:
         rel = normalize(link)
@@ -347,9 +379,9 @@ class FileEffect(FileUndo):
                 os.symlink(target, name, dir_fd=fd)
             return None, self._post(rel)
 
-        return Plan(kind="fs.symlink", target=rel, attrs={"path": rel},
-                    params={"target": target}, prepare=prepare, apply=apply,
-                    cleanup=self._restore_plan([rel]))
+        return _plan(kind="fs.symlink", target=rel, attrs={"path": rel},
+                     params={"target": target}, prepare=prepare, apply=apply,
+                     cleanup=self._restore_plan([rel]))
 
     def copy(self, src: Any, dst: Any) -> Plan:
         rsrc, rdst = normalize(src), normalize(dst)
@@ -359,8 +391,7 @@ class FileEffect(FileUndo):
             # check the source before anything is journaled: a symlinked source is refused
             # (DENIED), not a failure found halfway through apply
             os.close(self.ws.open_file(rsrc))
-            self._target_mode(rdst)
-            return {**self._pre([rdst]), "tmp": tmp}
+            return {**self._pre_writable(rdst), "tmp": tmp}
 
         def apply(undo: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             fd = self.ws.open_file(rsrc)
@@ -380,9 +411,9 @@ class FileEffect(FileUndo):
         with contextlib.suppress(OSError, PolicyViolation):
             st = self.ws.lstat(rsrc)
             size = st.st_size if st is not None else 0
-        return Plan(kind="fs.copy", target=f"{rsrc} -> {rdst}", attrs={"path": [rsrc, rdst]},
-                    params={"src": rsrc, "dst": rdst}, cost={"bytes_written": size},
-                    prepare=prepare, apply=apply, cleanup=self._restore_plan([rdst]))
+        return _plan(kind="fs.copy", target=f"{rsrc} -> {rdst}", attrs={"path": [rsrc, rdst]},
+                     params={"src": rsrc, "dst": rdst}, cost={"bytes_written": size},
+                     prepare=prepare, apply=apply, cleanup=self._restore_plan([rdst]))
 
     def read(self, path: Any) -> Plan:
         rel = normalize(path)
@@ -409,6 +440,19 @@ class FileEffect(FileUndo):
             return self.ws.lstat(rel), {}
 
         return Plan(kind=kind, target=rel, attrs={"path": rel}, apply=apply, read_only=True)
+
+
+def _plan(**fields: Any) -> Plan:
+    """A mutating file plan: its outcome waits for the next transaction (see
+    :attr:`Plan.defer_outcome`; ``resolve_intent`` probes a file action exactly)."""
+    return Plan(**fields, defer_outcome=True)
+
+
+def _written(st: os.stat_result, digest: str) -> dict[str, Any]:
+    """The post manifest of a file revex just wrote (bytes of sha256 ``digest``), as
+    ``FileUndo._post`` would read it back, from the stat taken after the last change."""
+    return {"type": "file", "sha": digest, "size": st.st_size, "mode": stat.S_IMODE(st.st_mode),
+            "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
 
 
 def _write_all(fd: int, data: bytes) -> None:

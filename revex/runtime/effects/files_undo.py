@@ -108,13 +108,16 @@ class FileUndo:
         return conflicts
 
     def undo(self, item: UndoItem, *, force: bool) -> None:
+        # no temp file of the action to drop (_restore's ``tmp``): an action with a DONE
+        # renamed its temp file into place, and one without is resolved first (resolve_intent
+        # drops it); a file of that name now is someone else's, not the episode's to delete
         undo, post = item.undo_info, item.post.get("post", {})
         # the post-state first: it usually matches through the cheap (inode, ctime, mtime)
         # check, and only when it does not is the pre-state compared, which hashes files
         drift = [rel for rel, want in post.items() if not self.ws.matches(rel, want)]
         if drift and all(self.ws.matches(rel, want) for rel, want in undo["pre"].items()):
             # already undone: just settle metadata
-            self._verify_undone(item, self._restore(undo, undo.get("tmp", ""), forced=force))
+            self._verify_undone(item, self._restore(undo, "", forced=force))
             return
         if drift and not force:
             raise ConflictError(
@@ -128,7 +131,7 @@ class FileUndo:
         if item.intent.kind == "fs.rename" and not force and self._rename_back(item):
             self._verify_undone(item, set())
             return
-        self._verify_undone(item, self._restore(undo, undo.get("tmp", ""), forced=force))
+        self._verify_undone(item, self._restore(undo, "", forced=force))
 
     def _verify_undone(self, item: UndoItem, skipped: set[str]) -> None:
         """Re-read every path the undo restored and check it holds its pre-state (bytes hash,

@@ -276,9 +276,11 @@ class Workspace:
 
     # ---- restoring ---------------------------------------------------------------------------
 
-    def remove(self, rel: str) -> None:
-        """Remove whatever is at ``rel`` (a whole tree for a directory); absent is fine."""
-        st = self.lstat(rel)
+    def remove(self, rel: str, st: os.stat_result | None = None) -> None:
+        """Remove whatever is at ``rel`` (a whole tree for a directory); absent is fine.
+        ``st``: its lstat, when the caller has just taken it."""
+        if st is None:
+            st = self.lstat(rel)
         if st is None:
             return
         with self.parent(rel) as (fd, name):
@@ -292,8 +294,8 @@ class Workspace:
         kind = want["type"]
         st = self.lstat(rel)
         keep_dir = kind == "dir" and st is not None and stat.S_ISDIR(st.st_mode)
-        if not keep_dir and kind != "file":
-            self.remove(rel)
+        if not keep_dir and kind != "file" and st is not None:
+            self.remove(rel, st)
         if kind == "absent":
             return
         with self.parent(rel) as (fd, name):
