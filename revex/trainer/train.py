@@ -84,6 +84,12 @@ class TrainConfig:
     this, long failing samples push the policy towards ending every completion early."""
     loss_type: str = "dapo"
     """GRPO loss normalisation: "dapo", "grpo", "dr_grpo", "bnpo" ... (see TRL GRPOConfig)."""
+    scale_rewards: str = "group"
+    """GRPO advantage scaling (RLOO leaves advantages unscaled): "group" divides by each
+    prompt's reward std, "batch" by the batch's, "none" not at all. With weighted rewards,
+    "group" undoes the weights: a group in which only a small component varies (e.g.
+    exec_feedback, when no completion passes) gets advantages as large as one where test_pass
+    varies, which drove a tiny model to empty completions (they run cleanly)."""
     top_k: int = 0
     """Sample only from the k most likely tokens (0: no limit). A small k keeps a tiny model
     from sampling junk tokens whose pushed-down logits dominate the policy gradient."""
@@ -187,6 +193,9 @@ class TrainConfig:
                               f"{self.top_p!r}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(f"scale_rewards must be 'group', 'batch' or 'none', "
+                              f"got {self.scale_rewards!r}")
         if self.curriculum not in ("off", "difficulty", "pass_rate"):
             raise ConfigError(f"curriculum must be 'off', 'difficulty' or 'pass_rate', "
                               f"got {self.curriculum!r}")
@@ -347,6 +356,16 @@ def _common_args(config: TrainConfig, on_gpu: bool) -> dict[str, Any]:
     }
 
 
+def policy_gradient_args(config: TrainConfig, on_gpu: bool = False) -> dict[str, Any]:
+    """Keyword arguments of TRL's GRPOConfig (or RLOOConfig) for ``config``."""
+    args = _common_args(config, on_gpu)
+    args["reward_weights"] = config.reward_weights()
+    if config.algorithm == "grpo":
+        args["loss_type"] = config.loss_type
+        args["scale_rewards"] = config.scale_rewards
+    return args
+
+
 def build_rewards(config: TrainConfig, runner: TestRunner, reward: TestPassReward) -> list[Any]:
     """The reward functions ``config.rewards`` names; executing ones share ``reward``'s cache.
 
@@ -394,10 +413,7 @@ def _run_policy_gradient(config: TrainConfig, model: Any, tokenizer: Any, tasks:
     else:
         from trl import RLOOConfig as ArgsCls  # type: ignore[assignment]
         from trl import RLOOTrainer as TrainerCls  # type: ignore[assignment]
-    args = _common_args(config, on_gpu)
-    args["reward_weights"] = config.reward_weights()
-    if config.algorithm == "grpo":
-        args["loss_type"] = config.loss_type
+    args = policy_gradient_args(config, on_gpu)
     if config.curriculum == "difficulty":
         tasks = sorted(tasks, key=lambda t: (t.difficulty is None, t.difficulty or 0.0))
         args["shuffle_dataset"] = False

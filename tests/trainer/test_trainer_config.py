@@ -33,6 +33,7 @@ def test_default_config_is_valid_and_every_field_is_documented() -> None:
         ({"temperature": -1.0}, "temperature must be > 0"),
         ({"wall_s": 0}, "wall_s must be > 0"),
         ({"beta": -0.1}, "beta must be >= 0"),
+        ({"scale_rewards": "prompt"}, "scale_rewards must be"),
         ({"tiny_warm_start_steps": -1}, "tiny_warm_start_steps"),
         ({"model": ""}, "model must be"),
     ],
@@ -100,3 +101,18 @@ def test_fit_tasks_drops_prompts_longer_than_the_context() -> None:
     assert fit_tasks([long], _CharTokenizer(), None, 16) == ([long], [])
     with pytest.raises(ConfigError, match="no task prompt fits"):
         fit_tasks([long], _CharTokenizer(), 64, 16)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_grpo_config_gets_the_reward_weights_and_advantage_scaling() -> None:
+    from trl import GRPOConfig
+
+    from revex.trainer.train import policy_gradient_args
+
+    config = TrainConfig(rewards="test_pass:1.0,exec_feedback:0.1", scale_rewards="batch",
+                         output_dir="unused")
+    args = GRPOConfig(**policy_gradient_args(config))
+    assert args.reward_weights == [1.0, 0.1]
+    assert args.scale_rewards == "batch"
+    rloo = policy_gradient_args(dataclasses.replace(config, algorithm="rloo"))
+    assert "scale_rewards" not in rloo  # RLOO's advantages are not scaled per group
