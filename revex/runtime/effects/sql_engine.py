@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from revex.errors import ActionFailed, ConfigError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
-from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
+from revex.runtime.effects.sqlcapture.base import ACTIONS, net_change
 from revex.runtime.effects.sqlcapture.checks import not_restored, row_drift, unverified
 from revex.runtime.effects.sqlcapture.counters import Counters
 
@@ -194,9 +194,9 @@ class Database:
             if ddl is None or not ddl.pop("replaced", False):
                 self.run(cursor, stmt, parameters, many)
                 info["_rowcount"] = cursor.rowcount
-            events = b.read_log(cap, self._tag(seq))
+            log = b.read_log(cap, self._tag(seq))
             b.set_tag(cap, None)
-            changes = net_effect(events)
+            changes = net_change(log)
             changes.update(b.cascade_after(cap, cascade))
             if ddl is not None:
                 info["ddl"] = b.ddl_after(cap, stmt, ddl)

@@ -32,7 +32,8 @@ from revex.runtime.effects.sqlcapture.base import (
     LOG,
     PREFIX,
     Cursor,
-    Event,
+    Log,
+    log_of,
 )
 from revex.runtime.effects.sqlcapture.pg_columns import array, column_extras, revert_table
 
@@ -160,20 +161,21 @@ class PostgresBackend:
     def set_tag(self, cur: Cursor, tag: str | None) -> None:
         cur.execute("SELECT set_config('revex.action', %s, true)", (tag or "",))
 
-    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
+    def read_log(self, cur: Cursor, tag: str) -> Log:
         # both logs in one round trip: row events (0) and newline-joined batches (1)
         cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, "
                     f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
                     "tag = %s RETURNING id, tbl, old, new) SELECT 0, id, tbl, op, old, new "
                     "FROM r UNION ALL SELECT 1, id, tbl, '', old, new FROM s", (tag, tag))
-        rows = sorted(cur.fetchall())
-        events = [Event(*row[2:]) for row in rows if row[0] == 0]
+        rows = cur.fetchall()
+        log = log_of(row[2:] for row in rows if row[0] == 0)
         for _, _, table, _, old, new in (row for row in rows if row[0] == 1):
+            olds, news = log.get(table) or log.setdefault(table, ([], []))
             if old is not None:
-                events.extend(Event(table, "D", image, None) for image in old.split("\n"))
+                olds.extend(old.split("\n"))
             if new is not None:
-                events.extend(Event(table, "I", None, image) for image in new.split("\n"))
-        return events
+                news.extend(new.split("\n"))
+        return log
 
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
         return None

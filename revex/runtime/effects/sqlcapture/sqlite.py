@@ -20,9 +20,10 @@ from revex.runtime.effects.sqlcapture.base import (
     LOG,
     PREFIX,
     Cursor,
-    Event,
+    Log,
     chunks,
     key_in,
+    log_of,
     missing_copies,
 )
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
@@ -157,11 +158,11 @@ class SQLiteBackend(Rebuilder):
         if tag is not None:
             cur.execute(f"DELETE FROM temp.{LOG}")
 
-    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        cur.execute(f"SELECT tbl, op, old, new FROM temp.{LOG} ORDER BY id")
-        events = list(map(Event._make, cur.fetchall()))
+    def read_log(self, cur: Cursor, tag: str) -> Log:
+        cur.execute(f"SELECT tbl, op, old, new FROM temp.{LOG}")
+        log = log_of(cur.fetchall())
         cur.execute(f"DELETE FROM temp.{LOG}")
-        return events
+        return log
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         """AUTOINCREMENT counters (``sqlite_sequence``), which undo of rows must rewind."""
