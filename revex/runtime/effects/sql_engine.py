@@ -335,22 +335,29 @@ class Database:
                 self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
                 return []
+            changes = info.get("changes", {})
             done: set[str] = set()
+            if not force and not info.get("ddl"):
+                # checked, restored and verified in one go where the backend can
+                done = {t for t, c in changes.items() if self.backend.undo_checked(cur, t, c)}
+            rest = {t: c for t, c in changes.items() if t not in done}
             if not force:
                 conflicts = []
                 if info.get("ddl"):
                     conflicts += self.backend.ddl_drift(cur, info["ddl"])
-                lines, done = row_drift(self.backend, cur, info.get("changes", {}))
+                lines, back = row_drift(self.backend, cur, rest)
+                done |= back
                 conflicts += lines
                 if conflicts:
                     conn.rollback()
                     return conflicts
             if info.get("ddl"):
                 self.backend.ddl_undo(cur, info["ddl"])
-            for table, change in info.get("changes", {}).items():
+            for table, change in changes.items():
                 if table not in done:
                     self.backend.restore(cur, table, change, force=force)
-            problems = not_restored(self.backend, cur, info)  # verify before UNDONE
+            # verify before UNDONE (what undo_checked did, it verified)
+            problems = not_restored(self.backend, cur, {**info, "changes": rest})
             if problems:
                 conn.rollback()
                 raise unverified(self.backend, self.name, seq, problems)

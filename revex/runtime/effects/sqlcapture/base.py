@@ -181,6 +181,13 @@ class Backend(Protocol):
         """Take the ``added`` rows away and put the ``removed`` rows back."""
         ...
 
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        """Undo ``change`` on ``table`` with its compare-and-set and its verification at once,
+        set-based; True when done and verified (the pre-state is back), False when it changed
+        nothing and the caller must take the general path (:meth:`drift`, :meth:`restore`,
+        :meth:`drift` of the inverse)."""
+        ...
+
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         """Open the undo transaction with FK actions and user triggers off."""
         ...

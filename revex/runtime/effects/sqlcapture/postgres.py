@@ -11,7 +11,9 @@ would see its children's rows as its own.
 
 FK cascades and rows written by user triggers fire the capture triggers of the tables they
 touch. Undo runs with ``session_replication_role = replica`` (no user triggers, no FK actions)
-and is set-based: ``jsonb_populate_recordset`` turns images back into rows in the engine.
+and is set-based: ``jsonb_populate_recordset`` turns images back into rows in the engine; a
+table with a primary key is checked, restored and verified in one pass over its images
+(``pg_undo``).
 Sequences are read before and after each statement. DDL is transactional; for undo after
 commit, DROP TABLE becomes a move into the ``_revex_quarantine`` schema (indexes, triggers,
 owned sequences and incoming FKs move with it), and CREATE/ALTER/indexes are inverted from a
@@ -36,6 +38,7 @@ from revex.runtime.effects.sqlcapture.base import (
     log_of,
 )
 from revex.runtime.effects.sqlcapture.pg_columns import array, column_extras, revert_table
+from revex.runtime.effects.sqlcapture.pg_undo import columns, drift_query, undo_checked
 
 QUARANTINE = "_revex_quarantine"
 IMAGES = f"{PREFIX}_images"
@@ -221,37 +224,25 @@ class PostgresBackend:
         if not self._exists(cur, table):
             return [f"table {table}: no longer exists"]
         t, pk = _q(table), self.pk(cur, table)
+        if pk:  # both sides in one query, each parsed once
+            cur.execute(drift_query(t, pk), (array(change["added"]), array(change["removed"])))
+            return [_conflict(table, pk, image, ("deleted" if gone else "changed")
+                              if side == "a" else "re-created by someone else", undone)
+                    for image, gone, side in cur.fetchall()]
         out = []
         if change["added"]:
-            if pk:
-                on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-                cur.execute(f"SELECT e.j::text, _revex_x.ctid IS NULL FROM jsonb_array_elements("
-                            f"%s::jsonb) e(j) CROSS JOIN LATERAL jsonb_populate_record("
-                            f"NULL::{t}, e.j) r LEFT JOIN {t} _revex_x ON {on} "
-                            "WHERE _revex_x.ctid IS NULL OR to_jsonb(_revex_x) <> e.j",
-                            (array(change["added"]),))
-            else:
-                # rows are their images: each must be there as often as listed
-                cur.execute("SELECT e.j::text, true FROM (SELECT j, count(*) AS n FROM "
-                            "jsonb_array_elements(%s::jsonb) w(j) GROUP BY j) e LEFT JOIN "
-                            f"(SELECT to_jsonb(_revex_x) AS j, count(*) AS n FROM {t} _revex_x "
-                            "GROUP BY 1) h ON h.j = e.j WHERE coalesce(h.n, 0) < e.n",
-                            (array(change["added"]),))
-            for image, gone in cur.fetchall():
-                out.append(_conflict(table, pk, image, "deleted" if gone else "changed",
-                                     undone))
-        if pk and change["removed"]:
-            # a pre-image whose key the action left no row under must still be absent
-            on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-            same = " AND ".join(f"a.{_q(c)} = r.{_q(c)}" for c in pk)
-            cur.execute(f"SELECT e.j::text FROM jsonb_array_elements(%s::jsonb) e(j) "
-                        f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, e.j) r "
-                        f"JOIN {t} _revex_x ON {on} WHERE NOT EXISTS (SELECT 1 FROM "
-                        f"jsonb_populate_recordset(NULL::{t}, %s::jsonb) a WHERE {same})",
-                        (array(change["removed"]), array(change["added"])))
-            for (image,) in cur.fetchall():
-                out.append(_conflict(table, pk, image, "re-created by someone else", undone))
+            # rows are their images: each must be there as often as listed
+            cur.execute("SELECT e.j::text FROM (SELECT j, count(*) AS n FROM "
+                        "jsonb_array_elements(%s::jsonb) w(j) GROUP BY j) e LEFT JOIN "
+                        f"(SELECT to_jsonb(_revex_x) AS j, count(*) AS n FROM {t} _revex_x "
+                        "GROUP BY 1) h ON h.j = e.j WHERE coalesce(h.n, 0) < e.n",
+                        (array(change["added"]),))
+            out += [_conflict(table, pk, image, "deleted", undone)
+                    for (image,) in cur.fetchall()]
         return out
+
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        return undo_checked(self, cur, table, change)
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
                 force: bool) -> None:
@@ -266,7 +257,9 @@ class PostgresBackend:
                 cur.execute(f"DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} _revex_x WHERE "
                             "to_jsonb(_revex_x) = %s::jsonb LIMIT 1)", (image,))
         if change["removed"]:
-            cur.execute(f"INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT * FROM "
+            # a generated column is computed by the engine (and checked after the undo)
+            cols = ", ".join(_q(c) for c, _, generated in columns(cur, table) if not generated)
+            cur.execute(f"INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM "
                         f"jsonb_populate_recordset(NULL::{t}, %s::jsonb)",
                         (array(change["removed"]),))
 

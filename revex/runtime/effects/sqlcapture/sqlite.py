@@ -314,6 +314,9 @@ class SQLiteBackend(Rebuilder):
             cur.execute(f"DROP TRIGGER main.{_q(name)}")
         return [sql for _, sql in found]
 
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        return False  # the general path: drift, restore, verify
+
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         if not dbapi_conn.in_transaction:
             cur.execute("PRAGMA foreign_keys=OFF")
