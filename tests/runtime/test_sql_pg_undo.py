@@ -121,3 +121,35 @@ def test_drift_after_the_check_is_caught_by_the_compare_and_set(
         values = dict(conn.execute(text("SELECT v, count(*) FROM t GROUP BY v")).all())
     engine.dispose()
     assert values == {1: 499, 7: 1}  # nothing was undone
+
+
+def test_the_check_before_a_rollback_and_the_undo_parse_the_images_once(
+        pg_url: str, state_dir: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drift check stages each side's images in the session the undo then runs on; and
+    that session is closed with the episode."""
+    import psycopg
+
+    _run(pg_url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
+         "INSERT INTO t SELECT i, 0 FROM generate_series(1, 500) i")
+    before = canonical_dump(pg_url)
+    staged: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def spy(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        if str(query).startswith("CREATE TEMP TABLE"):
+            staged.append(str(query).split()[3])
+        return execute(self, query, params, **kw)
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        with rt.episode(workspace=workspace, databases={"app": pg_url},
+                        on_exit="commit") as ep:
+            ep.sql("app").execute("UPDATE t SET v = 1")
+            ep.rollback()
+        assert len(staged) == 2 and staged[0].startswith("_revex_post_")  # one per side
+        engine = create_engine(pg_url, poolclass=NullPool)
+        with engine.connect() as conn:
+            others = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                       "current_database() AND pid <> pg_backend_pid()"))
+            assert others.scalar() == 0  # the kept session went with the episode
+        engine.dispose()
+    assert canonical_dump(pg_url) == before

@@ -52,6 +52,8 @@ class Database:
         self._live: list[int] = []
         self._hooked = False
         self._pending_commit = False
+        self._checks: Any = None
+        """The kept connection of :meth:`_session`."""
         self.counters = Counters(self.backend)
 
     # ---- connections -------------------------------------------------------------------------
@@ -115,6 +117,9 @@ class Database:
             self._conn.close()
             self._conn = None
         self._live.clear()
+        if self._checks is not None:
+            self._checks.close()
+            self._checks = None
         self.engine.dispose()
 
     # ---- the execution hook ------------------------------------------------------------------
@@ -287,9 +292,29 @@ class Database:
     def savepoint_live(self, info: dict[str, Any]) -> bool:
         return self._conn is not None and info.get("savepoint") in self._live
 
+    def _session(self) -> Any:
+        """The connection for drift checks and undos. A backend that stages images for them
+        (PostgreSQL) keeps one per database until close, so what the check before a rollback
+        staged is there for the undo after it; else a new one each time."""
+        if not self.backend.stages_images:
+            return self.raw_connection()
+        if self._checks is None:
+            self._checks = self.raw_connection()
+        return self._checks
+
+    def _done_with(self, conn: Any, *, failed: bool = False) -> None:
+        """``conn`` (from :meth:`_session`) is not needed any more: closed unless it is the
+        kept one and still sound."""
+        if conn is self._checks and not failed:
+            return
+        if conn is self._checks:
+            self._checks = None
+        conn.close()
+
     def drift(self, info: dict[str, Any], only: set[str] | None = None) -> list[str]:
         self._flush_pending()
-        conn = self.raw_connection()
+        conn = self._session()
+        failed = True
         try:
             cur = conn.cursor()
             if not self._marked(cur, info["seq"]):
@@ -305,10 +330,15 @@ class Database:
                 out += self.backend.ddl_drift(cur, ddl)
             changes = {t: c for t, c in info.get("changes", {}).items()
                        if only is None or t in only}
-            return out + row_drift(self.backend, cur, changes)[0]
+            out += row_drift(self.backend, cur, changes)[0]
+            failed = False
+            return out
         finally:
-            conn.rollback()
-            conn.close()
+            if failed:
+                conn.rollback()
+            else:  # it only read; what it staged stays for the undo
+                conn.commit()
+            self._done_with(conn, failed=failed)
 
     def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
         """Undo one action; returns conflict lines (and changes nothing) on drift."""
@@ -327,13 +357,15 @@ class Database:
             self._raw().rollback()
             self._live.clear()
             self._rewind_pending()
-        conn = self.raw_connection()
+        conn = self._session()
+        failed = True
         try:
             cur = conn.cursor()
             self.backend.undo_begin(cur, conn)
             if not self._marked(cur, seq):
                 self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
+                failed = False
                 return []
             changes = info.get("changes", {})
             done: set[str] = set()
@@ -350,6 +382,7 @@ class Database:
                 conflicts += lines
                 if conflicts:
                     conn.rollback()
+                    failed = False
                     return conflicts
             if info.get("ddl"):
                 self.backend.ddl_undo(cur, info["ddl"])
@@ -369,12 +402,13 @@ class Database:
             if self.backend.sequence_is_ddl:  # commits implicitly: after the rows are back
                 self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
+            failed = False
         except self.dbapi.Error as exc:
             conn.rollback()
             raise ActionFailed(f"undo of action #{seq} on database {self.name!r} failed: "
                                f"{exc}") from exc
         finally:
-            conn.close()
+            self._done_with(conn, failed=failed)
         return []
 
     def _rewind(self, cur: Any, seq: int, seqs: dict[str, Any], *, live: bool) -> None:

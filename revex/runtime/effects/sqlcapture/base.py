@@ -125,6 +125,9 @@ class Backend(Protocol):
     truncate_by_trigger: bool
     """TRUNCATE fires a capture trigger (PostgreSQL) instead of going through DDL capture."""
     sequence_is_ddl: bool
+    stages_images: bool
+    """The drift checks leave parsed images in the session for the undo (PostgreSQL's
+    temporary tables): the checks and undos of a database share one connection."""
     """Setting a counter commits implicitly (MariaDB's ALTER TABLE ... AUTO_INCREMENT): never
     inside a transaction that still holds work."""
 

@@ -55,6 +55,7 @@ class MySQLBackend(Rebuilder):
     transactional_ddl = False
     truncate_by_trigger = False
     sequence_is_ddl = True
+    stages_images = False
 
     def __init__(self) -> None:
         self._memo: dict[tuple[tuple[str, str], ...], dict[str, dict[str, Any]]] = {}

@@ -24,6 +24,7 @@ general path. Generated columns are left to the engine to compute (and verified)
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from revex.runtime.effects.sqlcapture.base import PREFIX, Cursor
@@ -37,7 +38,6 @@ IMAGE = f"{PREFIX}_j"
 X = f"{PREFIX}_x"
 """The alias of the user's table: a whole-row reference ``to_jsonb(x)`` would be ambiguous
 next to a column named x."""
-_POST, _PRE = f"{PREFIX}_u_post", f"{PREFIX}_u_pre"
 
 
 def _q(ident: str) -> str:
@@ -63,19 +63,44 @@ def _eq(key: list[str], left: str, right: str) -> str:
     return " AND ".join(f"{left}.{c} = {right}.{c}" for c in key)
 
 
-def drift_query(t: str, pk: list[str]) -> str:
-    """One query over both sides (parameters: post-images, pre-images as JSON arrays): rows
-    ``(image, gone, side)`` for each post-image whose row is missing (``gone``) or differs, and
-    each pre-image under whose key, not left a row by the action, a row exists (side 'r')."""
-    # the CTEs carry revex's prefix: a CTE's name hides a user table of the same name
-    a, r, key = f"{PREFIX}_a", f"{PREFIX}_r", [_q(c) for c in pk]
-    return (f"WITH {PREFIX}_p AS (SELECT %s::jsonb AS post, %s::jsonb AS pre), "
-            f"{a} AS MATERIALIZED (SELECT z.* FROM {PREFIX}_p p, {images_sql(t, 'p.post')}), "
-            f"{r} AS (SELECT z.* FROM {PREFIX}_p p, {images_sql(t, 'p.pre')}) "
-            f"SELECT {a}.{IMAGE}::text, {X}.ctid IS NULL, 'a' FROM {a} LEFT JOIN {t} {X} ON "
-            f"{_eq(key, X, a)} WHERE {X}.ctid IS NULL OR to_jsonb({X}) <> {a}.{IMAGE} "
-            f"UNION ALL SELECT {r}.{IMAGE}::text, false, 'r' FROM {r} JOIN {t} {X} ON "
-            f"{_eq(key, X, r)} WHERE NOT EXISTS (SELECT 1 FROM {a} WHERE {_eq(key, a, r)})")
+def stage(cur: Cursor, table: str, pk: list[str], change: dict[str, list[str]]
+          ) -> tuple[str, str]:
+    """The temporary tables (post side, pre side) of ``change`` in this session, created
+    unless they exist: named by a digest of the images, so the drift check before a rollback
+    and the undo after it (on the same session) parse them once. Created in the caller's
+    transaction; a rollback of it takes them away."""
+    t = _q(table)
+    digest = hashlib.sha1(table.encode())
+    for side in (change["added"], change["removed"]):
+        digest.update(b"\0" + array(side).encode())
+    names = (f"{PREFIX}_post_{digest.hexdigest()[:20]}", f"{PREFIX}_pre_{digest.hexdigest()[:20]}")
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                tuple(f"pg_temp.{n}" for n in names))
+    if cur.fetchone()[0]:
+        return names
+    for name, images in zip(names, (change["added"], change["removed"]), strict=True):
+        cur.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
+        cur.execute(f"CREATE TEMP TABLE {name} AS SELECT z.* FROM (SELECT %s::jsonb AS arr) p, "
+                    f"{images_sql(t, 'p.arr')}", (array(images),))
+        # without statistics the planner guesses a few rows and nests loops over 10,000
+        # (of the key, which the joins use: the images' statistics cost as much again)
+        cur.execute(f"ANALYZE pg_temp.{name} ({', '.join(_q(c) for c in pk)})")
+    return names
+
+
+def drift_rows(cur: Cursor, table: str, pk: list[str], change: dict[str, list[str]]
+               ) -> list[tuple[str, bool, str]]:
+    """``(image, gone, side)`` for each post-image whose row is missing (``gone``) or differs
+    (side 'a'), and each pre-image under whose key, not left a row by the action, a row
+    exists (side 'r'): one query over the staged images (:func:`stage`)."""
+    t, key = _q(table), [_q(c) for c in pk]
+    post, pre = stage(cur, table, pk, change)
+    cur.execute(f"SELECT a.{IMAGE}::text, {X}.ctid IS NULL, 'a' FROM {post} a LEFT JOIN {t} {X} "
+                f"ON {_eq(key, X, 'a')} WHERE {X}.ctid IS NULL OR to_jsonb({X}) <> a.{IMAGE} "
+                f"UNION ALL SELECT r.{IMAGE}::text, false, 'r' FROM {pre} r JOIN {t} {X} ON "
+                f"{_eq(key, X, 'r')} WHERE NOT EXISTS (SELECT 1 FROM {post} a WHERE "
+                f"{_eq(key, 'a', 'r')})")
+    return list(cur.fetchall())
 
 
 def undo_checked(pg: PostgresBackend, cur: Cursor, table: str,
@@ -100,40 +125,34 @@ def undo_checked(pg: PostgresBackend, cur: Cursor, table: str,
     update = bool(rest) and not any(ident == "a" for c, ident, _ in cols if c not in pk)
     cur.execute("SAVEPOINT revex_fast")
     try:
-        for name, images in ((_POST, added), (_PRE, removed)):
-            cur.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
-            cur.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT z.* FROM (SELECT "
-                        f"%s::jsonb AS arr) p, {images_sql(t, 'p.arr')}", (array(images),))
-            # without statistics the planner guesses a few rows and nests loops over 10,000
-            # (of the key, which the joins use: the images' statistics cost as much again)
-            cur.execute(f"ANALYZE pg_temp.{name} ({', '.join(key)})")
+        post, pre = stage(cur, table, pk, change)
         both = update and bool(added) and bool(removed)
-        not_pre = f"NOT EXISTS (SELECT 1 FROM {_PRE} r WHERE {_eq(key, 'a', 'r')})"
-        not_post = f"NOT EXISTS (SELECT 1 FROM {_POST} a WHERE {_eq(key, 'a', 'r')})"
+        not_pre = f"NOT EXISTS (SELECT 1 FROM {pre} r WHERE {_eq(key, 'a', 'r')})"
+        not_post = f"NOT EXISTS (SELECT 1 FROM {post} a WHERE {_eq(key, 'a', 'r')})"
         touched = 0
         if both:  # rows under keys on both sides: compare-and-set and restore in one UPDATE
             sets = ", ".join(f"{_q(c)} = r.{_q(c)}" for c in rest)
-            cur.execute(f"UPDATE {t} {X} SET {sets} FROM {_POST} a JOIN {_PRE} r ON "
+            cur.execute(f"UPDATE {t} {X} SET {sets} FROM {post} a JOIN {pre} r ON "
                         f"{_eq(key, 'a', 'r')} WHERE {_eq(key, X, 'a')} AND to_jsonb({X}) = "
                         f"a.{IMAGE}")
             touched += cur.rowcount
         if added:
-            cur.execute(f"DELETE FROM {t} {X} USING {_POST} a WHERE {_eq(key, X, 'a')} AND "
+            cur.execute(f"DELETE FROM {t} {X} USING {post} a WHERE {_eq(key, X, 'a')} AND "
                         f"to_jsonb({X}) = a.{IMAGE}" + (f" AND {not_pre}" if both else ""))
             touched += cur.rowcount
         ok = touched == len(added)
         if ok and removed:  # no row under a key only the pre side holds
-            cur.execute(f"SELECT EXISTS (SELECT 1 FROM {_PRE} r JOIN {t} {X} ON "
+            cur.execute(f"SELECT EXISTS (SELECT 1 FROM {pre} r JOIN {t} {X} ON "
                         f"{_eq(key, X, 'r')}" + (f" WHERE {not_post}" if both else "") + ")")
             ok = not cur.fetchone()[0]
         if ok and removed:
             cur.execute(f"INSERT INTO {t} ({', '.join(map(_q, stored))}) OVERRIDING SYSTEM "
-                        f"VALUE SELECT {', '.join('r.' + _q(c) for c in stored)} FROM {_PRE} r"
+                        f"VALUE SELECT {', '.join('r.' + _q(c) for c in stored)} FROM {pre} r"
                         + (f" WHERE {not_post}" if both else ""))
         if ok:  # verify: re-query what is there now
-            cur.execute(f"SELECT (SELECT count(*) FROM {_PRE} r JOIN {t} {X} ON "
+            cur.execute(f"SELECT (SELECT count(*) FROM {pre} r JOIN {t} {X} ON "
                         f"{_eq(key, X, 'r')} AND to_jsonb({X}) = r.{IMAGE}), EXISTS (SELECT 1 "
-                        f"FROM {_POST} a JOIN {t} {X} ON {_eq(key, X, 'a')} WHERE {not_pre})")
+                        f"FROM {post} a JOIN {t} {X} ON {_eq(key, X, 'a')} WHERE {not_pre})")
             there, left = cur.fetchone()
             ok = there == len(removed) and not left
     except psycopg.Error:
@@ -141,6 +160,6 @@ def undo_checked(pg: PostgresBackend, cur: Cursor, table: str,
     if not ok:
         cur.execute("ROLLBACK TO SAVEPOINT revex_fast")
         return False
-    cur.execute(f"DROP TABLE pg_temp.{_POST}, pg_temp.{_PRE}")
+    cur.execute(f"DROP TABLE pg_temp.{post}, pg_temp.{pre}")  # with the undo's COMMIT
     cur.execute("RELEASE SAVEPOINT revex_fast")
     return True

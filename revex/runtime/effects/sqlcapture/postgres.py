@@ -38,7 +38,7 @@ from revex.runtime.effects.sqlcapture.base import (
     log_of,
 )
 from revex.runtime.effects.sqlcapture.pg_columns import array, column_extras, revert_table
-from revex.runtime.effects.sqlcapture.pg_undo import columns, drift_query, undo_checked
+from revex.runtime.effects.sqlcapture.pg_undo import columns, drift_rows, undo_checked
 
 QUARANTINE = "_revex_quarantine"
 IMAGES = f"{PREFIX}_images"
@@ -98,6 +98,7 @@ class PostgresBackend:
     transactional_ddl = True
     truncate_by_trigger = True
     sequence_is_ddl = False
+    stages_images = True
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -224,11 +225,10 @@ class PostgresBackend:
         if not self._exists(cur, table):
             return [f"table {table}: no longer exists"]
         t, pk = _q(table), self.pk(cur, table)
-        if pk:  # both sides in one query, each parsed once
-            cur.execute(drift_query(t, pk), (array(change["added"]), array(change["removed"])))
+        if pk:  # both sides in one query over images parsed once (pg_undo.stage)
             return [_conflict(table, pk, image, ("deleted" if gone else "changed")
                               if side == "a" else "re-created by someone else", undone)
-                    for image, gone, side in cur.fetchall()]
+                    for image, gone, side in drift_rows(cur, table, pk, change)]
         out = []
         if change["added"]:
             # rows are their images: each must be there as often as listed

@@ -78,6 +78,7 @@ class SQLiteBackend(Rebuilder):
     transactional_ddl = True
     truncate_by_trigger = False
     sequence_is_ddl = False
+    stages_images = False
 
     def quote(self, ident: str) -> str:
         return _q(ident)
