@@ -1,5 +1,5 @@
 """PostgreSQL: the undo of one table's row change as a few set-based statements over images
-parsed once (:func:`undo_checked`), and the drift check as one query (:func:`drift_query`).
+parsed once (:func:`undo_checked`), and the drift check as one query (:func:`drift_rows`).
 
 Each side of a change (``added``: post-images, ``removed``: pre-images) is sent once as a JSON
 array and turned into a temporary table of typed rows next to their images
@@ -66,11 +66,15 @@ def _eq(key: list[str], left: str, right: str) -> str:
 def stage(cur: Cursor, table: str, pk: list[str], change: dict[str, list[str]]
           ) -> tuple[str, str]:
     """The temporary tables (post side, pre side) of ``change`` in this session, created
-    unless they exist: named by a digest of the images, so the drift check before a rollback
-    and the undo after it (on the same session) parse them once. Created in the caller's
-    transaction; a rollback of it takes them away."""
+    unless they exist: named by a digest of the table's shape and the images, so the drift
+    check before a rollback and the undo after it (on the same session) parse them once.
+    Created in the caller's transaction; a rollback of it takes them away."""
     t = _q(table)
-    digest = hashlib.sha1(table.encode())
+    # the table's shape too: typed rows staged before someone altered it are not reused
+    cur.execute("SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' "
+                "ORDER BY attnum) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > "
+                "0 AND NOT attisdropped", (t,))
+    digest = hashlib.sha1(f"{table}\0{cur.fetchone()[0]}".encode())
     for side in (change["added"], change["removed"]):
         digest.update(b"\0" + array(side).encode())
     names = (f"{PREFIX}_post_{digest.hexdigest()[:20]}", f"{PREFIX}_pre_{digest.hexdigest()[:20]}")
