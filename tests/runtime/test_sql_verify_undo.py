@@ -59,10 +59,14 @@ FAULTS: dict[str, dict[str, tuple[Callable[[str], None], Callable[[str], None]]]
                            # fires in every session, also under session_replication_role
                            "ALTER TABLE codes ENABLE ALWAYS TRIGGER tamper"),
             lambda u: _run(u, "DROP TRIGGER tamper ON codes")),
+        # rules that swallow the writes an undo restores rows with (a changed row is put
+        # back with UPDATE, a deleted one with INSERT)
         "rule": (
             lambda u: _run(u, "CREATE RULE swallow AS ON INSERT TO codes DO INSTEAD NOTHING",
-                           "ALTER TABLE codes ENABLE ALWAYS RULE swallow"),
-            lambda u: _run(u, "DROP RULE swallow ON codes")),
+                           "ALTER TABLE codes ENABLE ALWAYS RULE swallow",
+                           "CREATE RULE swallow_u AS ON UPDATE TO codes DO INSTEAD NOTHING",
+                           "ALTER TABLE codes ENABLE ALWAYS RULE swallow_u"),
+            lambda u: _run(u, "DROP RULE swallow ON codes", "DROP RULE swallow_u ON codes")),
     },
 }
 CASES = [(b, f) for b, faults in FAULTS.items() for f in faults]

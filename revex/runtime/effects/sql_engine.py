@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from revex.errors import ActionFailed, ConfigError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
-from revex.runtime.effects.sqlcapture.base import ACTIONS, net_effect
+from revex.runtime.effects.sqlcapture.base import ACTIONS, net_change
 from revex.runtime.effects.sqlcapture.checks import not_restored, row_drift, unverified
 from revex.runtime.effects.sqlcapture.counters import Counters
 
@@ -52,6 +52,8 @@ class Database:
         self._live: list[int] = []
         self._hooked = False
         self._pending_commit = False
+        self._checks: Any = None
+        """The kept connection of :meth:`_session`."""
         self.counters = Counters(self.backend)
 
     # ---- connections -------------------------------------------------------------------------
@@ -115,6 +117,9 @@ class Database:
             self._conn.close()
             self._conn = None
         self._live.clear()
+        if self._checks is not None:
+            self._checks.close()
+            self._checks = None
         self.engine.dispose()
 
     # ---- the execution hook ------------------------------------------------------------------
@@ -194,9 +199,9 @@ class Database:
             if ddl is None or not ddl.pop("replaced", False):
                 self.run(cursor, stmt, parameters, many)
                 info["_rowcount"] = cursor.rowcount
-            events = b.read_log(cap, self._tag(seq))
+            log = b.read_log(cap, self._tag(seq))
             b.set_tag(cap, None)
-            changes = net_effect(events)
+            changes = net_change(log)
             changes.update(b.cascade_after(cap, cascade))
             if ddl is not None:
                 info["ddl"] = b.ddl_after(cap, stmt, ddl)
@@ -287,9 +292,29 @@ class Database:
     def savepoint_live(self, info: dict[str, Any]) -> bool:
         return self._conn is not None and info.get("savepoint") in self._live
 
+    def _session(self) -> Any:
+        """The connection for drift checks and undos. A backend that stages images for them
+        (PostgreSQL) keeps one per database until close, so what the check before a rollback
+        staged is there for the undo after it; else a new one each time."""
+        if not self.backend.stages_images:
+            return self.raw_connection()
+        if self._checks is None:
+            self._checks = self.raw_connection()
+        return self._checks
+
+    def _done_with(self, conn: Any, *, failed: bool = False) -> None:
+        """``conn`` (from :meth:`_session`) is not needed any more: closed unless it is the
+        kept one and still sound."""
+        if conn is self._checks and not failed:
+            return
+        if conn is self._checks:
+            self._checks = None
+        conn.close()
+
     def drift(self, info: dict[str, Any], only: set[str] | None = None) -> list[str]:
         self._flush_pending()
-        conn = self.raw_connection()
+        conn = self._session()
+        failed = True
         try:
             cur = conn.cursor()
             if not self._marked(cur, info["seq"]):
@@ -305,10 +330,15 @@ class Database:
                 out += self.backend.ddl_drift(cur, ddl)
             changes = {t: c for t, c in info.get("changes", {}).items()
                        if only is None or t in only}
-            return out + row_drift(self.backend, cur, changes)[0]
+            out += row_drift(self.backend, cur, changes)[0]
+            failed = False
+            return out
         finally:
-            conn.rollback()
-            conn.close()
+            if failed:
+                conn.rollback()
+            else:  # it only read; what it staged stays for the undo
+                conn.commit()
+            self._done_with(conn, failed=failed)
 
     def undo(self, info: dict[str, Any], *, force: bool) -> list[str]:
         """Undo one action; returns conflict lines (and changes nothing) on drift."""
@@ -327,30 +357,40 @@ class Database:
             self._raw().rollback()
             self._live.clear()
             self._rewind_pending()
-        conn = self.raw_connection()
+        conn = self._session()
+        failed = True
         try:
             cur = conn.cursor()
             self.backend.undo_begin(cur, conn)
             if not self._marked(cur, seq):
                 self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
+                failed = False
                 return []
+            changes = info.get("changes", {})
             done: set[str] = set()
+            if not force and not info.get("ddl"):
+                # checked, restored and verified in one go where the backend can
+                done = {t for t, c in changes.items() if self.backend.undo_checked(cur, t, c)}
+            rest = {t: c for t, c in changes.items() if t not in done}
             if not force:
                 conflicts = []
                 if info.get("ddl"):
                     conflicts += self.backend.ddl_drift(cur, info["ddl"])
-                lines, done = row_drift(self.backend, cur, info.get("changes", {}))
+                lines, back = row_drift(self.backend, cur, rest)
+                done |= back
                 conflicts += lines
                 if conflicts:
                     conn.rollback()
+                    failed = False
                     return conflicts
             if info.get("ddl"):
                 self.backend.ddl_undo(cur, info["ddl"])
-            for table, change in info.get("changes", {}).items():
+            for table, change in changes.items():
                 if table not in done:
                     self.backend.restore(cur, table, change, force=force)
-            problems = not_restored(self.backend, cur, info)  # verify before UNDONE
+            # verify before UNDONE (what undo_checked did, it verified)
+            problems = not_restored(self.backend, cur, {**info, "changes": rest})
             if problems:
                 conn.rollback()
                 raise unverified(self.backend, self.name, seq, problems)
@@ -362,12 +402,13 @@ class Database:
             if self.backend.sequence_is_ddl:  # commits implicitly: after the rows are back
                 self.counters.restore(cur, info.get("seqs") or {})
                 conn.commit()
+            failed = False
         except self.dbapi.Error as exc:
             conn.rollback()
             raise ActionFailed(f"undo of action #{seq} on database {self.name!r} failed: "
                                f"{exc}") from exc
         finally:
-            conn.close()
+            self._done_with(conn, failed=failed)
         return []
 
     def _rewind(self, cur: Any, seq: int, seqs: dict[str, Any], *, live: bool) -> None:

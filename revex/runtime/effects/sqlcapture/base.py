@@ -36,6 +36,23 @@ class Event(NamedTuple):
     new: str | None
 
 
+Log = dict[str, tuple[list[str], list[str]]]
+"""What the capture triggers logged for one statement, per table: (old images, new images) as
+multisets (the order of events does not matter for the net effect, see :func:`net_effect`)."""
+
+
+def log_of(events: Iterable[Event]) -> Log:
+    """The :data:`Log` of row events."""
+    log: Log = {}
+    for table, _, old, new in events:
+        olds, news = log.get(table) or log.setdefault(table, ([], []))
+        if old is not None:
+            olds.append(old)
+        if new is not None:
+            news.append(new)
+    return log
+
+
 def net_effect(events: Iterable[Event]) -> dict[str, dict[str, list[str]]]:
     """Per table ``{"removed": [...], "added": [...]}``: the action's net change as multisets.
 
@@ -43,20 +60,17 @@ def net_effect(events: Iterable[Event]) -> dict[str, dict[str, list[str]]]:
     changed back. Applying the events one by one (an old image cancels a pending new one, else
     it is removed; a new image cancels a pending removal, else it is added) never leaves an
     image both removed and added, so the result is the multiset difference of all old images
-    and all new images, which Counter computes in C.
+    and all new images (:func:`net_change`).
     """
-    olds: dict[str, list[str]] = {}
-    news: dict[str, list[str]] = {}
-    for table, _, old, new in events:
-        if old is not None:
-            olds.setdefault(table, []).append(old)
-        else:
-            olds.setdefault(table, [])
-        if new is not None:
-            news.setdefault(table, []).append(new)
+    return net_change(log_of(events))
+
+
+def net_change(log: Log) -> dict[str, dict[str, list[str]]]:
+    """:func:`net_effect` of a :data:`Log`: per table the multiset difference, computed in C;
+    tables whose images cancel out are left out."""
     out: dict[str, dict[str, list[str]]] = {}
-    for table in {**olds, **news}:
-        change = multiset_diff(olds.get(table, []), news.get(table, []))
+    for table, (olds, news) in log.items():
+        change = multiset_diff(olds, news)
         if change["removed"] or change["added"]:
             out[table] = change
     return out
@@ -64,12 +78,15 @@ def net_effect(events: Iterable[Event]) -> dict[str, dict[str, list[str]]]:
 
 def multiset_diff(before: Sequence[str], after: Sequence[str]) -> dict[str, list[str]]:
     """Net change between two full snapshots of a table (images as text)."""
-    b, a = Counter(before), Counter(after)
+    b, a = set(before), set(after)
     if len(b) == len(before) and len(a) == len(after):  # no copies: set difference, in C
-        same = b.keys() & a.keys()
+        if b.isdisjoint(a):  # every image changed (a bulk UPDATE): nothing cancels
+            return {"removed": list(before), "added": list(after)}
+        same = b & a
         return {"removed": [i for i in before if i not in same],
                 "added": [i for i in after if i not in same]}
-    return {"removed": list((b - a).elements()), "added": list((a - b).elements())}
+    cb, ca = Counter(before), Counter(after)
+    return {"removed": list((cb - ca).elements()), "added": list((ca - cb).elements())}
 
 
 def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
@@ -108,6 +125,9 @@ class Backend(Protocol):
     truncate_by_trigger: bool
     """TRUNCATE fires a capture trigger (PostgreSQL) instead of going through DDL capture."""
     sequence_is_ddl: bool
+    stages_images: bool
+    """The drift checks leave parsed images in the session for the undo (PostgreSQL's
+    temporary tables): the checks and undos of a database share one connection."""
     """Setting a counter commits implicitly (MariaDB's ALTER TABLE ... AUTO_INCREMENT): never
     inside a transaction that still holds work."""
 
@@ -141,8 +161,8 @@ class Backend(Protocol):
         """Start (tag) or stop (None) capturing this session's changes under ``tag``."""
         ...
 
-    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        """The events logged under ``tag``, oldest first, and delete them."""
+    def read_log(self, cur: Cursor, tag: str) -> Log:
+        """The images logged under ``tag`` (see :func:`log_of`), and delete them."""
         ...
 
     def tables(self, cur: Cursor) -> list[str]:
@@ -162,6 +182,13 @@ class Backend(Protocol):
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
                 force: bool) -> None:
         """Take the ``added`` rows away and put the ``removed`` rows back."""
+        ...
+
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        """Undo ``change`` on ``table`` with its compare-and-set and its verification at once,
+        set-based; True when done and verified (the pre-state is back), False when it changed
+        nothing and the caller must take the general path (:meth:`drift`, :meth:`restore`,
+        :meth:`drift` of the inverse)."""
         ...
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:

@@ -23,9 +23,10 @@ from revex.runtime.effects.sqlcapture.base import (
     LOG,
     PREFIX,
     Cursor,
-    Event,
+    Log,
     chunks,
     key_in,
+    log_of,
     missing_copies,
     multiset_diff,
 )
@@ -54,6 +55,7 @@ class MySQLBackend(Rebuilder):
     transactional_ddl = False
     truncate_by_trigger = False
     sequence_is_ddl = True
+    stages_images = False
 
     def __init__(self) -> None:
         self._memo: dict[tuple[tuple[str, str], ...], dict[str, dict[str, Any]]] = {}
@@ -169,16 +171,15 @@ class MySQLBackend(Rebuilder):
     def set_tag(self, cur: Cursor, tag: str | None) -> None:
         cur.execute("SET @revex_action = %s", (tag,))
 
-    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        events = self._read_batched(cur, tag)
-        if events is None:
-            cur.execute(f"SELECT tbl, op, old, new FROM {LOG} WHERE tag = %s ORDER BY id",
-                        (tag,))
-            events = list(map(Event._make, cur.fetchall()))
+    def read_log(self, cur: Cursor, tag: str) -> Log:
+        log = self._read_batched(cur, tag)
+        if log is None:
+            cur.execute(f"SELECT tbl, op, old, new FROM {LOG} WHERE tag = %s", (tag,))
+            log = log_of(cur.fetchall())
         cur.execute(f"DELETE FROM {LOG} WHERE tag = %s", (tag,))
-        return events
+        return log
 
-    def _read_batched(self, cur: Cursor, tag: str) -> list[Event] | None:
+    def _read_batched(self, cur: Cursor, tag: str) -> Log | None:
         """The log of ``tag`` read 1,000 images to a row (PyMySQL parses each result row in
         Python), newline-joined: JSON_OBJECT escapes every control character, so an image
         holds no newline. None (read it row by row) unless every batch splits back into as
@@ -191,18 +192,18 @@ class MySQLBackend(Rebuilder):
         cur.execute(f"SET STATEMENT group_concat_max_len = {_BATCH_TEXT} FOR SELECT tbl, "
                     f"{', '.join(parts)} FROM {LOG} WHERE tag = %s GROUP BY tbl, id DIV 1000",
                     (tag,))
-        events: list[Event] = []
+        log: Log = {}
         for table, n_old, len_old, old, n_new, len_new, new in cur.fetchall():
-            for n, length, text, make in (
-                    (n_old, len_old, old, lambda i, t=table: Event(t, "D", i, None)),
-                    (n_new, len_new, new, lambda i, t=table: Event(t, "I", None, i))):
+            sides = log.get(table) or log.setdefault(table, ([], []))
+            for n, length, text, images_of in ((n_old, len_old, old, sides[0]),
+                                               (n_new, len_new, new, sides[1])):
                 if not n:
                     continue
                 images = text.split("\n")
                 if len(images) != n or sum(map(len, images)) != int(length):
                     return None
-                events.extend(map(make, images))
-        return events
+                images_of.extend(images)
+        return log
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         """Each table's AUTO_INCREMENT counter: InnoDB never rolls it back, so undo must."""
@@ -353,6 +354,9 @@ class MySQLBackend(Rebuilder):
             out.append(cur.fetchone()[2])
             cur.execute(f"DROP TRIGGER {_q(name)}")
         return out
+
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        return False  # the general path: drift, restore, verify
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         # undo runs DDL (rebuilds, AUTO_INCREMENT): a session holding the table must make it

@@ -11,7 +11,9 @@ would see its children's rows as its own.
 
 FK cascades and rows written by user triggers fire the capture triggers of the tables they
 touch. Undo runs with ``session_replication_role = replica`` (no user triggers, no FK actions)
-and is set-based: ``jsonb_populate_recordset`` turns images back into rows in the engine.
+and is set-based: ``jsonb_populate_recordset`` turns images back into rows in the engine; a
+table with a primary key is checked, restored and verified in one pass over its images
+(``pg_undo``).
 Sequences are read before and after each statement. DDL is transactional; for undo after
 commit, DROP TABLE becomes a move into the ``_revex_quarantine`` schema (indexes, triggers,
 owned sequences and incoming FKs move with it), and CREATE/ALTER/indexes are inverted from a
@@ -32,9 +34,11 @@ from revex.runtime.effects.sqlcapture.base import (
     LOG,
     PREFIX,
     Cursor,
-    Event,
+    Log,
+    log_of,
 )
 from revex.runtime.effects.sqlcapture.pg_columns import array, column_extras, revert_table
+from revex.runtime.effects.sqlcapture.pg_undo import columns, drift_rows, undo_checked
 
 QUARANTINE = "_revex_quarantine"
 IMAGES = f"{PREFIX}_images"
@@ -94,6 +98,7 @@ class PostgresBackend:
     transactional_ddl = True
     truncate_by_trigger = True
     sequence_is_ddl = False
+    stages_images = True
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -160,20 +165,21 @@ class PostgresBackend:
     def set_tag(self, cur: Cursor, tag: str | None) -> None:
         cur.execute("SELECT set_config('revex.action', %s, true)", (tag or "",))
 
-    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
+    def read_log(self, cur: Cursor, tag: str) -> Log:
         # both logs in one round trip: row events (0) and newline-joined batches (1)
         cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, "
                     f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
                     "tag = %s RETURNING id, tbl, old, new) SELECT 0, id, tbl, op, old, new "
                     "FROM r UNION ALL SELECT 1, id, tbl, '', old, new FROM s", (tag, tag))
-        rows = sorted(cur.fetchall())
-        events = [Event(*row[2:]) for row in rows if row[0] == 0]
+        rows = cur.fetchall()
+        log = log_of(row[2:] for row in rows if row[0] == 0)
         for _, _, table, _, old, new in (row for row in rows if row[0] == 1):
+            olds, news = log.get(table) or log.setdefault(table, ([], []))
             if old is not None:
-                events.extend(Event(table, "D", image, None) for image in old.split("\n"))
+                olds.extend(old.split("\n"))
             if new is not None:
-                events.extend(Event(table, "I", None, image) for image in new.split("\n"))
-        return events
+                news.extend(new.split("\n"))
+        return log
 
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
         return None
@@ -219,37 +225,24 @@ class PostgresBackend:
         if not self._exists(cur, table):
             return [f"table {table}: no longer exists"]
         t, pk = _q(table), self.pk(cur, table)
+        if pk:  # both sides in one query over images parsed once (pg_undo.stage)
+            return [_conflict(table, pk, image, ("deleted" if gone else "changed")
+                              if side == "a" else "re-created by someone else", undone)
+                    for image, gone, side in drift_rows(cur, table, pk, change)]
         out = []
         if change["added"]:
-            if pk:
-                on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-                cur.execute(f"SELECT e.j::text, _revex_x.ctid IS NULL FROM jsonb_array_elements("
-                            f"%s::jsonb) e(j) CROSS JOIN LATERAL jsonb_populate_record("
-                            f"NULL::{t}, e.j) r LEFT JOIN {t} _revex_x ON {on} "
-                            "WHERE _revex_x.ctid IS NULL OR to_jsonb(_revex_x) <> e.j",
-                            (array(change["added"]),))
-            else:
-                # rows are their images: each must be there as often as listed
-                cur.execute("SELECT e.j::text, true FROM (SELECT j, count(*) AS n FROM "
-                            "jsonb_array_elements(%s::jsonb) w(j) GROUP BY j) e LEFT JOIN "
-                            f"(SELECT to_jsonb(_revex_x) AS j, count(*) AS n FROM {t} _revex_x "
-                            "GROUP BY 1) h ON h.j = e.j WHERE coalesce(h.n, 0) < e.n",
-                            (array(change["added"]),))
-            for image, gone in cur.fetchall():
-                out.append(_conflict(table, pk, image, "deleted" if gone else "changed",
-                                     undone))
-        if pk and change["removed"]:
-            # a pre-image whose key the action left no row under must still be absent
-            on = " AND ".join(f"_revex_x.{_q(c)} = r.{_q(c)}" for c in pk)
-            same = " AND ".join(f"a.{_q(c)} = r.{_q(c)}" for c in pk)
-            cur.execute(f"SELECT e.j::text FROM jsonb_array_elements(%s::jsonb) e(j) "
-                        f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, e.j) r "
-                        f"JOIN {t} _revex_x ON {on} WHERE NOT EXISTS (SELECT 1 FROM "
-                        f"jsonb_populate_recordset(NULL::{t}, %s::jsonb) a WHERE {same})",
-                        (array(change["removed"]), array(change["added"])))
-            for (image,) in cur.fetchall():
-                out.append(_conflict(table, pk, image, "re-created by someone else", undone))
+            # rows are their images: each must be there as often as listed
+            cur.execute("SELECT e.j::text FROM (SELECT j, count(*) AS n FROM "
+                        "jsonb_array_elements(%s::jsonb) w(j) GROUP BY j) e LEFT JOIN "
+                        f"(SELECT to_jsonb(_revex_x) AS j, count(*) AS n FROM {t} _revex_x "
+                        "GROUP BY 1) h ON h.j = e.j WHERE coalesce(h.n, 0) < e.n",
+                        (array(change["added"]),))
+            out += [_conflict(table, pk, image, "deleted", undone)
+                    for (image,) in cur.fetchall()]
         return out
+
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        return undo_checked(self, cur, table, change)
 
     def restore(self, cur: Cursor, table: str, change: dict[str, list[str]], *,
                 force: bool) -> None:
@@ -264,7 +257,9 @@ class PostgresBackend:
                 cur.execute(f"DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} _revex_x WHERE "
                             "to_jsonb(_revex_x) = %s::jsonb LIMIT 1)", (image,))
         if change["removed"]:
-            cur.execute(f"INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT * FROM "
+            # a generated column is computed by the engine (and checked after the undo)
+            cols = ", ".join(_q(c) for c, _, generated in columns(cur, table) if not generated)
+            cur.execute(f"INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM "
                         f"jsonb_populate_recordset(NULL::{t}, %s::jsonb)",
                         (array(change["removed"]),))
 

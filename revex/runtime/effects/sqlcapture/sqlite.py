@@ -20,9 +20,10 @@ from revex.runtime.effects.sqlcapture.base import (
     LOG,
     PREFIX,
     Cursor,
-    Event,
+    Log,
     chunks,
     key_in,
+    log_of,
     missing_copies,
 )
 from revex.runtime.effects.sqlcapture.rebuild import Rebuilder
@@ -77,6 +78,7 @@ class SQLiteBackend(Rebuilder):
     transactional_ddl = True
     truncate_by_trigger = False
     sequence_is_ddl = False
+    stages_images = False
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -157,11 +159,11 @@ class SQLiteBackend(Rebuilder):
         if tag is not None:
             cur.execute(f"DELETE FROM temp.{LOG}")
 
-    def read_log(self, cur: Cursor, tag: str) -> list[Event]:
-        cur.execute(f"SELECT tbl, op, old, new FROM temp.{LOG} ORDER BY id")
-        events = list(map(Event._make, cur.fetchall()))
+    def read_log(self, cur: Cursor, tag: str) -> Log:
+        cur.execute(f"SELECT tbl, op, old, new FROM temp.{LOG}")
+        log = log_of(cur.fetchall())
         cur.execute(f"DELETE FROM temp.{LOG}")
-        return events
+        return log
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         """AUTOINCREMENT counters (``sqlite_sequence``), which undo of rows must rewind."""
@@ -312,6 +314,9 @@ class SQLiteBackend(Rebuilder):
         for name, _ in found:
             cur.execute(f"DROP TRIGGER main.{_q(name)}")
         return [sql for _, sql in found]
+
+    def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
+        return False  # the general path: drift, restore, verify
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         if not dbapi_conn.in_transaction:
