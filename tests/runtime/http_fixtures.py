@@ -31,6 +31,18 @@ def json_server(tmp_path: Path) -> JsonServer:
 
 
 @pytest.fixture
+def app() -> Iterator[tuple[Any, str]]:
+    """revex's test REST app and its base URL."""
+    made = create_app()
+    with serve(made) as base:
+        yield made, base
+
+
+def seeded(app: Any, coll: str, n: int) -> None:
+    app.state.data.collections[coll] = {i: {"id": i, "name": f"n{i}"} for i in range(1, n + 1)}
+
+
+@pytest.fixture
 def app_url() -> Iterator[str]:
     with serve(create_app()) as base:
         yield base

@@ -9,7 +9,6 @@ servers on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,20 @@ from fastapi.responses import JSONResponse
 from revex.errors import ActionFailed, ConflictError
 from revex.runtime.effects.http_forward import LISTING_MAX
 from revex.runtime.journal import Status
-from revex.testing.rest_app import create_app, serve
-from tests.runtime.http_fixtures import JsonServer, get, json_server, runtime, undone
+from revex.testing.rest_app import serve
+from tests.runtime.http_fixtures import (
+    JsonServer,
+    app,
+    get,
+    json_server,
+    runtime,
+    seeded,
+    undone,
+)
 
-__all__ = ["json_server"]  # a fixture, used by name
+__all__ = ["app", "json_server"]  # fixtures, used by name
 
 BIG = 10_000
-
-
-@pytest.fixture
-def app() -> Iterator[tuple[Any, str]]:
-    made = create_app()
-    with serve(made) as base:
-        yield made, base
-
-
-def seeded(app: Any, coll: str, n: int) -> None:
-    app.state.data.collections[coll] = {i: {"id": i, "name": f"n{i}"} for i in range(1, n + 1)}
 
 
 def intents(rt: Any, episode_id: str) -> list[dict[str, Any]]:
