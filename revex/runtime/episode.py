@@ -65,7 +65,9 @@ class Checkpoint:
 
 
 def new_episode_id() -> str:
-    return f"ep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    # 48 random bits: a process that starts a thousand episodes a second would otherwise (with
+    # 24 bits) draw an id it already used within the same second every few runs
+    return f"ep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
 
 
 class Episode:

@@ -216,13 +216,7 @@ class Runtime:
         if real == state or state.is_relative_to(real) or real.is_relative_to(state):
             raise StateError(f"workspace {real} and state dir {state} overlap; the journal "
                              "must live outside every workspace")
-        episode_id = new_episode_id()
-        # the owner lock is taken before the episode becomes visible: a Runtime opened by
-        # another process in between must find it owned, never "recover" a live episode
-        owner = OwnerLock(self.lock_path(episode_id))
-        if not owner.acquire():
-            raise StateError(f"the owner lock of new episode {episode_id} is already held; "
-                             "two processes generated the same id, start it again")
+        episode_id, owner = self._claim_episode_id()
         config: dict[str, Any] = {"workspace": str(real), "policy": self.policy.name,
                                   "pid": os.getpid(), "on_exit": on_exit}
         if http:
@@ -246,6 +240,22 @@ class Runtime:
                 self.drop_forks(config)
             raise
         return Episode(self, episode_id, config, on_exit, on_error, owner=owner)
+
+    def _claim_episode_id(self) -> tuple[str, OwnerLock]:
+        """A fresh episode id and its owner lock, held. The lock is taken before the episode
+        becomes visible: a Runtime opened by another process in between must find it owned,
+        never "recover" a live episode. An id whose lock is held, or that the journal already
+        knows (an ended episode's lock is free again), is drawn again."""
+        for _ in range(8):
+            episode_id = new_episode_id()
+            owner = OwnerLock(self.lock_path(episode_id))
+            if not owner.acquire():
+                continue  # another process holds this id right now
+            if self.journal.episode(episode_id) is None:
+                return episode_id, owner
+            owner.release(remove=False)  # an ended episode's id: its lock file stays its own
+        raise StateError("could not draw an unused episode id in 8 tries; the random source "
+                         "or the journal's episodes table is broken (run `revex verify`)")
 
     def fork_database(self, url: str) -> str:
         """A copy of the database at ``url`` (SQLite backup API, PostgreSQL TEMPLATE, MariaDB
