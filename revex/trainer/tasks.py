@@ -9,6 +9,7 @@ solution handed to the runtime.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -166,6 +167,46 @@ def builtin_tasks() -> list[Task]:
                                tuple(call.sub(f"{prefix}{name}(", a) for a in asserts),
                                family=name))
     return tasks
+
+
+# Argument names for renamed training copies (``renamed_copies``): disjoint from every name the
+# built-in tasks and their variants use, so no copy ever shows a held-out task's names.
+_FRESH_NAMES = ("u", "v", "w", "z", "r", "g", "h", "c", "d", "e", "f1", "k2", "aa", "bb", "cc",
+                "arg", "val", "obj", "seq", "lst", "inp", "elem", "foo", "bar", "baz", "qux",
+                "left", "right", "first_arg", "other", "data", "src", "thing", "zz", "j", "i")
+_SIGNATURE = re.compile(r"def (\w+)\(([\w ,]*)\):\n")
+
+
+def renamed_copies(tasks: Sequence[Task], copies: int, seed: int = 0) -> list[Task]:
+    """``copies`` renamed copies of each task whose prompt starts with a plain signature
+    (``def f(a, b):``): its arguments get fresh names (seeded draws from a pool no built-in
+    task uses) in the signature, the docstring and the reference; the function name and the
+    tests (which call by position) stay. Ids are ``<id>~r<i>``, the family is kept.
+
+    Training on these teaches a model to take argument names from the signature rather than
+    to remember each prompt's: the held-out variants of a family differ from its training
+    members by exactly these names. Tasks without such a signature get no copies.
+    """
+    import random
+
+    if copies <= 0:
+        return []
+    rng = random.Random(seed)
+    out: list[Task] = []
+    for task in tasks:
+        match = _SIGNATURE.match(task.prompt)
+        args = [a.strip() for a in match.group(2).split(",")] if match else []
+        if not match or not all(a.isidentifier() for a in args):
+            continue
+        for i in range(1, copies + 1):
+            fresh = rng.sample(_FRESH_NAMES, len(args))
+            names = dict(zip(args, fresh, strict=True))
+            head = f"def {match.group(1)}({', '.join(fresh)}):\n"
+            out.append(dataclasses.replace(
+                task, task_id=f"{task.task_id}~r{i}",
+                prompt=head + _renamed(task.prompt[match.end():], names),
+                reference=_renamed(task.reference, names) if task.reference else None))
+    return out
 
 
 def load_humaneval() -> list[Task]:

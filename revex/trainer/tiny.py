@@ -52,6 +52,8 @@ class TinySpec:
     warm_start_lr: AdamW learning rate of the warm start.
     seed: seeds weight init and the warm start.
     exclude: task ids left out of the tokenizer corpus and the warm start (held-out tasks).
+    rename_copies: renamed copies (fresh argument names) of each warm-start task added to the
+        warm start (``tasks.renamed_copies``), so the model learns to copy names.
     """
 
     vocab_size: int = 2048
@@ -66,6 +68,7 @@ class TinySpec:
     warm_start_lr: float = 3e-3
     seed: int = 0
     exclude: tuple[str, ...] = ()
+    rename_copies: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.exclude, tuple) or not all(
@@ -75,7 +78,8 @@ class TinySpec:
             if f.name == "exclude":
                 continue
             value = getattr(self, f.name)
-            minimum = 0 if f.name in ("warm_start_steps", "seed", "warm_start_lr") else 1
+            minimum = 0 if f.name in ("warm_start_steps", "seed", "warm_start_lr",
+                                      "rename_copies") else 1
             if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
                 raise ConfigError(f"TinySpec.{f.name} must be a number >= {minimum}, got {value!r}")
         if self.warm_start_lr <= 0:
@@ -218,7 +222,7 @@ def build_tiny(spec: TinySpec | None = None, *, cache_dir: str | Path | None = N
         ConfigError: the spec is invalid.
         RevexError: the reloaded tokenizer does not reproduce the trained one's ids.
     """
-    from revex.trainer.tasks import builtin_tasks
+    from revex.trainer.tasks import builtin_tasks, renamed_copies
 
     spec = spec or TinySpec()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -229,8 +233,9 @@ def build_tiny(spec: TinySpec | None = None, *, cache_dir: str | Path | None = N
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer)
-    pairs = [(t.prompt, t.reference or "") for t in builtin_tasks()
-             if t.task_id not in spec.exclude]
+    warm = [t for t in builtin_tasks() if t.task_id not in spec.exclude]
+    warm += renamed_copies(warm, spec.rename_copies, spec.seed)
+    pairs = [(t.prompt, t.reference or "") for t in warm]
     losses = warm_start(model, tokenizer, pairs, steps=spec.warm_start_steps,
                         lr=spec.warm_start_lr, seed=spec.seed)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))

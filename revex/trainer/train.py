@@ -121,6 +121,10 @@ class TrainConfig:
     """Runtime policy: a preset name or a TOML path."""
     tiny_warm_start_steps: int = 40
     """Warm-start SFT steps when model is "tiny" (more steps: higher initial reward)."""
+    tiny_rename_copies: int = 0
+    """Renamed copies of each warm-start task (fresh argument names in the signature,
+    docstring and reference) added to the tiny model's warm start; held-out tasks get none.
+    Teaches taking names from the signature (0: off). The RL tasks stay as they are."""
     tiny_cache_dir: str | None = None
     """Where the tiny model is cached; default $REVEX_CACHE_DIR or ~/.cache/revex."""
     device: str = "auto"
@@ -223,6 +227,10 @@ class TrainConfig:
             raise ConfigError("warmup_steps must be >= 0")
         if self.tiny_warm_start_steps < 0:
             raise ConfigError("tiny_warm_start_steps must be >= 0")
+        copies = self.tiny_rename_copies
+        if not isinstance(copies, int) or isinstance(copies, bool) or not 0 <= copies <= 32:
+            raise ConfigError(f"tiny_rename_copies must be an integer from 0 to 32, "
+                              f"got {copies!r}")
         if not self.model:
             raise ConfigError("model must be 'tiny', a local path or a hub id")
 
@@ -302,7 +310,8 @@ def resolve_model(config: TrainConfig, held_out: Sequence[Task] = ()) -> str:
     exclude = {t.task_id for t in held_out} | {t.task_id for t in builtin_tasks()
                                                if t.prompt in prompts}
     spec = TinySpec(warm_start_steps=config.tiny_warm_start_steps, seed=config.seed,
-                    exclude=tuple(sorted(exclude)))
+                    exclude=tuple(sorted(exclude)),
+                    rename_copies=config.tiny_rename_copies)
     return str(build_tiny(spec, cache_dir=config.tiny_cache_dir))
 
 

@@ -35,6 +35,9 @@ def test_default_config_is_valid_and_every_field_is_documented() -> None:
         ({"beta": -0.1}, "beta must be >= 0"),
         ({"scale_rewards": "prompt"}, "scale_rewards must be"),
         ({"tiny_warm_start_steps": -1}, "tiny_warm_start_steps"),
+        ({"tiny_rename_copies": -1}, "tiny_rename_copies"),
+        ({"tiny_rename_copies": 33}, "tiny_rename_copies"),
+        ({"tiny_rename_copies": 1.5}, "tiny_rename_copies"),
         ({"model": ""}, "model must be"),
     ],
 )

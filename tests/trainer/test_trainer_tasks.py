@@ -13,6 +13,7 @@ from revex.trainer.tasks import (
     load_jsonl,
     load_tasks,
     reference_texts,
+    renamed_copies,
     to_dataset,
 )
 
@@ -39,6 +40,37 @@ def test_builtin_tasks_are_well_formed_and_references_pass_their_tests() -> None
         for line in task.tests.splitlines():
             with pytest.raises(AssertionError):
                 exec(line, dict(namespace))
+
+
+def _arg_names(task: Task) -> set[str]:
+    head = task.prompt.split("(", 1)[1].split(")", 1)[0]
+    return {a.strip() for a in head.split(",")}
+
+
+def test_renamed_copies_pass_their_tests_and_never_show_a_builtin_argument_name() -> None:
+    tasks = builtin_tasks()
+    copies = renamed_copies(tasks, 3, seed=7)
+    assert len(copies) == 3 * len(tasks)
+    assert len({t.task_id for t in copies} | {t.task_id for t in tasks}) == 4 * len(tasks)
+    used = set().union(*(_arg_names(t) for t in tasks))
+    by_id = {t.task_id: t for t in tasks}
+    for copy in copies:
+        source = by_id[copy.task_id.rsplit("~", 1)[0]]
+        assert (copy.family, copy.entry_point, copy.tests) == (source.family,
+                                                               source.entry_point, source.tests)
+        fresh = _arg_names(copy)
+        assert len(fresh) == len(_arg_names(source)) and not fresh & used
+        # the old names are gone from the docstring and body too (quoted strings aside)
+        assert copy.reference is not None
+        body = copy.prompt.split("\n", 1)[1] + copy.reference
+        assert not any(f" {name} " in body.replace("(", " ").replace(")", " ")
+                       for name in _arg_names(source) - {"a"})  # "a" is also an article
+        _run_reference(copy)
+    assert renamed_copies(tasks, 3, seed=7) == copies  # seeded
+    assert renamed_copies(tasks, 3, seed=8) != copies
+    assert renamed_copies(tasks, 0) == []
+    odd = Task("x/1", "def f(a=1):\n    pass\n", "assert f() is None\n", "f")
+    assert renamed_copies([odd], 2) == []  # no plain signature: no copies
 
 
 def test_builtin_reference_failing_body_is_caught_by_tests() -> None:

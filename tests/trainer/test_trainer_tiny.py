@@ -39,3 +39,14 @@ def test_tiny_model_loads_with_auto_classes_and_round_trips_text(tmp_path: Path)
     assert model.config.model_type == "llama"
     assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|pad|>"
     assert model.config.vocab_size == len(tok)
+
+
+def test_renamed_copies_join_the_warm_start_but_held_out_tasks_stay_out(tmp_path: Path) -> None:
+    from revex.trainer.tasks import builtin_tasks
+
+    held = tuple(t.task_id for t in builtin_tasks()[:8])
+    plain = TinySpec(warm_start_steps=1, stdlib_files=40, exclude=held)
+    renamed = TinySpec(warm_start_steps=1, stdlib_files=40, exclude=held, rename_copies=2)
+    assert plain.digest() != renamed.digest()  # another model, another cache entry
+    info = json.loads((build_tiny(renamed, cache_dir=tmp_path) / "build_info.json").read_text())
+    assert info["warm_start_tasks"] == (128 - 8) * 3
