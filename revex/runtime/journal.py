@@ -582,6 +582,21 @@ class Journal:
             raise JournalCorrupt(f"cannot read the journal at {self.path}: "
                                  f"{describe_sqlite_error(exc)}; run `revex verify`") from exc
 
+    def check_pages(self) -> None:
+        """SQLite's ``integrity_check`` of the whole file (pages, b-trees and that indexes match
+        their tables; it grows with the file): run before an undo or a recovery changes
+        anything, because damage that only a write reaches (a byte flip in an index page that
+        ``quick_check`` does not see) would otherwise fail an append after some actions were
+        undone.
+
+        Raises JournalCorrupt naming what SQLite found.
+        """
+        problems = [r[0] for r in self._read("PRAGMA integrity_check(5)")]
+        if problems != ["ok"]:
+            raise JournalCorrupt(f"the journal at {self.path} is damaged (SQLite "
+                                 f"integrity_check: {'; '.join(map(str, problems))}); nothing "
+                                 "was undone. Run `revex verify`")
+
     def episode(self, episode_id: str) -> dict[str, Any] | None:
         rows = self._read(
             "SELECT id, created_at, updated_at, status, config FROM episodes WHERE id=?",

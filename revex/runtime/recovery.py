@@ -82,6 +82,7 @@ def undo_locked(rt: Runtime, episode_id: str, config: dict[str, Any], *, force: 
         return effects[prefix]
 
     try:
+        rt.journal.check_pages()  # a damaged page must refuse the undo before it starts
         records = checked_records(rt, episode_id, config)
         if resolve_intents(rt.journal, episode_id, records, effect_for):
             records = checked_records(rt, episode_id, config)
