@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from revex import _pyast
 from revex.errors import ConfigError
 from revex.runtime.sandbox.base import LANGUAGES, Limits
 
@@ -211,7 +212,7 @@ def _first_call(source: str) -> str | None:
     import builtins
 
     try:
-        tree = ast.parse(source)
+        tree = _pyast.parse(source)
     except SyntaxError as exc:
         raise CasesError(f"test source does not parse: {exc}") from exc
     for node in ast.walk(tree):

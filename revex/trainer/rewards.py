@@ -23,7 +23,6 @@ to share one between rewards). Every reward reports safety metrics through TRL's
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import hashlib
 import json
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from revex import _pyast
 from revex.errors import ConfigError, PolicyViolation, RevexError
 from revex.runtime.sandbox.base import Limits
 from revex.trainer.executor import (
@@ -412,7 +412,7 @@ class ExecutionFeedbackReward(_ExecutingReward):
 def _parses(source: str) -> bool:
     """Whether ``source`` is valid Python. ``ast.parse`` only builds a tree; nothing runs."""
     try:
-        ast.parse(source)
+        _pyast.parse(source)
     except (SyntaxError, ValueError):
         return False
     return True

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from revex import _pyast
 from revex.errors import ConfigError
 from revex.runtime.sandbox.base import Limits
 from revex.trainer.executor import TestRunner, open_runtime
@@ -271,7 +272,7 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
     import itertools
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    tree = _pyast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, nxt in itertools.pairwise(body):

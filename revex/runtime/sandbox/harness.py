@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from revex import _pyast
 from revex.errors import ConfigError, SandboxError
 from revex.runtime.sandbox._common import take_json_line
 from revex.runtime.sandbox.base import (
@@ -325,7 +326,7 @@ class CompiledTests:
 
     def __init__(self, tests: str, entry_point: str) -> None:
         try:
-            tree = ast.parse(tests)
+            tree = _pyast.parse(tests)
         except SyntaxError as exc:
             raise ConfigError(f"test source does not parse: {exc}") from exc
         self.entry_point = entry_point
@@ -351,12 +352,12 @@ class CompiledTests:
             elif isinstance(sub, ast.stmt | ast.mod | ast.excepthandler | ast.match_case):
                 rewriter.rewrite_block(sub)
         self.loads = loads - defined
-        self.code = compile(tree, "<tests>", "exec")
+        self.code = _pyast.compile_tree(tree, "<tests>")
 
     def remote_names(self, solution: str) -> set[str]:
         """Names the tests use that the solution defines at top level (parsed, not run)."""
         try:
-            tree = ast.parse(solution)
+            tree = _pyast.parse(solution)
         except SyntaxError:
             return {self.entry_point}
         names = {self.entry_point}
