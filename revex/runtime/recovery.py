@@ -70,9 +70,11 @@ def checked_records(rt: Runtime, episode_id: str, config: dict[str, Any]) -> lis
 
 
 def undo_locked(rt: Runtime, episode_id: str, config: dict[str, Any], *, force: bool,
-                resume_window: int = 0, final: str = "undone") -> int:
+                resume_window: int = 0, final: str = "undone", check_pages: bool = True) -> int:
     """Undo every pending action of ``episode_id`` (whose lock the caller holds), then set it
-    ``final``; a ConflictError sets it ``conflict`` instead."""
+    ``final``; a ConflictError sets it ``conflict`` instead. ``check_pages=False``: the
+    caller has run :meth:`Journal.check_pages` itself (once for a whole recovery pass: it
+    reads the whole file)."""
     effects: dict[str, Effect] = {}
 
     def effect_for(prefix: str) -> Effect:
@@ -82,7 +84,8 @@ def undo_locked(rt: Runtime, episode_id: str, config: dict[str, Any], *, force: 
         return effects[prefix]
 
     try:
-        rt.journal.check_pages()  # a damaged page must refuse the undo before it starts
+        if check_pages:  # a damaged page must refuse the undo before it starts
+            rt.journal.check_pages()
         records = checked_records(rt, episode_id, config)
         if resolve_intents(rt.journal, episode_id, records, effect_for):
             records = checked_records(rt, episode_id, config)
@@ -107,6 +110,7 @@ def undo_locked(rt: Runtime, episode_id: str, config: dict[str, Any], *, force: 
 def recover(rt: Runtime) -> list[str]:
     """:meth:`Runtime.recover`: roll back the episodes of dead owners; returns their ids."""
     recovered = []
+    pages_checked = False
     for info in rt.journal.episodes():
         if info["status"] not in ACTIVE:
             continue
@@ -128,8 +132,11 @@ def recover(rt: Runtime) -> list[str]:
                         f"the episodes table says {current['status']!r} but its "
                         f"hash-chained records say {chained!r} (the table was edited); "
                         "nothing was rolled back. Run `revex verify`")
+                if not pages_checked:  # once per pass, before the first undo
+                    rt.journal.check_pages()
+                    pages_checked = True
                 undo_locked(rt, info["id"], current["config"], force=False,
-                            final="recovered")
+                            final="recovered", check_pages=False)
             except (ConflictError, ConfigError, ActionFailed, JournalError) as exc:
                 # drift, a database that is down, a damaged journal: the episode stays
                 # pending; one bad episode must not block the runtime

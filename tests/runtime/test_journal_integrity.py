@@ -209,3 +209,44 @@ def test_a_damaged_page_is_reported_by_verify_and_refused_by_undo_never_a_raw_sq
         assert _tree(ws) == after
     finally:
         rt.close()
+
+
+_DIE_WITH_EPISODES_OPEN = """
+import os, sys
+from pathlib import Path
+from revex import Runtime
+rt = Runtime(Path(sys.argv[1]), audit=None)
+for k in range(3):
+    ep = rt.episode(Path(sys.argv[2]) / str(k)).__enter__()
+    ep.fs.write_text("new.txt", str(k))
+os._exit(0)  # the owner dies with three episodes active: their locks are free now
+"""
+
+
+def test_recovery_of_several_dead_episodes_checks_the_pages_once(tmp_path: Path) -> None:
+    """integrity_check reads the whole file: recovery runs it once per pass, not once per
+    episode (three dead episodes: one check), and still before the first undo."""
+    import subprocess
+    import sys
+
+    state, wss = tmp_path / "state", tmp_path / "ws"
+    for k in range(3):
+        (wss / str(k)).mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", _DIE_WITH_EPISODES_OPEN, str(state), str(wss)],
+                   check=True, cwd=Path(__file__).parents[2])
+    assert all((wss / str(k) / "new.txt").exists() for k in range(3))
+    rt = Runtime(state, audit=None, recover=False)
+    calls: list[bool] = []
+    check = rt.journal.check_pages
+
+    def counted() -> None:  # a spy: the real check runs
+        calls.append(any((wss / str(k) / "new.txt").exists() for k in range(3)))
+        check()
+
+    rt.journal.check_pages = counted  # type: ignore[method-assign]
+    try:
+        assert len(rt.recover()) == 3
+        assert calls == [True]  # once, before anything was undone
+        assert not any((wss / str(k) / "new.txt").exists() for k in range(3))
+    finally:
+        rt.close()
