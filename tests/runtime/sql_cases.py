@@ -205,3 +205,40 @@ CASES: dict[str, Case] = {
     "drop_middle_column": _drop_middle_column, "create_drop_index": _index,
     "truncate": _truncate, "trigger_rows_and_sequences": _sequence,
 }
+
+
+# ---- helpers of the set-based undo tests (test_sql_pg_undo, test_sql_sqlite_undo) --------------
+
+def committed_episode(rt: Any, url: str, workspace: Any, *stmts: str) -> str:
+    """Run ``stmts`` in a committed episode on database ``app`` = ``url``; its id."""
+    with rt.episode(workspace=workspace, databases={"app": url}, on_exit="commit") as ep:
+        for stmt in stmts:
+            ep.sql("app").execute(stmt)
+    return str(ep.id)
+
+
+def spy_restore(monkeypatch: Any, backend: type) -> list[str]:
+    """The tables ``backend``'s general path restores from now on, recorded (the real
+    restore runs)."""
+    calls: list[str] = []
+    restore = backend.restore
+
+    def spy(self: Any, cur: Any, table: str, change: Any, *, force: bool) -> None:
+        calls.append(table)
+        restore(self, cur, table, change, force=force)
+    monkeypatch.setattr(backend, "restore", spy)
+    return calls
+
+
+def drift_then(monkeypatch: Any, meanwhile: Callable[[], None]) -> None:
+    """Run ``meanwhile`` right after every drift check (before a rollback, ahead of the undo
+    and its own transaction): someone else's change in between."""
+    from revex.runtime.effects.sql_engine import Database
+
+    drift = Database.drift
+
+    def late(self: Any, info: dict[str, Any], only: Any = None) -> list[str]:
+        lines = drift(self, info, only)
+        meanwhile()
+        return lines
+    monkeypatch.setattr(Database, "drift", late)

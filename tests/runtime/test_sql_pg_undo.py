@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sql_cases import committed_episode, drift_then, spy_restore
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from revex.errors import ConflictError
 from revex.runtime.effects.sql_dump import canonical_dump
-from revex.runtime.effects.sql_engine import Database
 from revex.runtime.effects.sqlcapture.postgres import PostgresBackend
 from revex.runtime.journal import Status
 from revex.runtime.runtime import Runtime
@@ -29,24 +29,10 @@ def _run(url: str, *stmts: str) -> None:
     engine.dispose()
 
 
-def _committed(rt: Runtime, url: str, workspace: Path, *stmts: str) -> str:
-    with rt.episode(workspace=workspace, databases={"app": url}, on_exit="commit") as ep:
-        for stmt in stmts:
-            ep.sql("app").execute(stmt)
-    return ep.id
-
-
 @pytest.fixture
 def general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The tables the general path restored (PostgresBackend.restore), recorded."""
-    calls: list[str] = []
-    restore = PostgresBackend.restore
-
-    def spy(self: PostgresBackend, cur: Any, table: str, change: Any, *, force: bool) -> None:
-        calls.append(table)
-        restore(self, cur, table, change, force=force)
-    monkeypatch.setattr(PostgresBackend, "restore", spy)
-    return calls
+    return spy_restore(monkeypatch, PostgresBackend)
 
 
 def test_a_bulk_update_and_delete_are_undone_set_based_and_exactly(
@@ -57,7 +43,7 @@ def test_a_bulk_update_and_delete_are_undone_set_based_and_exactly(
          "FROM generate_series(1, 3000) i")
     before = canonical_dump(pg_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        episode = _committed(rt, pg_url, workspace, "UPDATE a SET v = -v, s = s || '!'",
+        episode = committed_episode(rt, pg_url, workspace, "UPDATE a SET v = -v, s = s || '!'",
                              "DELETE FROM a WHERE id > 2000")
         assert rt.undo(episode) == 2
     assert canonical_dump(pg_url) == before
@@ -71,7 +57,7 @@ def test_one_statement_that_updates_deletes_and_inserts_rolls_back_exactly(
          "INSERT INTO z SELECT i, 'v' || i, i FROM generate_series(1, 100) i")
     before = canonical_dump(pg_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        episode = _committed(
+        episode = committed_episode(
             rt, pg_url, workspace,
             "WITH d AS (DELETE FROM z WHERE id <= 10 RETURNING id) "
             "INSERT INTO z SELECT id + 1000, 'new', 0 FROM d UNION ALL "
@@ -92,7 +78,7 @@ def test_identity_and_generated_columns_roll_back_exactly(
          "INSERT INTO gen (id, v) SELECT i, i FROM generate_series(1, 50) i")
     before = canonical_dump(pg_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        episode = _committed(rt, pg_url, workspace, "UPDATE gen SET v = v + 1",
+        episode = committed_episode(rt, pg_url, workspace, "UPDATE gen SET v = v + 1",
                              "DELETE FROM gen WHERE id > 40")
         assert rt.undo(episode) == 2
     assert canonical_dump(pg_url) == before
@@ -105,14 +91,8 @@ def test_drift_after_the_check_is_caught_by_the_compare_and_set(
     _run(pg_url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
          "INSERT INTO t SELECT i, 0 FROM generate_series(1, 500) i")
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
-        episode = _committed(rt, pg_url, workspace, "UPDATE t SET v = 1")
-        drift = Database.drift
-
-        def late(self: Database, info: dict[str, Any], only: Any = None) -> list[str]:
-            lines = drift(self, info, only)
-            _run(pg_url, "UPDATE t SET v = 7 WHERE id = 250")  # after the check
-            return lines
-        monkeypatch.setattr(Database, "drift", late)
+        episode = committed_episode(rt, pg_url, workspace, "UPDATE t SET v = 1")
+        drift_then(monkeypatch, lambda: _run(pg_url, "UPDATE t SET v = 7 WHERE id = 250"))
         with pytest.raises(ConflictError, match=r"key \(id=250\): changed since"):
             rt.undo(episode)
         assert not [r for r in rt.journal.records(episode) if r.status is Status.UNDONE]

@@ -3,14 +3,15 @@
 ``recursive_triggers=ON`` makes SQLite fire DELETE triggers for rows that ``INSERT OR REPLACE``
 removes; FK cascades and rows written by user triggers fire the capture triggers of the tables
 they touch. Images are ``json_object`` of ``[typeof(x), value]`` pairs (blobs as hex, reals with
-17 significant digits), so they round-trip exactly. SQLite DDL is transactional, so DDL is
-captured as a snapshot (the CREATE text of the table and its indexes and triggers, plus rows)
-and undone by rebuilding the table.
+17 significant digits, -0.0 told from 0.0), so they round-trip exactly. SQLite DDL is
+transactional, so DDL is captured as a snapshot (the CREATE text of the table and its indexes
+and triggers, plus rows) and undone by rebuilding the table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,8 +35,16 @@ def _q(ident: str) -> str:
 
 
 def _enc(ref: str) -> str:
+    # SQLite prints -0.0 as 0.0 (and has no portable way to see the sign of a zero in SQL):
+    # ask Python, for zeros only, so that an image tells them apart and an undo puts back
+    # the zero that was there
     return (f"json_array(typeof({ref}), CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) "
-            f"WHEN 'real' THEN printf('%!.17g', {ref}) ELSE {ref} END)")
+            f"WHEN 'real' THEN CASE WHEN {ref} = 0.0 AND {PREFIX}_negzero({ref}) THEN '-0.0' "
+            f"ELSE printf('%!.17g', {ref}) END ELSE {ref} END)")
+
+
+def _negative_zero(value: float) -> bool:
+    return value == 0.0 and math.copysign(1.0, value) < 0
 
 
 def _path(col: str) -> str:
@@ -90,6 +99,7 @@ class SQLiteBackend(Rebuilder):
         # set-based undo reads images back in SQL with the same conversions as decode()
         dbapi_conn.create_function(f"{PREFIX}_unhex", 1, bytes.fromhex, deterministic=True)
         dbapi_conn.create_function(f"{PREFIX}_real", 1, float, deterministic=True)
+        dbapi_conn.create_function(f"{PREFIX}_negzero", 1, _negative_zero, deterministic=True)
 
     def begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         if not dbapi_conn.in_transaction:
@@ -316,7 +326,66 @@ class SQLiteBackend(Rebuilder):
         return [sql for _, sql in found]
 
     def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
-        return False  # the general path: drift, restore, verify
+        """The undo of ``change`` with its compare-and-set and verification in three
+        set-based statements, inside the undo transaction (``BEGIN IMMEDIATE``: no other
+        writer until its COMMIT):
+
+        1. ``DELETE`` every row whose image is one of the post-images, looked up by key: it
+           must delete one row per post-image (a missing or changed row deletes fewer);
+        2. ``INSERT`` the pre-images; a row someone re-created under one of their keys makes
+           it fail on the primary key;
+        3. verify by re-querying: one row equal to each pre-image (what the engine made of the
+           values it was given). No row is left under a key only the post-images hold: the
+           key is the primary key, so step 1 deleting one row per post-image deleted every
+           row under their keys, and only step 2 wrote since (user triggers are dropped for
+           the undo, foreign keys off, and the transaction keeps other writers out).
+
+        Any count that is off, or an error, rolls back to a savepoint and returns False:
+        nothing was changed, and the general path (drift lines, restore, verification with
+        lines) names what differs. A table without a primary key or with column names the
+        JSON paths cannot hold takes the general path.
+        """
+        if table not in set(self.tables(cur)):
+            return False
+        cols, pk = self.columns(cur, table)
+        if not pk or not _in_sql(cols):
+            return False
+        import sqlite3
+
+        t, expr = f"main.{_q(table)}", self.image_expr(cur, table, "x")
+        added, removed = json.dumps(change["added"]), json.dumps(change["removed"])
+        key = "(" + ", ".join(f"x.{_q(c)}" for c in pk) + ")"
+
+        def keys(images: str) -> str:
+            return (f"SELECT {', '.join(_value('e.value', c) for c in pk)} "
+                    f"FROM json_each({images}) AS e")
+
+        def present(images: str) -> str:  # rows equal to one of ``images``, found by key
+            return (f"FROM {t} AS x WHERE {key} IN ({keys(images)}) AND {expr} IN "
+                    f"(SELECT value FROM json_each({images}))")
+
+        cur.execute("SAVEPOINT revex_fast")
+        try:
+            triggers = self._user_triggers(cur, table)
+            ok = True
+            if change["added"]:
+                cur.execute(f"DELETE {present(':a')}", {"a": added})
+                ok = cur.rowcount == len(change["added"])
+            if ok and change["removed"]:
+                cur.execute(f"INSERT INTO {t} ({', '.join(map(_q, cols))}) SELECT "
+                            + ", ".join(_value("e.value", c) for c in cols)
+                            + " FROM json_each(:r) AS e ORDER BY e.key", {"r": removed})
+            if ok and change["removed"]:
+                cur.execute(f"SELECT count(*) {present(':r')}", {"r": removed})
+                ok = cur.fetchone()[0] == len(change["removed"])
+            for sql in triggers:
+                cur.execute(sql)
+        except sqlite3.Error:
+            ok = False  # e.g. a row re-created under a pre-image's key: the general path says
+        if not ok:
+            cur.execute("ROLLBACK TO SAVEPOINT revex_fast")
+        cur.execute("RELEASE SAVEPOINT revex_fast")
+        return ok
 
     def undo_begin(self, cur: Cursor, dbapi_conn: Any) -> None:
         if not dbapi_conn.in_transaction:
