@@ -141,3 +141,26 @@ def test_the_sign_of_a_zero_is_captured_and_put_back(
     assert [str(r) for (r,) in _rows(sqlite_url, "SELECT r FROM z ORDER BY id")] == \
         ["-0.0", "0.0", "-1.5"]
     assert canonical_dump(sqlite_url) == before
+
+
+@pytest.mark.parametrize("schema", [
+    "CREATE TABLE s (a INT, b TEXT, v REAL, PRIMARY KEY (a, b))",
+    "CREATE TABLE s (a INT, b TEXT, v REAL, PRIMARY KEY (b, a)) WITHOUT ROWID",
+    "CREATE TABLE s (a INT, b TEXT COLLATE NOCASE PRIMARY KEY, v REAL)",
+    "CREATE TABLE s (a INTEGER PRIMARY KEY, b TEXT, v REAL, g REAL AS (v * 2) STORED)",
+    "CREATE TABLE s (a REAL PRIMARY KEY, b BLOB, v)",
+])
+def test_every_shape_of_key_is_undone_set_based_and_exactly(
+        sqlite_url: str, state_dir: Path, workspace: Path, general_path: list[str],
+        schema: str) -> None:
+    _run(sqlite_url, schema,
+         "INSERT INTO s (a, b, v) VALUES (1, 'One', 0.5), (2, 'two', -0.0), (3, 'x', NULL)")
+    before = canonical_dump(sqlite_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        episode = committed_episode(rt, sqlite_url, workspace,
+                                    "UPDATE s SET v = 7 WHERE a >= 2",
+                                    "DELETE FROM s WHERE a = 1",
+                                    "INSERT INTO s (a, b, v) VALUES (9, 'nine', 9)")
+        assert rt.undo(episode) == 3
+    assert canonical_dump(sqlite_url) == before
+    assert general_path == []
