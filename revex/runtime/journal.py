@@ -70,6 +70,8 @@ INLINE_MAX = 64 * 1024
 _FULL, _NORMAL = 2, 1  # PRAGMA synchronous levels
 # the most records of reads that wait for the next transaction (see Journal.defer)
 DEFER_MAX = 256
+# the text of the rows this process wrote that Journal.wrote remembers (the newest kept)
+WRITTEN_MAX = 4 * 1024 * 1024
 
 
 class Status(StrEnum):
@@ -247,6 +249,11 @@ class Journal:
         # those it has written (emitted once it commits); see _append_locked
         self._flushing: list[dict[str, Any]] = []
         self._flushed: list[Record] = []
+        # the rows this process inserted, as inserted, once committed (see wrote); those of
+        # the transaction in progress wait in _inserting
+        self._written: dict[int, tuple[Any, ...]] = {}
+        self._written_chars = 0
+        self._inserting: list[tuple[Any, ...]] = []
         self.max_bytes = INLINE_MAX
         try:
             self._db = sqlite3.connect(
@@ -347,6 +354,7 @@ class Journal:
                         if self._flushing:
                             self._append_locked(())
                         self._db.execute("COMMIT")
+                        self._remember(self._inserting)
                     except BaseException:
                         self._staged = {**staged, **self._staged}
                         self._deferred = deferred + self._deferred
@@ -356,6 +364,7 @@ class Journal:
                         raise
                     finally:
                         flushed, self._flushing, self._flushed = self._flushed, [], []
+                        self._inserting = []
                     self._emit(flushed)
                 finally:
                     if not durable:
@@ -483,8 +492,29 @@ class Journal:
             self._db.executemany(
                 "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             self._write_head(seq, prev)
+            self._inserting.extend(rows)
         self._flushed.extend(flushed)
         return out
+
+    def _remember(self, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            self._written[row[0]] = row
+            self._written_chars += _row_chars(row)
+        while self._written_chars > WRITTEN_MAX and self._written:
+            self._written_chars -= _row_chars(self._written.pop(next(iter(self._written))))
+
+    def wrote(self, row: tuple[Any, ...]) -> bool:
+        """Whether ``row`` (a ``SELECT *`` row of ``records``) is, value for value and type
+        for type, a row this process inserted and committed, with the hash and HMAC it
+        computed for it: a check of its hash and HMAC would pass, so a checked read may skip
+        recomputing them. Any other row (written by another process, by this one before it
+        reopened the journal or longer ago than the newest WRITTEN_MAX characters, or changed
+        in the file since) is False and gets the full check. Integers and the float are
+        compared with their types, since ``1 == 1.0`` in Python but not in the hash."""
+        with self._lock:
+            mine = self._written.get(row[0]) if type(row[0]) is int else None
+        return (mine is not None and mine == row and type(row[2]) is int
+                and type(row[13]) is float and (row[12] is None or type(row[12]) is int))
 
     def _emit(self, records: list[Record]) -> None:
         if self._on_record is not None:
@@ -732,6 +762,11 @@ def _episode_row(row: tuple[Any, ...], path: Path) -> dict[str, Any]:
                              f"is not JSON: {exc}); run `revex verify`") from exc
     return {"id": row[0], "created_at": row[1], "updated_at": row[2], "status": row[3],
             "config": config}
+
+
+def _row_chars(row: tuple[Any, ...]) -> int:
+    """About the memory a remembered row holds: its JSON fields and a fixed part."""
+    return len(row[8]) + len(row[9]) + len(row[10]) + len(row[11]) + 512
 
 
 def record_from_row(row: tuple[Any, ...], path: Path) -> Record:

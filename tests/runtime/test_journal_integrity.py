@@ -250,3 +250,56 @@ def test_recovery_of_several_dead_episodes_checks_the_pages_once(tmp_path: Path)
         assert not any((wss / str(k) / "new.txt").exists() for k in range(3))
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE records SET target = 'elsewhere.txt' WHERE seq = ?",  # content: the hash fails
+    "UPDATE records SET params = ' ' || params WHERE seq = ?",  # the same JSON value
+    "UPDATE records SET ts = ts + 1e-6 WHERE seq = ?",
+])
+def test_a_live_rollback_refuses_a_row_edited_after_this_process_wrote_it(
+        tmp_path: Path, edit: str) -> None:
+    """A live rollback skips recomputing the hash and HMAC of rows exactly as this process
+    wrote them (Journal.wrote); a row changed in the file since, even only in the spelling of
+    its JSON, gets the full check and the rollback undoes nothing."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rt = Runtime(tmp_path / "state", audit=None)
+    try:
+        with pytest.raises(JournalCorrupt, match="does not match its hash"), \
+                rt.episode(ws) as ep:
+            ep.fs.write_text("a.txt", "a")
+            ep.fs.write_text("b.txt", "b")
+            intent = next(r for r in rt.journal.records(ep.id)
+                          if r.status.value == "INTENT" and r.target == "b.txt")
+            row = rt.journal._read("SELECT * FROM records WHERE seq=?", (intent.seq,))[0]
+            assert rt.journal.wrote(row)  # as written: the check may be skipped
+            db = _db(tmp_path / "state")
+            db.execute(edit, (intent.seq,))
+            db.close()
+            row = rt.journal._read("SELECT * FROM records WHERE seq=?", (intent.seq,))[0]
+            assert not rt.journal.wrote(row)
+            ep.rollback()
+        assert sorted(p.name for p in ws.iterdir()) == ["a.txt", "b.txt"]  # nothing undone
+    finally:
+        rt.close()
+
+
+def test_rows_written_before_a_reopen_or_by_another_journal_are_never_taken_as_written(
+        tmp_path: Path) -> None:
+    from revex.runtime.journal import Journal
+
+    state, ws, episode_id, _ = _committed_episode(tmp_path)
+    rt = Runtime(state, audit=None)  # this process reopened it: it wrote none of its rows
+    other = Journal(state / "journal.db", (state / "hmac.key").read_bytes())
+    try:
+        with rt.episode(ws) as ep:  # a second writer beside it, on the same file
+            ep.fs.write_text("new.txt", "n")
+            rows = rt.journal._read("SELECT * FROM records ORDER BY seq")
+            mine = [r for r in rows if r[1] == ep.id]
+            assert mine and all(rt.journal.wrote(r) for r in mine)
+            assert not any(rt.journal.wrote(r) for r in rows if r[1] == episode_id)
+            assert not any(other.wrote(r) for r in rows)
+    finally:
+        rt.close()
+        other.close()
