@@ -32,14 +32,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from revex.errors import JournalCorrupt
-from revex.runtime.journal import (
+from revex.runtime.journal import describe_sqlite_error
+from revex.runtime.records import (
     _HASHED_FIELDS,
     GENESIS,
     Record,
     Status,
     VerifyReport,
     config_digest,
-    describe_sqlite_error,
     encoded_record_hash,
     record_from_row,
     record_hash,

@@ -17,16 +17,8 @@ from hypothesis import strategies as st
 
 from revex import Runtime
 from revex.errors import JournalError
-from revex.runtime.journal import (
-    DEFER_MAX,
-    GENESIS,
-    INLINE_MAX,
-    Journal,
-    Status,
-    canonical,
-    encoded_record_hash,
-    record_hash,
-)
+from revex.runtime.journal import DEFER_MAX, INLINE_MAX, Journal
+from revex.runtime.records import GENESIS, Status, canonical, encoded_record_hash, record_hash
 
 
 def _runtime_with_records(tmp_path: Path, audit: Path | str | None = None) -> Runtime:
