@@ -38,8 +38,23 @@ if ! podman image exists "$IMAGE"; then
   rm -f "$root.tar"
 fi
 
+# A service left running from a directory that has since been deleted (an earlier checkout
+# that started it) answers _ping but cannot start a container: conmon fails with "Failed to
+# get working directory" and runc with "write child: broken pipe". Stop such a service.
+for pid in $(pgrep -f "podman system service .*unix://$SOCK" || true); do
+  if [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "/" ] && \
+     readlink "/proc/$pid/cwd" 2>/dev/null | grep -q ' (deleted)$'; then
+    echo "podman API: restarting the service (its working directory was deleted)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "${SOCK#unix://}"
+  fi
+done
+
 if ! curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; then
-  nohup podman system service --time=0 "unix://$SOCK" >/tmp/revex-podman-service.log 2>&1 &
+  # from /, which no checkout can take away
+  (cd / && nohup podman system service --time=0 "unix://$SOCK" \
+     >/tmp/revex-podman-service.log 2>&1 &)
   for _ in $(seq 1 50); do
     curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.2
