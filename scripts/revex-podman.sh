@@ -42,12 +42,11 @@ fi
 # that started it) answers _ping but cannot start a container: conmon fails with "Failed to
 # get working directory" and runc with "write child: broken pipe". Stop such a service.
 for pid in $(pgrep -f "podman system service .*unix://$SOCK" || true); do
-  if [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "/" ] && \
-     readlink "/proc/$pid/cwd" 2>/dev/null | grep -q ' (deleted)$'; then
+  if readlink "/proc/$pid/cwd" 2>/dev/null | grep -q ' (deleted)$'; then
     echo "podman API: restarting the service (its working directory was deleted)"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    rm -f "${SOCK#unix://}"
+    rm -f "$SOCK"
   fi
 done
 

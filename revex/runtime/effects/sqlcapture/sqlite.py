@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
@@ -350,8 +351,6 @@ class SQLiteBackend(Rebuilder):
         cols, pk = self.columns(cur, table)
         if not pk or not _in_sql(cols):
             return False
-        import sqlite3
-
         t, expr = f"main.{_q(table)}", self.image_expr(cur, table, "x")
         added, removed = json.dumps(change["added"]), json.dumps(change["removed"])
         key = "(" + ", ".join(f"x.{_q(c)}" for c in pk) + ")"
@@ -375,7 +374,6 @@ class SQLiteBackend(Rebuilder):
                 cur.execute(f"INSERT INTO {t} ({', '.join(map(_q, cols))}) SELECT "
                             + ", ".join(_value("e.value", c) for c in cols)
                             + " FROM json_each(:r) AS e ORDER BY e.key", {"r": removed})
-            if ok and change["removed"]:
                 cur.execute(f"SELECT count(*) {present(':r')}", {"r": removed})
                 ok = cur.fetchone()[0] == len(change["removed"])
             for sql in triggers:
