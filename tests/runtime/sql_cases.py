@@ -209,6 +209,15 @@ CASES: dict[str, Case] = {
 
 # ---- helpers of the set-based undo tests (test_sql_pg_undo, test_sql_sqlite_undo) --------------
 
+def run_sql(url: str, *stmts: str) -> None:
+    """Run ``stmts`` outside revex, in one transaction (someone else's change)."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        for stmt in stmts:
+            conn.execute(text(stmt))
+    engine.dispose()
+
+
 def committed_episode(rt: Any, url: str, workspace: Any, *stmts: str) -> str:
     """Run ``stmts`` in a committed episode on database ``app`` = ``url``; its id."""
     with rt.episode(workspace=workspace, databases={"app": url}, on_exit="commit") as ep:

@@ -161,3 +161,46 @@ def test_a_statement_refused_by_quota_gives_its_ids_back(db_url: str, state_dir:
             ep.sql("app").execute("INSERT INTO audit (msg) VALUES ('1'), ('2'), ('3'), ('4')")
         assert counters(db_url) == before
     assert insert_probe(db_url) == expected
+
+
+def test_postgres_dml_capture_is_two_round_trips_and_keeps_uncalled_sequences_exact(
+        pg_url: str, state_dir: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DML statement on PostgreSQL is captured in one round trip before it and one after
+    it (sequences and tag; log, tag, marker and sequences). A sequence never called has no
+    last value in ``pg_sequence_last_value``: it is read on its own, and one set with
+    ``setval(s, 5, false)`` comes back as exactly that."""
+    from revex.runtime.effects.sqlcapture.postgres import PostgresBackend
+
+    _raw(pg_url, "CREATE SEQUENCE fresh START 3")
+    _raw(pg_url, "CREATE SEQUENCE parked")
+    _raw(pg_url, "SELECT setval('parked', 5, false)")
+    _raw(pg_url, "CREATE SEQUENCE used")
+    _raw(pg_url, "SELECT nextval('used')")
+    _raw(pg_url, "CREATE TABLE t (id BIGINT PRIMARY KEY)")
+    before = counters(pg_url)
+    assert before == {"fresh": (3, False), "parked": (5, False), "used": (1, True)}
+    calls: list[str] = []
+
+    def spied(name: str) -> Any:
+        real = getattr(PostgresBackend, name)
+
+        def spy(self: Any, *args: Any) -> Any:
+            calls.append(name)
+            return real(self, *args)
+        return spy
+    for name in ("sequences", "set_tag", "read_log", "open_capture", "close_capture"):
+        monkeypatch.setattr(PostgresBackend, name, spied(name))
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        with rt.episode(workspace=workspace, databases={"app": pg_url},
+                        on_exit="commit") as ep:
+            db = ep.sql("app")
+            db.execute("INSERT INTO t VALUES (nextval('fresh')), (nextval('parked')), "
+                       "(nextval('used'))")
+            assert calls == ["open_capture", "close_capture"]
+            db.execute("INSERT INTO t VALUES (nextval('parked'))")
+        assert counters(pg_url) == {"fresh": (3, True), "parked": (6, True), "used": (2, True)}
+        assert sorted(r[0] for r in _raw(pg_url, "SELECT id FROM t")) == [2, 3, 5, 6]
+        assert rt.undo(ep.id) == 2
+    assert counters(pg_url) == before
+    assert _raw(pg_url, "SELECT id FROM t") == []
+    assert _raw(pg_url, "SELECT nextval('parked'), nextval('fresh')") == [(5, 3)]

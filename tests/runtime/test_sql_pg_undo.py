@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sql_cases import committed_episode, drift_then, spy_restore
+from sql_cases import committed_episode, drift_then, run_sql, spy_restore
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -21,14 +21,6 @@ from revex.runtime.journal import Status
 from revex.runtime.runtime import Runtime
 
 
-def _run(url: str, *stmts: str) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as conn:
-        for stmt in stmts:
-            conn.execute(text(stmt))
-    engine.dispose()
-
-
 @pytest.fixture
 def general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The tables the general path restored (PostgresBackend.restore), recorded."""
@@ -37,7 +29,7 @@ def general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_a_bulk_update_and_delete_are_undone_set_based_and_exactly(
         pg_url: str, state_dir: Path, workspace: Path, general_path: list[str]) -> None:
-    _run(pg_url, "CREATE TABLE a (id INT PRIMARY KEY, v DOUBLE PRECISION, s TEXT, b BYTEA)",
+    run_sql(pg_url, "CREATE TABLE a (id INT PRIMARY KEY, v DOUBLE PRECISION, s TEXT, b BYTEA)",
          "INSERT INTO a SELECT i, i / 3.0, CASE WHEN i % 5 = 0 THEN NULL ELSE 'r' || i END, "
          "CASE WHEN i % 7 = 0 THEN NULL ELSE '\\x000aff'::bytea END "
          "FROM generate_series(1, 3000) i")
@@ -53,7 +45,7 @@ def test_a_bulk_update_and_delete_are_undone_set_based_and_exactly(
 def test_one_statement_that_updates_deletes_and_inserts_rolls_back_exactly(
         pg_url: str, state_dir: Path, workspace: Path, general_path: list[str]) -> None:
     # table and column names that the undo's own aliases and CTEs use
-    _run(pg_url, 'CREATE TABLE z (id INT PRIMARY KEY, "value" TEXT, x INT)',
+    run_sql(pg_url, 'CREATE TABLE z (id INT PRIMARY KEY, "value" TEXT, x INT)',
          "INSERT INTO z SELECT i, 'v' || i, i FROM generate_series(1, 100) i")
     before = canonical_dump(pg_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
@@ -74,7 +66,7 @@ def test_one_statement_that_updates_deletes_and_inserts_rolls_back_exactly(
 ])
 def test_identity_and_generated_columns_roll_back_exactly(
         pg_url: str, state_dir: Path, workspace: Path, column: str) -> None:
-    _run(pg_url, f"CREATE TABLE gen (id INT PRIMARY KEY, v INT, {column})",
+    run_sql(pg_url, f"CREATE TABLE gen (id INT PRIMARY KEY, v INT, {column})",
          "INSERT INTO gen (id, v) SELECT i, i FROM generate_series(1, 50) i")
     before = canonical_dump(pg_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
@@ -88,11 +80,11 @@ def test_drift_after_the_check_is_caught_by_the_compare_and_set(
         pg_url: str, state_dir: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Someone changes a row after the drift check before the undo and before its own
     transaction reads it: the UPDATE's condition sees it, nothing is undone."""
-    _run(pg_url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
+    run_sql(pg_url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
          "INSERT INTO t SELECT i, 0 FROM generate_series(1, 500) i")
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
         episode = committed_episode(rt, pg_url, workspace, "UPDATE t SET v = 1")
-        drift_then(monkeypatch, lambda: _run(pg_url, "UPDATE t SET v = 7 WHERE id = 250"))
+        drift_then(monkeypatch, lambda: run_sql(pg_url, "UPDATE t SET v = 7 WHERE id = 250"))
         with pytest.raises(ConflictError, match=r"key \(id=250\): changed since"):
             rt.undo(episode)
         assert not [r for r in rt.journal.records(episode) if r.status is Status.UNDONE]
@@ -109,7 +101,7 @@ def test_the_check_before_a_rollback_and_the_undo_parse_the_images_once(
     that session is closed with the episode."""
     import psycopg
 
-    _run(pg_url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
+    run_sql(pg_url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
          "INSERT INTO t SELECT i, 0 FROM generate_series(1, 500) i")
     before = canonical_dump(pg_url)
     staged: list[str] = []

@@ -147,8 +147,9 @@ def test_postgres_inheritance_tree_keeps_row_triggers_and_is_captured_once(
 def test_mariadb_log_batch_too_long_for_one_row_is_read_row_by_row(
         mysql_url: str, state_dir: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """900 images of 10 KB do not fit one GROUP_CONCAT of 8 MiB: the cut batch is noticed by
-    its length and the log is read row by row."""
+    """A batch of 1,000 images of 10 KB does not fit one GROUP_CONCAT of 8 MiB (2,000 are
+    left of 2,200 after the first 200 are taken, so one batch is full): the cut batch is
+    noticed by its length and the log is read row by row."""
     from revex.runtime.effects.sqlcapture.mysql import MySQLBackend
 
     batched = MySQLBackend._read_batched
@@ -164,16 +165,53 @@ def test_mariadb_log_batch_too_long_for_one_row_is_read_row_by_row(
     engine = create_engine(mysql_url, poolclass=NullPool)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO big VALUES (:i, :t)"),
-                     [{"i": i, "t": f"{i}\n" + "x" * 10_000} for i in range(900)])
+                     [{"i": i, "t": f"{i}\n" + "x" * 10_000} for i in range(2_200)])
     engine.dispose()
     before = canonical_dump(mysql_url)
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
         with rt.episode(workspace=workspace, databases={"app": mysql_url},
                         on_exit="commit") as ep:
             assert ep.sql("app").execute("UPDATE big SET t = CONCAT(t, 'z') WHERE id = 1") == 1
-            assert ep.sql("app").execute("UPDATE big SET t = CONCAT(t, 'y')") == 900
-        assert reads == [True, False]  # a small batch is read whole, the cut one row by row
+            assert ep.sql("app").execute("UPDATE big SET t = CONCAT(t, 'y')") == 2_200
+        # the 1-row log is taken whole by DELETE ... RETURNING, the cut batch row by row
+        assert reads == [False]
         assert rt.undo(ep.id) == 2
+    assert canonical_dump(mysql_url) == before
+
+
+@pytest.mark.parametrize("rows", [199, 200, 201, 1_250])
+def test_mariadb_small_log_in_one_round_trip_and_a_full_one_merged_with_its_batches(
+        mysql_url: str, state_dir: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch,
+        rows: int) -> None:
+    """A log of fewer than 200 rows is read and deleted by one ``DELETE ... RETURNING``; a
+    longer one also goes through the batched read, and both parts make up the action's
+    change: the undo is exact and revex's log is empty after every statement."""
+    from revex.runtime.effects.sqlcapture import mysql
+
+    batched = mysql.MySQLBackend._read_batched
+    reads: list[int] = []
+
+    def spy(self: Any, cur: Any, tag: str) -> Any:
+        reads.append(1)
+        return batched(self, cur, tag)
+
+    monkeypatch.setattr(mysql.MySQLBackend, "_read_batched", spy)
+    _run(mysql_url, "CREATE TABLE r (id INT PRIMARY KEY, v INT, t VARCHAR(20))")
+    engine = create_engine(mysql_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO r VALUES (:i, 0, :t)"),
+                     [{"i": i, "t": f"row\n{i}"} for i in range(rows)])
+    before = canonical_dump(mysql_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        episode, counts = _committed(rt, mysql_url, workspace, "UPDATE r SET v = id + 1",
+                                     "DELETE FROM r WHERE id % 3 = 0")
+        assert counts == [rows, len(range(0, rows, 3))]
+        # 2 images per updated row: the UPDATE's log always has `rows` log rows
+        assert len(reads) == (rows >= mysql._FIRST) + (len(range(0, rows, 3)) >= mysql._FIRST)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM _revex_log")).scalar() == 0
+        assert rt.undo(episode) == 2
+    engine.dispose()
     assert canonical_dump(mysql_url) == before
 
 

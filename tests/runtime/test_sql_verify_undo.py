@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sql_cases import DOUBLE, backend_of
+from sql_cases import DOUBLE, backend_of, run_sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -20,22 +20,14 @@ from revex.runtime.journal import Status
 from revex.runtime.runtime import Runtime
 
 
-def _run(url: str, *stmts: str) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as conn:
-        for stmt in stmts:
-            conn.execute(text(stmt))
-    engine.dispose()
-
-
 def _schema(url: str) -> None:
     b = backend_of(url)
-    _run(url, f"CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(10), amount {DOUBLE[b]})",
+    run_sql(url, f"CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(10), amount {DOUBLE[b]})",
          "INSERT INTO codes VALUES (1, '007', 2.25), (2, 'keep', 1.5)")
 
 
 def _sqlite_retype(url: str, code_type: str) -> None:
-    _run(url, "ALTER TABLE codes RENAME TO codes_old",
+    run_sql(url, "ALTER TABLE codes RENAME TO codes_old",
          f"CREATE TABLE codes (id INT PRIMARY KEY, code {code_type}, amount REAL)",
          "INSERT INTO codes SELECT * FROM codes_old", "DROP TABLE codes_old")
 
@@ -45,28 +37,28 @@ FAULTS: dict[str, dict[str, tuple[Callable[[str], None], Callable[[str], None]]]
     "sqlite": {"column type": (lambda u: _sqlite_retype(u, "INTEGER"),
                                lambda u: _sqlite_retype(u, "VARCHAR(10)"))},
     "mysql": {"column type": (
-        lambda u: _run(u, "ALTER TABLE codes MODIFY amount DECIMAL(5,1)"),
-        lambda u: _run(u, "ALTER TABLE codes MODIFY amount DOUBLE"))},
+        lambda u: run_sql(u, "ALTER TABLE codes MODIFY amount DECIMAL(5,1)"),
+        lambda u: run_sql(u, "ALTER TABLE codes MODIFY amount DOUBLE"))},
     "postgresql": {
         "column type": (
-            lambda u: _run(u, "ALTER TABLE codes ALTER amount TYPE numeric(5,1)"),
-            lambda u: _run(u, "ALTER TABLE codes ALTER amount TYPE DOUBLE PRECISION")),
+            lambda u: run_sql(u, "ALTER TABLE codes ALTER amount TYPE numeric(5,1)"),
+            lambda u: run_sql(u, "ALTER TABLE codes ALTER amount TYPE DOUBLE PRECISION")),
         "trigger": (
-            lambda u: _run(u, "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS "
+            lambda u: run_sql(u, "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS "
                               "$$ BEGIN NEW.code := 'tampered'; RETURN NEW; END $$",
                            "CREATE TRIGGER tamper BEFORE INSERT OR UPDATE ON codes FOR EACH "
                            "ROW EXECUTE FUNCTION tamper()",
                            # fires in every session, also under session_replication_role
                            "ALTER TABLE codes ENABLE ALWAYS TRIGGER tamper"),
-            lambda u: _run(u, "DROP TRIGGER tamper ON codes")),
+            lambda u: run_sql(u, "DROP TRIGGER tamper ON codes")),
         # rules that swallow the writes an undo restores rows with (a changed row is put
         # back with UPDATE, a deleted one with INSERT)
         "rule": (
-            lambda u: _run(u, "CREATE RULE swallow AS ON INSERT TO codes DO INSTEAD NOTHING",
+            lambda u: run_sql(u, "CREATE RULE swallow AS ON INSERT TO codes DO INSTEAD NOTHING",
                            "ALTER TABLE codes ENABLE ALWAYS RULE swallow",
                            "CREATE RULE swallow_u AS ON UPDATE TO codes DO INSTEAD NOTHING",
                            "ALTER TABLE codes ENABLE ALWAYS RULE swallow_u"),
-            lambda u: _run(u, "DROP RULE swallow ON codes", "DROP RULE swallow_u ON codes")),
+            lambda u: run_sql(u, "DROP RULE swallow ON codes", "DROP RULE swallow_u ON codes")),
     },
 }
 CASES = [(b, f) for b, faults in FAULTS.items() for f in faults]
@@ -122,7 +114,7 @@ def test_a_ddl_undo_that_leaves_another_shape_is_a_conflict(pg_url: str, state_d
                         on_exit="commit") as ep:
             ep.sql("app").execute("ALTER TABLE codes DROP COLUMN code")
         # an event trigger (enabled always) that adds a row whenever a table is altered
-        _run(pg_url, "CREATE FUNCTION sneak() RETURNS event_trigger LANGUAGE plpgsql AS $$ "
+        run_sql(pg_url, "CREATE FUNCTION sneak() RETURNS event_trigger LANGUAGE plpgsql AS $$ "
                      "BEGIN INSERT INTO codes (id) VALUES (99) ON CONFLICT DO NOTHING; END $$",
              "CREATE EVENT TRIGGER sneak ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
              "EXECUTE FUNCTION sneak()", "ALTER EVENT TRIGGER sneak ENABLE ALWAYS")
@@ -130,7 +122,7 @@ def test_a_ddl_undo_that_leaves_another_shape_is_a_conflict(pg_url: str, state_d
         with pytest.raises(ConflictError, match=r"table codes: rows differ from before"):
             rt.undo(ep.id)
         assert canonical_dump(pg_url) == faulty
-        _run(pg_url, "DROP EVENT TRIGGER sneak")
+        run_sql(pg_url, "DROP EVENT TRIGGER sneak")
         assert rt.undo(ep.id) == 1
     assert canonical_dump(pg_url) == before
 
@@ -139,17 +131,17 @@ def test_a_ddl_undo_that_leaves_another_shape_is_a_conflict(pg_url: str, state_d
 def test_rows_without_a_key_are_counted_after_undo(request: pytest.FixtureRequest, backend: str,
                                                    state_dir: Path, workspace: Path) -> None:
     url: str = request.getfixturevalue({"sqlite": "sqlite_url", "mysql": "mysql_url"}[backend])
-    _run(url, f"CREATE TABLE loose (code VARCHAR(10), amount {DOUBLE[backend]})",
+    run_sql(url, f"CREATE TABLE loose (code VARCHAR(10), amount {DOUBLE[backend]})",
          "INSERT INTO loose VALUES ('007', 2.25), ('007', 2.25), ('x', 1.5)")
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
         with rt.episode(workspace=workspace, databases={"app": url}, on_exit="commit") as ep:
             ep.sql("app").execute("DELETE FROM loose WHERE code = '007'")
         if backend == "sqlite":  # the column turns INTEGER: '007' comes back as 7
-            _run(url, "ALTER TABLE loose RENAME TO loose_old",
+            run_sql(url, "ALTER TABLE loose RENAME TO loose_old",
                  "CREATE TABLE loose (code INTEGER, amount REAL)",
                  "INSERT INTO loose SELECT * FROM loose_old", "DROP TABLE loose_old")
         else:  # 2.25 comes back as 2.3
-            _run(url, "ALTER TABLE loose MODIFY amount DECIMAL(5,1)")
+            run_sql(url, "ALTER TABLE loose MODIFY amount DECIMAL(5,1)")
         faulty = canonical_dump(url)
         with pytest.raises(ConflictError, match=r"table loose key \(.*code='007'.*\): missing "
                                                 r"after undo"):
@@ -160,14 +152,14 @@ def test_rows_without_a_key_are_counted_after_undo(request: pytest.FixtureReques
 def test_one_of_two_identical_rows_missing_after_undo_is_a_conflict(
         pg_url: str, state_dir: Path, workspace: Path) -> None:
     """Rows without a key are a multiset: one copy back of two is not the pre-state."""
-    _run(pg_url, "CREATE TABLE loose (code VARCHAR(10), amount DOUBLE PRECISION)",
+    run_sql(pg_url, "CREATE TABLE loose (code VARCHAR(10), amount DOUBLE PRECISION)",
          "INSERT INTO loose VALUES ('007', 2.25), ('007', 2.25), ('x', 1.5)")
     with Runtime(state_dir, policy="permissive", audit=None) as rt:
         with rt.episode(workspace=workspace, databases={"app": pg_url},
                         on_exit="commit") as ep:
             ep.sql("app").execute("DELETE FROM loose WHERE code = '007'")
         # a trigger (enabled always) that drops an insert whose row is already there
-        _run(pg_url, "CREATE FUNCTION once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        run_sql(pg_url, "CREATE FUNCTION once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
                      "IF EXISTS (SELECT 1 FROM loose WHERE code = NEW.code) THEN RETURN NULL; "
                      "END IF; RETURN NEW; END $$",
              "CREATE TRIGGER once BEFORE INSERT ON loose FOR EACH ROW EXECUTE FUNCTION once()",
@@ -175,7 +167,7 @@ def test_one_of_two_identical_rows_missing_after_undo_is_a_conflict(
         with pytest.raises(ConflictError, match=r"table loose key \(code='007', amount=2.25\): "
                                                 r"missing after undo"):
             rt.undo(ep.id)
-        _run(pg_url, "DROP TRIGGER once ON loose")
+        run_sql(pg_url, "DROP TRIGGER once ON loose")
         assert rt.undo(ep.id) == 1
     assert sorted(_rows(pg_url)) == [("007", 2.25), ("007", 2.25), ("x", 1.5)]
 

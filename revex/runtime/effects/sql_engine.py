@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from revex.errors import ActionFailed, ConfigError, EpisodeClosed
 from revex.runtime.effects.sql_classify import DDL, TRUNCATE, Statement, split
 from revex.runtime.effects.sqlcapture import backend_for
-from revex.runtime.effects.sqlcapture.base import ACTIONS, net_change
+from revex.runtime.effects.sqlcapture.base import ACTIONS, mark, net_change
 from revex.runtime.effects.sqlcapture.checks import not_restored, row_drift, unverified
 from revex.runtime.effects.sqlcapture.counters import Counters
 
@@ -191,32 +191,43 @@ class Database:
             self._live.append(seq)
             info["savepoint"] = seq
         seqs: dict[str, list[Any]] | None = None
+        tag = self._tag(seq)
         try:
-            seqs = b.sequences(cap)
-            ddl = b.ddl_before(cap, stmt, self._tag(seq)) if self._ddl(stmt) else None
-            cascade = b.cascade_before(cap, stmt)
-            b.set_tag(cap, self._tag(seq))
-            if ddl is None or not ddl.pop("replaced", False):
+            if not self._ddl(stmt):
+                # DML: on PostgreSQL one round trip before the statement and one after it
+                seqs = b.open_capture(cap, tag)
+                cascade = b.cascade_before(cap, stmt)
                 self.run(cursor, stmt, parameters, many)
                 info["_rowcount"] = cursor.rowcount
-            log = b.read_log(cap, self._tag(seq))
+                log, after = b.close_capture(cap, tag, self.episode_id, seq)
+                changes = net_change(log)
+                changes.update(b.cascade_after(cap, cascade))
+                self._captured(info, changes, seqs, after)
+                return info
+            seqs = b.sequences(cap)
+            ddl = b.ddl_before(cap, stmt, tag)
+            b.set_tag(cap, tag)
+            if not ddl.pop("replaced", False):
+                self.run(cursor, stmt, parameters, many)
+                info["_rowcount"] = cursor.rowcount
+            changes = net_change(b.read_log(cap, tag))
             b.set_tag(cap, None)
-            changes = net_change(log)
-            changes.update(b.cascade_after(cap, cascade))
-            if ddl is not None:
-                info["ddl"] = b.ddl_after(cap, stmt, ddl)
-                for table in (*info["ddl"].get("pre", {}), *info["ddl"].get("post", {})):
-                    changes.pop(table, None)
-                b.sync(cap)
-            after = b.sequences(cap)
-            info["seqs"] = self.counters.moved(seqs, after)
-            info["changes"] = changes
-            info["_rows"] = sum(len(c["added"]) + len(c["removed"]) for c in changes.values())
-            self._mark(cap, seq)
+            info["ddl"] = b.ddl_after(cap, stmt, ddl)
+            for table in (*info["ddl"].get("pre", {}), *info["ddl"].get("post", {})):
+                changes.pop(table, None)
+            b.sync(cap)
+            self._captured(info, changes, seqs, b.sequences(cap))
+            mark(cap, b.param, self.episode_id, seq)
         except BaseException:
             self.abandon(seq, counters=seqs)
             raise
         return info
+
+    def _captured(self, info: dict[str, Any], changes: dict[str, dict[str, list[str]]],
+                  seqs: dict[str, list[Any]], after: dict[str, list[Any]]) -> None:
+        info["seqs"] = self.counters.moved(seqs, after)
+        info["changes"] = changes
+        info["_rows"] = sum(len(c["added"]) + len(c["removed"]) for c in changes.values())
 
     def finish(self, cursor: Any, stmt: Statement, parameters: Any, many: bool,
                undo: dict[str, Any]) -> dict[str, Any]:
@@ -272,9 +283,7 @@ class Database:
     # ---- markers -----------------------------------------------------------------------------
 
     def _mark(self, cur: Any, seq: int) -> None:
-        p = self.backend.param
-        cur.execute(f"INSERT INTO {ACTIONS} (episode, seq) VALUES ({p}, {p})",
-                    (self.episode_id, seq))
+        mark(cur, self.backend.param, self.episode_id, seq)
 
     def _marked(self, cur: Any, seq: int) -> bool:
         p = self.backend.param
@@ -293,10 +302,10 @@ class Database:
         return self._conn is not None and info.get("savepoint") in self._live
 
     def _session(self) -> Any:
-        """The connection for drift checks and undos. A backend that stages images for them
-        (PostgreSQL) keeps one per database until close, so what the check before a rollback
-        staged is there for the undo after it; else a new one each time."""
-        if not self.backend.stages_images:
+        """The connection for drift checks and undos. A server backend keeps one per database
+        until close (PostgreSQL must: what the check before a rollback staged is there for the
+        undo after it); SQLite gets a new one each time."""
+        if not self.backend.keeps_session:
             return self.raw_connection()
         if self._checks is None:
             self._checks = self.raw_connection()
@@ -364,6 +373,7 @@ class Database:
             self.backend.undo_begin(cur, conn)
             if not self._marked(cur, seq):
                 self.counters.restore(cur, info.get("seqs") or {})
+                self.backend.undo_end(cur, conn)  # a kept session leaves as it came
                 conn.commit()
                 failed = False
                 return []
@@ -381,6 +391,7 @@ class Database:
                 done |= back
                 conflicts += lines
                 if conflicts:
+                    self.backend.undo_end(cur, conn)
                     conn.rollback()
                     failed = False
                     return conflicts

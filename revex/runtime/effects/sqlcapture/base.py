@@ -125,11 +125,15 @@ class Backend(Protocol):
     truncate_by_trigger: bool
     """TRUNCATE fires a capture trigger (PostgreSQL) instead of going through DDL capture."""
     sequence_is_ddl: bool
-    stages_images: bool
-    """The drift checks leave parsed images in the session for the undo (PostgreSQL's
-    temporary tables): the checks and undos of a database share one connection."""
     """Setting a counter commits implicitly (MariaDB's ALTER TABLE ... AUTO_INCREMENT): never
     inside a transaction that still holds work."""
+    stages_images: bool
+    """The drift checks leave parsed images in the session for the undo (PostgreSQL's
+    temporary tables): the checks and undos of a database must share one connection."""
+    keeps_session: bool
+    """The checks and undos of a database share one connection, kept until it closes (a
+    server's: a new PyMySQL connection alone costs 20-25 ms, most of it building a default
+    TLS context). SQLite opens the file anew each time, so a replaced file is what is checked."""
 
     def quote(self, ident: str) -> str: ...
 
@@ -159,6 +163,17 @@ class Backend(Protocol):
 
     def set_tag(self, cur: Cursor, tag: str | None) -> None:
         """Start (tag) or stop (None) capturing this session's changes under ``tag``."""
+        ...
+
+    def open_capture(self, cur: Cursor, tag: str) -> dict[str, list[Any]]:
+        """Before a DML statement: :meth:`sequences`, then :meth:`set_tag` ``tag``; the
+        sequences (see :class:`StepwiseCapture`; PostgreSQL does both in one round trip)."""
+        ...
+
+    def close_capture(self, cur: Cursor, tag: str, episode: str, seq: int
+                      ) -> tuple[Log, dict[str, list[Any]]]:
+        """After it: :meth:`read_log`, the tag cleared, :meth:`sequences` and the action's
+        marker row (:func:`mark`); the log and the sequences."""
         ...
 
     def read_log(self, cur: Cursor, tag: str) -> Log:
@@ -232,3 +247,30 @@ class Backend(Protocol):
     def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
         """Put a sequence back (None: it did not exist before the action)."""
         ...
+
+
+def mark(cur: Cursor, param: str, episode: str, seq: int) -> None:
+    """The marker row of action ``seq``: written in the action's own transaction, so it exists
+    exactly when the action's change was committed."""
+    cur.execute(f"INSERT INTO {ACTIONS} (episode, seq) VALUES ({param}, {param})",
+                (episode, seq))
+
+
+class StepwiseCapture:
+    """:meth:`Backend.open_capture` and :meth:`Backend.close_capture` as the separate calls
+    they stand for (SQLite runs in-process; MariaDB has no statement that does all of it)."""
+
+    param: str
+
+    def open_capture(self: Any, cur: Cursor, tag: str) -> dict[str, list[Any]]:
+        seqs: dict[str, list[Any]] = self.sequences(cur)
+        self.set_tag(cur, tag)
+        return seqs
+
+    def close_capture(self: Any, cur: Cursor, tag: str, episode: str, seq: int
+                      ) -> tuple[Log, dict[str, list[Any]]]:
+        log: Log = self.read_log(cur, tag)
+        self.set_tag(cur, None)
+        after: dict[str, list[Any]] = self.sequences(cur)
+        mark(cur, self.param, episode, seq)
+        return log, after

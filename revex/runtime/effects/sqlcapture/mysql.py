@@ -24,6 +24,7 @@ from revex.runtime.effects.sqlcapture.base import (
     PREFIX,
     Cursor,
     Log,
+    StepwiseCapture,
     chunks,
     key_in,
     log_of,
@@ -41,6 +42,17 @@ _BATCH_TEXT = 8 << 20
 (16 MiB), so a batch too long comes back cut (and is read row by row), never as an error."""
 
 
+_FIRST = 200
+"""Log rows a MariaDB statement reads with ``DELETE ... RETURNING`` before batching."""
+
+
+def _mariadb(cur: Cursor) -> bool:
+    """The server is MariaDB (``DELETE ... RETURNING``); MySQL has no RETURNING. The driver
+    knows the server's version from the handshake: no round trip."""
+    info = getattr(cur.connection, "get_server_info", None)
+    return info is not None and "mariadb" in str(info()).lower()
+
+
 def _q(ident: str) -> str:
     return "`" + ident.replace("`", "``") + "`"
 
@@ -49,13 +61,14 @@ def _lit(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class MySQLBackend(Rebuilder):
+class MySQLBackend(StepwiseCapture, Rebuilder):
     name = "mysql"
     param = "%s"
     transactional_ddl = False
     truncate_by_trigger = False
     sequence_is_ddl = True
     stages_images = False
+    keeps_session = True
 
     def __init__(self) -> None:
         self._memo: dict[tuple[tuple[str, str], ...], dict[str, dict[str, Any]]] = {}
@@ -172,11 +185,24 @@ class MySQLBackend(Rebuilder):
         cur.execute("SET @revex_action = %s", (tag,))
 
     def read_log(self, cur: Cursor, tag: str) -> Log:
+        first: list[Any] = []
+        if _mariadb(cur):
+            # a small log (most statements) in one round trip: its first rows read and deleted
+            # at once; only a log that fills them is read in batches as well
+            cur.execute(f"DELETE FROM {LOG} WHERE tag = %s ORDER BY id LIMIT {_FIRST} "
+                        "RETURNING tbl, op, old, new", (tag,))
+            first = list(cur.fetchall())
+            if len(first) < _FIRST:
+                return log_of(first)
         log = self._read_batched(cur, tag)
         if log is None:
             cur.execute(f"SELECT tbl, op, old, new FROM {LOG} WHERE tag = %s", (tag,))
             log = log_of(cur.fetchall())
         cur.execute(f"DELETE FROM {LOG} WHERE tag = %s", (tag,))
+        for table, (olds, news) in log_of(first).items():  # a multiset: order is free
+            sides = log.get(table) or log.setdefault(table, ([], []))
+            sides[0].extend(olds)
+            sides[1].extend(news)
         return log
 
     def _read_batched(self, cur: Cursor, tag: str) -> Log | None:

@@ -88,6 +88,14 @@ END $$
 """
 
 
+_NOT_OURS = PREFIX.replace("_", "\\_") + "%"
+_SEQUENCES = ("FROM pg_class WHERE relkind = 'S' AND relnamespace = "
+              "current_schema()::regnamespace AND relname NOT LIKE %s")
+"""The sequences of the current schema, not revex's own (one parameter: :data:`_NOT_OURS`)."""
+_LAST = "pg_sequence_last_value(oid)::text"
+"""A sequence's last value as text, NULL while it was never called."""
+
+
 def _q(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -99,6 +107,7 @@ class PostgresBackend:
     truncate_by_trigger = True
     sequence_is_ddl = False
     stages_images = True
+    keeps_session = True
 
     def quote(self, ident: str) -> str:
         return _q(ident)
@@ -165,21 +174,6 @@ class PostgresBackend:
     def set_tag(self, cur: Cursor, tag: str | None) -> None:
         cur.execute("SELECT set_config('revex.action', %s, true)", (tag or "",))
 
-    def read_log(self, cur: Cursor, tag: str) -> Log:
-        # both logs in one round trip: row events (0) and newline-joined batches (1)
-        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING id, tbl, op, "
-                    f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
-                    "tag = %s RETURNING id, tbl, old, new) SELECT 0, id, tbl, op, old, new "
-                    "FROM r UNION ALL SELECT 1, id, tbl, '', old, new FROM s", (tag, tag))
-        rows = cur.fetchall()
-        log = log_of(row[2:] for row in rows if row[0] == 0)
-        for _, _, table, _, old, new in (row for row in rows if row[0] == 1):
-            olds, news = log.get(table) or log.setdefault(table, ([], []))
-            if old is not None:
-                olds.extend(old.split("\n"))
-            if new is not None:
-                news.extend(new.split("\n"))
-        return log
 
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
         return None
@@ -188,15 +182,72 @@ class PostgresBackend:
         return {}
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
-        cur.execute("SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = "
-                    "current_schema()::regnamespace AND relname NOT LIKE %s",
-                    (PREFIX.replace("_", "\\_") + "%",))
-        names = [r[0] for r in cur.fetchall()]
-        if not names:
-            return {}
-        cur.execute(" UNION ALL ".join(
-            f"SELECT %s, last_value, is_called FROM {_q(n)}" for n in names), names)
-        return {r[0]: [r[1], r[2]] for r in cur.fetchall()}
+        cur.execute(f"SELECT relname, {_LAST} {_SEQUENCES}", (_NOT_OURS,))
+        return self._sequence_values(cur, cur.fetchall())
+
+    def _sequence_values(self, cur: Cursor, rows: Iterable[Any]) -> dict[str, list[Any]]:
+        """``[last_value, is_called]`` per sequence from ``(name, last value as text or None)``
+        rows (:data:`_LAST`): ``pg_sequence_last_value`` reads the same tuple as
+        ``SELECT last_value`` but is NULL until the sequence is called, so those few are read
+        one by one for their exact value."""
+        out: dict[str, list[Any]] = {}
+        uncalled = []
+        for name, value in rows:
+            if value is None:
+                uncalled.append(name)
+            else:
+                out[name] = [int(value), True]
+        if uncalled:
+            cur.execute(" UNION ALL ".join(
+                f"SELECT %s, last_value, is_called FROM {_q(n)}" for n in uncalled), uncalled)
+            out.update({r[0]: [r[1], r[2]] for r in cur.fetchall()})
+        return out
+
+    # ---- the capture of one DML statement: two round trips -----------------------------------
+
+    def open_capture(self, cur: Cursor, tag: str) -> dict[str, list[Any]]:
+        """:meth:`sequences` and :meth:`set_tag` in one round trip; the sequences."""
+        cur.execute("SELECT NULL::text, set_config('revex.action', %s, true) UNION ALL SELECT "
+                    f"relname::text, {_LAST} {_SEQUENCES}", (tag, _NOT_OURS))
+        return self._sequence_values(cur, (r for r in cur.fetchall() if r[0] is not None))
+
+    def close_capture(self, cur: Cursor, tag: str, episode: str, seq: int
+                      ) -> tuple[Log, dict[str, list[Any]]]:
+        """After the statement, in one round trip: :meth:`read_log`, the tag cleared, the
+        action's marker row and :meth:`sequences`; the log and the sequences."""
+        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING tbl, op, old::text "
+                    f"AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE tag = %s "
+                    f"RETURNING tbl, old, new), m AS (INSERT INTO {ACTIONS} (episode, seq) "
+                    "VALUES (%s, %s)) SELECT 0, tbl, op, old, new FROM r UNION ALL SELECT 1, "
+                    "tbl, '', old, new FROM s UNION ALL SELECT 2, NULL, '', "
+                    "set_config('revex.action', '', true), NULL UNION ALL SELECT 3, "
+                    f"relname::text, '', {_LAST}, NULL {_SEQUENCES}",
+                    (tag, tag, episode, seq, _NOT_OURS))
+        rows = cur.fetchall()
+        return (self._log(row[1:] for row in rows if row[0] < 2),
+                self._sequence_values(cur, ((row[1], row[3]) for row in rows if row[0] == 3)))
+
+    def read_log(self, cur: Cursor, tag: str) -> Log:
+        # both logs in one round trip: row events and newline-joined batches ('' for op)
+        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING tbl, op, "
+                    f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
+                    "tag = %s RETURNING tbl, old, new) SELECT tbl, op, old, new FROM r UNION "
+                    "ALL SELECT tbl, '', old, new FROM s", (tag, tag))
+        return self._log(cur.fetchall())
+
+    @staticmethod
+    def _log(rows: Iterable[Any]) -> Log:
+        """The :data:`Log` of ``(table, op, old, new)`` rows of both logs: a row event has an
+        op; a batch of ``_revex_images`` has none and holds newline-joined images."""
+        rows = list(rows)
+        log = log_of(row for row in rows if row[1])
+        for table, _, old, new in (row for row in rows if not row[1]):
+            olds, news = log.get(table) or log.setdefault(table, ([], []))
+            if old is not None:
+                olds.extend(old.split("\n"))
+            if new is not None:
+                news.extend(new.split("\n"))
+        return log
 
     def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
         if value is None:

@@ -23,6 +23,7 @@ from revex.runtime.effects.sqlcapture.base import (
     PREFIX,
     Cursor,
     Log,
+    StepwiseCapture,
     chunks,
     key_in,
     log_of,
@@ -82,13 +83,14 @@ def decode(image: str) -> dict[str, Any]:
     return out
 
 
-class SQLiteBackend(Rebuilder):
+class SQLiteBackend(StepwiseCapture, Rebuilder):
     name = "sqlite"
     param = "?"
     transactional_ddl = True
     truncate_by_trigger = False
     sequence_is_ddl = False
     stages_images = False
+    keeps_session = False
 
     def quote(self, ident: str) -> str:
         return _q(ident)
