@@ -167,7 +167,8 @@ class Backend(Protocol):
 
     def open_capture(self, cur: Cursor, tag: str) -> dict[str, list[Any]]:
         """Before a DML statement: :meth:`sequences`, then :meth:`set_tag` ``tag``; the
-        sequences (see :class:`StepwiseCapture`; PostgreSQL does both in one round trip)."""
+        sequences (see :class:`StepwiseCapture`; PostgreSQL and MariaDB do both in one round
+        trip)."""
         ...
 
     def close_capture(self, cur: Cursor, tag: str, episode: str, seq: int
@@ -258,7 +259,7 @@ def mark(cur: Cursor, param: str, episode: str, seq: int) -> None:
 
 class StepwiseCapture:
     """:meth:`Backend.open_capture` and :meth:`Backend.close_capture` as the separate calls
-    they stand for (SQLite runs in-process; MariaDB has no statement that does all of it)."""
+    they stand for (SQLite: in-process, no round trips to save)."""
 
     param: str
 

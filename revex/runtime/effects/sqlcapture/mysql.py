@@ -24,10 +24,10 @@ from revex.runtime.effects.sqlcapture.base import (
     PREFIX,
     Cursor,
     Log,
-    StepwiseCapture,
     chunks,
     key_in,
     log_of,
+    mark,
     missing_copies,
     multiset_diff,
 )
@@ -42,6 +42,11 @@ _BATCH_TEXT = 8 << 20
 (16 MiB), so a batch too long comes back cut (and is read row by row), never as an error."""
 
 
+_NOT_OURS = PREFIX.replace("_", "\\_") + "%"
+_COUNTERS = ("SELECT table_name, auto_increment FROM information_schema.tables WHERE "
+             "table_schema = DATABASE() AND table_type = 'BASE TABLE' AND auto_increment IS "
+             "NOT NULL AND table_name NOT LIKE %s")
+"""Each user table's AUTO_INCREMENT counter (one parameter: :data:`_NOT_OURS`)."""
 _FIRST = 200
 """Log rows a MariaDB statement reads with ``DELETE ... RETURNING`` before batching."""
 
@@ -61,7 +66,7 @@ def _lit(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class MySQLBackend(StepwiseCapture, Rebuilder):
+class MySQLBackend(Rebuilder):
     name = "mysql"
     param = "%s"
     transactional_ddl = False
@@ -233,11 +238,24 @@ class MySQLBackend(StepwiseCapture, Rebuilder):
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         """Each table's AUTO_INCREMENT counter: InnoDB never rolls it back, so undo must."""
-        cur.execute("SELECT table_name, auto_increment FROM information_schema.tables WHERE "
-                    "table_schema = DATABASE() AND table_type = 'BASE TABLE' AND "
-                    "auto_increment IS NOT NULL AND table_name NOT LIKE %s",
-                    (PREFIX.replace("_", "\\_") + "%",))
+        cur.execute(_COUNTERS, (_NOT_OURS,))
         return {r[0]: [int(r[1])] for r in cur.fetchall()}
+
+    def _tag_and_counters(self, cur: Cursor, tag: str | None) -> dict[str, list[Any]]:
+        """:meth:`set_tag` and :meth:`sequences` in one round trip (the counters come back as
+        text beside the tag's row)."""
+        cur.execute("SELECT NULL, @revex_action := %s UNION ALL " + _COUNTERS, (tag, _NOT_OURS))
+        return {r[0]: [int(r[1])] for r in cur.fetchall() if r[0] is not None}
+
+    def open_capture(self, cur: Cursor, tag: str) -> dict[str, list[Any]]:
+        return self._tag_and_counters(cur, tag)
+
+    def close_capture(self, cur: Cursor, tag: str, episode: str, seq: int
+                      ) -> tuple[Log, dict[str, list[Any]]]:
+        log = self.read_log(cur, tag)
+        after = self._tag_and_counters(cur, None)
+        mark(cur, self.param, episode, seq)
+        return log, after
 
     def set_sequence(self, cur: Cursor, name: str, value: list[Any] | None) -> None:
         """ALTER TABLE ... AUTO_INCREMENT (commits implicitly). InnoDB raises a value below
