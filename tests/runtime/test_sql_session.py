@@ -87,3 +87,72 @@ def test_a_refused_mariadb_undo_leaves_the_kept_session_as_it_came(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT v FROM t")).scalar() == 0
     engine.dispose()
+
+
+def _triggers(url: str) -> list[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.execute(text(
+            "SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = "
+            "DATABASE() AND trigger_name NOT LIKE '\\_revex%' ORDER BY 1"))]
+    engine.dispose()
+    return names
+
+
+def _audited(url: str) -> None:
+    run_sql(url, "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE audit (msg VARCHAR(40))",
+            "CREATE TRIGGER t_audit AFTER INSERT ON t FOR EACH ROW "
+            "INSERT INTO audit VALUES (CONCAT('new ', NEW.id))",
+            "INSERT INTO t VALUES (1, 0), (2, 0)")
+
+
+def test_mariadb_triggers_an_undo_dropped_come_back_after_its_session_died(
+        mysql_url: str, state_dir: Path, workspace: Path) -> None:
+    """An undo drops the table's own triggers while it puts rows back (MariaDB cannot disable
+    them) and re-creates them after: both commit implicitly. A session that dies in between
+    (here: it holds and drops them, then disconnects, as a killed process does) leaves them
+    held; the next undo on the database re-creates them before anything else."""
+    from revex.runtime.effects.sqlcapture.mysql import MySQLBackend
+
+    _audited(mysql_url)
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        episode = committed_episode(rt, mysql_url, workspace, "DELETE FROM t WHERE id = 2")
+        engine = create_engine(mysql_url, poolclass=NullPool)
+        dead = engine.raw_connection()
+        assert MySQLBackend()._user_triggers(dead.cursor(), "t")  # held and dropped
+        dead.close()  # the session is gone before it re-created them
+        assert _triggers(mysql_url) == []
+        assert rt.undo(episode) == 1
+    assert _triggers(mysql_url) == ["t_audit"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM _revex_held_triggers")).scalar() == 0
+        # the row came back without firing the user's trigger (2 rows: the set-up's inserts)
+        assert conn.execute(text("SELECT COUNT(*) FROM audit")).scalar() == 2
+        assert conn.execute(text("SELECT COUNT(*) FROM t")).scalar() == 2
+    engine.dispose()
+
+
+def test_mariadb_triggers_held_by_a_live_session_are_left_to_it(
+        mysql_url: str, state_dir: Path, workspace: Path) -> None:
+    """Another undo in progress holds its triggers on purpose: an undo beside it leaves them
+    dropped (re-creating them would fire them during that undo's restore)."""
+    from revex.runtime.effects.sqlcapture.mysql import MySQLBackend
+
+    _audited(mysql_url)
+    run_sql(mysql_url, "CREATE TABLE other (id INT PRIMARY KEY)")
+    with Runtime(state_dir, policy="permissive", audit=None) as rt:
+        episode = committed_episode(rt, mysql_url, workspace, "INSERT INTO other VALUES (1)")
+        engine = create_engine(mysql_url, poolclass=NullPool)
+        live = engine.raw_connection()
+        try:
+            held = MySQLBackend()._user_triggers(live.cursor(), "t")
+            assert rt.undo(episode) == 1
+            assert _triggers(mysql_url) == []  # still the live session's to put back
+            cur = live.cursor()
+            for sql in held:
+                cur.execute(sql)
+        finally:
+            live.close()
+        engine.dispose()
+    assert _triggers(mysql_url) == ["t_audit"]

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from revex.errors import ActionFailed
 from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
     AFTER_UNDO,
@@ -47,6 +48,13 @@ _COUNTERS = ("SELECT table_name, auto_increment FROM information_schema.tables W
              "table_schema = DATABASE() AND table_type = 'BASE TABLE' AND auto_increment IS "
              "NOT NULL AND table_name NOT LIKE %s")
 """Each user table's AUTO_INCREMENT counter (one parameter: :data:`_NOT_OURS`)."""
+HELD = f"{PREFIX}_held_triggers"
+"""User triggers an undo dropped and has not re-created yet, by the session that holds them."""
+_HELD_TABLE = (f"CREATE TABLE IF NOT EXISTS {HELD} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+               "holder BIGINT NOT NULL, tbl VARCHAR(64) NOT NULL, name VARCHAR(64) NOT NULL, "
+               "body LONGTEXT NOT NULL) ENGINE=InnoDB")
+_HOLD = "revex_held_triggers_"
+"""Named lock ``_HOLD<connection id>``: held while that session's triggers are dropped."""
 _FIRST = 200
 """Log rows a MariaDB statement reads with ``DELETE ... RETURNING`` before batching."""
 
@@ -148,6 +156,7 @@ class MySQLBackend(Rebuilder):
                     "old LONGTEXT, new LONGTEXT, KEY (tag)) ENGINE=InnoDB")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {ACTIONS} (episode VARCHAR(64) NOT NULL, "
                     "seq INT NOT NULL, PRIMARY KEY (episode, seq)) ENGINE=InnoDB")
+        cur.execute(_HELD_TABLE)
         self.sync(cur)
 
     def _trigger_name(self, table: str, op: str) -> str:
@@ -383,21 +392,64 @@ class MySQLBackend(Rebuilder):
             cur.connection.commit()
             for sql in triggers:
                 cur.execute(sql)
+            cur.execute(f"DELETE FROM {HELD} WHERE holder = CONNECTION_ID() AND tbl = %s",
+                        (table,))
+            cur.connection.commit()
+            cur.execute(f"DO RELEASE_LOCK(CONCAT('{_HOLD}', CONNECTION_ID()))")
 
     def _user_triggers(self, cur: Cursor, table: str) -> list[str]:
         """Drop ``table``'s own triggers (they cannot be disabled) and return their SQL.
 
-        Dropping a trigger commits implicitly: a crash in this window loses nothing (the
-        undo is redone) but the triggers; they are in the journal's snapshot of the DDL."""
+        Dropping a trigger commits implicitly, and so does re-creating it after the rows are
+        back: a crash between the two would lose it. So each trigger's SQL is first committed
+        into ``_revex_held_triggers`` under this session's id, while the session holds the
+        named lock of that id; the next undo on the database (after a crash, recovery's)
+        re-creates what a session that is gone still held (:meth:`_release_held`)."""
         cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema "
                     "= DATABASE() AND event_object_table = %s AND trigger_name NOT LIKE %s "
                     "ORDER BY action_order", (table, PREFIX.replace("_", "\\_") + "%"))
+        names = [r[0] for r in cur.fetchall()]
         out = []
-        for (name,) in cur.fetchall():
+        for name in names:
             cur.execute(f"SHOW CREATE TRIGGER {_q(name)}")
             out.append(cur.fetchone()[2])
+        if not names:
+            return out
+        cur.execute(_HELD_TABLE)  # a database revex set up before this table existed
+        cur.execute(f"SELECT GET_LOCK(CONCAT('{_HOLD}', CONNECTION_ID()), 0)")
+        if cur.fetchone()[0] != 1:
+            raise ActionFailed(f"cannot take the lock that guards table {table}'s triggers "
+                               "while they are dropped for the undo; nothing was changed")
+        cur.executemany(f"INSERT INTO {HELD} (holder, tbl, name, body) VALUES "
+                        "(CONNECTION_ID(), %s, %s, %s)",
+                        [(table, n, sql) for n, sql in zip(names, out, strict=True)])
+        cur.connection.commit()
+        for name in names:
             cur.execute(f"DROP TRIGGER {_q(name)}")
         return out
+
+    def _release_held(self, cur: Cursor) -> None:
+        """Re-create the user triggers an undo dropped and a session that no longer exists
+        (killed, crashed: its named lock went with it) did not put back, then forget them."""
+        try:
+            cur.execute(f"SELECT id, name, body FROM {HELD} WHERE IS_USED_LOCK(CONCAT("
+                        f"'{_HOLD}', holder)) IS NULL ORDER BY id")
+        except Exception as exc:  # the driver's error: no such table, nothing was held
+            if not exc.args or exc.args[0] != 1146:
+                raise
+            return
+        held = cur.fetchall()
+        if not held:
+            return
+        cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE "
+                    "trigger_schema = DATABASE()")
+        there = {r[0] for r in cur.fetchall()}
+        for _, name, body in held:
+            if name not in there:
+                cur.execute(body)  # commits implicitly
+        cur.execute(f"DELETE FROM {HELD} WHERE id IN ({', '.join('%s' for _ in held)})",
+                    [r[0] for r in held])
+        cur.connection.commit()
 
     def undo_checked(self, cur: Cursor, table: str, change: dict[str, list[str]]) -> bool:
         return False  # the general path: drift, restore, verify
@@ -406,6 +458,7 @@ class MySQLBackend(Rebuilder):
         # undo runs DDL (rebuilds, AUTO_INCREMENT): a session holding the table must make it
         # fail in bounded time, not wait for the server's default of a day
         cur.execute("SET SESSION lock_wait_timeout = 60")
+        self._release_held(cur)
         cur.execute("SET FOREIGN_KEY_CHECKS = 0")
 
     def undo_end(self, cur: Cursor, dbapi_conn: Any) -> None:
