@@ -194,7 +194,7 @@ class Database:
         tag = self._tag(seq)
         try:
             if not self._ddl(stmt):
-                # DML: on PostgreSQL one round trip before the statement and one after it
+                # DML: the backend's capture around it (PostgreSQL: a round trip on each side)
                 seqs = b.open_capture(cap, tag)
                 cascade = b.cascade_before(cap, stmt)
                 self.run(cursor, stmt, parameters, many)
@@ -217,7 +217,7 @@ class Database:
                 changes.pop(table, None)
             b.sync(cap)
             self._captured(info, changes, seqs, b.sequences(cap))
-            mark(cap, b.param, self.episode_id, seq)
+            self._mark(cap, seq)
         except BaseException:
             self.abandon(seq, counters=seqs)
             raise

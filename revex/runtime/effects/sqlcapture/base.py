@@ -18,6 +18,8 @@ Cursor = Any
 LOG = "_revex_log"
 ACTIONS = "_revex_actions"
 PREFIX = "_revex"
+NOT_OURS = PREFIX.replace("_", "\\_") + "%"
+"""A LIKE pattern for revex's own objects (``NOT LIKE NOT_OURS``: the user's)."""
 
 AFTER_UNDO = {
     "deleted": "missing after undo (its pre-image was not restored)",
@@ -127,13 +129,11 @@ class Backend(Protocol):
     sequence_is_ddl: bool
     """Setting a counter commits implicitly (MariaDB's ALTER TABLE ... AUTO_INCREMENT): never
     inside a transaction that still holds work."""
-    stages_images: bool
-    """The drift checks leave parsed images in the session for the undo (PostgreSQL's
-    temporary tables): the checks and undos of a database must share one connection."""
     keeps_session: bool
-    """The checks and undos of a database share one connection, kept until it closes (a
-    server's: a new PyMySQL connection alone costs 20-25 ms, most of it building a default
-    TLS context). SQLite opens the file anew each time, so a replaced file is what is checked."""
+    """The checks and undos of a database share one connection, kept until it closes: a
+    server's (PostgreSQL's drift checks leave parsed images in temporary tables for the undo;
+    a new PyMySQL connection alone costs 20-25 ms, most of it building a default TLS context).
+    SQLite opens the file anew each time, so a replaced file is what is checked."""
 
     def quote(self, ident: str) -> str: ...
 

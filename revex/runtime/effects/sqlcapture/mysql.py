@@ -22,6 +22,7 @@ from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
     AFTER_UNDO,
     LOG,
+    NOT_OURS,
     PREFIX,
     Cursor,
     Log,
@@ -43,11 +44,10 @@ _BATCH_TEXT = 8 << 20
 (16 MiB), so a batch too long comes back cut (and is read row by row), never as an error."""
 
 
-_NOT_OURS = PREFIX.replace("_", "\\_") + "%"
 _COUNTERS = ("SELECT table_name, auto_increment FROM information_schema.tables WHERE "
              "table_schema = DATABASE() AND table_type = 'BASE TABLE' AND auto_increment IS "
              "NOT NULL AND table_name NOT LIKE %s")
-"""Each user table's AUTO_INCREMENT counter (one parameter: :data:`_NOT_OURS`)."""
+"""Each user table's AUTO_INCREMENT counter (one parameter: :data:`NOT_OURS`)."""
 HELD = f"{PREFIX}_held_triggers"
 """User triggers an undo dropped and has not re-created yet, by the session that holds them."""
 _HELD_TABLE = (f"CREATE TABLE IF NOT EXISTS {HELD} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
@@ -80,7 +80,6 @@ class MySQLBackend(Rebuilder):
     transactional_ddl = False
     truncate_by_trigger = False
     sequence_is_ddl = True
-    stages_images = False
     keeps_session = True
 
     def __init__(self) -> None:
@@ -100,7 +99,7 @@ class MySQLBackend(Rebuilder):
     def tables(self, cur: Cursor) -> list[str]:
         cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
                     "DATABASE() AND table_type = 'BASE TABLE' AND table_name NOT LIKE %s "
-                    "ORDER BY 1", (PREFIX.replace("_", "\\_") + "%",))
+                    "ORDER BY 1", (NOT_OURS,))
         return [r[0] for r in cur.fetchall()]
 
     def columns(self, cur: Cursor, table: str) -> list[tuple[str, str]]:
@@ -174,7 +173,7 @@ class MySQLBackend(Rebuilder):
     def sync(self, cur: Cursor, tables: Iterable[str] | None = None) -> None:
         cur.execute("SELECT trigger_name, action_statement FROM information_schema.triggers "
                     "WHERE trigger_schema = DATABASE() AND trigger_name LIKE %s",
-                    (PREFIX.replace("_", "\\_") + "%",))
+                    (NOT_OURS,))
         have = dict(cur.fetchall())
         for table in self.tables(cur) if tables is None else tables:
             cols = self.columns(cur, table)
@@ -247,13 +246,13 @@ class MySQLBackend(Rebuilder):
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
         """Each table's AUTO_INCREMENT counter: InnoDB never rolls it back, so undo must."""
-        cur.execute(_COUNTERS, (_NOT_OURS,))
+        cur.execute(_COUNTERS, (NOT_OURS,))
         return {r[0]: [int(r[1])] for r in cur.fetchall()}
 
     def _tag_and_counters(self, cur: Cursor, tag: str | None) -> dict[str, list[Any]]:
         """:meth:`set_tag` and :meth:`sequences` in one round trip (the counters come back as
         text beside the tag's row)."""
-        cur.execute("SELECT NULL, @revex_action := %s UNION ALL " + _COUNTERS, (tag, _NOT_OURS))
+        cur.execute("SELECT NULL, @revex_action := %s UNION ALL " + _COUNTERS, (tag, NOT_OURS))
         return {r[0]: [int(r[1])] for r in cur.fetchall() if r[0] is not None}
 
     def open_capture(self, cur: Cursor, tag: str) -> dict[str, list[Any]]:
@@ -407,7 +406,7 @@ class MySQLBackend(Rebuilder):
         re-creates what a session that is gone still held (:meth:`_release_held`)."""
         cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema "
                     "= DATABASE() AND event_object_table = %s AND trigger_name NOT LIKE %s "
-                    "ORDER BY action_order", (table, PREFIX.replace("_", "\\_") + "%"))
+                    "ORDER BY action_order", (table, NOT_OURS))
         names = [r[0] for r in cur.fetchall()]
         out = []
         for name in names:
@@ -471,7 +470,7 @@ class MySQLBackend(Rebuilder):
         out = [["table", table, cur.fetchone()[1]]]
         cur.execute("SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema "
                     "= DATABASE() AND event_object_table = %s AND trigger_name NOT LIKE %s "
-                    "ORDER BY action_order", (table, PREFIX.replace("_", "\\_") + "%"))
+                    "ORDER BY action_order", (table, NOT_OURS))
         for (name,) in cur.fetchall():
             cur.execute(f"SHOW CREATE TRIGGER {_q(name)}")
             out.append(["trigger", name, cur.fetchone()[2]])

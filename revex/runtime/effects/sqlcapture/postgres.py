@@ -32,6 +32,7 @@ from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
     AFTER_UNDO,
     LOG,
+    NOT_OURS,
     PREFIX,
     Cursor,
     Log,
@@ -88,12 +89,17 @@ END $$
 """
 
 
-_NOT_OURS = PREFIX.replace("_", "\\_") + "%"
 _SEQUENCES = ("FROM pg_class WHERE relkind = 'S' AND relnamespace = "
               "current_schema()::regnamespace AND relname NOT LIKE %s")
-"""The sequences of the current schema, not revex's own (one parameter: :data:`_NOT_OURS`)."""
+"""The sequences of the current schema, not revex's own (one parameter: :data:`NOT_OURS`)."""
 _LAST = "pg_sequence_last_value(oid)::text"
 """A sequence's last value as text, NULL while it was never called."""
+_TAKE_LOGS = (f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING tbl, op, old::text AS "
+              f"old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE tag = %s RETURNING "
+              "tbl, old, new)")
+"""Both logs of a tag, deleted (two parameters: the tag twice); :data:`_LOG_ROWS` reads them."""
+_LOG_ROWS = "SELECT 0, tbl, op, old, new FROM r UNION ALL SELECT 1, tbl, '', old, new FROM s"
+"""Row events (0) and newline-joined batches (1, no op) of :data:`_TAKE_LOGS`."""
 
 
 def _q(ident: str) -> str:
@@ -106,7 +112,6 @@ class PostgresBackend:
     transactional_ddl = True
     truncate_by_trigger = True
     sequence_is_ddl = False
-    stages_images = True
     keeps_session = True
 
     def quote(self, ident: str) -> str:
@@ -135,7 +140,7 @@ class PostgresBackend:
     def tables(self, cur: Cursor) -> list[str]:
         cur.execute("SELECT relname FROM pg_class WHERE relnamespace = "
                     "current_schema()::regnamespace AND relkind IN ('r', 'p') AND relname "
-                    "NOT LIKE %s ORDER BY 1", (PREFIX.replace("_", "\\_") + "%",))
+                    "NOT LIKE %s ORDER BY 1", (NOT_OURS,))
         return [r[0] for r in cur.fetchall()]
 
     def sync(self, cur: Cursor, tables: Iterable[str] | None = None) -> None:
@@ -146,8 +151,8 @@ class PostgresBackend:
                     "(i.inhrelid, i.inhparent)), ARRAY(SELECT t.tgname::text FROM pg_trigger t "
                     "WHERE t.tgrelid = c.oid AND t.tgname LIKE %s) FROM pg_class c WHERE "
                     "c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND "
-                    "c.relname NOT LIKE %s", (PREFIX.replace("_", "\\_") + "%",
-                                              PREFIX.replace("_", "\\_") + "%"))
+                    "c.relname NOT LIKE %s", (NOT_OURS,
+                                              NOT_OURS))
         for table, inherits, have in cur.fetchall():
             want = {_ROW, _TRUNCATE} if inherits else {*_STATEMENT, _TRUNCATE}
             for name in set(have) - want:
@@ -174,7 +179,6 @@ class PostgresBackend:
     def set_tag(self, cur: Cursor, tag: str | None) -> None:
         cur.execute("SELECT set_config('revex.action', %s, true)", (tag or "",))
 
-
     def cascade_before(self, cur: Cursor, stmt: Any) -> Any:
         return None
 
@@ -182,7 +186,7 @@ class PostgresBackend:
         return {}
 
     def sequences(self, cur: Cursor) -> dict[str, list[Any]]:
-        cur.execute(f"SELECT relname, {_LAST} {_SEQUENCES}", (_NOT_OURS,))
+        cur.execute(f"SELECT relname, {_LAST} {_SEQUENCES}", (NOT_OURS,))
         return self._sequence_values(cur, cur.fetchall())
 
     def _sequence_values(self, cur: Cursor, rows: Iterable[Any]) -> dict[str, list[Any]]:
@@ -208,32 +212,24 @@ class PostgresBackend:
     def open_capture(self, cur: Cursor, tag: str) -> dict[str, list[Any]]:
         """:meth:`sequences` and :meth:`set_tag` in one round trip; the sequences."""
         cur.execute("SELECT NULL::text, set_config('revex.action', %s, true) UNION ALL SELECT "
-                    f"relname::text, {_LAST} {_SEQUENCES}", (tag, _NOT_OURS))
+                    f"relname::text, {_LAST} {_SEQUENCES}", (tag, NOT_OURS))
         return self._sequence_values(cur, (r for r in cur.fetchall() if r[0] is not None))
 
     def close_capture(self, cur: Cursor, tag: str, episode: str, seq: int
                       ) -> tuple[Log, dict[str, list[Any]]]:
         """After the statement, in one round trip: :meth:`read_log`, the tag cleared, the
         action's marker row and :meth:`sequences`; the log and the sequences."""
-        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING tbl, op, old::text "
-                    f"AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE tag = %s "
-                    f"RETURNING tbl, old, new), m AS (INSERT INTO {ACTIONS} (episode, seq) "
-                    "VALUES (%s, %s)) SELECT 0, tbl, op, old, new FROM r UNION ALL SELECT 1, "
-                    "tbl, '', old, new FROM s UNION ALL SELECT 2, NULL, '', "
-                    "set_config('revex.action', '', true), NULL UNION ALL SELECT 3, "
-                    f"relname::text, '', {_LAST}, NULL {_SEQUENCES}",
-                    (tag, tag, episode, seq, _NOT_OURS))
+        cur.execute(f"{_TAKE_LOGS}, m AS (INSERT INTO {ACTIONS} (episode, seq) VALUES (%s, %s)) "
+                    f"{_LOG_ROWS} UNION ALL SELECT 2, NULL, '', set_config('revex.action', '', "
+                    f"true), NULL UNION ALL SELECT 3, relname::text, '', {_LAST}, NULL "
+                    f"{_SEQUENCES}", (tag, tag, episode, seq, NOT_OURS))
         rows = cur.fetchall()
         return (self._log(row[1:] for row in rows if row[0] < 2),
                 self._sequence_values(cur, ((row[1], row[3]) for row in rows if row[0] == 3)))
 
     def read_log(self, cur: Cursor, tag: str) -> Log:
-        # both logs in one round trip: row events and newline-joined batches ('' for op)
-        cur.execute(f"WITH r AS (DELETE FROM {LOG} WHERE tag = %s RETURNING tbl, op, "
-                    f"old::text AS old, new::text AS new), s AS (DELETE FROM {IMAGES} WHERE "
-                    "tag = %s RETURNING tbl, old, new) SELECT tbl, op, old, new FROM r UNION "
-                    "ALL SELECT tbl, '', old, new FROM s", (tag, tag))
-        return self._log(cur.fetchall())
+        cur.execute(f"{_TAKE_LOGS} {_LOG_ROWS}", (tag, tag))
+        return self._log(row[1:] for row in cur.fetchall())
 
     @staticmethod
     def _log(rows: Iterable[Any]) -> Log:

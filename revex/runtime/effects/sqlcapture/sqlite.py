@@ -20,6 +20,7 @@ from revex.runtime.effects.sqlcapture.base import (
     ACTIONS,
     AFTER_UNDO,
     LOG,
+    NOT_OURS,
     PREFIX,
     Cursor,
     Log,
@@ -89,7 +90,6 @@ class SQLiteBackend(StepwiseCapture, Rebuilder):
     transactional_ddl = True
     truncate_by_trigger = False
     sequence_is_ddl = False
-    stages_images = False
     keeps_session = False
 
     def quote(self, ident: str) -> str:
@@ -113,7 +113,7 @@ class SQLiteBackend(StepwiseCapture, Rebuilder):
     def tables(self, cur: Cursor) -> list[str]:
         cur.execute("SELECT name FROM main.sqlite_master WHERE type='table' "
                     "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE ? ESCAPE '\\'",
-                    (PREFIX.replace("_", "\\_") + "%",))
+                    (NOT_OURS,))
         return [r[0] for r in cur.fetchall()]
 
     def columns(self, cur: Cursor, table: str) -> tuple[list[str], list[str]]:
